@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run every test of regmirror, including the ones that pull through the
+# mirror with real clients (docker, skopeo, containerd's ctr, podman).
+#
+#   bash scripts/test.sh                 # all packages
+#   bash scripts/test.sh -run TestDocker # extra arguments go to `go test`
+#
+# As root it installs the missing clients with apt-get (Debian). Otherwise
+# it says what to install; the client tests then skip, or fail when
+# REGMIRROR_REQUIRE_CLIENTS=1 (which this script sets unless it is already
+# set: export REGMIRROR_REQUIRE_CLIENTS=0 to let them skip).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+section "real clients"
+missing=()
+have skopeo || missing+=(skopeo)
+have dockerd || missing+=(docker.io)
+{ have containerd && have ctr; } || missing+=(containerd)
+have podman || missing+=(podman)
+
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "all present: skopeo, dockerd, containerd + ctr, podman"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt_opts=(-o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
+	if apt-get "${apt_opts[@]}" update -q &&
+		apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}" </dev/null; then
+		echo "installed: ${missing[*]}"
+	else
+		echo "WARNING: apt-get install ${missing[*]} failed; the tests that need them will skip or fail" >&2
+	fi
+else
+	echo "missing: ${missing[*]}"
+	echo "install them with: sudo apt-get install --no-install-recommends ${missing[*]}"
+	echo "(not root or no apt-get: continuing; the tests that need them will skip or fail)"
+fi
+
+export REGMIRROR_REQUIRE_CLIENTS="${REGMIRROR_REQUIRE_CLIENTS:-1}"
+echo "REGMIRROR_REQUIRE_CLIENTS=$REGMIRROR_REQUIRE_CLIENTS"
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+	export PATH="$PATH:/usr/local/go/bin"
+fi
+
+section "go version"
+go version
+
+section "go vet ./..."
+go vet ./...
+
+section "go test -race ./..."
+go test -race -count=1 -timeout 40m ./... "$@"
+
+section "all tests passed"
