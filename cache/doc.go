@@ -1,0 +1,74 @@
+// Package cache is regmirror's durable, verified, content-addressed store.
+//
+// It owns everything under the data directory: blob files (layers, configs
+// and manifests alike, named by their sha256 digest), the downloads in
+// progress, and a Badger index holding per-blob metadata, tag records,
+// repository links and the last tags/list answer per repository. It knows
+// nothing of HTTP, upstream registries or eviction policy: the proxy fills
+// it, eviction deletes from it through Delete, and both learn about changes
+// through an Observer.
+//
+// # On disk
+//
+//	data_dir/
+//	  blobs/sha256/ab/abcdef…   verified content, named by digest
+//	  tmp/                      downloads in progress (same filesystem, so rename is atomic)
+//	  index/                    Badger
+//
+// Blob paths are built only from a digest that passed validation (algorithm
+// sha256, 64 lowercase hex characters); no other text ever reaches a path.
+// The data directory itself is locked with flock(2) for as long as the Store
+// is open, so a second process cannot wipe tmp/ or race the reconcile;
+// Badger's own lock on index/ is a second line of defence. Both surface as
+// ErrBusy.
+//
+// # Index layout
+//
+// Keys start with one record-type byte, and parts are separated by 0x00,
+// which is rejected in every caller-supplied part (ErrInvalidKey), so that
+// repository "repo" can never collide with "repo-other" nor tag "a" of
+// "x/y" with anything in repository "x". Empty parts are rejected too.
+//
+//	b 0x00 sha256:<hex>                          blob
+//	t 0x00 <registry> 0x00 <repo> 0x00 <tag>     tag
+//	l 0x00 <registry> 0x00 <repo> 0x00 <digest>  link: the blob was seen in that repository
+//	T 0x00 <registry> 0x00 <repo>                last tags/list answer body (at most MaxTagListSize bytes)
+//
+// Every value starts with a version byte (currently 1); numbers are
+// big-endian, times are int64 Unix nanoseconds (0 = zero time):
+//
+//	blob:    ver | size int64 | created int64 | last access int64 | flags uint8 (bit 0 = pinned) | media type (rest)
+//	tag:     ver | checked-at int64 | digest length uint8 | digest | media type (rest)
+//	link:    ver
+//	taglist: ver | body (rest)
+//
+// Last-access times are recorded in memory on every hit and written to Badger
+// in one transaction every Options.AccessFlushInterval (default 5s), and at
+// Close, so serving a hit costs no disk write. A crash loses at most that
+// interval's access times, which only makes eviction slightly less precise.
+//
+// # Crash safety
+//
+// The invariant is that a file under blobs/ always holds exactly the content
+// its name says, and that a crash at any moment loses at most the downloads
+// in progress. A Writer hashes bytes as they are written to a uniquely named
+// file in tmp/. Commit checks size and digest, fsyncs the file, renames it
+// into blobs/ (atomic: same filesystem), fsyncs the directory, and only then
+// writes the index record (Badger runs with synchronous writes). Delete
+// removes the index record first and the file second. So after a crash at
+// any point:
+//
+//   - files in tmp/ are downloads in progress: Open removes them all;
+//   - a blob file without a record (crash between rename and index write, or
+//     between a Delete's two steps) is re-hashed; if it matches its name it is
+//     indexed again with media type "application/octet-stream" (the only
+//     information lost), otherwise it is removed;
+//   - a record whose file is missing or has another size is dropped;
+//   - names under blobs/sha256 that are not valid digests in the right
+//     fan-out directory are removed.
+//
+// Reconcile is O(number of files + number of records) and logs a one-line
+// summary. Usage totals are computed from its result and then maintained in
+// memory. The Observer is not told about blobs found at Open; consumers
+// build their initial state with Walk.
+package cache

@@ -1,0 +1,179 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	digest "github.com/opencontainers/go-digest"
+)
+
+type fileEntry struct {
+	size  int64
+	mtime time.Time
+}
+
+// reconcile brings files and index into agreement after an unclean (or
+// clean) shutdown and loads the usage totals. See the package doc for the
+// argument. It runs before the Store is shared, so it takes no locks.
+func (s *Store) reconcile() error {
+	start := time.Now()
+	var kept, dropped, reindexed, removed, temps int
+
+	// Downloads in progress did not survive.
+	ents, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return fmt.Errorf("cache: read %s: %w", s.tmpDir, err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(s.tmpDir, e.Name())); err != nil {
+			return fmt.Errorf("cache: clean %s: %w", s.tmpDir, err)
+		}
+		temps++
+	}
+
+	// What is on disk, by hex digest. Anything not named like a blob goes.
+	files := make(map[string]fileEntry)
+	remove := func(path, why string) error {
+		s.log.Warn("removing unexpected file from blob store", "path", path, "reason", why)
+		removed++
+		return os.RemoveAll(path)
+	}
+	fanouts, err := os.ReadDir(s.blobDir)
+	if err != nil {
+		return fmt.Errorf("cache: read %s: %w", s.blobDir, err)
+	}
+	for _, fo := range fanouts {
+		sub := filepath.Join(s.blobDir, fo.Name())
+		if !fo.IsDir() || !isFanout(fo.Name()) {
+			if err := remove(sub, "not a fan-out directory"); err != nil {
+				return fmt.Errorf("cache: %w", err)
+			}
+			continue
+		}
+		blobs, err := os.ReadDir(sub)
+		if err != nil {
+			return fmt.Errorf("cache: read %s: %w", sub, err)
+		}
+		for _, b := range blobs {
+			path := filepath.Join(sub, b.Name())
+			name := b.Name()
+			if !isHex64(name) || name[:2] != fo.Name() || !b.Type().IsRegular() {
+				if err := remove(path, "name is not a sha256 digest in its fan-out directory, or not a regular file"); err != nil {
+					return fmt.Errorf("cache: %w", err)
+				}
+				continue
+			}
+			fi, err := b.Info()
+			if err != nil {
+				return fmt.Errorf("cache: stat %s: %w", path, err)
+			}
+			files[name] = fileEntry{size: fi.Size(), mtime: fi.ModTime()}
+		}
+	}
+
+	// Records must have their file, of their size.
+	var bytes int64
+	var drop [][]byte
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: blobPrefix(), PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			d := digest.Digest(item.Key()[2:])
+			hx, derr := validateDigest(d)
+			var rec blobRecord
+			verr := item.Value(func(v []byte) (err error) {
+				rec, err = decodeBlob(v)
+				return err
+			})
+			why := ""
+			switch f, ok := files[hx]; {
+			case derr != nil:
+				why = "invalid digest in key"
+			case verr != nil:
+				why = "corrupt record"
+			case !ok:
+				why = "file missing"
+			case f.size != rec.size:
+				why = fmt.Sprintf("file size %d, record says %d", f.size, rec.size)
+			}
+			if why != "" {
+				s.log.Warn("dropping blob record", "key", string(d), "reason", why)
+				drop = append(drop, item.KeyCopy(nil))
+				continue
+			}
+			delete(files, hx)
+			kept++
+			bytes += rec.size
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: reconcile index: %w", err)
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range drop {
+		if err := wb.Delete(k); err != nil {
+			return fmt.Errorf("cache: reconcile index: %w", classify(err))
+		}
+		dropped++
+	}
+
+	// Files without a record: a crash came between rename and index write
+	// (or between a Delete's two steps). Keep only verified content.
+	for name, f := range files {
+		path := filepath.Join(s.blobDir, name[:2], name)
+		ok, err := fileHasDigest(path, name)
+		if err != nil {
+			return fmt.Errorf("cache: verify %s: %w", path, err)
+		}
+		if !ok {
+			if err := remove(path, "content does not match its name"); err != nil {
+				return fmt.Errorf("cache: %w", err)
+			}
+			continue
+		}
+		rec := blobRecord{size: f.size, mediaType: defaultMediaType, created: f.mtime, lastAccess: f.mtime}
+		if err := wb.Set(blobKey(digest.NewDigestFromEncoded(digest.SHA256, name)), rec.encode()); err != nil {
+			return fmt.Errorf("cache: reconcile index: %w", classify(err))
+		}
+		s.log.Info("re-indexed blob found without a record", "digest", "sha256:"+name, "size", f.size)
+		reindexed++
+		kept++
+		bytes += f.size
+	}
+	if err := wb.Flush(); err != nil {
+		return fmt.Errorf("cache: reconcile index: %w", classify(err))
+	}
+
+	s.usedBytes.Store(bytes)
+	s.usedBlobs.Store(int64(kept))
+	s.log.Info("cache reconciled", "dir", s.dir, "blobs", kept, "bytes", bytes,
+		"dropped_records", dropped, "reindexed", reindexed, "removed_files", removed,
+		"removed_temp", temps, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func isFanout(name string) bool {
+	return len(name) == 2 && isLowerHex(name[0]) && isLowerHex(name[1])
+}
+
+func fileHasDigest(path, want string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false, err
+	}
+	return hex.EncodeToString(h.Sum(nil)) == want, nil
+}
