@@ -1,0 +1,162 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrNotFound: 404, MANIFEST_UNKNOWN, BLOB_UNKNOWN or NAME_UNKNOWN.
+	ErrNotFound = errors.New("upstream: not found")
+	// ErrUnauthorized: 401 even after a fresh token exchange, or the token
+	// server refused the credentials.
+	ErrUnauthorized = errors.New("upstream: unauthorized")
+	// ErrDenied: 403 or DENIED.
+	ErrDenied = errors.New("upstream: denied")
+	// ErrRateLimited: 429 or TOOMANYREQUESTS; the error is a *RateLimitError.
+	ErrRateLimited = errors.New("upstream: rate limited")
+	// ErrUnavailable: connection errors, timeouts, stalled or cut bodies, 5xx
+	// after retries, digest mismatches and other unexpected answers.
+	ErrUnavailable = errors.New("upstream: unavailable")
+	// ErrTooLarge: a manifest (or tag list) body over the size cap.
+	ErrTooLarge = errors.New("upstream: manifest too large")
+	// ErrInvalidName: a repository, reference or digest argument that is not
+	// valid; no request was made.
+	ErrInvalidName = errors.New("upstream: invalid name")
+)
+
+// RateLimitError wraps ErrRateLimited and carries the upstream's
+// Retry-After (0 if it sent none).
+type RateLimitError struct {
+	RetryAfter time.Duration
+}
+
+func (e *RateLimitError) Error() string {
+	if e.RetryAfter > 0 {
+		return fmt.Sprintf("%v (retry after %v)", ErrRateLimited, e.RetryAfter)
+	}
+	return ErrRateLimited.Error()
+}
+
+// Unwrap returns ErrRateLimited.
+func (e *RateLimitError) Unwrap() error { return ErrRateLimited }
+
+// maxErrorBody caps how much of an error body is read to classify it.
+const maxErrorBody = 64 << 10
+
+// checkResponse returns nil if resp's status is one of ok, and otherwise a
+// classified error, having read at most 64 KiB of the error body (the caller
+// still closes resp.Body).
+func checkResponse(resp *http.Response, ok ...int) error {
+	err := transport.CheckError(resp, ok...)
+	if err == nil {
+		return nil
+	}
+	var terr *transport.Error
+	if !errors.As(err, &terr) {
+		return fmt.Errorf("%w: reading error body: %w", ErrUnavailable, err)
+	}
+	sentinel := classifyStatus(terr)
+	if sentinel == ErrRateLimited {
+		sentinel = &RateLimitError{RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	}
+	return fmt.Errorf("%w: %w", sentinel, terr)
+}
+
+// classifyStatus maps a registry error to a sentinel: 429 and 5xx by
+// status first, then the error codes, then the other statuses.
+func classifyStatus(e *transport.Error) error {
+	switch {
+	case e.StatusCode == http.StatusTooManyRequests:
+		return ErrRateLimited
+	case e.StatusCode >= 500:
+		return ErrUnavailable
+	}
+	for _, d := range e.Errors {
+		switch d.Code {
+		case transport.ManifestUnknownErrorCode, transport.BlobUnknownErrorCode, transport.NameUnknownErrorCode:
+			return ErrNotFound
+		case transport.UnauthorizedErrorCode:
+			return ErrUnauthorized
+		case transport.DeniedErrorCode:
+			return ErrDenied
+		case transport.TooManyRequestsErrorCode:
+			return ErrRateLimited
+		case transport.UnavailableErrorCode:
+			return ErrUnavailable
+		}
+	}
+	switch e.StatusCode {
+	case http.StatusNotFound:
+		return ErrNotFound
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusForbidden:
+		return ErrDenied
+	}
+	return ErrUnavailable
+}
+
+// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s < 0 {
+			return 0
+		}
+		return time.Duration(min(s, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// classify turns an error from the token dance or a request into the
+// package's errors: the caller's context error if it is done, errors already
+// classified as they are, registry errors by status and code, and everything
+// else (connection errors, timeouts, malformed answers) as ErrUnavailable.
+func classify(ctx context.Context, what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("upstream: %s: %w", what, cerr)
+	}
+	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName} {
+		if errors.Is(err, s) {
+			return err
+		}
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return fmt.Errorf("%w: %s: %w", classifyStatus(terr), what, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, what, err)
+}
+
+// retryable reports whether err is worth another attempt: a connection
+// level error (http.Client wraps those in *url.Error) or a 5xx.
+func retryable(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return terr.StatusCode >= 500
+	}
+	var uerr *url.Error
+	return errors.As(err, &uerr)
+}

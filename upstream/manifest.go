@@ -1,0 +1,177 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Manifest media types asked for with every manifest request.
+const (
+	MediaTypeOCIIndex           = "application/vnd.oci.image.index.v1+json"
+	MediaTypeOCIManifest        = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+var acceptManifests = strings.Join([]string{
+	MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerManifestList, MediaTypeDockerManifest,
+}, ", ")
+
+func manifestRequest(method, repo, ref string) request {
+	return request{
+		method: method,
+		repo:   repo,
+		path:   "manifests/" + ref,
+		header: http.Header{"Accept": {acceptManifests}},
+	}
+}
+
+// HeadManifest asks for repo:ref's descriptor without its body (HEAD does
+// not count against Docker Hub's pull limit). The digest comes from
+// Docker-Content-Digest, validated (and checked against ref if ref is a
+// digest); a registry that omits it is asked with a GET instead.
+func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Descriptor, error) {
+	repo, err := r.checkRepo(repo)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	refDigest, err := checkRef(ref)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	resp, err := r.do(ctx, manifestRequest(http.MethodHead, repo, ref))
+	if err != nil {
+		return Descriptor{}, err
+	}
+	defer drain(resp)
+	if err := checkResponse(resp, http.StatusOK); err != nil {
+		return Descriptor{}, err
+	}
+	hd := resp.Header.Get("Docker-Content-Digest")
+	if hd == "" {
+		if refDigest == "" {
+			r.log.Debug("upstream HEAD without Docker-Content-Digest; using GET", "repo", repo, "ref", ref)
+			_, desc, err := r.GetManifest(ctx, repo, ref)
+			return desc, err
+		}
+		hd = refDigest.String()
+	}
+	d, err := digest.Parse(hd)
+	if err != nil {
+		return Descriptor{}, fmt.Errorf("%w: HEAD %s:%s: bad Docker-Content-Digest %q", ErrUnavailable, repo, ref, hd)
+	}
+	if refDigest != "" && d != refDigest {
+		return Descriptor{}, fmt.Errorf("%w: HEAD %s@%s: digest mismatch: upstream says %s", ErrUnavailable, repo, ref, d)
+	}
+	size := int64(-1)
+	if n, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64); err == nil && n >= 0 {
+		size = n
+	}
+	return Descriptor{Digest: d, MediaType: mediaType(resp.Header.Get("Content-Type"), nil), Size: size}, nil
+}
+
+// GetManifest fetches repo:ref's manifest, reading at most MaxManifestSize
+// bytes (ErrTooLarge beyond). The descriptor's digest is computed over the
+// body received (sha256, or ref's algorithm if ref is a digest), never taken
+// from the headers; if ref is a digest and the body does not match it, the
+// error wraps ErrUnavailable. The media type is Content-Type, or the body's
+// mediaType field when Content-Type is missing or generic.
+func (r *Registry) GetManifest(ctx context.Context, repo, ref string) ([]byte, Descriptor, error) {
+	repo, err := r.checkRepo(repo)
+	if err != nil {
+		return nil, Descriptor{}, err
+	}
+	refDigest, err := checkRef(ref)
+	if err != nil {
+		return nil, Descriptor{}, err
+	}
+	what := "GET " + repo + ":" + ref
+	body, hdr, err := r.getSmall(ctx, manifestRequest(http.MethodGet, repo, ref), r.opts.MaxManifestSize, what)
+	if err != nil {
+		return nil, Descriptor{}, err
+	}
+	alg := digest.Canonical
+	if refDigest != "" {
+		alg = refDigest.Algorithm()
+	}
+	d := alg.FromBytes(body)
+	if refDigest != "" && d != refDigest {
+		return nil, Descriptor{}, fmt.Errorf("%w: %s: digest mismatch: body is %s", ErrUnavailable, what, d)
+	}
+	if hd := hdr.Get("Docker-Content-Digest"); hd != "" && hd != d.String() {
+		r.log.Warn("upstream Docker-Content-Digest differs from the body's digest", "what", what, "header", hd, "body", d)
+	}
+	return body, Descriptor{Digest: d, MediaType: mediaType(hdr.Get("Content-Type"), body), Size: int64(len(body))}, nil
+}
+
+// ListTags returns the body of GET /v2/<repo>/tags/list?<rawQuery> (the
+// query, e.g. "n=100&last=x", is re-encoded), capped at 4 MiB (ErrTooLarge).
+func (r *Registry) ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error) {
+	repo, err := r.checkRepo(repo)
+	if err != nil {
+		return nil, err
+	}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tags query %q: %v", ErrInvalidName, rawQuery, err)
+	}
+	req := request{method: http.MethodGet, repo: repo, path: "tags/list", query: q.Encode(),
+		header: http.Header{"Accept": {"application/json"}}}
+	body, _, err := r.getSmall(ctx, req, maxTagListSize, "GET tags of "+repo)
+	return body, err
+}
+
+// getSmall does req and reads its 200 body whole, up to max bytes.
+func (r *Registry) getSmall(ctx context.Context, req request, max int64, what string) ([]byte, http.Header, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := r.do(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	if err := checkResponse(resp, http.StatusOK); err != nil {
+		return nil, nil, err
+	}
+	if resp.ContentLength > max {
+		return nil, nil, fmt.Errorf("%w: %s: %d bytes (limit %d)", ErrTooLarge, what, resp.ContentLength, max)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.guard(ctx, cancel, resp.Body, what), max+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if int64(len(body)) > max {
+		return nil, nil, fmt.Errorf("%w: %s: over %d bytes", ErrTooLarge, what, max)
+	}
+	return body, resp.Header, nil
+}
+
+// mediaType is Content-Type without parameters, or, when that is missing or
+// generic, the mediaType field of body (if given).
+func mediaType(contentType string, body []byte) string {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		mt = ""
+	}
+	switch mt {
+	case "", "application/json", "text/plain", "application/octet-stream":
+		if body != nil {
+			var m struct {
+				MediaType string `json:"mediaType"`
+			}
+			if json.Unmarshal(body, &m) == nil && m.MediaType != "" {
+				return m.MediaType
+			}
+		}
+	}
+	return mt
+}

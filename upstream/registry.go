@@ -1,0 +1,369 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultDockerHubURL    = "https://registry-1.docker.io"
+	DefaultDialTimeout     = 10 * time.Second
+	DefaultResponseTimeout = 30 * time.Second
+	DefaultStallTimeout    = 60 * time.Second
+	DefaultRetries         = 3
+	DefaultRetryBackoff    = 200 * time.Millisecond
+	DefaultMaxManifestSize = 4 << 20
+	maxTagListSize         = 4 << 20
+	maxTokenScopes         = 1024
+)
+
+// Options configures a Registry. Zero fields take the documented defaults.
+type Options struct {
+	// Name is the registry as clients name it: "docker.io", "ghcr.io",
+	// "registry.corp:5000". Required.
+	Name string
+	// URL is where it is reached: "https://registry-1.docker.io" (the default
+	// for docker.io; "https://<Name>" otherwise) or "http://127.0.0.1:1234".
+	// No path, query or user info.
+	URL string
+	// Username and Password are optional; anonymous otherwise.
+	Username, Password string
+	// InsecureSkipVerify turns off TLS verification; CAFile adds PEM CA
+	// certificates to the system pool.
+	InsecureSkipVerify bool
+	CAFile             string
+	// DialTimeout bounds connecting (default 10s).
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for response headers (default 30s).
+	ResponseHeaderTimeout time.Duration
+	// StallTimeout fails a body read that makes no progress for this long
+	// with ErrUnavailable (default 60s).
+	StallTimeout time.Duration
+	// Retries is how many times an idempotent request is retried after a
+	// connection error or a 5xx (default 3; negative: never).
+	Retries int
+	// RetryBackoff is the first retry's delay, doubled for each next one,
+	// with ±50% jitter (default 200ms).
+	RetryBackoff time.Duration
+	// MaxManifestSize caps manifest bodies (default 4 MiB).
+	MaxManifestSize int64
+	// UserAgent is sent with every request if set.
+	UserAgent string
+	// Logger receives upstream events (default: discarded).
+	Logger *slog.Logger
+	// Transport replaces the HTTP transport (tests); DialTimeout,
+	// ResponseHeaderTimeout and the TLS options are then not applied.
+	Transport http.RoundTripper
+}
+
+// Registry is one configured upstream registry. It is safe for concurrent
+// use; keep one per upstream for the process's life so that connections and
+// tokens are reused.
+type Registry struct {
+	opts      Options
+	scheme    string // of every request URL: "http" or "https"
+	reg       name.Registry
+	auth      authn.Authenticator
+	rt        http.RoundTripper
+	client    *http.Client
+	log       *slog.Logger
+	dockerHub bool
+
+	pinger  lock // serializes pings
+	mu      sync.Mutex
+	ch      *transport.Challenge // nil until pinged, and after an auth error
+	tokens  *tokenCache
+	retries int
+}
+
+// New validates o and returns a Registry. It does no network I/O.
+func New(o Options) (*Registry, error) {
+	if o.Name == "" {
+		return nil, errors.New("upstream: Options.Name is required")
+	}
+	dockerHub := isDockerHub(o.Name)
+	if o.URL == "" {
+		if dockerHub {
+			o.URL = DefaultDockerHubURL
+		} else {
+			o.URL = "https://" + o.Name
+		}
+	}
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: URL: %w", o.Name, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("upstream %s: URL %q: want http(s)://host[:port] with nothing after it", o.Name, o.URL)
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: URL host: %w", o.Name, err)
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.ResponseHeaderTimeout <= 0 {
+		o.ResponseHeaderTimeout = DefaultResponseTimeout
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
+	}
+	retries := o.Retries
+	if retries == 0 {
+		retries = DefaultRetries
+	}
+	retries = max(retries, 0)
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = DefaultRetryBackoff
+	}
+	if o.MaxManifestSize <= 0 {
+		o.MaxManifestSize = DefaultMaxManifestSize
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	rt := o.Transport
+	if rt == nil {
+		tr, err := newTransport(o)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
+		}
+		rt = tr
+	}
+	if o.UserAgent != "" {
+		rt = &userAgent{inner: rt, ua: o.UserAgent}
+	}
+	auth := authn.Anonymous
+	if o.Username != "" || o.Password != "" {
+		auth = authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password})
+	}
+	r := &Registry{
+		opts:      o,
+		scheme:    u.Scheme,
+		reg:       reg,
+		auth:      auth,
+		rt:        rt,
+		client:    &http.Client{Transport: rt},
+		log:       logger.With("upstream", o.Name),
+		dockerHub: dockerHub,
+		pinger:    newLock(),
+		tokens:    newTokenCache(maxTokenScopes),
+		retries:   retries,
+	}
+	return r, nil
+}
+
+func isDockerHub(n string) bool {
+	return n == "docker.io" || n == "index.docker.io" || n == "registry-1.docker.io"
+}
+
+func newTransport(o Options) (*http.Transport, error) {
+	tlsConf := &tls.Config{InsecureSkipVerify: o.InsecureSkipVerify} //nolint:gosec // opt-in by configuration
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s: no PEM certificates", o.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       tlsConf,
+		TLSHandshakeTimeout:   o.DialTimeout,
+		ResponseHeaderTimeout: o.ResponseHeaderTimeout,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// Blobs must arrive exactly as stored: no transparent gzip.
+		DisableCompression: true,
+	}, nil
+}
+
+type userAgent struct {
+	inner http.RoundTripper
+	ua    string
+}
+
+func (u *userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("User-Agent", u.ua)
+	return u.inner.RoundTrip(req)
+}
+
+// Name is the registry's name as configured (Options.Name).
+func (r *Registry) Name() string { return r.opts.Name }
+
+// Repository applies Docker Hub defaulting: on docker.io a single-component
+// name gets "library/" ("alpine" → "library/alpine"); other registries'
+// names are unchanged.
+func (r *Registry) Repository(repo string) string {
+	if r.dockerHub && repo != "" && !strings.Contains(repo, "/") {
+		return "library/" + repo
+	}
+	return repo
+}
+
+// Descriptor describes a manifest as the upstream answered it.
+type Descriptor struct {
+	Digest    digest.Digest
+	MediaType string
+	Size      int64
+}
+
+// Repository path components and tags, per the distribution spec.
+var (
+	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// checkRepo validates and defaults repo.
+func (r *Registry) checkRepo(repo string) (string, error) {
+	repo = r.Repository(repo)
+	if len(repo) > 255 || !repoRE.MatchString(repo) {
+		return "", fmt.Errorf("%w: repository %q", ErrInvalidName, repo)
+	}
+	return repo, nil
+}
+
+// checkRef validates a tag or digest reference; d is set for a digest.
+func checkRef(ref string) (d digest.Digest, err error) {
+	if strings.Contains(ref, ":") {
+		d, err := digest.Parse(ref)
+		if err != nil {
+			return "", fmt.Errorf("%w: reference %q: %v", ErrInvalidName, ref, err)
+		}
+		return d, nil
+	}
+	if !tagRE.MatchString(ref) {
+		return "", fmt.Errorf("%w: tag %q", ErrInvalidName, ref)
+	}
+	return "", nil
+}
+
+// retry runs op up to 1+Retries times while it fails with a retryable error,
+// sleeping an exponential backoff with jitter in between.
+func (r *Registry) retry(ctx context.Context, what string, op func() error) error {
+	backoff := r.opts.RetryBackoff
+	for attempt := 0; ; attempt++ {
+		err := op()
+		if err == nil || attempt >= r.retries || !retryable(ctx, err) {
+			return err
+		}
+		d := backoff/2 + rand.N(backoff+1)
+		r.log.Info("upstream request failed, retrying", "what", what, "attempt", attempt+1, "in", d, "err", err)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff *= 2
+	}
+}
+
+// request describes one registry request.
+type request struct {
+	method string
+	repo   string // validated
+	path   string // after /v2/<repo>/
+	query  string
+	header http.Header
+}
+
+// do sends req with authentication and retries, re-authenticating once on a
+// 401. The response may have any status below 500; the caller checks it and
+// closes the body.
+func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) {
+	scope := "repository:" + req.repo + ":pull"
+	u := url.URL{Scheme: r.scheme, Host: r.reg.RegistryStr(), Path: "/v2/" + req.repo + "/" + req.path, RawQuery: req.query}
+	what := req.method + " " + u.Path
+	var stale string
+	for attempt := 0; ; attempt++ {
+		authz, err := r.authorization(ctx, scope, stale)
+		if err != nil {
+			return nil, err
+		}
+		var resp *http.Response
+		err = r.retry(ctx, what, func() error {
+			hr, err := http.NewRequestWithContext(ctx, req.method, u.String(), nil)
+			if err != nil {
+				return err
+			}
+			for k, v := range req.header {
+				hr.Header[k] = v
+			}
+			if authz != "" {
+				hr.Header.Set("Authorization", authz)
+			}
+			resp, err = r.client.Do(hr)
+			if err != nil {
+				return err
+			}
+			if resp.StatusCode >= 500 {
+				err := checkResponse(resp)
+				drain(resp)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, classify(ctx, what, err)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
+			drain(resp)
+			r.log.Debug("upstream answered 401; re-authenticating", "what", what)
+			r.forget()
+			stale = authz
+			continue
+		}
+		if resp.StatusCode == http.StatusTooManyRequests {
+			r.log.Info("upstream rate limited", "what", what, "retry_after", resp.Header.Get("Retry-After"))
+		}
+		return resp, nil
+	}
+}
+
+// drain reads a little of an unwanted body, so the connection can be
+// reused, and closes it.
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
