@@ -1,7 +1,9 @@
 package testupstream
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -109,16 +111,18 @@ func (s *Server) PushRandomOCIImage(tb testing.TB, repo, tag string, layers int,
 	return img
 }
 
-// PushRandomIndex pushes an OCI image index with one random schema2 image per
+// PushRandomIndex pushes an OCI image index with one random OCI image per
 // platform (each child's descriptor and config carry its platform) to
-// repo:tag and returns it. The children are pushed by digest first.
+// repo:tag and returns it. The children are pushed by digest first. Its
+// content is OCI throughout, so clients that must not convert (skopeo
+// --preserve-digests into an OCI layout) can copy it.
 func (s *Server) PushRandomIndex(tb testing.TB, repo, tag string, platforms []v1.Platform, layers int, layerSize int64) v1.ImageIndex {
 	tb.Helper()
 	return s.pushIndex(tb, repo, tag, types.OCIImageIndex, platforms, layers, layerSize)
 }
 
-// PushRandomManifestList is PushRandomIndex with the Docker manifest list
-// media type.
+// PushRandomManifestList is PushRandomIndex with Docker media types
+// throughout: a manifest list of schema2 images.
 func (s *Server) PushRandomManifestList(tb testing.TB, repo, tag string, platforms []v1.Platform, layers int, layerSize int64) v1.ImageIndex {
 	tb.Helper()
 	return s.pushIndex(tb, repo, tag, types.DockerManifestList, platforms, layers, layerSize)
@@ -128,7 +132,14 @@ func (s *Server) pushIndex(tb testing.TB, repo, tag string, mt types.MediaType, 
 	tb.Helper()
 	var adds []mutate.IndexAddendum
 	for _, p := range platforms {
-		img := randomImage(tb, layers, layerSize, types.DockerLayer)
+		var img v1.Image
+		if mt == types.OCIImageIndex {
+			img = randomImage(tb, layers, layerSize, types.OCILayer)
+			img = mutate.MediaType(img, types.OCIManifestSchema1)
+			img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+		} else {
+			img = randomImage(tb, layers, layerSize, types.DockerLayer)
+		}
 		cf, err := img.ConfigFile()
 		if err != nil {
 			tb.Fatalf("testupstream: config: %v", err)
@@ -145,7 +156,49 @@ func (s *Server) pushIndex(tb testing.TB, repo, tag string, mt types.MediaType, 
 	if err := remote.WriteIndex(s.ref(tb, repo, tag), idx, s.remoteOptions()...); err != nil {
 		tb.Fatalf("testupstream: push index %s:%s: %v", repo, tag, err)
 	}
-	return idx
+	plain := withoutArtifactTypes(tb, idx)
+	if err := remote.Put(s.ref(tb, repo, tag), plain, s.remoteOptions()...); err != nil {
+		tb.Fatalf("testupstream: push index %s:%s: %v", repo, tag, err)
+	}
+	return plain
+}
+
+// plainIndex is an index whose descriptors carry no artifactType, like the
+// indexes Docker Hub serves: go-containerregistry adds the field, and
+// clients that predate it (skopeo 1.9) refuse to copy such an index with
+// --preserve-digests, since re-encoding it would drop the field.
+type plainIndex struct {
+	inner    v1.ImageIndex
+	manifest *v1.IndexManifest
+	raw      []byte
+}
+
+func withoutArtifactTypes(tb testing.TB, idx v1.ImageIndex) *plainIndex {
+	tb.Helper()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		tb.Fatalf("testupstream: index: %v", err)
+	}
+	im = im.DeepCopy()
+	for i := range im.Manifests {
+		im.Manifests[i].ArtifactType = ""
+	}
+	raw, err := json.Marshal(im)
+	if err != nil {
+		tb.Fatalf("testupstream: index: %v", err)
+	}
+	return &plainIndex{inner: idx, manifest: im, raw: raw}
+}
+
+func (p *plainIndex) MediaType() (types.MediaType, error)         { return p.manifest.MediaType, nil }
+func (p *plainIndex) Image(h v1.Hash) (v1.Image, error)           { return p.inner.Image(h) }
+func (p *plainIndex) ImageIndex(h v1.Hash) (v1.ImageIndex, error) { return p.inner.ImageIndex(h) }
+func (p *plainIndex) RawManifest() ([]byte, error)                { return p.raw, nil }
+func (p *plainIndex) IndexManifest() (*v1.IndexManifest, error)   { return p.manifest, nil }
+func (p *plainIndex) Size() (int64, error)                        { return int64(len(p.raw)), nil }
+func (p *plainIndex) Digest() (v1.Hash, error) {
+	h, _, err := v1.SHA256(bytes.NewReader(p.raw))
+	return h, err
 }
 
 // Push pushes img to repo:tag (through the token server, with push scope).

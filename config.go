@@ -1,0 +1,190 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// dockerHub is the registry the Docker daemon's mirror requests mean.
+const (
+	dockerHubName = "docker.io"
+	dockerHubURL  = "https://registry-1.docker.io"
+)
+
+// config is regmirror's whole configuration. Precedence, lowest first:
+// these defaults, the TOML file (--config), REGMIRROR_* environment
+// variables, flags. config.example.toml documents every key.
+type config struct {
+	Listen          string           `toml:"listen"`
+	DataDir         string           `toml:"data_dir"`
+	TagTTL          duration         `toml:"tag_ttl"`
+	Offline         bool             `toml:"offline"`
+	LogLevel        string           `toml:"log_level"`
+	LogFormat       string           `toml:"log_format"`
+	DefaultRegistry string           `toml:"default_registry"`
+	Registries      []registryConfig `toml:"registry"`
+	Server          serverConfig     `toml:"server"`
+	Cache           cacheConfig      `toml:"cache"`
+	Pin             []string         `toml:"pin"`
+}
+
+type registryConfig struct {
+	Name               string   `toml:"name"`
+	URL                string   `toml:"url"`
+	Username           string   `toml:"username"`
+	Password           string   `toml:"password"`
+	PasswordEnv        string   `toml:"password_env"`
+	PasswordFile       string   `toml:"password_file"`
+	CAFile             string   `toml:"ca_file"`
+	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	HostAliases        []string `toml:"host_aliases"`
+}
+
+type serverConfig struct {
+	ReadTimeout     duration `toml:"read_timeout"`
+	WriteTimeout    duration `toml:"write_timeout"`
+	IdleTimeout     duration `toml:"idle_timeout"`
+	ShutdownTimeout duration `toml:"shutdown_timeout"`
+	FillTimeout     duration `toml:"fill_timeout"`
+	UpstreamTimeout duration `toml:"upstream_timeout"`
+}
+
+type cacheConfig struct {
+	MaxSize       string   `toml:"max_size"`
+	HighWatermark float64  `toml:"high_watermark"`
+	LowWatermark  float64  `toml:"low_watermark"`
+	MinFree       string   `toml:"min_free"`
+	EvictInterval duration `toml:"evict_interval"`
+}
+
+// duration reads "5m"-style strings from TOML.
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func defaultConfig() config {
+	return config{
+		Listen:          ":5000",
+		DataDir:         "./data",
+		TagTTL:          duration{5 * time.Minute},
+		LogLevel:        "info",
+		LogFormat:       "text",
+		DefaultRegistry: dockerHubName,
+		Server: serverConfig{
+			ReadTimeout:     duration{time.Minute},
+			WriteTimeout:    duration{time.Hour},
+			IdleTimeout:     duration{2 * time.Minute},
+			ShutdownTimeout: duration{30 * time.Second},
+			FillTimeout:     duration{2 * time.Hour},
+			UpstreamTimeout: duration{30 * time.Second},
+		},
+		Cache: cacheConfig{
+			MaxSize:       "0",
+			HighWatermark: 0.95,
+			LowWatermark:  0.85,
+			MinFree:       "1GiB",
+			EvictInterval: duration{30 * time.Second},
+		},
+	}
+}
+
+// loadConfigFile overlays a TOML file on c. Unknown keys are an error: a
+// typo must not silently leave a default in force.
+func loadConfigFile(c *config, path string) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// registry returns the entry for name, adding an empty one if absent.
+func (c *config) registry(name string) *registryConfig {
+	for i := range c.Registries {
+		if c.Registries[i].Name == name {
+			return &c.Registries[i]
+		}
+	}
+	c.Registries = append(c.Registries, registryConfig{Name: name})
+	return &c.Registries[len(c.Registries)-1]
+}
+
+// finish fills implied values and checks the whole configuration.
+func (c *config) finish() error {
+	hub := c.registry(dockerHubName)
+	if hub.URL == "" {
+		hub.URL = dockerHubURL
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for i := range c.Registries {
+		r := &c.Registries[i]
+		r.Name = strings.ToLower(r.Name)
+		if r.Name == "" {
+			errs = append(errs, errors.New("registry: an entry has no name"))
+			continue
+		}
+		if seen[r.Name] {
+			errs = append(errs, fmt.Errorf("registry %q: configured twice", r.Name))
+		}
+		seen[r.Name] = true
+		if r.URL == "" {
+			r.URL = "https://" + r.Name
+		}
+		if err := r.resolvePassword(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !seen[c.DefaultRegistry] {
+		errs = append(errs, fmt.Errorf("default_registry %q is not a configured registry", c.DefaultRegistry))
+	}
+	if c.TagTTL.Duration < 0 {
+		errs = append(errs, errors.New("tag_ttl: must not be negative"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: must be set"))
+	}
+	return errors.Join(errs...)
+}
+
+func (r *registryConfig) resolvePassword() error {
+	switch {
+	case r.PasswordEnv != "":
+		v, ok := os.LookupEnv(r.PasswordEnv)
+		if !ok {
+			return fmt.Errorf("registry %q: password_env %s is not set", r.Name, r.PasswordEnv)
+		}
+		r.Password = v
+	case r.PasswordFile != "":
+		b, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			return fmt.Errorf("registry %q: password_file: %w", r.Name, err)
+		}
+		r.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	if r.Password != "" && r.Username == "" {
+		return fmt.Errorf("registry %q: a password needs a username", r.Name)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// Errors raised inside this package. They say what went wrong in our terms;
+// toWire alone decides which registry code a client sees.
+var (
+	errNameInvalid        = errors.New("invalid repository name")
+	errReferenceInvalid   = errors.New("invalid tag or digest")
+	errDigestInvalid      = errors.New("invalid digest")
+	errUnsupportedMethod  = errors.New("this mirror only serves pulls")
+	errUnknownEndpoint    = errors.New("unknown endpoint")
+	errRegistryNotAllowed = errors.New("registry is not configured on this mirror")
+	errOffline            = errors.New("the mirror is offline and does not have this content")
+	errNotCached          = errors.New("not cached")
+	errUpstreamCorrupt    = errors.New("upstream sent content that does not match its digest")
+)
+
+// resource says what a request asked for, so that "not found" becomes the
+// code a client expects (MANIFEST_UNKNOWN for a manifest, and so on).
+type resource int
+
+const (
+	resourceNone resource = iota
+	resourceManifest
+	resourceBlob
+	resourceRepository
+)
+
+// wireError is one registry error as it goes on the wire:
+// {"errors":[{"code","message","detail"}]}.
+type wireError struct {
+	Status     int
+	Code       string
+	Message    string
+	Detail     string
+	RetryAfter time.Duration
+}
+
+func notFoundCode(res resource) (string, string) {
+	switch res {
+	case resourceManifest:
+		return "MANIFEST_UNKNOWN", "manifest unknown"
+	case resourceBlob:
+		return "BLOB_UNKNOWN", "blob unknown to registry"
+	default:
+		return "NAME_UNKNOWN", "repository name not known to registry"
+	}
+}
+
+// toWire maps any error the proxy meets to the registry error a client gets.
+func toWire(err error, res resource) wireError {
+	w := wireError{Detail: err.Error()}
+	var rl *upstream.RateLimitError
+	switch {
+	case errors.Is(err, errNameInvalid):
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "NAME_INVALID", "invalid repository name"
+	case errors.Is(err, errDigestInvalid), errors.Is(err, cache.ErrInvalidDigest):
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "DIGEST_INVALID", "provided digest did not match uploaded content"
+	case errors.Is(err, errReferenceInvalid):
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "MANIFEST_INVALID", "invalid tag or digest in the reference"
+	case errors.Is(err, errUnsupportedMethod):
+		w.Status, w.Code, w.Message = http.StatusMethodNotAllowed, "UNSUPPORTED", "the operation is unsupported: this is a read-only mirror"
+	case errors.Is(err, errUnknownEndpoint):
+		w.Status, w.Code, w.Message = http.StatusNotFound, "UNSUPPORTED", "unknown endpoint"
+	case errors.Is(err, errRegistryNotAllowed):
+		w.Status, w.Code, w.Message = http.StatusForbidden, "DENIED", "requested access to the resource is denied"
+	case errors.Is(err, errOffline), errors.Is(err, errNotCached), errors.Is(err, upstream.ErrNotFound), errors.Is(err, cache.ErrNotFound):
+		w.Status = http.StatusNotFound
+		w.Code, w.Message = notFoundCode(res)
+	case errors.As(err, &rl):
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "upstream rate limit reached, retry later"
+		w.RetryAfter = rl.RetryAfter
+	case errors.Is(err, upstream.ErrRateLimited):
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "upstream rate limit reached, retry later"
+	case errors.Is(err, upstream.ErrUnauthorized):
+		w.Status, w.Code, w.Message = http.StatusUnauthorized, "UNAUTHORIZED", "upstream refused the mirror's credentials, or the repository does not exist"
+	case errors.Is(err, upstream.ErrDenied):
+		w.Status, w.Code, w.Message = http.StatusForbidden, "DENIED", "upstream denied access to the resource"
+	case errors.Is(err, upstream.ErrTooLarge):
+		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is larger than this mirror accepts"
+	case errors.Is(err, errUpstreamCorrupt), errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeMismatch):
+		w.Status, w.Code, w.Message = http.StatusBadGateway, "UNAVAILABLE", "upstream sent corrupt content; it was not cached, retry"
+	case errors.Is(err, upstream.ErrUnavailable):
+		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "upstream is unavailable and the content is not cached"
+	default:
+		w.Status, w.Code, w.Message = http.StatusInternalServerError, "UNKNOWN", "internal error"
+	}
+	return w
+}
+
+type wireBody struct {
+	Errors []wireEntry `json:"errors"`
+}
+
+type wireEntry struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// writeError is the one place that puts a registry error on the wire.
+func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
+	w := toWire(err, res)
+	ctx.Response.ResetBody()
+	ctx.SetStatusCode(w.Status)
+	ctx.SetContentType("application/json")
+	if w.RetryAfter > 0 {
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int((w.RetryAfter+time.Second-1)/time.Second)))
+	} else if w.Status == http.StatusTooManyRequests {
+		ctx.Response.Header.Set("Retry-After", "60")
+	}
+	body, _ := json.Marshal(wireBody{Errors: []wireEntry{{Code: w.Code, Message: w.Message, Detail: w.Detail}}})
+	if ctx.IsHead() {
+		ctx.Response.Header.SetContentLength(len(body))
+		return w
+	}
+	ctx.SetBody(body)
+	return w
+}

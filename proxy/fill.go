@@ -1,0 +1,336 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// fillBufferSize is the one buffer a fill copies through; memory per fill
+// is fixed whatever the blob's size.
+const fillBufferSize = 64 << 10
+
+// maxResumes is how many times in a row a fill resumes a cut upstream body
+// with a Range request before it gives up.
+const maxResumes = 3
+
+// fill is one upstream download of one digest into the cache. Clients never
+// own it: it runs under a context detached from all of them, and each
+// client reads the growing temp file through its own follower.
+type fill struct {
+	digest digest.Digest
+	writer *cache.Writer
+
+	started     chan struct{} // closed once size or startErr is known
+	startedOnce sync.Once
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	size    int64 // total size, -1 when upstream did not say; valid after started
+	written int64
+	done    bool
+	err     error // why the fill failed; nil after a verified commit
+}
+
+func newFill(d digest.Digest, w *cache.Writer) *fill {
+	f := &fill{digest: d, writer: w, started: make(chan struct{}), size: -1}
+	f.cond.L = &f.mu
+	return f
+}
+
+// start publishes the blob's size; followers may now answer their clients.
+func (f *fill) start(size int64) {
+	f.mu.Lock()
+	f.size = size
+	f.mu.Unlock()
+	f.startedOnce.Do(func() { close(f.started) })
+}
+
+func (f *fill) advance(n int) {
+	f.mu.Lock()
+	f.written += int64(n)
+	f.mu.Unlock()
+	f.cond.Broadcast()
+}
+
+// finish ends the fill. err == nil means the content was verified and
+// committed to the cache.
+func (f *fill) finish(err error) {
+	f.mu.Lock()
+	f.done, f.err = true, err
+	f.mu.Unlock()
+	f.cond.Broadcast()
+	f.startedOnce.Do(func() { close(f.started) })
+}
+
+// startResult is what a client needs to answer: the size, or why not.
+func (f *fill) startResult() (int64, error) {
+	<-f.started
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done && f.err != nil {
+		return 0, f.err
+	}
+	return f.size, nil
+}
+
+// releasable blocks until bytes beyond off may be given to a client, and
+// returns how far they reach. Until the digest is verified the last byte
+// written is held back, so no client can complete a body that may be wrong:
+// if verification fails the client sees its connection cut, and retries.
+func (f *fill) releasable(off int64) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		if f.done {
+			if f.err != nil {
+				return 0, f.err
+			}
+			return f.written, nil
+		}
+		if f.written-1 > off {
+			return f.written - 1, nil
+		}
+		f.cond.Wait()
+	}
+}
+
+// follower streams a fill to one client from its own descriptor on the temp
+// file. Its Close, called by fasthttp when the response ends or the client
+// goes away, releases only this client's resources.
+type follower struct {
+	fill    *fill
+	file    *os.File
+	off     int64
+	end     int64 // exclusive; -1 = until the fill ends
+	sent    int64
+	err     error
+	onClose func(sent int64, err error)
+}
+
+func (r *follower) Read(p []byte) (int, error) {
+	if r.end >= 0 && r.off >= r.end {
+		return 0, io.EOF
+	}
+	limit, err := r.fill.releasable(r.off)
+	if err != nil {
+		r.err = err
+		return 0, err
+	}
+	if limit <= r.off {
+		return 0, io.EOF
+	}
+	if r.end >= 0 {
+		limit = min(limit, r.end)
+	}
+	if n := limit - r.off; int64(len(p)) > n {
+		p = p[:n]
+	}
+	n, err := r.file.ReadAt(p, r.off)
+	r.off += int64(n)
+	r.sent += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *follower) Close() error {
+	err := r.file.Close()
+	if r.onClose != nil {
+		r.onClose(r.sent, r.err)
+		r.onClose = nil
+	}
+	return err
+}
+
+// fillGroup tracks the fills in progress, at most one per digest.
+type fillGroup struct {
+	mu    sync.Mutex
+	fills map[digest.Digest]*fill
+}
+
+func (g *fillGroup) get(d digest.Digest) *fill {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fills[d]
+}
+
+func (g *fillGroup) put(f *fill) {
+	g.mu.Lock()
+	g.fills[f.digest] = f
+	g.mu.Unlock()
+}
+
+func (g *fillGroup) remove(f *fill) {
+	g.mu.Lock()
+	if g.fills[f.digest] == f {
+		delete(g.fills, f.digest)
+	}
+	g.mu.Unlock()
+}
+
+// count is the number of fills in progress.
+func (g *fillGroup) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.fills)
+}
+
+// joinFill returns the fill for rq's digest, starting it if none runs.
+// It returns nil, nil when the blob reached the cache meanwhile. singleflight
+// collapses concurrent starts; the fill object carries everything after.
+func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
+	d := rq.ref.digest
+	if f := s.fills.get(d); f != nil {
+		return f, true, nil
+	}
+	v, err, shared := s.flights.Do("fill\x00"+d.String(), func() (any, error) {
+		if f := s.fills.get(d); f != nil {
+			return f, nil
+		}
+		if _, err := s.store.Stat(d); err == nil {
+			return (*fill)(nil), nil
+		}
+		return s.startFill(rq)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return v.(*fill), shared, nil
+}
+
+func (s *Server) startFill(rq request) (*fill, error) {
+	d := rq.ref.digest
+	w, err := s.store.Create(d, "application/octet-stream")
+	if err != nil {
+		return nil, err
+	}
+	release := func() {}
+	if s.opts.Hooks != nil {
+		release = s.opts.Hooks.Hold(d)
+	}
+	f := newFill(d, w)
+	s.fills.put(f)
+	s.fillsAlive.Add(1)
+	s.metrics.fillsInProgress.Inc()
+	go func() {
+		defer s.fillsAlive.Done()
+		defer s.metrics.fillsInProgress.Dec()
+		defer release()
+		ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
+		defer cancel()
+		start := time.Now()
+		err := s.runFill(ctx, f, rq)
+		if err != nil {
+			_ = f.writer.Cancel()
+		}
+		// Leave the group before waking followers: a request that arrives
+		// later finds the blob in the cache, or starts a fresh fill.
+		s.fills.remove(f)
+		f.finish(err)
+		s.metrics.fill(err)
+		if err != nil {
+			s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+			return
+		}
+		s.log.Info("fill done", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond))
+	}()
+	return f, nil
+}
+
+// runFill downloads the blob into f's writer, resuming a cut body with a
+// Range request, then verifies and commits it.
+func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
+	buf := make([]byte, fillBufferSize)
+	resumes := 0
+	for {
+		offset := f.writer.Written()
+		blob, err := rq.up.GetBlob(ctx, rq.repo, f.digest, offset)
+		if err != nil {
+			if offset == 0 || !errors.Is(err, upstream.ErrUnavailable) || resumes >= maxResumes {
+				return err
+			}
+			resumes++
+			continue
+		}
+		if offset == 0 {
+			f.start(blob.Size)
+		} else if blob.Offset != offset {
+			// The server ignored the Range: skip what we already have.
+			if _, err := io.CopyN(io.Discard, blob.Body, offset-blob.Offset); err != nil || blob.Offset > offset {
+				blob.Body.Close()
+				return fmt.Errorf("%w: resume at %d got a body from %d", upstream.ErrUnavailable, offset, blob.Offset)
+			}
+		}
+		progressed, err := s.copyBody(f, blob.Body, buf)
+		blob.Body.Close()
+		if err == nil {
+			break
+		}
+		var werr *cacheWriteError
+		if errors.As(err, &werr) || errors.Is(err, cache.ErrSizeMismatch) || ctx.Err() != nil {
+			return err
+		}
+		if progressed {
+			resumes = 0
+		}
+		resumes++
+		if resumes > maxResumes {
+			return err
+		}
+		s.log.Info("fill resuming", "digest", f.digest, "offset", f.writer.Written(), "err", err)
+	}
+	if f.size >= 0 && f.writer.Written() != f.size {
+		return fmt.Errorf("%w: got %d bytes, upstream announced %d", cache.ErrSizeMismatch, f.writer.Written(), f.size)
+	}
+	if _, err := f.writer.Commit(f.size); err != nil {
+		return err
+	}
+	if err := s.store.AddLink(rq.registry, rq.repo, f.digest); err != nil {
+		s.log.Warn("recording repository link", "digest", f.digest, "err", err)
+	}
+	return nil
+}
+
+// cacheWriteError marks a failure to write to the cache, as opposed to a failure
+// to read from upstream (which a Range request may resume).
+type cacheWriteError struct{ err error }
+
+func (e *cacheWriteError) Error() string { return "writing to the cache: " + e.err.Error() }
+func (e *cacheWriteError) Unwrap() error { return e.err }
+
+// copyBody copies one upstream body into the fill, publishing progress.
+func (s *Server) copyBody(f *fill, body io.Reader, buf []byte) (progressed bool, err error) {
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if f.size >= 0 && f.writer.Written()+int64(n) > f.size {
+				return progressed, fmt.Errorf("%w: upstream sent more than the %d bytes it announced", cache.ErrSizeMismatch, f.size)
+			}
+			if _, werr := f.writer.Write(buf[:n]); werr != nil {
+				return progressed, &cacheWriteError{werr}
+			}
+			f.advance(n)
+			progressed = true
+		}
+		if rerr == io.EOF {
+			return progressed, nil
+		}
+		if rerr != nil {
+			return progressed, rerr
+		}
+	}
+}

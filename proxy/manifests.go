@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// manifest is a verified manifest ready to serve.
+type manifest struct {
+	body []byte
+	info cache.BlobInfo
+}
+
+// serveManifest answers GET and HEAD of /v2/<name>/manifests/<reference>.
+// Digests are local-first and never expire; tags are remote-first once
+// their TTL has passed, with the cache as the fallback.
+func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
+	var m manifest
+	var err error
+	if rq.ref.digest != "" {
+		m, ex.outcome, err = s.manifestByDigest(rq)
+	} else {
+		m, ex.outcome, err = s.manifestByTag(rq)
+	}
+	if err != nil {
+		writeError(ctx, err, resourceManifest)
+		return
+	}
+	ctx.SetContentType(m.info.MediaType)
+	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
+	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
+	if ctx.IsHead() {
+		ctx.Response.Header.SetContentLength(len(m.body))
+		return
+	}
+	ctx.SetBody(m.body)
+}
+
+func (s *Server) cachedManifest(d digest.Digest) (manifest, error) {
+	body, info, err := s.store.ReadAll(d, s.opts.MaxManifestSize)
+	return manifest{body, info}, err
+}
+
+func (s *Server) upstreamContext() (context.Context, context.CancelFunc) {
+	// Detached from the client: others may be waiting on the same flight.
+	return context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
+}
+
+func (s *Server) manifestByDigest(rq request) (manifest, string, error) {
+	d := rq.ref.digest
+	m, err := s.cachedManifest(d)
+	if err == nil {
+		return m, "hit", nil
+	}
+	if !errors.Is(err, cache.ErrNotFound) {
+		return manifest{}, "", err
+	}
+	if s.opts.Offline {
+		return manifest{}, "", fmt.Errorf("%w: %s", errOffline, d)
+	}
+	v, err, shared := s.flights.Do("manifest\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
+		if m, err := s.cachedManifest(d); err == nil {
+			return m, nil
+		}
+		ctx, cancel := s.upstreamContext()
+		defer cancel()
+		return s.fetchManifest(ctx, rq, d.String(), d)
+	})
+	if err != nil {
+		return manifest{}, "", err
+	}
+	return v.(manifest), outcome("miss", shared), nil
+}
+
+func outcome(base string, shared bool) string {
+	if shared {
+		return "join"
+	}
+	return base
+}
+
+// fetchManifest gets a manifest from upstream, checks it against want (when
+// known) and caches it. A manifest that verified but could not be cached
+// (disk trouble) is still served.
+func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want digest.Digest) (manifest, error) {
+	body, desc, err := rq.up.GetManifest(ctx, rq.repo, ref)
+	s.metrics.upstreamRequest("manifest", err)
+	if err != nil {
+		return manifest{}, err
+	}
+	got := digest.FromBytes(body)
+	if want != "" && got != want {
+		return manifest{}, fmt.Errorf("%w: asked for %s, got %s", errUpstreamCorrupt, want, got)
+	}
+	mediaType := manifestMediaType(desc.MediaType, body)
+	info, err := s.store.Put(got, mediaType, body)
+	if err != nil {
+		s.log.Error("caching manifest", "registry", rq.registry, "repo", rq.repo, "digest", got, "err", err)
+		info = cache.BlobInfo{Digest: got, Size: int64(len(body)), MediaType: mediaType}
+	} else if err := s.store.AddLink(rq.registry, rq.repo, got); err != nil {
+		s.log.Warn("recording repository link", "digest", got, "err", err)
+	}
+	return manifest{body, info}, nil
+}
+
+// manifestMediaType prefers the upstream's Content-Type and falls back to
+// the manifest's own mediaType field when upstream sent something generic.
+func manifestMediaType(contentType string, body []byte) string {
+	contentType, _, _ = strings.Cut(contentType, ";")
+	contentType = strings.TrimSpace(contentType)
+	if contentType != "" && contentType != "application/json" && contentType != "text/plain" && contentType != "application/octet-stream" {
+		return contentType
+	}
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(body, &probe) == nil && probe.MediaType != "" {
+		return probe.MediaType
+	}
+	if contentType != "" {
+		return contentType
+	}
+	return "application/vnd.oci.image.manifest.v1+json"
+}
+
+func (s *Server) manifestByTag(rq request) (manifest, string, error) {
+	tag := rq.ref.tag
+	rec, err := s.store.Tag(rq.registry, rq.repo, tag)
+	switch {
+	case err == nil:
+		fresh := s.opts.Now().Sub(rec.CheckedAt) < s.opts.TagTTL
+		if fresh || s.opts.Offline {
+			if m, err := s.cachedManifest(rec.Digest); err == nil {
+				return m, "hit", nil
+			}
+			// The manifest was evicted; the tag alone cannot be served.
+		}
+	case !errors.Is(err, cache.ErrNotFound):
+		return manifest{}, "", err
+	}
+	if s.opts.Offline {
+		return manifest{}, "", fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
+	}
+	type result struct {
+		m       manifest
+		outcome string
+	}
+	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
+		ctx, cancel := s.upstreamContext()
+		defer cancel()
+		m, how, err := s.refreshTag(ctx, rq, rec)
+		return result{m, how}, err
+	})
+	if err != nil {
+		return manifest{}, "", err
+	}
+	r := v.(result)
+	if shared {
+		return r.m, "join", nil
+	}
+	return r.m, r.outcome, nil
+}
+
+// refreshTag asks upstream what the tag points to now. With a cached record
+// it asks with a HEAD, which Docker Hub does not count as a pull, and
+// fetches the manifest only when the digest moved. When upstream cannot
+// answer (down, 5xx, rate limited) the cached manifest is served stale.
+func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord) (manifest, string, error) {
+	tag := rq.ref.tag
+	if rec.Digest == "" {
+		m, err := s.fetchManifest(ctx, rq, tag, "")
+		if err != nil {
+			return manifest{}, "", err
+		}
+		s.saveTag(rq, m)
+		return m, "miss", nil
+	}
+	desc, err := rq.up.HeadManifest(ctx, rq.repo, tag)
+	s.metrics.upstreamRequest("manifest_head", err)
+	if err != nil {
+		if !isUpstreamOutage(err) {
+			return manifest{}, "", err
+		}
+		m, cerr := s.cachedManifest(rec.Digest)
+		if cerr != nil {
+			return manifest{}, "", err
+		}
+		s.metrics.staleServed.Inc()
+		s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", tag, "digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(1e9), "err", err)
+		return m, "stale", nil
+	}
+	if desc.Digest == rec.Digest {
+		if m, err := s.cachedManifest(rec.Digest); err == nil {
+			rec.CheckedAt = s.opts.Now()
+			if err := s.store.SetTag(rq.registry, rq.repo, tag, rec); err != nil {
+				s.log.Warn("recording tag", "tag", tag, "err", err)
+			}
+			return m, "revalidated", nil
+		}
+	}
+	ref, want := tag, desc.Digest
+	if want != "" {
+		ref = want.String()
+	}
+	m, err := s.fetchManifest(ctx, rq, ref, want)
+	if err != nil {
+		return manifest{}, "", err
+	}
+	s.saveTag(rq, m)
+	if rec.Digest != m.info.Digest {
+		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", tag, "from", rec.Digest, "to", m.info.Digest)
+	}
+	return m, "miss", nil
+}
+
+func (s *Server) saveTag(rq request, m manifest) {
+	rec := cache.TagRecord{Digest: m.info.Digest, MediaType: m.info.MediaType, CheckedAt: s.opts.Now()}
+	if err := s.store.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
+		s.log.Warn("recording tag", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "err", err)
+	}
+}
+
+// isUpstreamOutage tells errors that mean "upstream cannot answer now"
+// (cached content should be served) from answers about the content itself.
+func isUpstreamOutage(err error) bool {
+	return errors.Is(err, upstream.ErrUnavailable) || errors.Is(err, upstream.ErrRateLimited) ||
+		errors.Is(err, context.DeadlineExceeded)
+}

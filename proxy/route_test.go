@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParsePath(t *testing.T) {
+	tests := []struct {
+		path     string
+		endpoint endpoint
+		name     string
+		ref      string
+		err      error
+	}{
+		{"/v2/", endpointBase, "", "", nil},
+		{"/v2", endpointBase, "", "", nil},
+		{"/v2/library/alpine/manifests/latest", endpointManifest, "library/alpine", "latest", nil},
+		{"/v2/alpine/manifests/sha256:abc", endpointManifest, "alpine", "sha256:abc", nil},
+		{"/v2/a/manifests/b/manifests/c", endpointManifest, "a/manifests/b", "c", nil},
+		{"/v2/ghcr.io/org/app/blobs/sha256:00", endpointBlob, "ghcr.io/org/app", "sha256:00", nil},
+		{"/v2/org/blobs/app/blobs/x", endpointBlob, "org/blobs/app", "x", nil},
+		{"/v2/library/alpine/tags/list", endpointTags, "library/alpine", "", nil},
+		{"/v2/library/alpine/blobs/uploads/", endpointUpload, "library/alpine", "", nil},
+		{"/v2/library/alpine/blobs/uploads/123", endpointUpload, "library/alpine", "", nil},
+		{"/v2/library/alpine/referrers/sha256:00", endpointReferrers, "library/alpine", "sha256:00", nil},
+		{"/v2/alpine", 0, "", "", errUnknownEndpoint},
+		{"/v2/manifests/latest", 0, "", "", errUnknownEndpoint},
+		{"/v2/library/alpine/other/latest", 0, "", "", errUnknownEndpoint},
+		{"/v1/library/alpine/manifests/latest", 0, "", "", errUnknownEndpoint},
+		{"/", 0, "", "", errUnknownEndpoint},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			got, err := parsePath(tt.path)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("err = %v, want %v", err, tt.err)
+			}
+			if err != nil {
+				return
+			}
+			if got.endpoint != tt.endpoint || got.name != tt.name || got.ref != tt.ref {
+				t.Fatalf("got %+v, want endpoint %d name %q ref %q", got, tt.endpoint, tt.name, tt.ref)
+			}
+		})
+	}
+}
+
+func TestValidateName(t *testing.T) {
+	valid := []string{"alpine", "library/alpine", "a/b/c/d", "my-org/my_app", "a__b", "a.b/c", "x---y", "0/1"}
+	for _, n := range valid {
+		if err := validateName(n); err != nil {
+			t.Errorf("validateName(%q) = %v, want nil", n, err)
+		}
+	}
+	invalid := []string{"", "Alpine", "a//b", "/a", "a/", "-a", "a-", "a_-b", "a..b", "../etc", "a/../b", "a b", "a\x00b", strings.Repeat("a", 256), "a%2fb"}
+	for _, n := range invalid {
+		if err := validateName(n); !errors.Is(err, errNameInvalid) {
+			t.Errorf("validateName(%q) = %v, want errNameInvalid", n, err)
+		}
+	}
+}
+
+func TestParseReference(t *testing.T) {
+	hex := strings.Repeat("a", 64)
+	tests := []struct {
+		in      string
+		tag     string
+		digest  string
+		wantErr error
+	}{
+		{"latest", "latest", "", nil},
+		{"v1.2.3-rc_1", "v1.2.3-rc_1", "", nil},
+		{"sha256:" + hex, "", "sha256:" + hex, nil},
+		{"sha256:" + hex[:63], "", "", errDigestInvalid},
+		{"sha512:" + strings.Repeat("a", 128), "", "", errDigestInvalid},
+		{"sha256:" + strings.ToUpper(hex), "", "", errDigestInvalid},
+		{".hidden", "", "", errReferenceInvalid},
+		{"-x", "", "", errReferenceInvalid},
+		{strings.Repeat("t", 129), "", "", errReferenceInvalid},
+		{"", "", "", errReferenceInvalid},
+	}
+	for _, tt := range tests {
+		got, err := parseReference(tt.in)
+		if !errors.Is(err, tt.wantErr) {
+			t.Errorf("parseReference(%q) err = %v, want %v", tt.in, err, tt.wantErr)
+			continue
+		}
+		if err == nil && (got.tag != tt.tag || got.digest.String() != tt.digest) {
+			t.Errorf("parseReference(%q) = %+v", tt.in, got)
+		}
+	}
+}
+
+func TestParseRange(t *testing.T) {
+	tests := []struct {
+		header     string
+		size       int64
+		start, end int64
+		none       bool
+		err        error
+	}{
+		{"bytes=0-99", 1000, 0, 100, false, nil},
+		{"bytes=100-", 1000, 100, 1000, false, nil},
+		{"bytes=900-2000", 1000, 900, 1000, false, nil},
+		{"bytes=-100", 1000, 900, 1000, false, nil},
+		{"bytes=-5000", 1000, 0, 1000, false, nil},
+		{"bytes=1000-", 1000, 0, 0, false, errRangeNotSatisfiable},
+		{"bytes=-0", 1000, 0, 0, false, errRangeNotSatisfiable},
+		{"bytes=0-1,5-6", 1000, 0, 0, true, nil},
+		{"items=0-1", 1000, 0, 0, true, nil},
+		{"bytes=5-1", 1000, 0, 0, true, nil},
+		{"bytes=a-b", 1000, 0, 0, true, nil},
+		{"bytes=-", 1000, 0, 0, true, nil},
+	}
+	for _, tt := range tests {
+		got, err := parseRange(tt.header, tt.size)
+		if !errors.Is(err, tt.err) {
+			t.Errorf("parseRange(%q) err = %v, want %v", tt.header, err, tt.err)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if tt.none {
+			if got != nil {
+				t.Errorf("parseRange(%q) = %+v, want whole body", tt.header, got)
+			}
+			continue
+		}
+		if got == nil || got.start != tt.start || got.end != tt.end {
+			t.Errorf("parseRange(%q) = %+v, want [%d,%d)", tt.header, got, tt.start, tt.end)
+		}
+	}
+}
+
+func FuzzParsePath(f *testing.F) {
+	for _, s := range []string{"/v2/", "/v2/library/alpine/manifests/latest", "/v2/a/blobs/sha256:00", "/v2/x/tags/list", "/v2/a/blobs/uploads/1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		p, err := parsePath(path)
+		if err != nil {
+			return
+		}
+		if p.endpoint == endpointManifest || p.endpoint == endpointBlob {
+			if strings.Contains(p.ref, "/") {
+				t.Fatalf("reference %q contains a slash", p.ref)
+			}
+			if validateName(p.name) == nil && strings.Contains(p.name, "..") {
+				t.Fatalf("name %q with .. validated", p.name)
+			}
+		}
+	})
+}
+
+func FuzzParseReference(f *testing.F) {
+	f.Add("latest")
+	f.Add("sha256:" + strings.Repeat("0", 64))
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := parseReference(s)
+		if err != nil {
+			return
+		}
+		if r.digest != "" && (len(r.digest.Encoded()) != 64 || strings.ContainsAny(r.digest.Encoded(), "/.")) {
+			t.Fatalf("unsafe digest %q accepted", r.digest)
+		}
+		if r.tag != "" && strings.ContainsAny(r.tag, "/\x00") {
+			t.Fatalf("unsafe tag %q accepted", r.tag)
+		}
+	})
+}
+
+func FuzzParseRange(f *testing.F) {
+	f.Add("bytes=0-99", int64(1000))
+	f.Add("bytes=-5", int64(10))
+	f.Fuzz(func(t *testing.T, header string, size int64) {
+		if size < 0 {
+			return
+		}
+		r, err := parseRange(header, size)
+		if err != nil || r == nil {
+			return
+		}
+		if r.start < 0 || r.end > size || r.start >= r.end {
+			t.Fatalf("parseRange(%q, %d) = %+v out of bounds", header, size, r)
+		}
+	})
+}

@@ -1,0 +1,414 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// Upstream is what the proxy needs from one remote registry.
+type Upstream interface {
+	// Name is the registry as clients name it ("docker.io", "ghcr.io").
+	Name() string
+	// Repository applies the registry's name defaulting ("alpine" →
+	// "library/alpine" on Docker Hub).
+	Repository(name string) string
+	HeadManifest(ctx context.Context, repo, ref string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo, ref string) ([]byte, upstream.Descriptor, error)
+	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
+	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error)
+	ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error)
+}
+
+// Store is what the proxy needs from the cache.
+type Store interface {
+	Stat(d digest.Digest) (cache.BlobInfo, error)
+	Open(d digest.Digest) (*os.File, cache.BlobInfo, error)
+	ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error)
+	Put(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error)
+	Create(d digest.Digest, mediaType string) (*cache.Writer, error)
+	Tag(registry, repo, tag string) (cache.TagRecord, error)
+	SetTag(registry, repo, tag string, rec cache.TagRecord) error
+	AddLink(registry, repo string, d digest.Digest) error
+	TagList(registry, repo string) ([]byte, error)
+	SetTagList(registry, repo string, body []byte) error
+}
+
+// FillHooks lets the cache's owner hear about fills. Hold is called before a
+// fill starts writing a digest and its release when the fill ends, so that
+// eviction never removes what is being written; NoSpace is called when a
+// write fails for lack of disk space and returns true when room was made.
+type FillHooks interface {
+	Hold(d digest.Digest) (release func())
+	NoSpace(ctx context.Context, need int64) bool
+}
+
+// Options configures a Server. Zero values take the defaults named.
+type Options struct {
+	// Registries are the configured upstreams. Only these are ever dialled.
+	Registries []Upstream
+	// DefaultRegistry answers bare /v2/<name>/... requests, as the Docker
+	// daemon sends them. Default "docker.io".
+	DefaultRegistry string
+	// HostAliases maps a request's Host (without port) to a registry name.
+	HostAliases map[string]string
+	Store       Store
+	Hooks       FillHooks
+	// TagTTL is how long a cached tag is served without asking upstream.
+	// Default 5m.
+	TagTTL time.Duration
+	// Offline never dials upstream: tags are served whatever their age and
+	// misses answer 404 at once.
+	Offline bool
+	// FillTimeout bounds one blob download, whoever waits for it. Default 2h.
+	FillTimeout time.Duration
+	// UpstreamTimeout bounds manifest and tag requests. Default 30s.
+	UpstreamTimeout time.Duration
+	// MaxManifestSize caps manifests read into memory. Default 4 MiB.
+	MaxManifestSize int64
+	// ReadTimeout, WriteTimeout and IdleTimeout configure the HTTP server.
+	// Defaults 1m, 1h (a layer of many GiB to a slow client), 2m.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Metrics receives the proxy's Prometheus collectors; nil disables
+	// /metrics.
+	Metrics *prometheus.Registry
+	Logger  *slog.Logger
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+// Server is a pull-through registry mirror.
+type Server struct {
+	opts       Options
+	log        *slog.Logger
+	registries map[string]Upstream
+	store      Store
+	metrics    *metrics
+	http       *fasthttp.Server
+
+	// flights collapses concurrent misses of one manifest or tag.
+	flights singleflight.Group
+	fills   fillGroup
+
+	// fillCtx is the parent of every fill: detached from clients, cancelled
+	// only at shutdown.
+	fillCtx    context.Context
+	stopFills  context.CancelFunc
+	fillsAlive sync.WaitGroup
+
+	metricsHandler fasthttp.RequestHandler
+}
+
+// New builds a Server; it does not listen yet.
+func New(o Options) (*Server, error) {
+	if o.Store == nil {
+		return nil, errors.New("proxy: a Store is required")
+	}
+	if len(o.Registries) == 0 && !o.Offline {
+		return nil, errors.New("proxy: at least one upstream registry is required")
+	}
+	if o.DefaultRegistry == "" {
+		o.DefaultRegistry = "docker.io"
+	}
+	setDefault(&o.TagTTL, 5*time.Minute)
+	setDefault(&o.FillTimeout, 2*time.Hour)
+	setDefault(&o.UpstreamTimeout, 30*time.Second)
+	setDefault(&o.ReadTimeout, time.Minute)
+	setDefault(&o.WriteTimeout, time.Hour)
+	setDefault(&o.IdleTimeout, 2*time.Minute)
+	if o.MaxManifestSize <= 0 {
+		o.MaxManifestSize = 4 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{
+		opts:       o,
+		log:        o.Logger,
+		registries: make(map[string]Upstream, len(o.Registries)),
+		store:      o.Store,
+	}
+	for _, r := range o.Registries {
+		if _, dup := s.registries[r.Name()]; dup {
+			return nil, fmt.Errorf("proxy: registry %q configured twice", r.Name())
+		}
+		s.registries[r.Name()] = r
+	}
+	if _, ok := s.registries[o.DefaultRegistry]; !ok && !o.Offline {
+		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
+	}
+	s.metrics = newMetrics(o.Metrics)
+	if o.Metrics != nil {
+		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
+	}
+	s.fillCtx, s.stopFills = context.WithCancel(context.Background())
+	s.fills.fills = make(map[digest.Digest]*fill)
+	s.http = &fasthttp.Server{
+		Handler:                       s.handle,
+		Name:                          "regmirror",
+		ReadTimeout:                   o.ReadTimeout,
+		WriteTimeout:                  o.WriteTimeout,
+		IdleTimeout:                   o.IdleTimeout,
+		MaxRequestBodySize:            64 << 10, // pulls carry no body; pushes are refused
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultContentType:          true,
+		CloseOnShutdown:               true,
+		Logger:                        fasthttpLogger{o.Logger},
+	}
+	return s, nil
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// Serve answers requests on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.http.Serve(ln)
+}
+
+// Shutdown stops accepting requests, waits for those in flight (up to ctx),
+// then cancels and waits for fills, so that the cache can be closed after it.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.ShutdownWithContext(ctx)
+	s.stopFills()
+	s.fillsAlive.Wait()
+	return err
+}
+
+// Handler exposes the request handler, for tests that serve it themselves.
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("http server", "msg", fmt.Sprintf(format, args...))
+}
+
+// exchange carries one request's state from the handler to its log line,
+// which for a streamed body is written when fasthttp closes the stream.
+type exchange struct {
+	s        *Server
+	start    time.Time
+	method   string
+	path     string
+	registry string
+	endpoint string
+	outcome  string // hit, miss, join, stale, revalidated, or empty
+	status   int
+}
+
+func (e *exchange) done(bytes int64, err error) {
+	attrs := []any{
+		"method", e.method, "path", e.path, "status", e.status,
+		"bytes", bytes, "duration", time.Since(e.start).Round(time.Microsecond),
+	}
+	if e.registry != "" {
+		attrs = append(attrs, "registry", e.registry)
+	}
+	if e.outcome != "" {
+		attrs = append(attrs, "cache", e.outcome)
+	}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	e.s.log.Info("request", attrs...)
+	e.s.metrics.request(e.endpoint, e.outcome, e.status, bytes)
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path())}
+	streamed := s.dispatch(ctx, ex)
+	ex.status = ctx.Response.StatusCode()
+	if !streamed {
+		ex.done(int64(len(ctx.Response.Body())), nil)
+	}
+}
+
+// dispatch answers one request; it reports whether the body is a stream
+// whose Close will log the exchange.
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool) {
+	switch ex.path {
+	case "/metrics":
+		if s.metricsHandler != nil {
+			ex.endpoint = "metrics"
+			s.metricsHandler(ctx)
+			return false
+		}
+	case "/healthz":
+		ex.endpoint = "health"
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("ok\n")
+		return false
+	}
+	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
+	p, err := parsePath(ex.path)
+	if err != nil {
+		ex.endpoint = "unknown"
+		writeError(ctx, err, resourceNone)
+		return false
+	}
+	if !ctx.IsGet() && !ctx.IsHead() {
+		ex.endpoint = "write"
+		writeError(ctx, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path), resourceNone)
+		return false
+	}
+	switch p.endpoint {
+	case endpointBase:
+		ex.endpoint = "base"
+		if _, err := s.resolveRegistry(ctx, ""); err != nil {
+			writeError(ctx, err, resourceNone)
+			return false
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString("{}")
+		return false
+	case endpointUpload:
+		ex.endpoint = "write"
+		writeError(ctx, fmt.Errorf("%w: uploads", errUnsupportedMethod), resourceNone)
+		return false
+	}
+	rq, err := s.resolve(ctx, p)
+	if err != nil {
+		ex.endpoint = endpointName(p.endpoint)
+		writeError(ctx, err, resourceOf(p.endpoint))
+		return false
+	}
+	ex.registry = rq.up.Name()
+	ex.endpoint = endpointName(p.endpoint)
+	switch p.endpoint {
+	case endpointManifest:
+		s.serveManifest(ctx, ex, rq)
+	case endpointBlob:
+		return s.serveBlob(ctx, ex, rq)
+	case endpointTags:
+		s.serveTags(ctx, ex, rq)
+	case endpointReferrers:
+		writeError(ctx, fmt.Errorf("%w: the referrers API is not mirrored", errUnknownEndpoint), resourceNone)
+	}
+	return false
+}
+
+func endpointName(e endpoint) string {
+	switch e {
+	case endpointManifest:
+		return "manifest"
+	case endpointBlob:
+		return "blob"
+	case endpointTags:
+		return "tags"
+	case endpointReferrers:
+		return "referrers"
+	}
+	return "other"
+}
+
+func resourceOf(e endpoint) resource {
+	switch e {
+	case endpointManifest:
+		return resourceManifest
+	case endpointBlob:
+		return resourceBlob
+	}
+	return resourceRepository
+}
+
+// request is a validated pull request resolved to one configured upstream.
+type request struct {
+	up       Upstream // nil only in offline mode for unconfigured defaults
+	registry string
+	repo     string // normalised for the upstream ("library/alpine")
+	ref      reference
+}
+
+// resolve chooses the upstream and validates the name and reference.
+func (s *Server) resolve(ctx *fasthttp.RequestCtx, p parsedPath) (request, error) {
+	name := p.name
+	var prefix string
+	if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeRegistryHost(first) {
+		prefix, name = strings.ToLower(first), rest
+	}
+	up, err := s.resolveRegistry(ctx, prefix)
+	if err != nil {
+		return request{}, err
+	}
+	if err := validateName(name); err != nil {
+		return request{}, err
+	}
+	rq := request{up: up, registry: up.Name(), repo: up.Repository(name)}
+	switch p.endpoint {
+	case endpointManifest:
+		rq.ref, err = parseReference(p.ref)
+	case endpointBlob, endpointReferrers:
+		var d digest.Digest
+		d, err = parseDigest(p.ref)
+		rq.ref = reference{digest: d}
+	}
+	return rq, err
+}
+
+// resolveRegistry picks the upstream a request names, in the order: the
+// ?ns= query (containerd), a registry host as the first path component
+// (podman and containerd override_path), a Host alias, the default. A name
+// that is not configured is refused: this is not an open proxy.
+func (s *Server) resolveRegistry(ctx *fasthttp.RequestCtx, pathPrefix string) (Upstream, error) {
+	if ns := ctx.QueryArgs().Peek("ns"); len(ns) > 0 {
+		return s.registryNamed(string(ns))
+	}
+	if pathPrefix != "" {
+		return s.registryNamed(pathPrefix)
+	}
+	if len(s.opts.HostAliases) > 0 {
+		host := string(ctx.Host())
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if name, ok := s.opts.HostAliases[strings.ToLower(host)]; ok {
+			return s.registryNamed(name)
+		}
+	}
+	return s.registryNamed(s.opts.DefaultRegistry)
+}
+
+// dockerHubAliases are the other names clients use for Docker Hub.
+var dockerHubAliases = map[string]string{
+	"index.docker.io":         "docker.io",
+	"registry-1.docker.io":    "docker.io",
+	"registry.hub.docker.com": "docker.io",
+}
+
+func (s *Server) registryNamed(name string) (Upstream, error) {
+	name = strings.ToLower(name)
+	if canonical, ok := dockerHubAliases[name]; ok {
+		name = canonical
+	}
+	if up, ok := s.registries[name]; ok {
+		return up, nil
+	}
+	return nil, fmt.Errorf("%w: %q", errRegistryNotAllowed, name)
+}
+
+// nopCloser is for bodies whose Close has nothing to release.
+var _ io.Closer = (*fileBody)(nil)
