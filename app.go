@@ -7,20 +7,23 @@ import (
 	"log/slog"
 	"net"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/eviction"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
 )
 
-// app is a running mirror: the cache, the upstreams and the proxy, wired.
+// app is a running mirror: the cache with its eviction, the upstreams and
+// the proxy, wired.
 type app struct {
 	cfg   config
 	log   *slog.Logger
-	store *cache.Store
+	cache *cacheStack
 	proxy *proxy.Server
 	ln    net.Listener
 }
@@ -28,13 +31,13 @@ type app struct {
 // newApp opens the cache, builds every component and listens; Run serves.
 func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a = &app{cfg: cfg, log: log}
-	a.store, err = cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
+	a.cache, err = openCacheStack(cfg, log)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			a.store.Close()
+			a.cache.Close()
 		}
 	}()
 	ups, aliases, err := buildUpstreams(cfg, log)
@@ -43,11 +46,14 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerEvictionMetrics(metrics, a.cache)
 	a.proxy, err = proxy.New(proxy.Options{
 		Registries:      ups,
 		DefaultRegistry: cfg.DefaultRegistry,
 		HostAliases:     aliases,
-		Store:           a.store,
+		Store:           a.cache.store,
+		Hooks:           fillHooks{a.cache.evictor},
+		Admin:           admin.Handler(a.cache.ops),
 		TagTTL:          cfg.TagTTL.Duration,
 		Offline:         cfg.Offline,
 		FillTimeout:     cfg.Server.FillTimeout.Duration,
@@ -93,17 +99,54 @@ func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, map[string]
 	return ups, aliases, nil
 }
 
+// fillHooks lets eviction protect fills and make room when the disk fills.
+type fillHooks struct{ evictor *eviction.Evictor }
+
+func (h fillHooks) Hold(d digest.Digest) func() { return h.evictor.Hold(d.String()) }
+
+func (h fillHooks) NoSpace(ctx context.Context, need int64) bool {
+	_, err := h.evictor.EnsureFree(ctx, need)
+	return err == nil
+}
+
+// registerEvictionMetrics exports the evictor's counters, read at scrape time.
+func registerEvictionMetrics(reg *prometheus.Registry, st *cacheStack) {
+	stat := func(f func(eviction.Stats) int64) func() float64 {
+		return func() float64 { return float64(f(st.evictor.Stats())) }
+	}
+	gauge := func(name, help string, f func(eviction.Stats) int64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, stat(f)))
+	}
+	counter := func(name, help string, f func(eviction.Stats) int64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, stat(f)))
+	}
+	gauge("regmirror_cache_bytes", "Bytes of verified content in the cache.", func(s eviction.Stats) int64 { return s.Bytes })
+	gauge("regmirror_cache_blobs", "Blobs in the cache.", func(s eviction.Stats) int64 { return s.Blobs })
+	gauge("regmirror_cache_pinned_bytes", "Bytes of pinned content.", func(s eviction.Stats) int64 { return s.PinnedBytes })
+	gauge("regmirror_cache_budget_bytes", "The cache's byte budget (0: none).", func(s eviction.Stats) int64 {
+		if s.MaxBytes == noBudget {
+			return 0
+		}
+		return s.MaxBytes
+	})
+	counter("regmirror_evicted_blobs_total", "Blobs evicted.", func(s eviction.Stats) int64 { return s.EvictedBlobs })
+	counter("regmirror_evicted_bytes_total", "Bytes evicted.", func(s eviction.Stats) int64 { return s.EvictedBytes })
+}
+
 // Addr is the address the mirror listens on.
 func (a *app) Addr() string { return a.ln.Addr().String() }
 
 // Run serves until ctx ends, then shuts down gracefully: requests in flight
-// finish (up to the shutdown timeout), fills stop, and the cache is closed
-// last.
+// finish (up to the shutdown timeout), fills stop, eviction stops, and the
+// cache is closed last.
 func (a *app) Run(ctx context.Context) error {
-	defer a.store.Close()
+	defer a.cache.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return a.proxy.Serve(a.ln)
+	})
+	g.Go(func() error {
+		return a.cache.evictor.Run(gctx)
 	})
 	g.Go(func() error {
 		<-gctx.Done()

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // dockerHub is the registry the Docker daemon's mirror requests mean.
@@ -27,6 +30,7 @@ type config struct {
 	LogLevel        string           `toml:"log_level"`
 	LogFormat       string           `toml:"log_format"`
 	DefaultRegistry string           `toml:"default_registry"`
+	DockerConfig    string           `toml:"docker_config"`
 	Registries      []registryConfig `toml:"registry"`
 	Server          serverConfig     `toml:"server"`
 	Cache           cacheConfig      `toml:"cache"`
@@ -43,6 +47,8 @@ type registryConfig struct {
 	CAFile             string   `toml:"ca_file"`
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
 	HostAliases        []string `toml:"host_aliases"`
+	DockerConfig       string   `toml:"docker_config"`
+	Private            bool     `toml:"private"`
 }
 
 type serverConfig struct {
@@ -138,6 +144,7 @@ func (c *config) finish() error {
 	}
 	var errs []error
 	seen := map[string]bool{}
+	aliasOf := map[string]string{}
 	for i := range c.Registries {
 		r := &c.Registries[i]
 		r.Name = strings.ToLower(r.Name)
@@ -154,6 +161,15 @@ func (c *config) finish() error {
 		}
 		if err := r.resolvePassword(); err != nil {
 			errs = append(errs, err)
+		}
+		errs = append(errs, r.checkName(), r.resolveDockerConfig(c.DockerConfig))
+		for j, h := range r.HostAliases {
+			h = strings.ToLower(h)
+			r.HostAliases[j] = h
+			if other, dup := aliasOf[h]; dup {
+				errs = append(errs, fmt.Errorf("registry %q: host alias %q is already %q's", r.Name, h, other))
+			}
+			aliasOf[h] = r.Name
 		}
 	}
 	if !seen[c.DefaultRegistry] {
@@ -187,4 +203,54 @@ func (r *registryConfig) resolvePassword() error {
 		return fmt.Errorf("registry %q: a password needs a username", r.Name)
 	}
 	return nil
+}
+
+// checkName accepts what clients put before the first '/' of an image
+// name: a host, optionally with a port ("ghcr.io", "registry.corp:5000").
+// Requests name their registry this way (?ns=, a path prefix), so anything
+// else could never be addressed.
+func (r *registryConfig) checkName() error {
+	if strings.ContainsAny(r.Name, "/@ \t") || strings.Contains(r.Name, "://") {
+		return fmt.Errorf("registry %q: name must be a registry host[:port] as clients write it, without scheme or path", r.Name)
+	}
+	return nil
+}
+
+// resolveDockerConfig applies the global docker_config to a registry that
+// has neither its own nor a username, and checks that private registries
+// have credentials: upstream is what decides who may see their content.
+func (r *registryConfig) resolveDockerConfig(global string) error {
+	if r.DockerConfig == "" && r.Username == "" {
+		r.DockerConfig = global
+	}
+	if r.DockerConfig != "" {
+		if _, err := os.Stat(r.DockerConfig); err != nil {
+			return fmt.Errorf("registry %q: docker_config: %w", r.Name, err)
+		}
+	}
+	if r.Private && r.Username == "" && r.DockerConfig == "" {
+		return fmt.Errorf("registry %q: private = true needs credentials (username and password, or docker_config)", r.Name)
+	}
+	return nil
+}
+
+// keychain is where the registry's credentials come from when no username
+// is configured: its Docker config.json, or nothing (anonymous).
+func (r *registryConfig) keychain() authn.Keychain {
+	if r.Username != "" || r.DockerConfig == "" {
+		return nil
+	}
+	return upstream.NewConfigKeychain(r.DockerConfig)
+}
+
+// privateRegistries names the registries whose cached content is served to
+// a repository only once upstream has shown it there.
+func (c *config) privateRegistries() map[string]bool {
+	private := map[string]bool{}
+	for _, r := range c.Registries {
+		if r.Private {
+			private[r.Name] = true
+		}
+	}
+	return private
 }

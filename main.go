@@ -36,6 +36,8 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Commands: []*cli.Command{
 			serveCommand(),
+			gcCommand(),
+			duCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,
@@ -127,7 +129,9 @@ func loadConfig(c *cli.Context) (config, error) {
 	setString("log-level", &cfg.LogLevel)
 	setString("log-format", &cfg.LogFormat)
 	setString("listen", &cfg.Listen)
-	setString("max-size", &cfg.Cache.MaxSize)
+	if c.IsSet("max-size") {
+		cfg.Cache.MaxSize = c.String("max-size")
+	}
 	if c.IsSet("tag-ttl") {
 		cfg.TagTTL = duration{c.Duration("tag-ttl")}
 	}

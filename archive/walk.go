@@ -70,6 +70,10 @@ func Foreign(desc v1.Descriptor) bool {
 // ErrIncomplete; an unknown manifest-level media type is ErrUnsupported. An
 // error from fn stops the walk and is returned unchanged.
 func Walk(ctx context.Context, src BlobSource, root digest.Digest, mediaType string, fn func(v1.Descriptor) error) error {
+	return walk(ctx, src, root, mediaType, fn, nil)
+}
+
+func walk(ctx context.Context, src BlobSource, root digest.Digest, mediaType string, fn func(v1.Descriptor) error, missing func(v1.Descriptor)) error {
 	if err := checkDigest(root); err != nil {
 		return err
 	}
@@ -77,8 +81,19 @@ func Walk(ctx context.Context, src BlobSource, root digest.Digest, mediaType str
 	if err != nil {
 		return fmt.Errorf("%w: digest %q: %v", ErrCorrupt, root, err)
 	}
-	w := walker{ctx: ctx, src: src, fn: fn, seen: make(map[digest.Digest]bool)}
+	w := walker{ctx: ctx, src: src, fn: fn, seen: make(map[digest.Digest]bool), missingChild: missing}
 	return w.visit(v1.Descriptor{Digest: h, MediaType: types.MediaType(mediaType), Size: -1}, true)
+}
+
+// WalkCached is Walk for a store that may hold only part of an index: a
+// child manifest that src does not have is passed to missing (which may be
+// nil) and skipped with its subtree, as a pull of some platforms leaves
+// the others. Everything else is as in Walk.
+func WalkCached(ctx context.Context, src BlobSource, root digest.Digest, mediaType string, fn func(v1.Descriptor) error, missing func(v1.Descriptor)) error {
+	if missing == nil {
+		missing = func(v1.Descriptor) {}
+	}
+	return walk(ctx, src, root, mediaType, fn, missing)
 }
 
 type walker struct {
@@ -86,6 +101,8 @@ type walker struct {
 	src  BlobSource
 	fn   func(v1.Descriptor) error
 	seen map[digest.Digest]bool
+	// missingChild, when set, skips index children src does not have.
+	missingChild func(v1.Descriptor)
 }
 
 // manifestJSON is the union of the image manifest and index shapes: Walk
@@ -147,7 +164,12 @@ func (w *walker) visit(desc v1.Descriptor, manifest bool) error {
 	}
 	if desc.MediaType.IsIndex() {
 		for _, child := range m.Manifests {
-			if err := w.visit(child, true); err != nil {
+			err := w.visit(child, true)
+			if err != nil && w.missingChild != nil && errors.Is(err, ErrIncomplete) {
+				w.missingChild(child)
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		}

@@ -310,12 +310,18 @@ func TestBusy(t *testing.T) {
 
 func TestNoSpaceInjected(t *testing.T) {
 	s := openStore(t, "")
+	full := true
 	s.writeHook = func(f *os.File, p []byte) (int, error) {
+		if !full {
+			return f.Write(p)
+		}
 		n := min(len(p), 10)
 		f.Write(p[:n])
 		return n, &os.PathError{Op: "write", Path: f.Name(), Err: syscall.ENOSPC}
 	}
 	data, d := blob(100, 15)
+
+	// Abandoned after ENOSPC: nothing is left behind.
 	w, err := s.Create(d, "x")
 	if err != nil {
 		t.Fatal(err)
@@ -324,17 +330,32 @@ func TestNoSpaceInjected(t *testing.T) {
 	if n != 10 || !errors.Is(err, ErrNoSpace) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("Write = %d, %v; want 10, ErrNoSpace wrapping ENOSPC", n, err)
 	}
-	if _, err := w.Write(data); !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("Write after ENOSPC: %v", err)
-	}
-	if _, err := w.Commit(-1); !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("Commit after ENOSPC: %v", err)
+	if err := w.Cancel(); err != nil {
+		t.Fatal(err)
 	}
 	if got := files(t, filepath.Join(s.Dir(), "tmp")); len(got) != 0 {
 		t.Fatalf("tmp/ holds %v", got)
 	}
 	if _, err := s.Stat(d); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Stat: %v", err)
+	}
+
+	// Resumed after space was freed: the writer stays usable and the blob
+	// verifies, since exactly the bytes written were hashed.
+	w, err = s.Create(d, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err = w.Write(data)
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Write: %v, want ErrNoSpace", err)
+	}
+	full = false
+	if _, err := w.Write(data[n:]); err != nil {
+		t.Fatalf("Write after space was freed: %v", err)
+	}
+	if _, err := w.Commit(int64(len(data))); err != nil {
+		t.Fatalf("Commit after a resumed write: %v", err)
 	}
 }
 

@@ -62,8 +62,8 @@ func (s *Store) Create(d digest.Digest, mediaType string) (*Writer, error) {
 }
 
 // Write appends p to the temp file and the running hash. A full disk yields
-// an error wrapping ErrNoSpace. After an error every later Write and Commit
-// fail with it.
+// an error wrapping ErrNoSpace, after which the writer remains usable. After
+// any other error every later Write and Commit fail with it.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -83,8 +83,14 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.written.Add(int64(n))
 	}
 	if err != nil {
-		w.err = fmt.Errorf("cache: write blob %s: %w", w.d, classify(err))
-		return n, w.err
+		err = fmt.Errorf("cache: write blob %s: %w", w.d, classify(err))
+		// A full disk is not the writer's fault: the n bytes written are
+		// hashed and counted, so once space is freed the caller may write
+		// the rest (p[n:]) and go on.
+		if !errors.Is(err, ErrNoSpace) {
+			w.err = err
+		}
+		return n, err
 	}
 	return n, nil
 }

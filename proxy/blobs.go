@@ -24,6 +24,11 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 	for attempt := 0; attempt < 2; attempt++ {
 		file, info, err := s.store.Open(d)
 		if err == nil {
+			if err := s.confirmInRepo(rq, d, resourceBlob); err != nil {
+				file.Close()
+				writeError(ctx, err, resourceBlob)
+				return false
+			}
 			ex.outcome = "hit"
 			return s.serveFile(ctx, ex, file, info)
 		}
@@ -40,7 +45,15 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 			s.headBlobUpstream(ctx, rq)
 			return false
 		}
+		if s.diskFull() {
+			ex.outcome = "bypass"
+			return s.servePassThrough(ctx, ex, rq)
+		}
 		f, joined, err := s.joinFill(rq)
+		if isNoSpace(err) {
+			ex.outcome = "bypass"
+			return s.servePassThrough(ctx, ex, rq)
+		}
 		if err != nil {
 			writeError(ctx, err, resourceBlob)
 			return false
@@ -51,6 +64,14 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 		ex.outcome = "miss"
 		if joined {
 			ex.outcome = "join"
+		}
+		if f.request.registry != rq.registry || f.request.repo != rq.repo {
+			// A fill started for another repository: for a private
+			// registry, upstream must show the blob in this one too.
+			if err := s.confirmInRepo(rq, d, resourceBlob); err != nil {
+				writeError(ctx, err, resourceBlob)
+				return false
+			}
 		}
 		return s.serveFill(ctx, ex, f)
 	}
@@ -63,7 +84,7 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
 	d := rq.ref.digest
 	size := int64(-1)
-	if f := s.fills.get(d); f != nil {
+	if f := s.fills.get(d); f != nil && !s.isPrivate(rq.registry) {
 		if n, err := f.startResult(); err == nil {
 			size = n
 		}
@@ -257,6 +278,10 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 		return false
 	}
 	r := &follower{fill: f, file: file, off: rng.start, end: rng.end}
+	r.fallback = func(prefix io.ReaderAt, off, end int64) (*passThrough, error) {
+		s.log.Warn("disk full: streaming the rest from upstream without caching", "digest", f.digest, "offset", off)
+		return s.newPassThrough(f.request, prefix, off, end, size)
+	}
 	length := rng.end - rng.start
 	if size < 0 {
 		r.end, length = -1, -1 // chunked: the client sees the end only when the digest checked out
@@ -267,5 +292,37 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 		ex.done(sent, err)
 	}
 	ctx.Response.SetBodyStream(r, int(length))
+	return true
+}
+
+// servePassThrough answers a blob GET straight from upstream, without
+// caching: the disk is full and eviction could not make room.
+func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request) bool {
+	uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
+	size, err := rq.up.HeadBlob(uctx, rq.repo, rq.ref.digest)
+	cancel()
+	if err != nil {
+		writeError(ctx, err, resourceBlob)
+		return false
+	}
+	setBlobHeaders(ctx, rq.ref.digest.String())
+	rng, ok := applyRange(ctx, size)
+	if !ok {
+		ctx.Response.Header.SetContentLength(0)
+		return false
+	}
+	end, length := rng.end, rng.end-rng.start
+	if size < 0 {
+		end, length = -1, -1
+	}
+	p, err := s.newPassThrough(rq, nil, rng.start, end, size)
+	if err != nil {
+		ctx.Response.Header.Del("Content-Range")
+		writeError(ctx, err, resourceBlob)
+		return false
+	}
+	ex.status = ctx.Response.StatusCode()
+	p.onClose = func(sent int64, err error) { ex.done(sent, err) }
+	ctx.Response.SetBodyStream(p, int(length))
 	return true
 }

@@ -22,6 +22,7 @@ var (
 	errUnsupportedMethod  = errors.New("this mirror only serves pulls")
 	errUnknownEndpoint    = errors.New("unknown endpoint")
 	errRegistryNotAllowed = errors.New("registry is not configured on this mirror")
+	errForbidden          = errors.New("forbidden")
 	errOffline            = errors.New("the mirror is offline and does not have this content")
 	errNotCached          = errors.New("not cached")
 	errUpstreamCorrupt    = errors.New("upstream sent content that does not match its digest")
@@ -74,7 +75,7 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusMethodNotAllowed, "UNSUPPORTED", "the operation is unsupported: this is a read-only mirror"
 	case errors.Is(err, errUnknownEndpoint):
 		w.Status, w.Code, w.Message = http.StatusNotFound, "UNSUPPORTED", "unknown endpoint"
-	case errors.Is(err, errRegistryNotAllowed):
+	case errors.Is(err, errRegistryNotAllowed), errors.Is(err, errForbidden):
 		w.Status, w.Code, w.Message = http.StatusForbidden, "DENIED", "requested access to the resource is denied"
 	case errors.Is(err, errOffline), errors.Is(err, errNotCached), errors.Is(err, upstream.ErrNotFound), errors.Is(err, cache.ErrNotFound):
 		w.Status = http.StatusNotFound

@@ -27,8 +27,9 @@ const maxResumes = 3
 // own it: it runs under a context detached from all of them, and each
 // client reads the growing temp file through its own follower.
 type fill struct {
-	digest digest.Digest
-	writer *cache.Writer
+	digest  digest.Digest
+	writer  *cache.Writer
+	request request // the request that started it: which upstream and repository
 
 	started     chan struct{} // closed once size or startErr is known
 	startedOnce sync.Once
@@ -115,13 +116,35 @@ type follower struct {
 	sent    int64
 	err     error
 	onClose func(sent int64, err error)
+
+	// fallback, when set, takes over from upstream if the fill fails for
+	// lack of disk space; direct is the stream it returned.
+	fallback func(prefix io.ReaderAt, off, end int64) (*passThrough, error)
+	direct   *passThrough
 }
 
 func (r *follower) Read(p []byte) (int, error) {
+	if r.direct != nil {
+		n, err := r.direct.Read(p)
+		r.off += int64(n)
+		r.sent += int64(n)
+		if err != nil && err != io.EOF {
+			r.err = err
+		}
+		return n, err
+	}
 	if r.end >= 0 && r.off >= r.end {
 		return 0, io.EOF
 	}
 	limit, err := r.fill.releasable(r.off)
+	if err != nil && isNoSpace(err) && r.fallback != nil {
+		// The disk filled up under the fill: carry on straight from
+		// upstream, with what this client already has read back from the
+		// temp file for the digest check.
+		if r.direct, err = r.fallback(r.file, r.off, r.end); err == nil {
+			return r.Read(p)
+		}
+	}
 	if err != nil {
 		r.err = err
 		return 0, err
@@ -148,6 +171,9 @@ func (r *follower) Read(p []byte) (int, error) {
 }
 
 func (r *follower) Close() error {
+	if r.direct != nil {
+		r.direct.Close()
+	}
 	err := r.file.Close()
 	if r.onClose != nil {
 		r.onClose(r.sent, r.err)
@@ -215,6 +241,9 @@ func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
 func (s *Server) startFill(rq request) (*fill, error) {
 	d := rq.ref.digest
 	w, err := s.store.Create(d, "application/octet-stream")
+	if isNoSpace(err) && s.makeRoom(0) {
+		w, err = s.store.Create(d, "application/octet-stream")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +252,7 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		release = s.opts.Hooks.Hold(d)
 	}
 	f := newFill(d, w)
+	f.request = rq
 	s.fills.put(f)
 	s.fillsAlive.Add(1)
 	s.metrics.fillsInProgress.Inc()
@@ -236,6 +266,9 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		err := s.runFill(ctx, f, rq)
 		if err != nil {
 			_ = f.writer.Cancel()
+			if isNoSpace(err) {
+				s.diskFullUntil.Store(s.opts.Now().Add(diskFullBackoff).UnixNano())
+			}
 		}
 		// Leave the group before waking followers: a request that arrives
 		// later finds the blob in the cache, or starts a fresh fill.
@@ -256,6 +289,7 @@ func (s *Server) startFill(rq request) (*fill, error) {
 func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
 	buf := make([]byte, fillBufferSize)
 	resumes := 0
+	roomMade := false
 	for {
 		offset := f.writer.Written()
 		blob, err := rq.up.GetBlob(ctx, rq.repo, f.digest, offset)
@@ -275,7 +309,7 @@ func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
 				return fmt.Errorf("%w: resume at %d got a body from %d", upstream.ErrUnavailable, offset, blob.Offset)
 			}
 		}
-		progressed, err := s.copyBody(f, blob.Body, buf)
+		progressed, err := s.copyBody(ctx, f, blob.Body, buf, &roomMade)
 		blob.Body.Close()
 		if err == nil {
 			break
@@ -313,18 +347,35 @@ func (e *cacheWriteError) Error() string { return "writing to the cache: " + e.e
 func (e *cacheWriteError) Unwrap() error { return e.err }
 
 // copyBody copies one upstream body into the fill, publishing progress.
-func (s *Server) copyBody(f *fill, body io.Reader, buf []byte) (progressed bool, err error) {
+// When the disk is full it asks for room once per fill (roomMade) and
+// writes the rest; a second full disk fails the fill with ErrNoSpace.
+func (s *Server) copyBody(ctx context.Context, f *fill, body io.Reader, buf []byte, roomMade *bool) (progressed bool, err error) {
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if f.size >= 0 && f.writer.Written()+int64(n) > f.size {
 				return progressed, fmt.Errorf("%w: upstream sent more than the %d bytes it announced", cache.ErrSizeMismatch, f.size)
 			}
-			if _, werr := f.writer.Write(buf[:n]); werr != nil {
-				return progressed, &cacheWriteError{werr}
+			for p := buf[:n]; len(p) > 0; {
+				w, werr := f.writer.Write(p)
+				p = p[w:]
+				f.advance(w)
+				progressed = progressed || w > 0
+				if werr == nil {
+					continue
+				}
+				if !isNoSpace(werr) || *roomMade || ctx.Err() != nil {
+					return progressed, &cacheWriteError{werr}
+				}
+				*roomMade = true
+				need := int64(len(p))
+				if f.size >= 0 {
+					need = f.size - f.writer.Written()
+				}
+				if !s.makeRoom(need) {
+					return progressed, &cacheWriteError{werr}
+				}
 			}
-			f.advance(n)
-			progressed = true
 		}
 		if rerr == io.EOF {
 			return progressed, nil

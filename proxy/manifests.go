@@ -59,6 +59,9 @@ func (s *Server) manifestByDigest(rq request) (manifest, string, error) {
 	d := rq.ref.digest
 	m, err := s.cachedManifest(d)
 	if err == nil {
+		if err := s.confirmInRepo(rq, d, resourceManifest); err != nil {
+			return manifest{}, "", err
+		}
 		return m, "hit", nil
 	}
 	if !errors.Is(err, cache.ErrNotFound) {
@@ -68,7 +71,7 @@ func (s *Server) manifestByDigest(rq request) (manifest, string, error) {
 		return manifest{}, "", fmt.Errorf("%w: %s", errOffline, d)
 	}
 	v, err, shared := s.flights.Do("manifest\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
-		if m, err := s.cachedManifest(d); err == nil {
+		if m, err := s.cachedManifest(d); err == nil && s.linked(rq, d) {
 			return m, nil
 		}
 		ctx, cancel := s.upstreamContext()
@@ -138,7 +141,9 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 	switch {
 	case err == nil:
 		fresh := s.opts.Now().Sub(rec.CheckedAt) < s.opts.TagTTL
-		if fresh || s.opts.Offline {
+		// A private registry's tag whose manifest is not linked to this
+		// repository is revalidated: upstream's answer confirms it.
+		if (fresh || s.opts.Offline) && s.linked(rq, rec.Digest) {
 			if m, err := s.cachedManifest(rec.Digest); err == nil {
 				return m, "hit", nil
 			}
@@ -191,7 +196,7 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 			return manifest{}, "", err
 		}
 		m, cerr := s.cachedManifest(rec.Digest)
-		if cerr != nil {
+		if cerr != nil || !s.linked(rq, rec.Digest) {
 			return manifest{}, "", err
 		}
 		s.metrics.staleServed.Inc()
@@ -203,6 +208,11 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 			rec.CheckedAt = s.opts.Now()
 			if err := s.store.SetTag(rq.registry, rq.repo, tag, rec); err != nil {
 				s.log.Warn("recording tag", "tag", tag, "err", err)
+			}
+			if !s.linked(rq, rec.Digest) { // upstream just showed it in this repository
+				if err := s.store.AddLink(rq.registry, rq.repo, rec.Digest); err != nil {
+					s.log.Warn("recording repository link", "digest", rec.Digest, "err", err)
+				}
 			}
 			return m, "revalidated", nil
 		}

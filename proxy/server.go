@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -47,6 +49,7 @@ type Store interface {
 	Tag(registry, repo, tag string) (cache.TagRecord, error)
 	SetTag(registry, repo, tag string, rec cache.TagRecord) error
 	AddLink(registry, repo string, d digest.Digest) error
+	HasLink(registry, repo string, d digest.Digest) (bool, error)
 	TagList(registry, repo string) ([]byte, error)
 	SetTagList(registry, repo string, body []byte) error
 }
@@ -71,6 +74,15 @@ type Options struct {
 	HostAliases map[string]string
 	Store       Store
 	Hooks       FillHooks
+	// Admin answers /_regmirror/ (management: usage, gc, pins) for clients
+	// on loopback only; nil disables it.
+	Admin http.Handler
+
+	// PrivateRegistries names registries whose cached content is served to
+	// a repository only once it was fetched for it or upstream confirmed it
+	// there (see private.go). Default: none; content is shared by digest.
+	PrivateRegistries map[string]bool
+
 	// TagTTL is how long a cached tag is served without asking upstream.
 	// Default 5m.
 	TagTTL time.Duration
@@ -114,6 +126,30 @@ type Server struct {
 	fillsAlive sync.WaitGroup
 
 	metricsHandler fasthttp.RequestHandler
+	adminHandler   fasthttp.RequestHandler
+
+	// diskFullUntil (Unix nanoseconds) is set when a fill failed for lack of
+	// space that eviction could not make; until then misses are streamed
+	// from upstream without caching instead of starting fills doomed to fail.
+	diskFullUntil atomic.Int64
+}
+
+// diskFullBackoff is how long misses bypass the cache after a full disk.
+const diskFullBackoff = 30 * time.Second
+
+func (s *Server) diskFull() bool { return s.opts.Now().UnixNano() < s.diskFullUntil.Load() }
+
+// makeRoom asks the cache's owner to free need bytes (0: whatever it can)
+// after a write failed for lack of space; it reports whether it did.
+func (s *Server) makeRoom(need int64) bool {
+	if s.opts.Hooks == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
+	defer cancel()
+	ok := s.opts.Hooks.NoSpace(ctx, need)
+	s.log.Warn("disk full while caching", "need", need, "room_made", ok)
+	return ok
 }
 
 // New builds a Server; it does not listen yet.
@@ -160,6 +196,9 @@ func New(o Options) (*Server, error) {
 	s.metrics = newMetrics(o.Metrics)
 	if o.Metrics != nil {
 		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
+	}
+	if o.Admin != nil {
+		s.adminHandler = fasthttpadaptor.NewFastHTTPHandler(o.Admin)
 	}
 	s.fillCtx, s.stopFills = context.WithCancel(context.Background())
 	s.fills.fills = make(map[digest.Digest]*fill)
@@ -263,6 +302,15 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 		ctx.SetBodyString("ok\n")
 		return false
 	}
+	if strings.HasPrefix(ex.path, adminPrefix) && s.adminHandler != nil {
+		ex.endpoint = "admin"
+		if !isLoopback(ctx.RemoteIP()) {
+			writeError(ctx, fmt.Errorf("%w: management is for loopback clients only", errForbidden), resourceNone)
+			return false
+		}
+		s.adminHandler(ctx)
+		return false
+	}
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	p, err := parsePath(ex.path)
 	if err != nil {
@@ -348,7 +396,13 @@ func (s *Server) resolve(ctx *fasthttp.RequestCtx, p parsedPath) (request, error
 	name := p.name
 	var prefix string
 	if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeRegistryHost(first) {
-		prefix, name = strings.ToLower(first), rest
+		// With ?ns= the query names the registry; a first component is a
+		// prefix only when it says the same (containerd's override_path
+		// sends both), else it is part of the repository name.
+		ns := ctx.QueryArgs().Peek("ns")
+		if len(ns) == 0 || canonicalRegistry(first) == canonicalRegistry(string(ns)) {
+			prefix, name = strings.ToLower(first), rest
+		}
 	}
 	up, err := s.resolveRegistry(ctx, prefix)
 	if err != nil {
@@ -381,16 +435,25 @@ func (s *Server) resolveRegistry(ctx *fasthttp.RequestCtx, pathPrefix string) (U
 		return s.registryNamed(pathPrefix)
 	}
 	if len(s.opts.HostAliases) > 0 {
-		host := string(ctx.Host())
+		// An alias may be written with its port or without.
+		host := strings.ToLower(string(ctx.Host()))
+		if name, ok := s.opts.HostAliases[host]; ok {
+			return s.registryNamed(name)
+		}
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		if name, ok := s.opts.HostAliases[strings.ToLower(host)]; ok {
+		if name, ok := s.opts.HostAliases[host]; ok {
 			return s.registryNamed(name)
 		}
 	}
 	return s.registryNamed(s.opts.DefaultRegistry)
 }
+
+// adminPrefix is where management requests go (see package admin).
+const adminPrefix = "/_regmirror/"
+
+func isLoopback(ip net.IP) bool { return ip != nil && ip.IsLoopback() }
 
 // dockerHubAliases are the other names clients use for Docker Hub.
 var dockerHubAliases = map[string]string{
@@ -399,11 +462,18 @@ var dockerHubAliases = map[string]string{
 	"registry.hub.docker.com": "docker.io",
 }
 
-func (s *Server) registryNamed(name string) (Upstream, error) {
+// canonicalRegistry lowercases a registry name and maps Docker Hub's
+// other names to docker.io.
+func canonicalRegistry(name string) string {
 	name = strings.ToLower(name)
 	if canonical, ok := dockerHubAliases[name]; ok {
-		name = canonical
+		return canonical
 	}
+	return name
+}
+
+func (s *Server) registryNamed(name string) (Upstream, error) {
+	name = canonicalRegistry(name)
 	if up, ok := s.registries[name]; ok {
 		return up, nil
 	}

@@ -11,10 +11,13 @@ import (
 )
 
 // TestImports keeps the package's one job: the standard library,
-// go-containerregistry's client packages and go-digest; no other project
+// go-containerregistry's client packages, the Docker CLI's config reader
+// (config.json and credential helpers) and go-digest; no other project
 // package, no fasthttp, no badger.
 func TestImports(t *testing.T) {
 	allowed := []string{
+		"github.com/docker/cli/cli/config", // Docker config.json and credential helpers, as authn reads them
+		"github.com/docker/cli/cli/config/types",
 		"github.com/google/go-containerregistry/pkg/authn",
 		"github.com/google/go-containerregistry/pkg/name",
 		"github.com/google/go-containerregistry/pkg/v1/remote/transport",

@@ -48,6 +48,11 @@ type Options struct {
 	URL string
 	// Username and Password are optional; anonymous otherwise.
 	Username, Password string
+	// Keychain supplies credentials when Username and Password are empty:
+	// it is asked for Name ("ghcr.io"; Docker Hub as "index.docker.io") when
+	// a token is first needed and every few minutes after. NewConfigKeychain
+	// reads a Docker config.json with its credential helpers. Nil: anonymous.
+	Keychain authn.Keychain
 	// InsecureSkipVerify turns off TLS verification; CAFile adds PEM CA
 	// certificates to the system pool.
 	InsecureSkipVerify bool
@@ -163,6 +168,12 @@ func New(o Options) (*Registry, error) {
 	auth := authn.Anonymous
 	if o.Username != "" || o.Password != "" {
 		auth = authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password})
+	} else if o.Keychain != nil {
+		target, err := name.NewRegistry(o.Name)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: name: %w", o.Name, err)
+		}
+		auth = &keychainAuth{kc: o.Keychain, target: target}
 	}
 	r := &Registry{
 		opts:      o,

@@ -1,0 +1,190 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// PathPrefix is where a server answers the operations.
+const PathPrefix = "/_regmirror/"
+
+// errorBody is how an operation's failure crosses HTTP.
+type errorBody struct {
+	Error string `json:"error"`
+	Kind  string `json:"kind,omitempty"` // not_cached, invalid_ref, no_such_pin
+}
+
+var errorKinds = map[string]error{
+	"not_cached":  ErrNotCached,
+	"invalid_ref": ErrInvalidRef,
+	"no_such_pin": ErrNoSuchPin,
+}
+
+type pinRequest struct {
+	Name    string          `json:"name"`
+	Digests []digest.Digest `json:"digests,omitempty"`
+	Ref     string          `json:"ref,omitempty"` // resolve this reference instead
+}
+
+// Handler answers the operations over HTTP. The caller decides who may
+// reach it (the proxy: loopback clients only).
+func Handler(ops Ops) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathPrefix+"usage", func(w http.ResponseWriter, r *http.Request) {
+		top, _ := strconv.Atoi(r.URL.Query().Get("top"))
+		if r.URL.Query().Get("top") == "" {
+			top = 10
+		}
+		u, err := ops.Usage(r.Context(), top)
+		reply(w, u, err)
+	})
+	mux.HandleFunc("POST "+PathPrefix+"gc", func(w http.ResponseWriter, r *http.Request) {
+		res, err := ops.GC(r.Context())
+		reply(w, res, err)
+	})
+	mux.HandleFunc("GET "+PathPrefix+"images", func(w http.ResponseWriter, r *http.Request) {
+		imgs, err := ops.Images(r.Context())
+		reply(w, imgs, err)
+	})
+	mux.HandleFunc("POST "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
+		var req pinRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 16<<20)).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("%w: request body: %v", ErrInvalidRef, err))
+			return
+		}
+		if req.Ref != "" {
+			res, err := ops.PinRef(r.Context(), req.Ref)
+			reply(w, res, err)
+			return
+		}
+		if req.Name == "" {
+			reply(w, nil, fmt.Errorf("%w: a pin needs a name", ErrInvalidRef))
+			return
+		}
+		reply(w, struct{}{}, ops.Pin(r.Context(), req.Name, req.Digests))
+	})
+	mux.HandleFunc("DELETE "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, ops.Unpin(r.Context(), r.URL.Query().Get("name")))
+	})
+	return mux
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		status, kind := http.StatusInternalServerError, ""
+		for k, sentinel := range errorKinds {
+			if errors.Is(err, sentinel) {
+				kind = k
+				status = http.StatusBadRequest
+				if sentinel != ErrInvalidRef {
+					status = http.StatusNotFound
+				}
+			}
+		}
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(errorBody{Error: err.Error(), Kind: kind})
+		return
+	}
+	json.NewEncoder(w).Encode(v)
+}
+
+// Client runs the operations on a server over HTTP.
+type Client struct {
+	// BaseURL is the server, e.g. "http://127.0.0.1:5000".
+	BaseURL string
+	HTTP    *http.Client
+}
+
+var _ Ops = (*Client)(nil)
+
+// NewClient returns a Client for the server at base.
+func NewClient(base string) *Client {
+	return &Client{BaseURL: strings.TrimRight(base, "/"), HTTP: &http.Client{Timeout: time.Hour}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var eb errorBody
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb) != nil || eb.Error == "" {
+			return fmt.Errorf("%w: %s %s answered %s", ErrUnavailable, method, path, resp.Status)
+		}
+		if sentinel, ok := errorKinds[eb.Kind]; ok {
+			return fmt.Errorf("%w (%s)", sentinel, eb.Error)
+		}
+		return errors.New(eb.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Usage implements Ops.
+func (c *Client) Usage(ctx context.Context, top int) (Usage, error) {
+	var u Usage
+	err := c.do(ctx, http.MethodGet, PathPrefix+"usage?top="+strconv.Itoa(top), nil, &u)
+	return u, err
+}
+
+// GC implements Ops.
+func (c *Client) GC(ctx context.Context) (GCResult, error) {
+	var res GCResult
+	err := c.do(ctx, http.MethodPost, PathPrefix+"gc", nil, &res)
+	return res, err
+}
+
+// Images implements Ops.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var imgs []Image
+	err := c.do(ctx, http.MethodGet, PathPrefix+"images", nil, &imgs)
+	return imgs, err
+}
+
+// Pin implements Ops.
+func (c *Client) Pin(ctx context.Context, name string, digests []digest.Digest) error {
+	return c.do(ctx, http.MethodPost, PathPrefix+"pins", pinRequest{Name: name, Digests: digests}, nil)
+}
+
+// PinRef implements Ops.
+func (c *Client) PinRef(ctx context.Context, ref string) (PinResult, error) {
+	var res PinResult
+	err := c.do(ctx, http.MethodPost, PathPrefix+"pins", pinRequest{Ref: ref}, &res)
+	return res, err
+}
+
+// Unpin implements Ops.
+func (c *Client) Unpin(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, PathPrefix+"pins?name="+url.QueryEscape(name), nil, nil)
+}

@@ -1,0 +1,293 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sort"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/archive"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/eviction"
+)
+
+// Store is what the operations need from the cache.
+type Store interface {
+	Dir() string
+	Open(d digest.Digest) (*os.File, cache.BlobInfo, error)
+	Stat(d digest.Digest) (cache.BlobInfo, error)
+	Usage() (bytes int64, blobs int)
+	Tag(registry, repo, tag string) (cache.TagRecord, error)
+	Tags(fn func(registry, repo, tag string, rec cache.TagRecord) error) error
+	Links(fn func(registry, repo string, d digest.Digest) error) error
+	Pins(fn func(name string, digests []digest.Digest) error) error
+	SetPin(name string, digests []digest.Digest) error
+	DeletePin(name string) error
+}
+
+// Evictor is what the operations need from eviction.
+type Evictor interface {
+	EvictNow(ctx context.Context) (eviction.Result, error)
+	SetPinned(key string, pinned bool)
+	Stats() eviction.Stats
+}
+
+// Local runs the operations against an open cache and its evictor.
+type Local struct {
+	Store   Store
+	Evictor Evictor
+	// MaxBytes is the configured budget, 0 for none.
+	MaxBytes int64
+	// FreeSpace reports free bytes on the cache's filesystem (may be nil).
+	FreeSpace func() (int64, error)
+	Logger    *slog.Logger
+}
+
+var _ Ops = (*Local)(nil)
+
+func (l *Local) log() *slog.Logger {
+	if l.Logger == nil {
+		return slog.Default()
+	}
+	return l.Logger
+}
+
+// Usage implements Ops.
+func (l *Local) Usage(ctx context.Context, top int) (Usage, error) {
+	bytes, blobs := l.Store.Usage()
+	st := l.Evictor.Stats()
+	u := Usage{
+		DataDir: l.Store.Dir(), Bytes: bytes, Blobs: int64(blobs),
+		MinFree: st.MinFree, FreeBytes: -1,
+		PinnedBytes: st.PinnedBytes, PinnedBlobs: st.PinnedBlobs, Evicted: st.EvictedBlobs,
+	}
+	if l.MaxBytes > 0 {
+		u.MaxBytes, u.HighBytes, u.LowBytes = st.MaxBytes, st.HighBytes, st.LowBytes
+	}
+	if l.FreeSpace != nil {
+		if free, err := l.FreeSpace(); err == nil {
+			u.FreeBytes = free
+		}
+	}
+	if err := l.Store.Pins(func(string, []digest.Digest) error { u.Pins++; return nil }); err != nil {
+		return u, err
+	}
+	repos := map[[2]string]*RepoUsage{}
+	err := l.Store.Links(func(registry, repo string, d digest.Digest) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		info, err := l.Store.Stat(d)
+		if err != nil {
+			return nil // evicted since; the link outlives the blob
+		}
+		k := [2]string{registry, repo}
+		r := repos[k]
+		if r == nil {
+			r = &RepoUsage{Registry: registry, Repo: repo}
+			repos[k] = r
+		}
+		r.Bytes += info.Size
+		r.Blobs++
+		return nil
+	})
+	if err != nil {
+		return u, err
+	}
+	for _, r := range repos {
+		u.TopRepos = append(u.TopRepos, *r)
+	}
+	sort.Slice(u.TopRepos, func(i, j int) bool {
+		a, b := u.TopRepos[i], u.TopRepos[j]
+		if a.Bytes != b.Bytes {
+			return a.Bytes > b.Bytes
+		}
+		return a.Registry+"/"+a.Repo < b.Registry+"/"+b.Repo
+	})
+	if top >= 0 && len(u.TopRepos) > top {
+		u.TopRepos = u.TopRepos[:top]
+	}
+	return u, nil
+}
+
+// GC implements Ops.
+func (l *Local) GC(ctx context.Context) (GCResult, error) {
+	res, err := l.Evictor.EvictNow(ctx)
+	return GCResult{Blobs: res.Blobs, Bytes: res.Bytes, Remaining: res.Remaining, Failed: res.Failed}, err
+}
+
+// Images implements Ops.
+func (l *Local) Images(ctx context.Context) ([]Image, error) {
+	pinned := map[string]bool{}
+	var out []Image
+	err := l.Store.Pins(func(name string, ds []digest.Digest) error {
+		pinned[name] = true
+		if r, err := ParseRef(name); err == nil && r.Digest != "" {
+			out = append(out, Image{Ref: name, Registry: r.Registry, Repo: r.Repo, Digest: r.Digest, Pinned: true})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = l.Store.Tags(func(registry, repo, tag string, rec cache.TagRecord) error {
+		ref := Ref{Registry: registry, Repo: repo, Tag: tag}.String()
+		out = append(out, Image{Ref: ref, Registry: registry, Repo: repo, Tag: tag, Digest: rec.Digest,
+			MediaType: rec.MediaType, CheckedAt: rec.CheckedAt, Pinned: pinned[ref]})
+		return ctx.Err()
+	})
+	return out, err
+}
+
+// Pin implements Ops.
+func (l *Local) Pin(ctx context.Context, name string, digests []digest.Digest) error {
+	if err := l.Store.SetPin(name, digests); err != nil {
+		return err
+	}
+	for _, d := range digests {
+		l.Evictor.SetPinned(d.String(), true)
+	}
+	l.log().Info("pinned", "image", name, "digests", len(digests))
+	return nil
+}
+
+// PinRef implements Ops.
+func (l *Local) PinRef(ctx context.Context, s string) (PinResult, error) {
+	ref, err := ParseRef(s)
+	if err != nil {
+		return PinResult{}, err
+	}
+	root := ref.Digest
+	if root == "" {
+		rec, err := l.Store.Tag(ref.Registry, ref.Repo, ref.Tag)
+		if errors.Is(err, cache.ErrNotFound) {
+			return PinResult{}, fmt.Errorf("%w: %s", ErrNotCached, ref)
+		}
+		if err != nil {
+			return PinResult{}, err
+		}
+		root = rec.Digest
+	}
+	res := PinResult{Name: ref.String(), Digest: root}
+	digests, err := l.Closure(ctx, root, func(info cache.BlobInfo, cached bool) {
+		if cached {
+			res.Blobs++
+			res.Bytes += info.Size
+		} else {
+			res.Missing++
+		}
+	})
+	if err != nil {
+		return res, err
+	}
+	return res, l.Pin(ctx, res.Name, digests)
+}
+
+// Closure returns every digest of the image graph under root that the cache
+// can name: the manifests it holds and everything they reference. seen, if
+// not nil, hears of each digest and whether its content is cached.
+func (l *Local) Closure(ctx context.Context, root digest.Digest, seen func(info cache.BlobInfo, cached bool)) ([]digest.Digest, error) {
+	info, err := l.Store.Stat(root)
+	if errors.Is(err, cache.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotCached, root)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	report := func(d digest.Digest, size int64) {
+		out = append(out, d)
+		if seen == nil {
+			return
+		}
+		info, err := l.Store.Stat(d)
+		if err != nil {
+			seen(cache.BlobInfo{Digest: d, Size: size}, false)
+			return
+		}
+		seen(info, true)
+	}
+	err = archive.WalkCached(ctx, Source{l.Store}, root, info.MediaType,
+		func(desc v1.Descriptor) error {
+			report(digest.Digest(desc.Digest.String()), desc.Size)
+			return nil
+		},
+		func(desc v1.Descriptor) {
+			if seen != nil {
+				seen(cache.BlobInfo{Digest: digest.Digest(desc.Digest.String()), Size: desc.Size}, false)
+			}
+		})
+	return out, err
+}
+
+// Unpin implements Ops.
+func (l *Local) Unpin(ctx context.Context, name string) error {
+	var mine []digest.Digest
+	others := map[digest.Digest]bool{}
+	found := false
+	err := l.Store.Pins(func(n string, ds []digest.Digest) error {
+		if n == name {
+			mine, found = ds, true
+			return nil
+		}
+		for _, d := range ds {
+			others[d] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: %s", ErrNoSuchPin, name)
+	}
+	if err := l.Store.DeletePin(name); err != nil {
+		return err
+	}
+	for _, d := range mine {
+		if !others[d] {
+			l.Evictor.SetPinned(d.String(), false)
+		}
+	}
+	l.log().Info("unpinned", "image", name)
+	return nil
+}
+
+// PinnedDigests is the union of every pin's digests, for loading eviction.
+func PinnedDigests(s Store) (map[digest.Digest]bool, error) {
+	out := map[digest.Digest]bool{}
+	err := s.Pins(func(_ string, ds []digest.Digest) error {
+		for _, d := range ds {
+			out[d] = true
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Source serves cache content to the archive package: a missing blob is an
+// fs.ErrNotExist error, as archive.BlobSource asks.
+type Source struct {
+	Store interface {
+		Open(d digest.Digest) (*os.File, cache.BlobInfo, error)
+	}
+}
+
+// Open implements archive.BlobSource.
+func (s Source) Open(d digest.Digest) (io.ReadCloser, int64, error) {
+	f, info, err := s.Store.Open(d)
+	if errors.Is(err, cache.ErrNotFound) {
+		return nil, 0, fmt.Errorf("%w: %w", fs.ErrNotExist, err)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, info.Size, nil
+}

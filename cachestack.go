@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/eviction"
+)
+
+// noBudget stands for "no byte budget": eviction then only keeps min_free.
+const noBudget = int64(1) << 62
+
+// cacheStack is the cache with its eviction and management, as serve and
+// the offline commands (gc, du, preload, import) all open it.
+type cacheStack struct {
+	store   *cache.Store
+	evictor *eviction.Evictor
+	ops     *admin.Local
+}
+
+// openCacheStack opens the data dir, loads eviction's view of it (one walk,
+// the only full scan) and applies the configured budget. It fails with an
+// error wrapping cache.ErrBusy when a server holds the data dir.
+func openCacheStack(cfg config, log *slog.Logger) (*cacheStack, error) {
+	observer := &evictionObserver{}
+	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Observer: observer})
+	if err != nil {
+		return nil, err
+	}
+	st := &cacheStack{store: store}
+	if err := st.startEviction(cfg, log, observer); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evictionObserver) error {
+	dir := cfg.DataDir
+	freeSpace := func() (int64, error) { free, _, err := diskSpace(dir); return free, err }
+	_, total, err := diskSpace(dir)
+	if err != nil {
+		return fmt.Errorf("data_dir %s: %w", dir, err)
+	}
+	budget := noBudget
+	if cfg.Cache.MaxSize != "" && cfg.Cache.MaxSize != "0" {
+		if budget, err = eviction.ParseBudget(cfg.Cache.MaxSize, total); err != nil {
+			return err
+		}
+	}
+	minFree, err := eviction.ParseSize(cfg.Cache.MinFree)
+	if err != nil {
+		return fmt.Errorf("cache.min_free: %w", err)
+	}
+	st.evictor, err = eviction.New(eviction.Options{
+		MaxBytes:      budget,
+		HighWatermark: cfg.Cache.HighWatermark,
+		LowWatermark:  cfg.Cache.LowWatermark,
+		MinFree:       minFree,
+		FreeSpace:     freeSpace,
+		IsNotFound:    func(err error) bool { return errors.Is(err, cache.ErrNotFound) },
+		Interval:      cfg.Cache.EvictInterval.Duration,
+		Logger:        log.With("component", "eviction"),
+	}, eviction.DeleterFunc(func(key string) error { return st.store.Delete(digest.Digest(key)) }))
+	if err != nil {
+		return err
+	}
+	pinned, err := admin.PinnedDigests(st.store)
+	if err != nil {
+		return err
+	}
+	var entries []eviction.Entry
+	err = st.store.Walk(func(info cache.BlobInfo) error {
+		entries = append(entries, eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess, Pinned: pinned[info.Digest]})
+		delete(pinned, info.Digest)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for d := range pinned { // pinned but not cached (yet): pinned when it arrives
+		st.evictor.SetPinned(d.String(), true)
+	}
+	st.evictor.Load(entries)
+	observer.evictor.Store(st.evictor)
+	shown := budget
+	if budget == noBudget {
+		shown = 0
+	}
+	st.ops = &admin.Local{Store: st.store, Evictor: st.evictor, MaxBytes: shown, FreeSpace: freeSpace, Logger: log}
+	return nil
+}
+
+func (st *cacheStack) Close() error { return st.store.Close() }
+
+// evictionObserver tells the evictor what the cache does. It exists before
+// the evictor (the cache needs it at Open), hence the atomic pointer.
+type evictionObserver struct {
+	evictor atomic.Pointer[eviction.Evictor]
+}
+
+func (o *evictionObserver) BlobAdded(info cache.BlobInfo) {
+	if e := o.evictor.Load(); e != nil {
+		e.Add(eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess})
+	}
+}
+
+func (o *evictionObserver) BlobAccessed(d digest.Digest, at time.Time) {
+	if e := o.evictor.Load(); e != nil {
+		e.Touch(d.String(), at)
+	}
+}
+
+func (o *evictionObserver) BlobRemoved(d digest.Digest) {
+	if e := o.evictor.Load(); e != nil {
+		e.Remove(d.String())
+	}
+}
+
+// diskSpace reports the free and total bytes of the filesystem holding dir.
+func diskSpace(dir string) (free, total int64, err error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), int64(fs.Blocks) * int64(fs.Bsize), nil
+}

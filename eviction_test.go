@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+const mib = 1 << 20
+
+// budgetMirror runs a mirror with a byte budget of max and no min_free, so
+// that only the budget drives eviction.
+func budgetMirror(t *testing.T, up *testupstream.Server, max string) *mirror {
+	return startMirror(t, up, func(c *config) {
+		c.Cache.MaxSize = max
+		c.Cache.MinFree = "0"
+	})
+}
+
+// cached reports whether the mirror holds d.
+func cached(t *testing.T, m *mirror, d digest.Digest) bool {
+	_, err := m.app.cache.store.Stat(d)
+	return err == nil
+}
+
+func gc(t *testing.T, m *mirror) admin.GCResult {
+	t.Helper()
+	res, err := admin.NewClient(m.url).GC(context.Background())
+	if err != nil {
+		t.Fatalf("gc: %v", err)
+	}
+	return res
+}
+
+func usage(t *testing.T, m *mirror) admin.Usage {
+	t.Helper()
+	u, err := admin.NewClient(m.url).Usage(context.Background(), 10)
+	if err != nil {
+		t.Fatalf("usage: %v", err)
+	}
+	return u
+}
+
+// TestEvictionLRUWithinBudget: with room for about three 1 MiB images, the
+// least recently used one goes when a fourth arrives; a re-pulled one stays.
+func TestEvictionLRUWithinBudget(t *testing.T) {
+	up := testupstream.Start(t)
+	layers := map[string]digest.Digest{}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		_, layers[name] = up.PushLargeBlobImage(t, "library/"+name, "latest", mib)
+	}
+	// high = 3.70 MiB, low = 3.32 MiB: three images fit, a fourth does not,
+	// and evicting one image gets under the low watermark.
+	m := budgetMirror(t, up, fmt.Sprint(39*mib/10))
+	for _, name := range []string{"a", "b", "c"} {
+		pullAll(t, m, "library/"+name+":latest")
+	}
+	pullAll(t, m, "library/a:latest") // a is now more recent than b
+	pullAll(t, m, "library/d:latest")
+	gc(t, m) // the pass a fill kicks off runs in the background; this one waits
+
+	if cached(t, m, layers["b"]) {
+		t.Error("b, the least recently used, was not evicted")
+	}
+	for _, name := range []string{"a", "c", "d"} {
+		if !cached(t, m, layers[name]) {
+			t.Errorf("%s was evicted, though more recently used than b", name)
+		}
+	}
+	u := usage(t, m)
+	if u.Bytes > u.HighBytes {
+		t.Errorf("cache at %d bytes, above the high watermark %d", u.Bytes, u.HighBytes)
+	}
+	if files := verifyBlobFiles(t, m.cfg.DataDir); int64(files) != u.Blobs {
+		t.Errorf("%d files on disk, %d indexed", files, u.Blobs)
+	}
+
+	// Pulling the evicted image again fetches only what was evicted.
+	before := up.BlobGETs(layers["b"])
+	pullAll(t, m, "library/b:latest")
+	if got := up.BlobGETs(layers["b"]); got != before+1 {
+		t.Errorf("re-pull of b fetched its layer %d times", got-before)
+	}
+	for _, name := range []string{"a", "c", "d"} {
+		if up.BlobGETs(layers[name]) != 1 {
+			t.Errorf("layer of %s fetched %d times", name, up.BlobGETs(layers[name]))
+		}
+	}
+}
+
+// TestPinnedIndexSurvivesChurn: a pinned multi-arch image keeps its index,
+// child manifests, configs and layers through heavy eviction.
+func TestPinnedIndexSurvivesChurn(t *testing.T) {
+	up := testupstream.Start(t)
+	idx := up.PushRandomIndex(t, "library/pinned", "1",
+		[]v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}, 2, 256<<10)
+	m := budgetMirror(t, up, fmt.Sprint(3*mib))
+	pullAll(t, m, "library/pinned:1")
+	res, err := admin.NewClient(m.url).PinRef(context.Background(), "pinned:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Missing != 0 || res.Blobs != 7 { // index, 2 manifests, 2 configs, 4 layers... minus shared none
+		if res.Blobs < 7 {
+			t.Fatalf("pin covers %d blobs (%d missing), want the whole graph", res.Blobs, res.Missing)
+		}
+	}
+	graph, err := m.app.cache.ops.Closure(context.Background(), testupstream.Digest(t, idx), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 8; i++ {
+		repo := fmt.Sprintf("library/churn%d", i)
+		up.PushLargeBlobImage(t, repo, "latest", mib)
+		pullAll(t, m, repo+":latest")
+	}
+	gc(t, m)
+	for _, d := range graph {
+		if !cached(t, m, d) {
+			t.Fatalf("pinned blob %s was evicted", d)
+		}
+	}
+	u := usage(t, m)
+	if u.Bytes > u.HighBytes || u.Evicted == 0 {
+		t.Fatalf("after churn: %d bytes (high %d), %d evicted", u.Bytes, u.HighBytes, u.Evicted)
+	}
+	up.SetDown(true) // the pinned image is whole: it pulls with upstream gone
+	if got := pullAll(t, m, "library/pinned@"+testupstream.Digest(t, idx).String()); got != testupstream.Digest(t, idx) {
+		t.Fatalf("pinned pull: %s", got)
+	}
+}
+
+// TestReadInProgressSurvivesEviction: a client halfway through a cached
+// blob keeps receiving every byte after eviction deletes the file.
+func TestReadInProgressSurvivesEviction(t *testing.T) {
+	up := testupstream.Start(t)
+	layers := map[string]digest.Digest{}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		_, layers[name] = up.PushLargeBlobImage(t, "library/"+name, "latest", 2*mib)
+	}
+	m := budgetMirror(t, up, fmt.Sprint(7*mib))
+	for _, name := range []string{"a", "b", "c"} {
+		pullAll(t, m, "library/"+name+":latest")
+	}
+	resp, err := http.Get(m.url + "/v2/library/a/blobs/" + layers["a"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	pullAll(t, m, "library/b:latest") // make a the least recently used
+	pullAll(t, m, "library/c:latest")
+	pullAll(t, m, "library/d:latest")
+	gc(t, m)
+	if cached(t, m, layers["a"]) {
+		t.Fatal("a was not evicted; the test proves nothing")
+	}
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading on after eviction: %v", err)
+	}
+	if got := digest.FromBytes(append(first, rest...)); got != layers["a"] {
+		t.Fatalf("client got %d bytes with digest %s", len(rest)+1, got)
+	}
+}
+
+// TestFillInProgressNotEvicted: eviction passes that run while a fill is
+// downloading leave it alone; it commits and is served whole.
+func TestFillInProgressNotEvicted(t *testing.T) {
+	up := testupstream.Start(t)
+	_, big := up.PushLargeBlobImage(t, "library/big", "latest", 2*mib)
+	gate := up.Gate(big).SetHeadBytes(mib)
+	m := budgetMirror(t, up, fmt.Sprint(3*mib))
+	resp, err := http.Get(m.url + "/v2/library/big/blobs/" + big.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		repo := fmt.Sprintf("library/churn%d", i)
+		up.PushLargeBlobImage(t, repo, "latest", mib)
+		pullAll(t, m, repo+":latest")
+		gc(t, m)
+	}
+	gate.Open()
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatalf("the fill's client: %v", err)
+	}
+	eventually(t, "the fill to commit", func() bool { return cached(t, m, big) })
+	verifyBlobFiles(t, m.cfg.DataDir)
+}
+
+// TestDiskFullDuringFill runs the cache on a 6 MiB tmpfs (the index on a
+// bind mount beside it). A fill that hits ENOSPC evicts and completes; a
+// blob larger than the whole disk is streamed to its client from upstream,
+// verified, and nothing partial is left.
+func TestDiskFullDuringFill(t *testing.T) {
+	realclient.RequireRoot(t, "mounting a tmpfs")
+	dataDir, indexDir := t.TempDir(), t.TempDir()
+	mount := func(args ...string) {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Skipf("mount %v: %v: %s", args, err, out) // not allowed in this sandbox
+		}
+	}
+	mount("-t", "tmpfs", "-o", "size=6m", "tmpfs", dataDir)
+	t.Cleanup(func() { exec.Command("umount", "-l", dataDir).Run() })
+	os.MkdirAll(filepath.Join(dataDir, "index"), 0o755)
+	mount("--bind", indexDir, filepath.Join(dataDir, "index"))
+	t.Cleanup(func() { exec.Command("umount", "-l", filepath.Join(dataDir, "index")).Run() })
+
+	up := testupstream.Start(t)
+	_, a := up.PushLargeBlobImage(t, "library/a", "latest", 2*mib)
+	_, b := up.PushLargeBlobImage(t, "library/b", "latest", 3*mib)
+	_, c := up.PushLargeBlobImage(t, "library/c", "latest", 2*mib)
+	_, huge := up.PushLargeBlobImage(t, "library/huge", "latest", 8*mib)
+	m := startMirror(t, up, func(cfg *config) {
+		cfg.DataDir = dataDir
+		cfg.Cache.MinFree = "0"
+	})
+	blob := func(repo string, d digest.Digest) {
+		t.Helper()
+		resp, body := get(t, http.MethodGet, m.url+"/v2/"+repo+"/blobs/"+d.String())
+		if resp.StatusCode != 200 || digest.FromBytes(body) != d {
+			t.Fatalf("%s: status %d, %d bytes, digest %s", repo, resp.StatusCode, len(body), digest.FromBytes(body))
+		}
+	}
+	blob("library/a", a)
+	blob("library/b", b)
+	eventually(t, "b to be cached", func() bool { return cached(t, m, b) })
+	blob("library/c", c) // 2 MiB more does not fit: evict, then commit
+	eventually(t, "c to be cached", func() bool { return cached(t, m, c) })
+	if cached(t, m, a) {
+		t.Error("the disk filled, yet the least recently used blob stayed")
+	}
+	blob("library/huge", huge) // can never fit: streamed, not cached
+	if cached(t, m, huge) {
+		t.Fatal("an 8 MiB blob was cached on a 6 MiB disk")
+	}
+	eventually(t, "tmp/ to empty", func() bool { return len(tmpFiles(t, dataDir)) == 0 })
+	blob("library/huge", huge) // again, while the disk is known to be full
+	verifyBlobFiles(t, dataDir)
+}
+
+// TestGCAndDuCommands runs the CLI against a data dir a server holds
+// (through its HTTP API) and against a free one (directly).
+func TestGCAndDuCommands(t *testing.T) {
+	up := testupstream.Start(t)
+	for _, name := range []string{"a", "b", "c"} {
+		up.PushLargeBlobImage(t, "library/"+name, "latest", mib)
+	}
+	m := budgetMirror(t, up, fmt.Sprint(4*mib))
+	for _, name := range []string{"a", "b", "c"} {
+		pullAll(t, m, "library/"+name+":latest")
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if err := newCLI(&out, &errOut).Run(append([]string{"regmirror"}, args...)); err != nil {
+			t.Fatalf("regmirror %v: %v\n%s", args, err, errOut.String())
+		}
+		return out.String()
+	}
+	du := run("du", "--data-dir", m.cfg.DataDir, "--server", m.url)
+	for _, want := range []string{"3.0 MiB", "budget 4.0 MiB", "docker.io/library/a"} {
+		if !strings.Contains(du, want) {
+			t.Errorf("du through the server lacks %q:\n%s", want, du)
+		}
+	}
+	out := run("gc", "--data-dir", m.cfg.DataDir, "--server", m.url, "--log-level", "error")
+	if !strings.Contains(out, "evicted 0 blobs") {
+		t.Errorf("gc under budget: %s", out)
+	}
+	m.stop()
+	// The data dir is free now: gc opens it itself, with a smaller budget.
+	out = run("gc", "--data-dir", m.cfg.DataDir, "--max-size", fmt.Sprint(2*mib), "--log-level", "error")
+	if !strings.Contains(out, "evicted") || strings.Contains(out, "evicted 0 blobs") {
+		t.Errorf("gc over budget: %s", out)
+	}
+	var u admin.Usage
+	du = run("du", "--data-dir", m.cfg.DataDir, "--max-size", fmt.Sprint(2*mib), "--log-level", "error")
+	if !strings.Contains(du, "budget 2.0 MiB") {
+		t.Errorf("du after gc:\n%s", du)
+	}
+	_ = json.Unmarshal(nil, &u)
+}

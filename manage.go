@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/dustin/go-humanize"
+	"github.com/urfave/cli/v2"
+
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/cache"
+)
+
+// serverFlag names the running server to ask when the data dir is busy.
+var serverFlag = &cli.StringFlag{
+	Name:    "server",
+	Usage:   "URL of the regmirror that holds the data dir (default: derived from listen)",
+	EnvVars: []string{"REGMIRROR_SERVER"},
+}
+
+// withOps runs fn with the management operations: on the data dir itself
+// when no server holds it, else through the running server's HTTP API.
+func withOps(c *cli.Context, fn func(ctx context.Context, ops admin.Ops, where string) error) error {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	st, err := openCacheStack(cfg, log)
+	switch {
+	case err == nil:
+		defer st.Close()
+		return fn(c.Context, st.ops, cfg.DataDir)
+	case errors.Is(err, cache.ErrBusy):
+		url := serverURL(c.String("server"), cfg.Listen)
+		log.Debug("data dir in use; asking the running server", "server", url)
+		return fn(c.Context, admin.NewClient(url), url)
+	default:
+		return err
+	}
+}
+
+// serverURL is where a local server listening on listen answers.
+func serverURL(explicit, listen string) string {
+	if explicit != "" {
+		return strings.TrimRight(explicit, "/")
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "http://" + listen
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+func gcCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gc",
+		Usage: "evict least recently used content down to the low watermark now",
+		Description: "Works on the data dir directly when no server uses it, " +
+			"else asks the running server (see --server).",
+		Flags: append(commonFlags(), serverFlag,
+			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
+		),
+		Action: func(c *cli.Context) error {
+			return withOps(c, func(ctx context.Context, ops admin.Ops, where string) error {
+				res, err := ops.GC(ctx)
+				if err != nil {
+					return err
+				}
+				u, err := ops.Usage(ctx, 0)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), where)
+				if res.Failed > 0 {
+					fmt.Fprintf(c.App.Writer, "%d blobs could not be deleted (see the log)\n", res.Failed)
+				}
+				fmt.Fprintf(c.App.Writer, "cache now %s\n", sizeVsBudget(u))
+				return nil
+			})
+		},
+	}
+}
+
+func duCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "du",
+		Usage: "show the cache's size, budget and top repositories",
+		Flags: append(commonFlags(), serverFlag,
+			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many repositories to list"},
+			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
+		),
+		Action: func(c *cli.Context) error {
+			return withOps(c, func(ctx context.Context, ops admin.Ops, where string) error {
+				u, err := ops.Usage(ctx, c.Int("top"))
+				if err != nil {
+					return err
+				}
+				printUsage(c.App.Writer, u)
+				return nil
+			})
+		},
+	}
+}
+
+func sizeVsBudget(u admin.Usage) string {
+	s := fmt.Sprintf("%s in %d blobs", humanize.IBytes(uint64(u.Bytes)), u.Blobs)
+	if u.MaxBytes > 0 {
+		s += fmt.Sprintf(", budget %s (%.0f%%; evicts above %s down to %s)", humanize.IBytes(uint64(u.MaxBytes)),
+			100*float64(u.Bytes)/float64(u.MaxBytes), humanize.IBytes(uint64(u.HighBytes)), humanize.IBytes(uint64(u.LowBytes)))
+	} else {
+		s += ", no byte budget"
+	}
+	return s
+}
+
+func printUsage(w io.Writer, u admin.Usage) {
+	fmt.Fprintf(w, "data dir:  %s\n", u.DataDir)
+	fmt.Fprintf(w, "cache:     %s\n", sizeVsBudget(u))
+	fmt.Fprintf(w, "pinned:    %s in %d blobs (%d pins)\n", humanize.IBytes(uint64(u.PinnedBytes)), u.PinnedBlobs, u.Pins)
+	if u.FreeBytes >= 0 {
+		fmt.Fprintf(w, "disk free: %s (keeping at least %s)\n", humanize.IBytes(uint64(u.FreeBytes)), humanize.IBytes(uint64(u.MinFree)))
+	}
+	if len(u.TopRepos) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\ntop repositories:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "SIZE\tBLOBS\t REPOSITORY\t")
+	for _, r := range u.TopRepos {
+		fmt.Fprintf(tw, "%s\t%d\t %s/%s\t\n", humanize.IBytes(uint64(r.Bytes)), r.Blobs, r.Registry, r.Repo)
+	}
+	tw.Flush()
+}

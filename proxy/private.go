@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// Private registries (Options.PrivateRegistries).
+//
+// The cache is content-addressed and shares blobs across repositories: for
+// a public registry, whoever names a digest gets it. A private registry's
+// upstream decides who sees what per repository, so the mirror must not
+// turn "knows a digest" into "may read it": cached content of a private
+// registry is served for a repository only when it was fetched for that
+// repository (the fill or manifest fetch records a link), or when upstream
+// confirms now, with a HEAD by digest in that repository, that it is there
+// (the answer is recorded as a link, so it is asked once). When upstream
+// cannot answer, an unlinked digest is refused, never served.
+
+// isPrivate reports whether registry's content is scoped to repositories.
+func (s *Server) isPrivate(registry string) bool {
+	return s.opts.PrivateRegistries[registry]
+}
+
+// linked reports whether cached digest d may be served for rq's repository
+// without asking upstream: always for a public registry, for a private one
+// only when a link records d in that repository.
+func (s *Server) linked(rq request, d digest.Digest) bool {
+	if !s.isPrivate(rq.registry) {
+		return true
+	}
+	ok, err := s.store.HasLink(rq.registry, rq.repo, d)
+	if err != nil {
+		s.log.Warn("reading repository link", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+	}
+	return ok && err == nil
+}
+
+// confirmInRepo decides whether cached digest d (a manifest or a blob, as
+// res says) may be served for rq's repository. It returns nil when it may;
+// otherwise the error to answer: upstream's not found, unauthorized or
+// denied, or unavailable when upstream cannot be asked (offline, down).
+// Concurrent confirmations of one digest in one repository share one HEAD.
+func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error {
+	if s.linked(rq, d) {
+		return nil
+	}
+	if s.opts.Offline {
+		return fmt.Errorf("%w: %s was not seen in private repository %s/%s", errOffline, d, rq.registry, rq.repo)
+	}
+	_, err, _ := s.flights.Do("confirm\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
+		ctx, cancel := s.upstreamContext()
+		defer cancel()
+		var err error
+		if res == resourceManifest {
+			var desc upstream.Descriptor
+			desc, err = rq.up.HeadManifest(ctx, rq.repo, d.String())
+			s.metrics.upstreamRequest("manifest_head", err)
+			if err == nil && desc.Digest != "" && desc.Digest != d {
+				err = fmt.Errorf("%w: asked for %s, upstream has %s", errUpstreamCorrupt, d, desc.Digest)
+			}
+		} else {
+			_, err = rq.up.HeadBlob(ctx, rq.repo, d)
+			s.metrics.upstreamRequest("blob_head", err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.AddLink(rq.registry, rq.repo, d); err != nil {
+			s.log.Warn("recording repository link", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+		}
+		return nil, nil
+	})
+	if err != nil {
+		s.log.Info("private registry: cached content not confirmed in this repository", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+		return fmt.Errorf("private registry %s: %s in %s: %w", rq.registry, d, rq.repo, err)
+	}
+	return nil
+}
