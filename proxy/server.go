@@ -281,6 +281,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path())}
 	streamed := s.dispatch(ctx, ex)
 	ex.status = ctx.Response.StatusCode()
+	if ex.outcome != "" {
+		// Tells operators (and preload's summary) where an answer came from.
+		ctx.Response.Header.Set(CacheHeader, ex.outcome)
+	}
 	if !streamed {
 		ex.done(int64(len(ctx.Response.Body())), nil)
 	}
@@ -449,6 +453,11 @@ func (s *Server) resolveRegistry(ctx *fasthttp.RequestCtx, pathPrefix string) (U
 	}
 	return s.registryNamed(s.opts.DefaultRegistry)
 }
+
+// CacheHeader names the response header that says how the cache answered:
+// hit, miss (fetched now), join (joined a fetch in progress), revalidated,
+// stale (upstream could not answer) or bypass (disk full, not cached).
+const CacheHeader = "X-Regmirror-Cache"
 
 // adminPrefix is where management requests go (see package admin).
 const adminPrefix = "/_regmirror/"
