@@ -63,6 +63,8 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		IdleTimeout:     cfg.Server.IdleTimeout.Duration,
 		Metrics:         metrics,
 		Logger:          log,
+
+		PrivateRegistries: cfg.privateRegistries(),
 	})
 	if err != nil {
 		return nil, err
@@ -83,6 +85,7 @@ func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, map[string]
 			URL:                r.URL,
 			Username:           r.Username,
 			Password:           r.Password,
+			Keychain:           r.keychain(),
 			CAFile:             r.CAFile,
 			InsecureSkipVerify: r.InsecureSkipVerify,
 			UserAgent:          "regmirror/" + buildVersion(),

@@ -84,7 +84,7 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
 	d := rq.ref.digest
 	size := int64(-1)
-	if f := s.fills.get(d); f != nil && !s.isPrivate(rq.registry) {
+	if f := s.fills.get(d); f != nil && len(s.opts.PrivateRegistries) == 0 {
 		if n, err := f.startResult(); err == nil {
 			size = n
 		}

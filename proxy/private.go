@@ -26,10 +26,14 @@ func (s *Server) isPrivate(registry string) bool {
 }
 
 // linked reports whether cached digest d may be served for rq's repository
-// without asking upstream: always for a public registry, for a private one
-// only when a link records d in that repository.
+// without asking upstream. With no private registry configured, always.
+// Otherwise only when a link records d in that repository — for public
+// registries too: blobs are shared by digest across registries, so a
+// private layer must not come out through a public name either
+// ("/v2/library/x/blobs/<private digest>"). A public repository pays one
+// HEAD per blob it did not fetch itself, once.
 func (s *Server) linked(rq request, d digest.Digest) bool {
-	if !s.isPrivate(rq.registry) {
+	if len(s.opts.PrivateRegistries) == 0 {
 		return true
 	}
 	ok, err := s.store.HasLink(rq.registry, rq.repo, d)
@@ -49,7 +53,7 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 		return nil
 	}
 	if s.opts.Offline {
-		return fmt.Errorf("%w: %s was not seen in private repository %s/%s", errOffline, d, rq.registry, rq.repo)
+		return fmt.Errorf("%w: %s was not seen in repository %s/%s, and with private registries configured that must be confirmed upstream", errOffline, d, rq.registry, rq.repo)
 	}
 	_, err, _ := s.flights.Do("confirm\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
 		ctx, cancel := s.upstreamContext()
@@ -75,7 +79,7 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 		return nil, nil
 	})
 	if err != nil {
-		s.log.Info("private registry: cached content not confirmed in this repository", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+		s.log.Info("cached content not confirmed in this repository", "private", s.isPrivate(rq.registry), "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
 		return fmt.Errorf("private registry %s: %s in %s: %w", rq.registry, d, rq.repo, err)
 	}
 	return nil

@@ -70,7 +70,8 @@ type Options struct {
 	// DefaultRegistry answers bare /v2/<name>/... requests, as the Docker
 	// daemon sends them. Default "docker.io".
 	DefaultRegistry string
-	// HostAliases maps a request's Host (without port) to a registry name.
+	// HostAliases maps a request's Host (lowercase; with its port, or
+	// without) to a registry name.
 	HostAliases map[string]string
 	Store       Store
 	Hooks       FillHooks
