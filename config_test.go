@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// loadWith runs loadConfig as the serve command would see args.
+func loadWith(t *testing.T, args ...string) (config, error) {
+	t.Helper()
+	var cfg config
+	var loadErr error
+	cmd := serveCommand()
+	cmd.Action = func(c *cli.Context) error {
+		cfg, loadErr = loadConfig(c)
+		return nil
+	}
+	app := &cli.App{Commands: []*cli.Command{cmd}, Writer: &bytes.Buffer{}, ErrWriter: &bytes.Buffer{}}
+	if err := app.Run(append([]string{"regmirror", "serve"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, loadErr
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	for _, k := range []string{"REGMIRROR_LISTEN", "REGMIRROR_TAG_TTL", "REGMIRROR_DATA_DIR", "REGMIRROR_CONFIG", "REGMIRROR_UPSTREAM_URL", "REGMIRROR_OFFLINE"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	cfg, err := loadWith(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":5000" || cfg.DataDir != "./data" || cfg.TagTTL.Duration != 5*time.Minute ||
+		cfg.registry("docker.io").URL != "https://registry-1.docker.io" || cfg.Offline {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+
+	file := filepath.Join(t.TempDir(), "regmirror.toml")
+	os.WriteFile(file, []byte("listen = \":6000\"\ntag_ttl = \"1m\"\ndata_dir = \"/file\"\noffline = true\n"), 0o600)
+	cfg, err = loadWith(t, "--config", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":6000" || cfg.TagTTL.Duration != time.Minute || cfg.DataDir != "/file" || !cfg.Offline {
+		t.Fatalf("file over defaults: %+v", cfg)
+	}
+
+	t.Setenv("REGMIRROR_LISTEN", ":7000")
+	t.Setenv("REGMIRROR_TAG_TTL", "2m")
+	cfg, err = loadWith(t, "--config", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":7000" || cfg.TagTTL.Duration != 2*time.Minute || cfg.DataDir != "/file" {
+		t.Fatalf("env over file: %+v", cfg)
+	}
+
+	cfg, err = loadWith(t, "--config", file, "--listen", ":8000", "--upstream-url", "http://127.0.0.1:1", "--offline=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":8000" || cfg.TagTTL.Duration != 2*time.Minute || cfg.registry("docker.io").URL != "http://127.0.0.1:1" || cfg.Offline {
+		t.Fatalf("flags over env: %+v", cfg)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]string{
+		"listen = 5000\n":                  "listen",
+		"typo_key = 1\n":                   "unknown keys: typo_key",
+		"tag_ttl = \"soon\"\n":             "tag_ttl",
+		"default_registry = \"quay.io\"\n": "default_registry",
+		"[[registry]]\nname = \"\"\n":      "no name",
+		"[cache]\nmax_size = \"lots\"\n":   "",
+	}
+	for body, want := range cases {
+		path := filepath.Join(dir, "c.toml")
+		os.WriteFile(path, []byte(body), 0o600)
+		_, err := loadWith(t, "--config", path)
+		if want == "" {
+			continue // checked when the cache opens; see below
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %q: err %v, want it to mention %q", body, err, want)
+		}
+	}
+	if _, err := loadWith(t, "--config", filepath.Join(dir, "missing.toml")); err == nil {
+		t.Error("a missing config file was accepted")
+	}
+	var stderr bytes.Buffer
+	err := newCLI(&bytes.Buffer{}, &stderr).Run([]string{"regmirror", "du", "--data-dir", t.TempDir(), "--max-size", "lots"})
+	if err == nil || !strings.Contains(err.Error(), "max_size") {
+		t.Errorf("a bad max_size: %v", err)
+	}
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	if _, err := loadWith(t, "--config", "config.example.toml"); err != nil {
+		t.Fatalf("config.example.toml: %v", err)
+	}
+}
