@@ -359,7 +359,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 	case endpointTags:
 		s.serveTags(ctx, ex, rq)
 	case endpointReferrers:
-		writeError(ctx, fmt.Errorf("%w: the referrers API is not mirrored", errUnknownEndpoint), resourceNone)
+		s.serveReferrers(ctx, ex, rq)
 	}
 	return false
 }
@@ -490,5 +490,10 @@ func (s *Server) registryNamed(name string) (Upstream, error) {
 	return nil, fmt.Errorf("%w: %q", errRegistryNotAllowed, name)
 }
 
-// nopCloser is for bodies whose Close has nothing to release.
-var _ io.Closer = (*fileBody)(nil)
+// Streamed bodies release their descriptors in Close, which fasthttp calls
+// when the response ends or the client goes away.
+var (
+	_ io.Closer = (*fileBody)(nil)
+	_ io.Closer = (*follower)(nil)
+	_ io.Closer = (*passThrough)(nil)
+)
