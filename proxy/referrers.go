@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// Referrers (GET /v2/<name>/referrers/<digest>, OCI distribution 1.1) are
+// passed through to upstream, unfiltered, and the last answer per subject
+// is kept in the cache's tag-list record under the pseudo repository
+// "<repo>@referrers/<digest>" (a name no real repository can have, so it
+// never collides; it appears in no listing and is not a blob, so eviction
+// does not see it). While upstream is down, or the mirror offline, that
+// answer is served. An artifactType query is applied here, to the cached
+// or fetched answer, and announced with OCI-Filters-Applied, so one record
+// serves every filter. Upstream's 404 (no referrers API) is passed on;
+// clients then fall back to the referrers tag schema, which is an ordinary
+// tag to the mirror.
+
+// referrersUpstream is the optional Upstream method the pass-through needs.
+type referrersUpstream interface {
+	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, upstream.Descriptor, error)
+}
+
+const mediaTypeOCIIndex = "application/vnd.oci.image.index.v1+json"
+
+func referrersKey(repo string, d digest.Digest) string { return repo + "@referrers/" + d.String() }
+
+func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
+	d := rq.ref.digest
+	key := referrersKey(rq.repo, d)
+	var body []byte
+	var err error
+	ru, ok := rq.up.(referrersUpstream)
+	switch {
+	case s.opts.Offline:
+		err = fmt.Errorf("%w: referrers of %s/%s@%s", errOffline, rq.registry, rq.repo, d)
+	case !ok:
+		err = fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry)
+	default:
+		uctx, cancel := s.upstreamContext()
+		body, _, err = ru.Referrers(uctx, rq.repo, d, "")
+		cancel()
+		s.metrics.upstreamRequest("referrers", err)
+		if err == nil {
+			ex.outcome = "miss"
+			if err := s.store.SetTagList(rq.registry, key, body); err != nil {
+				s.log.Warn("caching referrers", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+			}
+		}
+	}
+	if err != nil && (s.opts.Offline || isUpstreamOutage(err)) {
+		cached, cerr := s.store.TagList(rq.registry, key)
+		switch {
+		case cerr == nil && s.opts.Offline:
+			body, err, ex.outcome = cached, nil, "hit"
+		case cerr == nil:
+			body, err, ex.outcome = cached, nil, "stale"
+			s.metrics.staleServed.Inc()
+		case !errors.Is(cerr, cache.ErrNotFound):
+			s.log.Warn("reading cached referrers", "repo", rq.repo, "digest", d, "err", cerr)
+		}
+	}
+	if err != nil {
+		writeError(ctx, err, resourceManifest)
+		return
+	}
+	if at := ctx.QueryArgs().Peek("artifactType"); len(at) > 0 {
+		filtered, ferr := filterReferrers(body, string(at))
+		if ferr != nil {
+			writeError(ctx, fmt.Errorf("%w: referrers index: %v", errUpstreamCorrupt, ferr), resourceManifest)
+			return
+		}
+		body = filtered
+		ctx.Response.Header.Set("OCI-Filters-Applied", "artifactType")
+	}
+	ctx.SetContentType(mediaTypeOCIIndex)
+	if ctx.IsHead() {
+		ctx.Response.Header.SetContentLength(len(body))
+		return
+	}
+	ctx.SetBody(body)
+}
+
+// filterReferrers keeps the descriptors of a referrers index whose
+// artifactType is artifactType; each kept descriptor is copied verbatim.
+func filterReferrers(body []byte, artifactType string) ([]byte, error) {
+	var idx struct {
+		Manifests []json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, err
+	}
+	out := struct {
+		SchemaVersion int               `json:"schemaVersion"`
+		MediaType     string            `json:"mediaType"`
+		Manifests     []json.RawMessage `json:"manifests"`
+	}{SchemaVersion: 2, MediaType: mediaTypeOCIIndex, Manifests: []json.RawMessage{}}
+	for _, m := range idx.Manifests {
+		var desc struct {
+			ArtifactType string `json:"artifactType"`
+		}
+		if json.Unmarshal(m, &desc) == nil && desc.ArtifactType == artifactType {
+			out.Manifests = append(out.Manifests, m)
+		}
+	}
+	return json.Marshal(out)
+}
