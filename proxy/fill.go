@@ -19,6 +19,10 @@ import (
 // is fixed whatever the blob's size.
 const fillBufferSize = 64 << 10
 
+// createRoom is the space asked of eviction when even creating a temp file
+// fails for lack of it.
+const createRoom = 16 << 20
+
 // maxResumes is how many times in a row a fill resumes a cut upstream body
 // with a Range request before it gives up.
 const maxResumes = 3
@@ -241,7 +245,7 @@ func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
 func (s *Server) startFill(rq request) (*fill, error) {
 	d := rq.ref.digest
 	w, err := s.store.Create(d, "application/octet-stream")
-	if isNoSpace(err) && s.makeRoom(0) {
+	if isNoSpace(err) && s.makeRoom(createRoom) {
 		w, err = s.store.Create(d, "application/octet-stream")
 	}
 	if err != nil {
