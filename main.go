@@ -38,6 +38,7 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 			serveCommand(),
 			gcCommand(),
 			duCommand(),
+			preloadCommand(), exportCommand(), importCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

@@ -77,6 +77,9 @@ func Handler(ops Ops) http.Handler {
 	mux.HandleFunc("DELETE "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, ops.Unpin(r.Context(), r.URL.Query().Get("name")))
 	})
+	if bo, ok := ops.(BlobOpener); ok {
+		mux.HandleFunc("GET "+PathPrefix+"blobs/{digest}", serveBlob(bo))
+	}
 	return mux
 }
 

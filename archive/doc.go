@@ -50,6 +50,12 @@
 // (foreign) layers ([Foreign]) are written and imported when present and
 // skipped silently when absent.
 //
+// A mirror often holds only some platforms of an index. [Image.Partial]
+// lets Write export such an index with the children the source has; its
+// index.json entry then carries [AnnotationPartial], and Read accepts
+// exactly such entries with children missing (counted in
+// ImportedImage.MissingChildren). Everything else stays strict.
+//
 // # Memory
 //
 // Blobs are streamed with fixed-size buffers: memory does not grow with blob

@@ -51,6 +51,9 @@ type ImportedImage struct {
 	Ref       string
 	Digest    digest.Digest
 	MediaType string
+	// MissingChildren counts the child manifests of a partial index
+	// (AnnotationPartial) that the archive and the sink both lack.
+	MissingChildren int
 }
 
 // ReadStats reports what Read did.
@@ -292,7 +295,16 @@ func (rd *reader) check() ([]ImportedImage, error) {
 		if ref == "" {
 			ref = top.Annotations[AnnotationRefName]
 		}
-		err = Walk(rd.ctx, rd.sink, d, string(top.MediaType), func(desc v1.Descriptor) error {
+		missing := 0
+		walkFn := Walk
+		if top.Annotations[AnnotationPartial] == "true" {
+			// Written from a mirror that holds only some platforms: a child
+			// manifest may be absent; what is present must be complete.
+			walkFn = func(ctx context.Context, src BlobSource, root digest.Digest, mediaType string, fn func(v1.Descriptor) error) error {
+				return WalkCached(ctx, src, root, mediaType, fn, func(v1.Descriptor) { missing++ })
+			}
+		}
+		err = walkFn(rd.ctx, rd.sink, d, string(top.MediaType), func(desc v1.Descriptor) error {
 			dd, _ := descDigest(desc) // Walk validated it
 			if dd == d && desc.Size != top.Size {
 				return fmt.Errorf("%w: manifest %s is %d bytes, index.json says %d", ErrCorrupt, d, desc.Size, top.Size)
@@ -315,7 +327,7 @@ func (rd *reader) check() ([]ImportedImage, error) {
 		if err != nil {
 			return nil, fmt.Errorf("image %q (%s): %w", ref, d, err)
 		}
-		imgs = append(imgs, ImportedImage{Ref: ref, Digest: d, MediaType: string(top.MediaType)})
+		imgs = append(imgs, ImportedImage{Ref: ref, Digest: d, MediaType: string(top.MediaType), MissingChildren: missing})
 	}
 	if setter, ok := rd.sink.(MediaTypeSetter); ok {
 		for _, d := range rd.added { // added order: deterministic

@@ -32,6 +32,11 @@ var (
 // sets it to the full reference; skopeo and crane look images up by it.
 const AnnotationRefName = "org.opencontainers.image.ref.name"
 
+// AnnotationPartial marks an index.json entry whose index lacks some child
+// manifests on purpose (Image.Partial); Read accepts such an entry with
+// those children missing. Other readers see an index with platforms absent.
+const AnnotationPartial = "io.github.regmirror.partial"
+
 // annotationContainerdName is set by `docker save` (Docker 25+) and
 // containerd to the full reference, where ref.name holds only the tag.
 const annotationContainerdName = "io.containerd.image.name"

@@ -28,6 +28,13 @@ type Image struct {
 	MediaType string
 	// Size is the top-level manifest size; 0 means "as the source says".
 	Size int64
+	// Partial allows an index whose child manifests src partly lacks (the
+	// platforms a mirror never pulled): the index is written whole, the
+	// children src has are written with their graphs, and the index.json
+	// entry is annotated AnnotationPartial = "true" if any child was left
+	// out, so that Read accepts it. Default false: a missing child is
+	// ErrIncomplete.
+	Partial bool
 }
 
 // WriteStats reports what Write wrote.
@@ -118,7 +125,13 @@ func plan(ctx context.Context, src BlobSource, imgs []Image) ([]v1.Descriptor, [
 			refs[img.Ref] = true
 		}
 		var root *v1.Descriptor
-		err := Walk(ctx, src, img.Digest, img.MediaType, func(desc v1.Descriptor) error {
+		walkFn, partial := Walk, false
+		if img.Partial {
+			walkFn = func(ctx context.Context, src BlobSource, root digest.Digest, mediaType string, fn func(v1.Descriptor) error) error {
+				return WalkCached(ctx, src, root, mediaType, fn, func(v1.Descriptor) { partial = true })
+			}
+		}
+		err := walkFn(ctx, src, img.Digest, img.MediaType, func(desc v1.Descriptor) error {
 			if root == nil {
 				r := desc
 				root = &r
@@ -154,8 +167,14 @@ func plan(ctx context.Context, src BlobSource, imgs []Image) ([]v1.Descriptor, [
 			return nil, nil, fmt.Errorf("%w: image %q: manifest %s is %d bytes, expected %d", ErrCorrupt, img.Ref, img.Digest, root.Size, img.Size)
 		}
 		entry := v1.Descriptor{MediaType: root.MediaType, Digest: root.Digest, Size: root.Size}
+		if img.Ref != "" || partial {
+			entry.Annotations = map[string]string{}
+		}
 		if img.Ref != "" {
-			entry.Annotations = map[string]string{AnnotationRefName: img.Ref}
+			entry.Annotations[AnnotationRefName] = img.Ref
+		}
+		if partial {
+			entry.Annotations[AnnotationPartial] = "true"
 		}
 		index = append(index, entry)
 	}

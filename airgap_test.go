@@ -1,0 +1,554 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// TestAirGapRoundTrip: preload three images (two of a three-platform index,
+// an OCI image, a Docker schema 2 image) from the test upstream, export
+// them, import the archive into a fresh data dir, stop the upstream and
+// serve offline: the Docker daemon and skopeo pull every image with the
+// right digests, and the platform never preloaded answers 404.
+func TestAirGapRoundTrip(t *testing.T) {
+	up := testupstream.Start(t)
+	plats := []v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}, {OS: "linux", Architecture: "s390x"}}
+	multi := up.PushRandomIndex(t, "library/multi", "latest", plats, 2, 32<<10)
+	oci := up.PushRandomOCIImage(t, "org/ociapp", "v1", 2, 32<<10)
+	schema2 := up.PushRandomImage(t, "library/alpine", "3.20", 2, 32<<10)
+	children := childDigests(t, multi)
+
+	src := t.TempDir()
+	conf := writeTestConfig(t, src, up.URL())
+	list := filepath.Join(t.TempDir(), "images.txt")
+	os.WriteFile(list, []byte("# the site's images\norg/ociapp:v1\n\nalpine:3.20  # schema 2\n"), 0o644)
+	out := runCLI(t, "preload", "--config", conf, "--platform", "linux/amd64,linux/arm64", "--file", list, "multi:latest")
+	if !strings.Contains(out, "preloaded 3 of 3 images") {
+		t.Fatalf("preload output:\n%s", out)
+	}
+	if up.BlobGETs(children["s390x"]) != 0 || up.Count(http.MethodGet, "/v2/library/multi/manifests/"+children["s390x"].String()) != 0 {
+		t.Error("preload fetched the platform it was not asked for")
+	}
+	// A second preload finds everything cached.
+	out = runCLI(t, "preload", "--config", conf, "--platform", "linux/amd64,linux/arm64", "multi:latest")
+	if !strings.Contains(out, "0 blobs fetched (0 B)") {
+		t.Errorf("second preload fetched again:\n%s", out)
+	}
+
+	site := filepath.Join(t.TempDir(), "site.tar")
+	out = runCLI(t, "export", "--config", conf, "--out", site, "--all")
+	if !strings.Contains(out, "3 images") {
+		t.Fatalf("export output:\n%s", out)
+	}
+	if got, want := skopeoInspectArchive(t, site, "docker.io/org/ociapp:v1"), testupstream.Digest(t, oci).String(); got != want {
+		t.Errorf("skopeo inspect oci-archive: %s, want %s", got, want)
+	}
+
+	dst := t.TempDir()
+	out = runCLI(t, "import", "--config", writeTestConfig(t, dst, up.URL()), site)
+	if !strings.Contains(out, "3 images") {
+		t.Fatalf("import output:\n%s", out)
+	}
+	up.Close()
+
+	m := startMirror(t, up, func(c *config) {
+		c.DataDir = dst
+		c.Offline = true
+		c.TagTTL = duration{time.Nanosecond} // every tag is old: offline serves it anyway
+	})
+	d := realclient.StartDockerd(t, m.url)
+	for ref, want := range map[string]digest.Digest{
+		"multi:latest":  testupstream.Digest(t, multi),
+		"org/ociapp:v1": testupstream.Digest(t, oci),
+		"alpine:3.20":   testupstream.Digest(t, schema2),
+	} {
+		d.Pull(t, ref)
+		if got := d.RepoDigest(t, ref); got != want.String() {
+			t.Errorf("docker pull %s offline: %s, want %s", ref, got, want)
+		}
+	}
+	for _, c := range []struct {
+		ref, arch string
+		want      digest.Digest
+	}{
+		{"docker.io/library/multi:latest", "arm64", children["arm64"]},
+		{"docker.io/org/ociapp:v1", "", testupstream.Digest(t, oci)},
+		{"docker.io/library/alpine:3.20", "", testupstream.Digest(t, schema2)},
+	} {
+		got, err := skopeoCopyDir(t, m.host, c.ref, c.arch)
+		if err != nil {
+			t.Errorf("skopeo copy %s offline: %v", c.ref, err)
+		} else if got != c.want {
+			t.Errorf("skopeo copy %s offline: %s, want %s", c.ref, got, c.want)
+		}
+	}
+	if _, err := skopeoCopyDir(t, m.host, "docker.io/library/multi:latest", "s390x"); err == nil {
+		t.Error("skopeo copied the platform that was never preloaded")
+	}
+	resp, body := get(t, http.MethodGet, m.url+"/v2/library/multi/manifests/"+children["s390x"].String())
+	wantWireError(t, resp, body, http.StatusNotFound, "MANIFEST_UNKNOWN")
+	verifyBlobFiles(t, dst)
+}
+
+// TestImportTruncatedArchiveChangesNothing: a cut archive is refused with
+// a clear message, and the cache's blobs, tags and pins are as before.
+func TestImportTruncatedArchiveChangesNothing(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomOCIImage(t, "org/one", "v1", 2, 64<<10)
+	up.PushRandomImage(t, "org/two", "v1", 3, 64<<10)
+	src := t.TempDir()
+	conf := writeTestConfig(t, src, up.URL())
+	runCLI(t, "preload", "--config", conf, "org/one:v1", "org/two:v1")
+	one := filepath.Join(t.TempDir(), "one.tar")
+	both := filepath.Join(t.TempDir(), "both.tar")
+	runCLI(t, "export", "--config", conf, "--out", one, "org/one:v1")
+	runCLI(t, "export", "--config", conf, "--out", both, "org/one:v1", "org/two:v1")
+
+	dst := t.TempDir()
+	dstConf := writeTestConfig(t, dst, up.URL())
+	runCLI(t, "import", "--config", dstConf, one)
+	before := cacheState(t, dst)
+
+	raw, err := os.ReadFile(both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inIndex := bytes.LastIndex(raw, []byte(`"manifests"`)) // index.json comes last
+	for _, cut := range []int{len(raw) / 2, inIndex} {
+		cutPath := filepath.Join(t.TempDir(), "cut.tar")
+		os.WriteFile(cutPath, raw[:cut], 0o644)
+		out, err := runCLIErr("import", "--config", dstConf, cutPath)
+		if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "cache is as it was") {
+			t.Fatalf("import of an archive cut at %d/%d: err %v\n%s", cut, len(raw), err, out)
+		}
+		if after := cacheState(t, dst); after != before {
+			t.Fatalf("a refused import changed the cache:\nbefore %s\nafter  %s", before, after)
+		}
+	}
+	verifyBlobFiles(t, dst)
+}
+
+// TestPreloadThroughRunningServer: with a server on the data dir, preload
+// pulls through it and the pins land in it.
+func TestPreloadThroughRunningServer(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomOCIImage(t, "org/app", "v2", 2, 16<<10)
+	m := startMirror(t, up)
+	conf := writeTestConfig(t, m.cfg.DataDir, up.URL())
+	out := runCLI(t, "preload", "--config", conf, "--server", m.url, "org/app:v2")
+	if !strings.Contains(out, "preloaded 1 of 1 images into "+m.url) {
+		t.Fatalf("preload output:\n%s", out)
+	}
+	imgs, err := admin.NewClient(m.url).Images(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, im := range imgs {
+		if im.Ref == "docker.io/org/app:v2" {
+			found = im.Pinned && im.Digest == testupstream.Digest(t, img)
+		}
+	}
+	if !found {
+		t.Fatalf("docker.io/org/app:v2 not pinned in the running server: %+v", imgs)
+	}
+	u, err := admin.NewClient(m.url).Usage(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.PinnedBlobs != 4 { // manifest, config, two layers
+		t.Errorf("pinned blobs %d, want 4", u.PinnedBlobs)
+	}
+	// Export streams from the running server's cache; import refuses to
+	// write under it.
+	site := filepath.Join(t.TempDir(), "site.tar")
+	out = runCLI(t, "export", "--config", conf, "--server", m.url, "--out", site, "org/app:v2")
+	if !strings.Contains(out, "1 images, 4 blobs") || !strings.Contains(out, "from "+m.url) {
+		t.Errorf("export through the server:\n%s", out)
+	}
+	if got, want := skopeoInspectArchive(t, site, "docker.io/org/app:v2"), testupstream.Digest(t, img).String(); got != want {
+		t.Errorf("skopeo inspect of the export: %s, want %s", got, want)
+	}
+	if _, err := runCLIErr("import", "--config", conf, site); err == nil || !strings.Contains(err.Error(), "stop it") {
+		t.Errorf("import into a busy data dir: %v", err)
+	}
+	// A missing image fails alone; the exit status says so.
+	out, err = runCLIErr("preload", "--config", conf, "--server", m.url, "org/app:v2", "org/nope:v1")
+	if err == nil || !strings.Contains(out, "FAILED  docker.io/org/nope:v1") || !strings.Contains(out, "preloaded 1 of 2") {
+		t.Errorf("preload with a missing image: err %v\n%s", err, out)
+	}
+}
+
+// TestOfflineMissNeverDials: offline, a miss answers 404 with the offline
+// detail at once, and the upstream address is never connected to.
+func TestOfflineMissNeverDials(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepts atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepts.Add(1)
+			c.Close()
+		}
+	}()
+	m := startMirror(t, nil, func(c *config) {
+		c.registry(dockerHubName).URL = "http://" + ln.Addr().String()
+		c.Offline = true
+	})
+	d := "sha256:" + strings.Repeat("ab", 32)
+	for _, c := range []struct{ path, code string }{
+		{"/v2/library/alpine/manifests/latest", "MANIFEST_UNKNOWN"},
+		{"/v2/library/alpine/manifests/" + d, "MANIFEST_UNKNOWN"},
+		{"/v2/library/alpine/blobs/" + d, "BLOB_UNKNOWN"},
+		{"/v2/library/alpine/referrers/" + d, "MANIFEST_UNKNOWN"},
+	} {
+		start := time.Now()
+		resp, body := get(t, http.MethodGet, m.url+c.path)
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("%s took %v offline", c.path, el)
+		}
+		wantWireError(t, resp, body, http.StatusNotFound, c.code)
+		if !strings.Contains(string(body), "offline") {
+			t.Errorf("%s: detail does not say the mirror is offline: %s", c.path, body)
+		}
+	}
+	if n := accepts.Load(); n != 0 {
+		t.Fatalf("offline mirror connected to upstream %d times", n)
+	}
+}
+
+func TestParseImageList(t *testing.T) {
+	d := "sha256:" + strings.Repeat("c", 64)
+	tests := []struct {
+		name, in string
+		want     []string
+		err      string
+	}{
+		{"empty", "", nil, ""},
+		{"comments and blanks", "# header\n\n  \nalpine\n   # indented comment\n", []string{"docker.io/library/alpine:latest"}, ""},
+		{"trailing comment", "alpine:3.20 # pinned for prod\n", []string{"docker.io/library/alpine:3.20"}, ""},
+		{"digest", "ghcr.io/org/app@" + d + "\n", []string{"ghcr.io/org/app@" + d}, ""},
+		{"tag and digest keeps the digest", "nginx:1.27@" + d, []string{"docker.io/library/nginx@" + d}, ""},
+		{"other registries", "ghcr.io/org/app:v1\nregistry.corp:5000/team/tool:2\nquay.io/x/y", []string{
+			"ghcr.io/org/app:v1", "registry.corp:5000/team/tool:2", "quay.io/x/y:latest"}, ""},
+		{"duplicates once", "alpine\ndocker.io/library/alpine:latest\n", []string{"docker.io/library/alpine:latest"}, ""},
+		{"crlf", "alpine:1\r\nbusybox\r\n", []string{"docker.io/library/alpine:1", "docker.io/library/busybox:latest"}, ""},
+		{"bad line numbered", "alpine\nUPPER/case\n", []string{"docker.io/library/alpine:latest"}, "list.txt:2:"},
+		{"two per line", "alpine busybox\n", nil, "list.txt:1: one reference per line"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			refs, err := parseImageList(strings.NewReader(tt.in), "list.txt")
+			if tt.err == "" && err != nil {
+				t.Fatalf("err %v", err)
+			}
+			if tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
+				t.Fatalf("err %v, want %q", err, tt.err)
+			}
+			var got []string
+			for _, r := range refs {
+				got = append(got, r.String())
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestChoosePlatforms(t *testing.T) {
+	got, err := choosePlatforms("", false)
+	if err != nil || got[0].String() != "linux/amd64" || got[len(got)-1].Architecture != runtime.GOARCH {
+		t.Errorf("default platforms %v, %v", got, err)
+	}
+	if got, err := choosePlatforms("", true); got != nil || err != nil {
+		t.Errorf("--all-platforms: %v, %v", got, err)
+	}
+	if _, err := choosePlatforms("linux", false); err == nil {
+		t.Error("--platform linux accepted")
+	}
+}
+
+// runCLIErr runs regmirror with args and returns its output and error.
+func runCLIErr(args ...string) (string, error) {
+	var out bytes.Buffer
+	err := newCLI(&out, &out).Run(append([]string{"regmirror"}, args...))
+	return out.String(), err
+}
+
+func runCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := runCLIErr(args...)
+	if err != nil {
+		t.Fatalf("regmirror %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// writeTestConfig writes a config with dataDir and the test upstream as
+// docker.io.
+func writeTestConfig(t *testing.T, dataDir, upstreamURL string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "regmirror.toml")
+	conf := fmt.Sprintf("data_dir = %q\nlog_level = \"warn\"\n\n[[registry]]\nname = \"docker.io\"\nurl = %q\n", dataDir, upstreamURL)
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// childDigests maps each architecture of idx to its manifest digest.
+func childDigests(t *testing.T, idx v1.ImageIndex) map[string]digest.Digest {
+	t.Helper()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]digest.Digest{}
+	for _, m := range im.Manifests {
+		out[m.Platform.Architecture] = digest.Digest(m.Digest.String())
+	}
+	return out
+}
+
+// cacheState describes a data dir's blobs, tags and pins, for comparing.
+func cacheState(t *testing.T, dir string) string {
+	t.Helper()
+	st, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger(t, "warn")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var parts []string
+	st.Walk(func(info cache.BlobInfo) error {
+		parts = append(parts, "blob "+info.Digest.String())
+		return nil
+	})
+	st.Tags(func(registry, repo, tag string, rec cache.TagRecord) error {
+		parts = append(parts, "tag "+registry+"/"+repo+":"+tag+"="+rec.Digest.String())
+		return nil
+	})
+	st.Pins(func(name string, ds []digest.Digest) error {
+		parts = append(parts, fmt.Sprintf("pin %s %d", name, len(ds)))
+		return nil
+	})
+	files := blobFiles(t, dir)
+	for f := range files {
+		parts = append(parts, "file "+f)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "\n")
+}
+
+// skopeoEnvFor is a clean environment for skopeo: no host credentials or
+// registries.conf.
+func skopeoEnvFor(t *testing.T) []string {
+	home := t.TempDir()
+	env := []string{"HOME=" + home, "XDG_RUNTIME_DIR=" + home, "XDG_CONFIG_HOME=" + filepath.Join(home, ".config"), "PATH=" + os.Getenv("PATH")}
+	return env
+}
+
+// skopeoInspectArchive returns the digest skopeo reads for ref in an OCI
+// archive.
+func skopeoInspectArchive(t *testing.T, archivePath, ref string) string {
+	t.Helper()
+	bin := realclient.Require(t, "skopeo")
+	cmd := exec.Command(bin, "inspect", "--format", "{{.Digest}}", "oci-archive:"+archivePath+":"+ref)
+	cmd.Env = skopeoEnvFor(t)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("skopeo inspect: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// skopeoCopyDir copies ref through the mirror at host into a dir: layout
+// (which keeps the manifest as served, Docker schema 2 included) and
+// returns the digest of the manifest copied; arch, if set, chooses the
+// platform of an index.
+func skopeoCopyDir(t *testing.T, host, ref, arch string) (digest.Digest, error) {
+	t.Helper()
+	bin := realclient.Require(t, "skopeo")
+	conf := realclient.WriteRegistriesConf(t, realclient.Mirror("docker.io", host))
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644)
+	dest := t.TempDir()
+	args := []string{"--registries-conf", conf, "--policy", policy, "--tmpdir", t.TempDir()}
+	if arch != "" {
+		args = append(args, "--override-os", "linux", "--override-arch", arch)
+	}
+	args = append(args, "copy", "--retry-times", "0", "--src-no-creds", "docker://"+ref, "dir:"+dest)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = skopeoEnvFor(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%v\n%s", err, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(dest, "manifest.json"))
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256(raw)
+	return digest.Digest("sha256:" + hex.EncodeToString(h[:])), nil
+}
+
+// TestAirGapMeasure times preload, export and import of three images that
+// share a base (two layers) and add one layer each, and compares the
+// archive with the blobs it holds. It runs only with
+// REGMIRROR_AIRGAP_MEASURE=<MiB per layer>, e.g.
+//
+//	REGMIRROR_AIRGAP_MEASURE=1 go test -run TestAirGapMeasure -v .
+func TestAirGapMeasure(t *testing.T) {
+	mib, _ := strconv.Atoi(os.Getenv("REGMIRROR_AIRGAP_MEASURE"))
+	if mib <= 0 {
+		t.Skip("set REGMIRROR_AIRGAP_MEASURE=<MiB per layer> to measure")
+	}
+	size := int64(mib) << 20
+	up := testupstream.Start(t)
+	base := up.PushRandomImage(t, "org/base", "v1", 2, size)
+	var perImage int64
+	for _, name := range []string{"org/app1", "org/app2"} {
+		l, err := random.Layer(size, types.DockerLayer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mutate.AppendLayers(base, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up.Push(t, name, "v1", img)
+		perImage += imageBytes(t, img)
+	}
+	perImage += imageBytes(t, base)
+
+	src, dst := t.TempDir(), t.TempDir()
+	conf := writeTestConfig(t, src, up.URL())
+	refs := []string{"org/base:v1", "org/app1:v1", "org/app2:v1"}
+	timed := func(what string, args ...string) {
+		start := time.Now()
+		out := runCLI(t, args...)
+		t.Logf("%s: %v\n%s", what, time.Since(start).Round(time.Millisecond), out)
+	}
+	timed("preload", append([]string{"preload", "--config", conf}, refs...)...)
+	site := filepath.Join(t.TempDir(), "site.tar")
+	timed("export", "export", "--config", conf, "--out", site, "--all")
+	timed("import", "import", "--config", writeTestConfig(t, dst, up.URL()), site)
+	fi, err := os.Stat(site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unique int64
+	for f := range blobFiles(t, dst) {
+		st, _ := os.Stat(filepath.Join(dst, "blobs", "sha256", f[:2], f))
+		unique += st.Size()
+	}
+	t.Logf("archive %d bytes; distinct blobs %d bytes (overhead %.2f%%); sum over images %d bytes",
+		fi.Size(), unique, 100*float64(fi.Size()-unique)/float64(unique), perImage)
+}
+
+// imageBytes sums an image's manifest, config and layers.
+func imageBytes(t *testing.T, img v1.Image) int64 {
+	t.Helper()
+	m, _ := img.RawManifest()
+	c, _ := img.RawConfigFile()
+	n := int64(len(m) + len(c))
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		s, _ := l.Size()
+		n += s
+	}
+	return n
+}
+
+// TestPreloadReferrers: with an upstream that has the referrers API,
+// preload fetches and pins an image's referrers, and an offline mirror
+// answers the referrers request from the cache.
+func TestPreloadReferrers(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	repo, err := name.NewRepository(host+"/org/app", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(repo.Tag("v1"), img); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := partial.Descriptor(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig = mutate.Subject(mutate.MediaType(sig, types.OCIManifestSchema1), *desc).(v1.Image)
+	sigDigest, _ := sig.Digest()
+	if err := remote.Write(repo.Digest(sigDigest.String()), sig); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	conf := writeTestConfig(t, dir, srv.URL)
+	runCLI(t, "preload", "--config", conf, "org/app:v1")
+	pinned := cacheState(t, dir)
+	if !strings.Contains(pinned, "blob "+sigDigest.String()) || !strings.Contains(pinned, "pin docker.io/org/app:v1 6") {
+		t.Fatalf("referrer not preloaded and pinned:\n%s", pinned)
+	}
+	srv.Close()
+	m := startMirror(t, nil, func(c *config) {
+		c.DataDir = dir
+		c.registry(dockerHubName).URL = srv.URL
+		c.Offline = true
+	})
+	resp, body := get(t, http.MethodGet, m.url+"/v2/org/app/referrers/"+desc.Digest.String())
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), sigDigest.String()) {
+		t.Fatalf("offline referrers: %d %s", resp.StatusCode, body)
+	}
+	resp, body = get(t, http.MethodGet, m.url+"/v2/org/app/referrers/"+desc.Digest.String()+"?artifactType=application/x-none")
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(body), sigDigest.String()) || resp.Header.Get("OCI-Filters-Applied") != "artifactType" {
+		t.Fatalf("filtered referrers: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/regmirror/regmirror/admin"
+)
+
+// fileFlag names a list of images (preload, export).
+var fileFlag = &cli.StringFlag{
+	Name:    "file",
+	Aliases: []string{"f"},
+	Usage:   "read image references from this file, one per line (# starts a comment; - is stdin)",
+}
+
+// parseImageList reads an image list: one reference per line (a tag or a
+// digest, any configured registry, Docker's defaulting: "alpine" is
+// docker.io/library/alpine:latest); blank lines are skipped and "#" starts
+// a comment, on its own line or after a reference (a reference never
+// contains "#"). Every bad line is reported, with its number, in one
+// error. Repeated references are kept once, in first-seen order.
+func parseImageList(r io.Reader, name string) ([]admin.Ref, error) {
+	var refs []admin.Ref
+	var errs []error
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if strings.ContainsAny(line, " \t") {
+			errs = append(errs, fmt.Errorf("%s:%d: one reference per line, got %q", name, n, line))
+			continue
+		}
+		ref, err := admin.ParseRef(line)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d: %v", name, n, err))
+			continue
+		}
+		if !seen[ref.String()] {
+			seen[ref.String()] = true
+			refs = append(refs, ref)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	return refs, errors.Join(errs...)
+}
+
+// imageArgs gathers the references given as arguments and with --file.
+func imageArgs(c *cli.Context) ([]admin.Ref, error) {
+	var refs []admin.Ref
+	var errs []error
+	seen := map[string]bool{}
+	add := func(r admin.Ref) {
+		if !seen[r.String()] {
+			seen[r.String()] = true
+			refs = append(refs, r)
+		}
+	}
+	for _, a := range c.Args().Slice() {
+		r, err := admin.ParseRef(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		add(r)
+	}
+	if path := c.String("file"); path != "" {
+		var in io.Reader = os.Stdin
+		if path != "-" {
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			in = f
+		}
+		list, err := parseImageList(in, path)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, r := range list {
+			add(r)
+		}
+	}
+	return refs, errors.Join(errs...)
+}

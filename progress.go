@@ -1,0 +1,90 @@
+package main
+
+import (
+	"io"
+	"os"
+
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+)
+
+// progress draws byte-count bars (mpb) on a terminal and nothing
+// elsewhere, so that logs and test output stay clean. Its methods, and
+// those of the bars it makes, do nothing when it draws nothing.
+type progress struct {
+	p *mpb.Progress
+}
+
+// newProgress draws on w if w is a terminal.
+func newProgress(w io.Writer) *progress {
+	if !isTerminal(w) {
+		return &progress{}
+	}
+	return &progress{p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40))}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// bar adds a bar of total bytes (0: not known yet) labelled name; the last
+// bar added is drawn last.
+func (pr *progress) bar(name string, total int64) *bar {
+	if pr.p == nil {
+		return &bar{}
+	}
+	b := pr.p.AddBar(total,
+		mpb.PrependDecorators(decor.Name(name, decor.WCSyncSpaceR)),
+		mpb.AppendDecorators(
+			decor.CountersKibiByte("% .1f / % .1f", decor.WCSyncSpace),
+			decor.OnAbort(decor.OnComplete(decor.Percentage(decor.WCSyncSpace), " done"), " failed"),
+		),
+	)
+	return &bar{b: b}
+}
+
+// wait lets every bar draw its last state and stops drawing.
+func (pr *progress) wait() {
+	if pr.p != nil {
+		pr.p.Wait()
+	}
+}
+
+// bar is one progress bar; a nil *mpb.Bar draws nothing.
+type bar struct {
+	b     *mpb.Bar
+	total int64 // what grow has announced; one goroutine grows a bar
+}
+
+func (b *bar) add(n int64) {
+	if b.b != nil {
+		b.b.IncrInt64(n)
+	}
+}
+
+// grow raises the total by n bytes as more of the work becomes known.
+func (b *bar) grow(n int64) {
+	b.total += n
+	if b.b != nil {
+		b.b.SetTotal(b.total, false)
+	}
+}
+
+// done completes the bar at whatever it has counted.
+func (b *bar) done() {
+	if b.b != nil {
+		b.b.SetTotal(-1, true)
+	}
+}
+
+// fail ends the bar as failed, keeping it on screen.
+func (b *bar) fail() {
+	if b.b != nil {
+		b.b.Abort(false)
+	}
+}
