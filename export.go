@@ -18,7 +18,6 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
-	"github.com/regmirror/regmirror/cache"
 )
 
 // Export writes cached images to an OCI image layout archive (see package
@@ -66,7 +65,8 @@ func runExport(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c.Context = ctx
-	return withSource(c, func(ctx context.Context, ops admin.Ops, src archive.BlobSource, where string) error {
+	return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+		ops, src, where := ca.ops, ca.blobs, ca.where
 		imgs, skipped, err := exportPlan(ctx, ops, src, refs, all)
 		if err != nil {
 			return err
@@ -88,31 +88,6 @@ func runExport(c *cli.Context) error {
 		}
 		return nil
 	})
-}
-
-// withSource runs fn on the cache: opened directly when the data dir is
-// free, else through the running server.
-func withSource(c *cli.Context, fn func(ctx context.Context, ops admin.Ops, src archive.BlobSource, where string) error) error {
-	cfg, err := loadConfig(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg, c.App.ErrWriter)
-	if err != nil {
-		return err
-	}
-	st, err := openCacheStack(cfg, log)
-	switch {
-	case err == nil:
-		defer st.Close()
-		return fn(c.Context, st.ops, admin.Source{Store: st.store}, cfg.DataDir)
-	case errors.Is(err, cache.ErrBusy):
-		url := serverURL(c.String("server"), cfg.Listen)
-		cl := admin.NewClient(url)
-		return fn(c.Context, cl, cl.BlobSource(c.Context), url)
-	default:
-		return err
-	}
 }
 
 // exportItem is one image to write, with the bytes its cached graph holds.

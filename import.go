@@ -48,11 +48,7 @@ func runImport(c *cli.Context) error {
 		return errors.New("import: name one archive")
 	}
 	path := c.Args().First()
-	cfg, err := loadConfig(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg, c.App.ErrWriter)
+	cfg, log, err := setup(c)
 	if err != nil {
 		return err
 	}

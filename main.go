@@ -69,11 +69,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%" of the filesystem (default 0: no budget)`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
-			cfg, err := loadConfig(c)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(cfg, c.App.ErrWriter)
+			cfg, log, err := setup(c)
 			if err != nil {
 				return err
 			}
@@ -146,6 +142,16 @@ func loadConfig(c *cli.Context) (config, error) {
 		setString("upstream-password", &def.Password)
 	}
 	return cfg, cfg.finish()
+}
+
+// setup loads the configuration and the logger every command starts with.
+func setup(c *cli.Context) (config, *slog.Logger, error) {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return cfg, nil, err
+	}
+	log, err := newLogger(cfg, c.App.ErrWriter)
+	return cfg, log, err
 }
 
 func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/archive"
 	"github.com/regmirror/regmirror/cache"
 )
 
@@ -23,14 +24,18 @@ var serverFlag = &cli.StringFlag{
 	EnvVars: []string{"REGMIRROR_SERVER"},
 }
 
-// withOps runs fn with the management operations: on the data dir itself
-// when no server holds it, else through the running server's HTTP API.
-func withOps(c *cli.Context, fn func(ctx context.Context, ops admin.Ops, where string) error) error {
-	cfg, err := loadConfig(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg, c.App.ErrWriter)
+// cacheAccess is the cache as a command reaches it: opened directly when
+// no server holds the data dir, else through the running server's
+// management API.
+type cacheAccess struct {
+	ops   admin.Ops
+	blobs archive.BlobSource
+	where string // the data dir, or the server's URL
+}
+
+// withCache runs fn with the cache, reached whichever way it can be.
+func withCache(c *cli.Context, fn func(ctx context.Context, ca cacheAccess) error) error {
+	cfg, log, err := setup(c)
 	if err != nil {
 		return err
 	}
@@ -38,11 +43,12 @@ func withOps(c *cli.Context, fn func(ctx context.Context, ops admin.Ops, where s
 	switch {
 	case err == nil:
 		defer st.Close()
-		return fn(c.Context, st.ops, cfg.DataDir)
+		return fn(c.Context, cacheAccess{ops: st.ops, blobs: admin.Source{Store: st.store}, where: cfg.DataDir})
 	case errors.Is(err, cache.ErrBusy):
 		url := serverURL(c.String("server"), cfg.Listen)
 		log.Debug("data dir in use; asking the running server", "server", url)
-		return fn(c.Context, admin.NewClient(url), url)
+		client := admin.NewClient(url)
+		return fn(c.Context, cacheAccess{ops: client, blobs: client.BlobSource(c.Context), where: url})
 	default:
 		return err
 	}
@@ -73,16 +79,16 @@ func gcCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
-			return withOps(c, func(ctx context.Context, ops admin.Ops, where string) error {
-				res, err := ops.GC(ctx)
+			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+				res, err := ca.ops.GC(ctx)
 				if err != nil {
 					return err
 				}
-				u, err := ops.Usage(ctx, 0)
+				u, err := ca.ops.Usage(ctx, 0)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), where)
+				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), ca.where)
 				if res.Failed > 0 {
 					fmt.Fprintf(c.App.Writer, "%d blobs could not be deleted (see the log)\n", res.Failed)
 				}
@@ -102,8 +108,8 @@ func duCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
-			return withOps(c, func(ctx context.Context, ops admin.Ops, where string) error {
-				u, err := ops.Usage(ctx, c.Int("top"))
+			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+				u, err := ca.ops.Usage(ctx, c.Int("top"))
 				if err != nil {
 					return err
 				}

@@ -70,11 +70,7 @@ func preloadCommand() *cli.Command {
 const preloadParallel = 4
 
 func runPreload(c *cli.Context) error {
-	cfg, err := loadConfig(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg, c.App.ErrWriter)
+	cfg, log, err := setup(c)
 	if err != nil {
 		return err
 	}

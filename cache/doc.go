@@ -32,15 +32,20 @@
 //	b 0x00 sha256:<hex>                          blob
 //	t 0x00 <registry> 0x00 <repo> 0x00 <tag>     tag
 //	l 0x00 <registry> 0x00 <repo> 0x00 <digest>  link: the blob was seen in that repository
-//	T 0x00 <registry> 0x00 <repo>                last tags/list answer body (at most MaxTagListSize bytes)
+//	T 0x00 <registry> 0x00 <repo>                last tags/list answer body (at most MaxTagListSize bytes);
+//	                                             the proxy also keeps referrers answers here, under
+//	                                             the pseudo-repository <repo>@referrers/<digest>
+//	p 0x00 <name>                                pin: an image ("docker.io/library/alpine:3.20") and
+//	                                             every digest of its graph; eviction spares them
 //
 // Every value starts with a version byte (currently 1); numbers are
 // big-endian, times are int64 Unix nanoseconds (0 = zero time):
 //
-//	blob:    ver | size int64 | created int64 | last access int64 | flags uint8 (bit 0 = pinned) | media type (rest)
+//	blob:    ver | size int64 | created int64 | last access int64 | flags uint8 (reserved, 0) | media type (rest)
 //	tag:     ver | checked-at int64 | digest length uint8 | digest | media type (rest)
 //	link:    ver
 //	taglist: ver | body (rest)
+//	pin:     ver | digest (0x00 digest)*
 //
 // Last-access times are recorded in memory on every hit and written to Badger
 // in one transaction every Options.AccessFlushInterval (default 5s), and at

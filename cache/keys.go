@@ -27,7 +27,8 @@ const (
 	// all far shorter; the bound keeps keys well under Badger's limit.
 	maxKeyPart = 1024
 
-	flagPinned = 1 << 0
+	// The blob record's flags byte is reserved (written as 0): pins are
+	// image records (SetPin), not per-blob flags.
 )
 
 // MaxTagListSize caps the tags/list body stored by SetTagList.
@@ -113,7 +114,6 @@ type blobRecord struct {
 	mediaType  string
 	created    time.Time
 	lastAccess time.Time
-	pinned     bool
 }
 
 const blobFixed = 1 + 8 + 8 + 8 + 1
@@ -124,11 +124,7 @@ func (r blobRecord) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(r.size))
 	b = putTime(b, r.created)
 	b = putTime(b, r.lastAccess)
-	var flags byte
-	if r.pinned {
-		flags |= flagPinned
-	}
-	b = append(b, flags)
+	b = append(b, 0) // flags, reserved
 	return append(b, r.mediaType...)
 }
 
@@ -140,7 +136,6 @@ func decodeBlob(b []byte) (blobRecord, error) {
 		size:       int64(binary.BigEndian.Uint64(b[1:9])),
 		created:    getTime(b[9:17]),
 		lastAccess: getTime(b[17:25]),
-		pinned:     b[25]&flagPinned != 0,
 		mediaType:  string(b[blobFixed:]),
 	}
 	if r.size < 0 {
@@ -156,7 +151,6 @@ func (r blobRecord) info(d digest.Digest) BlobInfo {
 		MediaType:  r.mediaType,
 		Created:    r.created,
 		LastAccess: r.lastAccess,
-		Pinned:     r.pinned,
 	}
 }
 

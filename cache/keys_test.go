@@ -28,16 +28,16 @@ func TestInvalidDigestRejected(t *testing.T) {
 		"SHA256:" + digest.Digest(hex),
 	} {
 		errs := map[string]error{
-			"Stat":      func() error { _, err := s.Stat(d); return err }(),
-			"Open":      func() error { _, _, err := s.Open(d); return err }(),
-			"Create":    func() error { _, err := s.Create(d, "x"); return err }(),
-			"Put":       func() error { _, err := s.Put(d, "x", nil); return err }(),
-			"ReadAll":   func() error { _, _, err := s.ReadAll(d, 10); return err }(),
-			"Delete":    s.Delete(d),
-			"SetPinned": s.SetPinned(d, true),
-			"AddLink":   s.AddLink("r", "a", d),
-			"HasLink":   func() error { _, err := s.HasLink("r", "a", d); return err }(),
-			"SetTag":    s.SetTag("r", "a", "t", TagRecord{Digest: d}),
+			"Stat":         func() error { _, err := s.Stat(d); return err }(),
+			"Open":         func() error { _, _, err := s.Open(d); return err }(),
+			"Create":       func() error { _, err := s.Create(d, "x"); return err }(),
+			"Put":          func() error { _, err := s.Put(d, "x", nil); return err }(),
+			"ReadAll":      func() error { _, _, err := s.ReadAll(d, 10); return err }(),
+			"Delete":       s.Delete(d),
+			"SetMediaType": s.SetMediaType(d, "x"),
+			"AddLink":      s.AddLink("r", "a", d),
+			"HasLink":      func() error { _, err := s.HasLink("r", "a", d); return err }(),
+			"SetTag":       s.SetTag("r", "a", "t", TagRecord{Digest: d}),
 		}
 		for name, err := range errs {
 			if !errors.Is(err, ErrInvalidDigest) {
@@ -196,10 +196,10 @@ func TestRecordEncoding(t *testing.T) {
 	now := time.Unix(0, 1_700_000_000_123_456_789)
 	for _, r := range []blobRecord{
 		{},
-		{size: 1 << 40, mediaType: "application/vnd.oci.image.manifest.v1+json", created: now, lastAccess: now.Add(time.Hour), pinned: true},
+		{size: 1 << 40, mediaType: "application/vnd.oci.image.manifest.v1+json", created: now, lastAccess: now.Add(time.Hour)},
 	} {
 		got, err := decodeBlob(r.encode())
-		if err != nil || got.size != r.size || got.mediaType != r.mediaType || got.pinned != r.pinned ||
+		if err != nil || got.size != r.size || got.mediaType != r.mediaType ||
 			!got.created.Equal(r.created) || !got.lastAccess.Equal(r.lastAccess) {
 			t.Errorf("round trip of %+v = %+v, %v", r, got, err)
 		}

@@ -62,7 +62,6 @@ type BlobInfo struct {
 	MediaType  string
 	Created    time.Time
 	LastAccess time.Time
-	Pinned     bool
 }
 
 // TagRecord is what the cache remembers about a tag.
@@ -92,7 +91,7 @@ type Store struct {
 	closeMu sync.RWMutex
 	closed  bool
 
-	// stripes serialise index-and-file changes (Commit, Delete, SetPinned,
+	// stripes serialise index-and-file changes (Commit, Delete, SetMediaType,
 	// dropping a stale record) per digest, keyed by its first hex byte.
 	stripes [256]sync.Mutex
 
@@ -503,43 +502,6 @@ func (s *Store) Delete(d digest.Digest) error {
 		s.obs.BlobRemoved(d)
 	}
 	return nil
-}
-
-// SetPinned marks d as pinned (never to be evicted) or not.
-func (s *Store) SetPinned(d digest.Digest, pinned bool) error {
-	hex, err := validateDigest(d)
-	if err != nil {
-		return err
-	}
-	if err := s.rlock(); err != nil {
-		return err
-	}
-	defer s.closeMu.RUnlock()
-	mu := s.stripe(hex)
-	mu.Lock()
-	defer mu.Unlock()
-	return s.update(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobKey(d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%w: blob %s", ErrNotFound, d)
-		}
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		rec, err := decodeBlob(v)
-		if err != nil {
-			return err
-		}
-		if rec.pinned == pinned {
-			return nil
-		}
-		rec.pinned = pinned
-		return txn.Set(blobKey(d), rec.encode())
-	})
 }
 
 // walkPage bounds how many records Walk reads per index transaction; fn is

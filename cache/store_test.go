@@ -207,7 +207,7 @@ func TestPut(t *testing.T) {
 	}
 }
 
-func TestPinnedAndWalk(t *testing.T) {
+func TestWalk(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
 	s.walkPage = 3 // cross page boundaries
@@ -217,27 +217,18 @@ func TestPinnedAndWalk(t *testing.T) {
 		mustPut(t, s, data, d, "x")
 		want[d] = int64(len(data))
 	}
-	var pinned digest.Digest
-	for d := range want {
-		pinned = d
-		break
-	}
-	if err := s.SetPinned(pinned, true); err != nil {
-		t.Fatal(err)
-	}
-	_, missing := blob(1, 999)
-	if err := s.SetPinned(missing, true); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("SetPinned of missing blob: %v", err)
+	if err := s.SetMediaType(digest.FromString("absent"), "y"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetMediaType of a missing blob: %v", err)
 	}
 	// Walk, deleting every other blob from inside fn.
 	seen := map[digest.Digest]bool{}
 	i := 0
 	err := s.Walk(func(b BlobInfo) error {
-		if seen[b.Digest] || want[b.Digest] != b.Size || b.Pinned != (b.Digest == pinned) {
+		if seen[b.Digest] || want[b.Digest] != b.Size || b.MediaType != "x" {
 			t.Errorf("Walk gave %+v", b)
 		}
 		seen[b.Digest] = true
-		if i++; i%2 == 0 && !b.Pinned {
+		if i++; i%2 == 0 {
 			return s.Delete(b.Digest)
 		}
 		return nil
@@ -252,9 +243,6 @@ func TestPinnedAndWalk(t *testing.T) {
 	_, n := s.Usage()
 	s.Close()
 	s2 := openStore(t, dir)
-	if info, err := s2.Stat(pinned); err != nil || !info.Pinned {
-		t.Fatalf("pin lost across reopen: %+v, %v", info, err)
-	}
 	if _, n2 := s2.Usage(); n2 != n {
 		t.Fatalf("Usage after reopen = %d blobs, before %d", n2, n)
 	}
