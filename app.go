@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -151,6 +153,12 @@ func (a *app) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return a.cache.evictor.Run(gctx)
 	})
+	if len(a.cfg.Pin) > 0 {
+		g.Go(func() error {
+			a.pinConfigured(gctx)
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := withTimeout(a.cfg.Server.ShutdownTimeout.Duration)
@@ -168,4 +176,48 @@ func (a *app) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// pinConfigured applies the config's pin list when the server starts: an
+// image the cache holds is pinned as it is; one it does not hold is
+// preloaded through this server (default platforms) and pinned, unless
+// the mirror is offline. Failures are logged; the server runs on.
+func (a *app) pinConfigured(ctx context.Context) {
+	var fetch []admin.Ref
+	for _, p := range a.cfg.Pin {
+		ref, err := admin.ParseRef(p) // validated with the config
+		if err != nil {
+			continue
+		}
+		res, err := a.cache.ops.PinRef(ctx, ref.String())
+		switch {
+		case err == nil:
+			a.log.Info("config pin applied", "image", res.Name, "digest", res.Digest, "blobs", res.Blobs, "not_cached", res.Missing)
+		case errors.Is(err, admin.ErrNotCached) && !a.cfg.Offline:
+			fetch = append(fetch, ref)
+		default:
+			a.log.Warn("config pin not applied", "image", ref.String(), "err", err)
+		}
+	}
+	if len(fetch) == 0 {
+		return
+	}
+	plats, _ := choosePlatforms("", false)
+	ep := &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: "the config's pin list"}
+	res := preload(ctx, ep, a.cfg.DefaultRegistry, fetch, plats, logWriter{a.log}, io.Discard)
+	if res.failed > 0 {
+		a.log.Warn("config pins: some images could not be fetched; they are pinned once pulled and the server restarted", "failed", res.failed)
+	}
+}
+
+// logWriter turns lines written to it into log records.
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if line != "" {
+			w.log.Info("config pins: " + line)
+		}
+	}
+	return len(p), nil
 }

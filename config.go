@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/regmirror/regmirror/admin"
 
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -174,6 +176,11 @@ func (c *config) finish() error {
 	}
 	if !seen[c.DefaultRegistry] {
 		errs = append(errs, fmt.Errorf("default_registry %q is not a configured registry", c.DefaultRegistry))
+	}
+	for _, p := range c.Pin {
+		if _, err := admin.ParseRef(p); err != nil {
+			errs = append(errs, fmt.Errorf("pin %q: %w", p, err))
+		}
 	}
 	if c.TagTTL.Duration < 0 {
 		errs = append(errs, errors.New("tag_ttl: must not be negative"))

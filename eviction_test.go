@@ -304,3 +304,54 @@ func TestGCAndDuCommands(t *testing.T) {
 	}
 	_ = json.Unmarshal(nil, &u)
 }
+
+// TestConfigPins: images in the config's pin list are fetched at startup
+// when not cached, pinned, and survive eviction; a restart pins what the
+// cache holds.
+func TestConfigPins(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/keep", "1", 2, 512<<10)
+	dataDir := t.TempDir()
+	withPins := func(c *config) {
+		c.DataDir = dataDir
+		c.Pin = []string{"keep:1"}
+		c.Cache.MaxSize = fmt.Sprint(2 * mib)
+		c.Cache.MinFree = "0"
+	}
+	m := startMirror(t, up, withPins)
+	pinned := func() bool {
+		imgs, err := admin.NewClient(m.url).Images(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, im := range imgs {
+			if im.Ref == "docker.io/library/keep:1" && im.Pinned {
+				return true
+			}
+		}
+		return false
+	}
+	eventually(t, "the config pin to be fetched and applied", pinned)
+	for i := 0; i < 4; i++ {
+		repo := fmt.Sprintf("library/churn%d", i)
+		up.PushLargeBlobImage(t, repo, "latest", mib)
+		pullAll(t, m, repo+":latest")
+	}
+	gc(t, m)
+	for _, d := range testupstream.LayerDigests(t, img) {
+		if !cached(t, m, d) {
+			t.Fatalf("layer %s of a config-pinned image was evicted", d)
+		}
+	}
+
+	// An image already cached (pulled before it was in the pin list) is
+	// pinned from the cache alone, with upstream gone.
+	m.stop()
+	dataDir = t.TempDir()
+	m = startMirror(t, up, func(c *config) { c.DataDir = dataDir })
+	pullAll(t, m, "library/keep:1")
+	m.stop()
+	up.SetDown(true)
+	m = startMirror(t, up, withPins)
+	eventually(t, "the config pin to be applied from the cache", pinned)
+}

@@ -146,16 +146,45 @@ func (l *Local) Images(ctx context.Context) ([]Image, error) {
 	return out, err
 }
 
-// Pin implements Ops.
+// Pin implements Ops. A pin of the same name is replaced: digests it
+// listed that no pin lists any more become evictable again.
 func (l *Local) Pin(ctx context.Context, name string, digests []digest.Digest) error {
+	old, others, err := l.pinsBesides(name)
+	if err != nil {
+		return err
+	}
 	if err := l.Store.SetPin(name, digests); err != nil {
 		return err
 	}
+	kept := map[digest.Digest]bool{}
 	for _, d := range digests {
+		kept[d] = true
 		l.Evictor.SetPinned(d.String(), true)
+	}
+	for _, d := range old {
+		if !kept[d] && !others[d] {
+			l.Evictor.SetPinned(d.String(), false)
+		}
 	}
 	l.log().Info("pinned", "image", name, "digests", len(digests))
 	return nil
+}
+
+// pinsBesides returns the digests of the pin called name (nil if none) and
+// the set of digests every other pin lists.
+func (l *Local) pinsBesides(name string) (mine []digest.Digest, others map[digest.Digest]bool, err error) {
+	others = map[digest.Digest]bool{}
+	err = l.Store.Pins(func(n string, ds []digest.Digest) error {
+		if n == name {
+			mine = ds
+			return nil
+		}
+		for _, d := range ds {
+			others[d] = true
+		}
+		return nil
+	})
+	return mine, others, err
 }
 
 // PinRef implements Ops.
@@ -229,26 +258,17 @@ func (l *Local) Closure(ctx context.Context, root digest.Digest, seen func(info 
 
 // Unpin implements Ops.
 func (l *Local) Unpin(ctx context.Context, name string) error {
-	var mine []digest.Digest
-	others := map[digest.Digest]bool{}
-	found := false
-	err := l.Store.Pins(func(n string, ds []digest.Digest) error {
-		if n == name {
-			mine, found = ds, true
-			return nil
-		}
-		for _, d := range ds {
-			others[d] = true
-		}
-		return nil
-	})
+	mine, others, err := l.pinsBesides(name)
 	if err != nil {
 		return err
 	}
-	if !found {
-		return fmt.Errorf("%w: %s", ErrNoSuchPin, name)
-	}
-	if err := l.Store.DeletePin(name); err != nil {
+	if mine == nil {
+		if err := l.Store.DeletePin(name); errors.Is(err, cache.ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrNoSuchPin, name)
+		} else if err != nil {
+			return err
+		}
+	} else if err := l.Store.DeletePin(name); err != nil {
 		return err
 	}
 	for _, d := range mine {
