@@ -229,11 +229,18 @@ func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []a
 	var lines []string
 	for i, ref := range refs {
 		tr := &tracker{bar: bars[i], total: total}
-		pl := &imagePuller{host: host, defaultRegistry: defaultRegistry, plats: plats, client: &http.Client{Transport: ob}, tr: tr}
+		pl := &imagePuller{host: host, defaultRegistry: defaultRegistry, plats: plats, client: &http.Client{Transport: ob}, tr: tr,
+			pin: func(ctx context.Context, ds []digest.Digest) error { return ep.ops.Pin(ctx, ref.String(), ds) }}
 		start := time.Now()
 		root, digests, err := pl.pull(context.WithValue(ctx, trackerKey{}, tr), ref)
 		if err == nil {
 			err = ep.ops.Pin(ctx, ref.String(), digests)
+		} else if len(pl.known()) > 0 {
+			// Pinned piece by piece while it downloaded: an image that did
+			// not arrive whole is not left pinned.
+			if uerr := ep.ops.Unpin(ctx, ref.String()); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
+				err = errors.Join(err, uerr)
+			}
 		}
 		res.blobs += tr.blobs.Load()
 		res.fetchedBytes += tr.fetched.Load()
@@ -327,10 +334,22 @@ type imagePuller struct {
 	client          *http.Client
 	tr              *tracker
 
+	// pin, when set, is called with the digests known so far before each
+	// manifest's blobs are fetched, so that eviction cannot take them
+	// between their fill and the image's final pin.
+	pin func(ctx context.Context, digests []digest.Digest) error
+
 	puller  *remote.Puller
 	mu      sync.Mutex
 	digests []digest.Digest
 	seen    map[digest.Digest]bool
+}
+
+// known is a copy of the digests recorded so far.
+func (p *imagePuller) known() []digest.Digest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]digest.Digest(nil), p.digests...)
 }
 
 // repository names ref's repository on the mirror: bare for the default
@@ -442,14 +461,20 @@ func (p *imagePuller) manifest(ctx context.Context, repo name.Repository, desc *
 	if err != nil {
 		return fmt.Errorf("manifest %s: %w", d, err)
 	}
-	blobs := append([]v1.Descriptor{m.Config}, m.Layers...)
+	var blobs []v1.Descriptor
+	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if p.add(digest.Digest(b.Digest.String()), b.Size) {
+			blobs = append(blobs, b)
+		}
+	}
+	if p.pin != nil {
+		if err := p.pin(ctx, p.known()); err != nil {
+			return fmt.Errorf("pinning: %w", err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(preloadParallel)
 	for _, b := range blobs {
-		bd := digest.Digest(b.Digest.String())
-		if !p.add(bd, b.Size) {
-			continue
-		}
 		g.Go(func() error {
 			err := p.blob(gctx, repo, b)
 			if err != nil && archive.Foreign(b) && isNotFound(err) {
