@@ -1,7 +1,6 @@
 package eviction
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/regmirror/regmirror/internal/testlog"
 )
 
 // fakeDeleter records deletions. fail maps keys to the error Delete returns;
@@ -44,22 +45,7 @@ func (d *fakeDeleter) got() []string {
 }
 
 // syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testlog.Buffer
 
 func newTest(t *testing.T, opts Options, d Deleter) (*Evictor, *syncBuffer) {
 	t.Helper()

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -34,24 +35,6 @@ func newReg(t *testing.T, up *testupstream.Server, o Options) *Registry {
 		t.Fatal(err)
 	}
 	return r
-}
-
-func layerBytes(t *testing.T, img v1.Image, i int) []byte {
-	t.Helper()
-	ls, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := ls[i].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func readBlob(t *testing.T, b *Blob) ([]byte, error) {
@@ -318,7 +301,7 @@ func TestBlobs(t *testing.T) {
 	up := testupstream.Start(t)
 	img := up.PushRandomImage(t, "b", "v1", 1, 50_000)
 	d := testupstream.LayerDigests(t, img)[0]
-	content := layerBytes(t, img, 0)
+	content := testupstream.LayerBytes(t, img, 0)
 	size := int64(len(content))
 	r := newReg(t, up, Options{})
 	ctx := context.Background()
@@ -484,7 +467,7 @@ func TestCutBodyAndResume(t *testing.T) {
 	up := testupstream.Start(t)
 	img := up.PushRandomImage(t, "a", "v1", 1, 50_000)
 	d := testupstream.LayerDigests(t, img)[0]
-	content := layerBytes(t, img, 0)
+	content := testupstream.LayerBytes(t, img, 0)
 	r := newReg(t, up, Options{})
 	ctx := context.Background()
 
@@ -687,19 +670,5 @@ func TestLogsEvents(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer = testlog.Buffer

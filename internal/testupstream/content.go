@@ -59,6 +59,25 @@ func RawManifest(tb testing.TB, x interface{ RawManifest() ([]byte, error) }) []
 	return b
 }
 
+// LayerBytes returns the compressed bytes of img's i-th layer.
+func LayerBytes(tb testing.TB, img v1.Image, i int) []byte {
+	tb.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc, err := ls[i].Compressed()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
 // LayerDigests returns the digests of img's layers, in order.
 func LayerDigests(tb testing.TB, img v1.Image) []digest.Digest {
 	tb.Helper()

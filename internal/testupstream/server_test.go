@@ -78,20 +78,6 @@ func readAll(t *testing.T, r io.Reader) []byte {
 	return b
 }
 
-func blobBytes(t *testing.T, img v1.Image, i int) []byte {
-	t.Helper()
-	ls, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := ls[i].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	return readAll(t, rc)
-}
-
 func TestPullWithRemote(t *testing.T) {
 	s := Start(t)
 	img := s.PushRandomImage(t, "library/alpine", "3.20", 2, 1000)
@@ -118,7 +104,7 @@ func TestPullWithRemote(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(readAll(t, rc), blobBytes(t, img, i)) {
+		if !bytes.Equal(readAll(t, rc), LayerBytes(t, img, i)) {
 			t.Fatalf("layer %d differs", i)
 		}
 		rc.Close()
@@ -339,7 +325,7 @@ func pushOne(t *testing.T, s *Server, repo string, size int64) (tok, blobURL str
 	d = LayerDigests(t, img)[0]
 	tok, _ = token(t, s, "", "", "repository:"+repo+":pull")
 	s.Reset()
-	return tok, s.URL() + "/v2/" + repo + "/blobs/" + d.String(), blobBytes(t, img, 0), d
+	return tok, s.URL() + "/v2/" + repo + "/blobs/" + d.String(), LayerBytes(t, img, 0), d
 }
 
 func TestRange(t *testing.T) {
