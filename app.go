@@ -63,6 +63,8 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		ReadTimeout:     cfg.Server.ReadTimeout.Duration,
 		WriteTimeout:    cfg.Server.WriteTimeout.Duration,
 		IdleTimeout:     cfg.Server.IdleTimeout.Duration,
+		TLSCertFile:     cfg.Server.TLSCertFile,
+		TLSKeyFile:      cfg.Server.TLSKeyFile,
 		Metrics:         metrics,
 		Logger:          log,
 

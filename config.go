@@ -58,6 +58,8 @@ type serverConfig struct {
 	WriteTimeout    duration `toml:"write_timeout"`
 	IdleTimeout     duration `toml:"idle_timeout"`
 	ShutdownTimeout duration `toml:"shutdown_timeout"`
+	TLSCertFile     string   `toml:"tls_cert_file"`
+	TLSKeyFile      string   `toml:"tls_key_file"`
 	FillTimeout     duration `toml:"fill_timeout"`
 	UpstreamTimeout duration `toml:"upstream_timeout"`
 }
@@ -184,6 +186,9 @@ func (c *config) finish() error {
 	}
 	if c.TagTTL.Duration < 0 {
 		errs = append(errs, errors.New("tag_ttl: must not be negative"))
+	}
+	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
+		errs = append(errs, errors.New("server.tls_cert_file and server.tls_key_file: give both or neither"))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))

@@ -291,11 +291,26 @@ func TestGCAndDuCommands(t *testing.T) {
 	if !strings.Contains(out, "evicted 0 blobs") {
 		t.Errorf("gc under budget: %s", out)
 	}
+	out = run("pin", "--data-dir", m.cfg.DataDir, "--server", m.url, "library/a")
+	if !strings.Contains(out, "pinned docker.io/library/a:latest") {
+		t.Errorf("pin: %s", out)
+	}
+	if !strings.Contains(run("du", "--data-dir", m.cfg.DataDir, "--server", m.url), "(1 pins)") {
+		t.Error("du does not count the pin")
+	}
 	m.stop()
-	// The data dir is free now: gc opens it itself, with a smaller budget.
+	// The data dir is free now: gc opens it itself, with a smaller budget;
+	// the pinned image stays.
 	out = run("gc", "--data-dir", m.cfg.DataDir, "--max-size", fmt.Sprint(2*mib), "--log-level", "error")
 	if !strings.Contains(out, "evicted") || strings.Contains(out, "evicted 0 blobs") {
 		t.Errorf("gc over budget: %s", out)
+	}
+	if !strings.Contains(run("du", "--data-dir", m.cfg.DataDir, "--log-level", "error"), "docker.io/library/a") {
+		t.Error("gc evicted the pinned image")
+	}
+	out = run("unpin", "--data-dir", m.cfg.DataDir, "--log-level", "error", "library/a")
+	if !strings.Contains(out, "unpinned docker.io/library/a:latest") {
+		t.Errorf("unpin: %s", out)
 	}
 	var u admin.Usage
 	du = run("du", "--data-dir", m.cfg.DataDir, "--max-size", fmt.Sprint(2*mib), "--log-level", "error")

@@ -36,9 +36,13 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Commands: []*cli.Command{
 			serveCommand(),
+			preloadCommand(),
+			exportCommand(),
+			importCommand(),
+			pinCommand(),
+			unpinCommand(),
 			gcCommand(),
 			duCommand(),
-			preloadCommand(), exportCommand(), importCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,
@@ -66,6 +70,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "upstream-password", Usage: "password for the default registry", EnvVars: []string{"REGMIRROR_UPSTREAM_PASSWORD"}},
 			&cli.DurationFlag{Name: "tag-ttl", Usage: "how long a cached tag is served before it is revalidated (default 5m)", EnvVars: []string{"REGMIRROR_TAG_TTL"}},
 			&cli.BoolFlag{Name: "offline", Usage: "never contact upstream; serve only what is cached", EnvVars: []string{"REGMIRROR_OFFLINE"}},
+			&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS with this PEM certificate (chain) file", EnvVars: []string{"REGMIRROR_TLS_CERT"}},
+			&cli.StringFlag{Name: "tls-key", Usage: "the PEM private key for --tls-cert", EnvVars: []string{"REGMIRROR_TLS_KEY"}},
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%" of the filesystem (default 0: no budget)`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
@@ -129,6 +135,8 @@ func loadConfig(c *cli.Context) (config, error) {
 	if c.IsSet("max-size") {
 		cfg.Cache.MaxSize = c.String("max-size")
 	}
+	setString("tls-cert", &cfg.Server.TLSCertFile)
+	setString("tls-key", &cfg.Server.TLSKeyFile)
 	if c.IsSet("tag-ttl") {
 		cfg.TagTTL = duration{c.Duration("tag-ttl")}
 	}

@@ -120,6 +120,69 @@ func duCommand() *cli.Command {
 	}
 }
 
+func pinCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "pin",
+		Usage:     "protect cached images from eviction (their index, manifests, configs and layers)",
+		ArgsUsage: "IMAGE...",
+		Flags:     append(commonFlags(), serverFlag),
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return errors.New("pin: name at least one image")
+			}
+			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+				var failed int
+				for _, ref := range c.Args().Slice() {
+					res, err := ca.ops.PinRef(ctx, ref)
+					if err != nil {
+						failed++
+						fmt.Fprintf(c.App.ErrWriter, "%s: %v\n", ref, err)
+						continue
+					}
+					fmt.Fprintf(c.App.Writer, "pinned %s (%s): %d blobs, %s", res.Name, res.Digest, res.Blobs, humanize.IBytes(uint64(res.Bytes)))
+					if res.Missing > 0 {
+						fmt.Fprintf(c.App.Writer, "; %d not cached (pinned when they arrive)", res.Missing)
+					}
+					fmt.Fprintln(c.App.Writer)
+				}
+				if failed > 0 {
+					return fmt.Errorf("pin: %d of %d images not pinned (preload fetches images that are not cached)", failed, c.NArg())
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func unpinCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "unpin",
+		Usage:     "let pinned images be evicted again",
+		ArgsUsage: "IMAGE...",
+		Flags:     append(commonFlags(), serverFlag),
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return errors.New("unpin: name at least one image")
+			}
+			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+				var errs []error
+				for _, arg := range c.Args().Slice() {
+					ref, err := admin.ParseRef(arg)
+					if err == nil {
+						err = ca.ops.Unpin(ctx, ref.String())
+					}
+					if err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", arg, err))
+						continue
+					}
+					fmt.Fprintf(c.App.Writer, "unpinned %s\n", ref)
+				}
+				return errors.Join(errs...)
+			})
+		},
+	}
+}
+
 func sizeVsBudget(u admin.Usage) string {
 	s := fmt.Sprintf("%s in %d blobs", humanize.IBytes(uint64(u.Bytes)), u.Blobs)
 	if u.MaxBytes > 0 {

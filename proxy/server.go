@@ -99,6 +99,9 @@ type Options struct {
 	// ReadTimeout, WriteTimeout and IdleTimeout configure the HTTP server.
 	// Defaults 1m, 1h (a layer of many GiB to a slow client), 2m.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// TLSCertFile and TLSKeyFile, when set, serve HTTPS (PEM files; the
+	// certificate file may hold the chain).
+	TLSCertFile, TLSKeyFile string
 	// Metrics receives the proxy's Prometheus collectors; nil disables
 	// /metrics.
 	Metrics *prometheus.Registry
@@ -191,6 +194,9 @@ func New(o Options) (*Server, error) {
 		}
 		s.registries[r.Name()] = r
 	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
+	}
 	if _, ok := s.registries[o.DefaultRegistry]; !ok && !o.Offline {
 		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
 	}
@@ -226,6 +232,9 @@ func setDefault(d *time.Duration, def time.Duration) {
 
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.opts.TLSCertFile != "" {
+		return s.http.ServeTLS(ln, s.opts.TLSCertFile, s.opts.TLSKeyFile)
+	}
 	return s.http.Serve(ln)
 }
 
