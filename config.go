@@ -54,14 +54,16 @@ type registryConfig struct {
 }
 
 type serverConfig struct {
-	ReadTimeout     duration `toml:"read_timeout"`
-	WriteTimeout    duration `toml:"write_timeout"`
-	IdleTimeout     duration `toml:"idle_timeout"`
-	ShutdownTimeout duration `toml:"shutdown_timeout"`
-	TLSCertFile     string   `toml:"tls_cert_file"`
-	TLSKeyFile      string   `toml:"tls_key_file"`
-	FillTimeout     duration `toml:"fill_timeout"`
-	UpstreamTimeout duration `toml:"upstream_timeout"`
+	ReadTimeout       duration `toml:"read_timeout"`
+	WriteTimeout      duration `toml:"write_timeout"`
+	IdleTimeout       duration `toml:"idle_timeout"`
+	ShutdownTimeout   duration `toml:"shutdown_timeout"`
+	TLSCertFile       string   `toml:"tls_cert_file"`
+	TLSKeyFile        string   `toml:"tls_key_file"`
+	FillTimeout       duration `toml:"fill_timeout"`
+	UpstreamTimeout   duration `toml:"upstream_timeout"`
+	RevalidateTimeout duration `toml:"revalidate_timeout"`
+	OutageBackoff     duration `toml:"outage_backoff"`
 }
 
 type cacheConfig struct {
@@ -95,12 +97,14 @@ func defaultConfig() config {
 		LogFormat:       "text",
 		DefaultRegistry: dockerHubName,
 		Server: serverConfig{
-			ReadTimeout:     duration{time.Minute},
-			WriteTimeout:    duration{time.Hour},
-			IdleTimeout:     duration{2 * time.Minute},
-			ShutdownTimeout: duration{30 * time.Second},
-			FillTimeout:     duration{2 * time.Hour},
-			UpstreamTimeout: duration{30 * time.Second},
+			ReadTimeout:       duration{time.Minute},
+			WriteTimeout:      duration{time.Hour},
+			IdleTimeout:       duration{2 * time.Minute},
+			ShutdownTimeout:   duration{30 * time.Second},
+			FillTimeout:       duration{2 * time.Hour},
+			UpstreamTimeout:   duration{30 * time.Second},
+			RevalidateTimeout: duration{5 * time.Second},
+			OutageBackoff:     duration{30 * time.Second},
 		},
 		Cache: cacheConfig{
 			MaxSize:       "0",

@@ -488,3 +488,42 @@ func TestUpstreamDownServesCache(t *testing.T) {
 		})
 	}
 }
+
+// TestOutageServesStaleFast: once upstream fails to answer a revalidation
+// (here: it stalls), cached tags are served at once without asking it
+// again, instead of each pull waiting out timeouts.
+func TestOutageServesStaleFast(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/alpine", "latest", 1, 1024)
+	m := startMirror(t, up, func(c *config) {
+		c.TagTTL = duration{time.Nanosecond}
+		c.Server.RevalidateTimeout = duration{300 * time.Millisecond}
+		c.Server.OutageBackoff = duration{time.Hour}
+	})
+	pullAll(t, m, "library/alpine:latest")
+	get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	up.SetLatency(time.Minute) // a black hole: nothing answers
+	defer up.ClearFaults()
+
+	resp, _ := get(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/latest")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Regmirror-Cache") != "stale" {
+		t.Fatalf("first pull during the outage: %d, cache %q", resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"))
+	}
+	heads := up.ManifestRequests(http.MethodHead)
+	tags := up.Count(http.MethodGet, "/v2/library/alpine/tags/list")
+	for i := 0; i < 5; i++ {
+		if got := pullAll(t, m, "library/alpine:latest"); got != testupstream.Digest(t, img) {
+			t.Fatalf("stale pull: %s", got)
+		}
+		resp, _ := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+		if resp.StatusCode != 200 {
+			t.Fatalf("tags/list during the outage: %d", resp.StatusCode)
+		}
+	}
+	if n := up.ManifestRequests(http.MethodHead); n != heads {
+		t.Errorf("upstream marked out was asked %d more times", n-heads)
+	}
+	if n := up.Count(http.MethodGet, "/v2/library/alpine/tags/list"); n != tags {
+		t.Errorf("tags/list went upstream %d more times during the outage", n-tags)
+	}
+}

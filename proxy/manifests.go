@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
@@ -189,20 +190,33 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		s.saveTag(rq, m)
 		return m, "miss", nil
 	}
-	desc, err := rq.up.HeadManifest(ctx, rq.repo, tag)
+	if s.health.out(rq.registry, s.opts.Now()) {
+		if m, ok := s.staleManifest(rq, rec); ok {
+			s.log.Debug("serving stale tag: upstream marked out", "registry", rq.registry, "repo", rq.repo, "tag", tag)
+			return m, "stale", nil
+		}
+	}
+	// A revalidation has the cached manifest to fall back on, so it waits
+	// for upstream less than a miss would.
+	hctx, cancel := context.WithTimeout(ctx, s.opts.RevalidateTimeout)
+	desc, err := rq.up.HeadManifest(hctx, rq.repo, tag)
+	cancel()
 	s.metrics.upstreamRequest("manifest_head", err)
 	if err != nil {
 		if !isUpstreamOutage(err) {
 			return manifest{}, "", err
 		}
-		m, cerr := s.cachedManifest(rec.Digest)
-		if cerr != nil || !s.linked(rq, rec.Digest) {
+		until := s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
+		m, ok := s.staleManifest(rq, rec)
+		if !ok {
 			return manifest{}, "", err
 		}
-		s.metrics.staleServed.Inc()
-		s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", tag, "digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(1e9), "err", err)
+		s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", tag,
+			"digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second), "err", err,
+			"stale_until", until.Format(time.RFC3339))
 		return m, "stale", nil
 	}
+	s.health.answered(rq.registry)
 	if desc.Digest == rec.Digest {
 		if m, err := s.cachedManifest(rec.Digest); err == nil {
 			rec.CheckedAt = s.opts.Now()
@@ -230,6 +244,17 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", tag, "from", rec.Digest, "to", m.info.Digest)
 	}
 	return m, "miss", nil
+}
+
+// staleManifest is the cached manifest a tag record points to, when it may
+// be served for rq's repository; it counts as a stale answer.
+func (s *Server) staleManifest(rq request, rec cache.TagRecord) (manifest, bool) {
+	m, err := s.cachedManifest(rec.Digest)
+	if err != nil || !s.linked(rq, rec.Digest) {
+		return manifest{}, false
+	}
+	s.metrics.staleServed.Inc()
+	return m, true
 }
 
 func (s *Server) saveTag(rq request, m manifest) {

@@ -94,6 +94,13 @@ type Options struct {
 	FillTimeout time.Duration
 	// UpstreamTimeout bounds manifest and tag requests. Default 30s.
 	UpstreamTimeout time.Duration
+	// RevalidateTimeout bounds the HEAD that revalidates an expired tag,
+	// which has the cached manifest to fall back on. Default 5s.
+	RevalidateTimeout time.Duration
+	// OutageBackoff is how long a registry that failed to answer a
+	// revalidation is not asked again: its cached tags are served stale at
+	// once meanwhile (a 429's Retry-After, if longer, wins). Default 30s.
+	OutageBackoff time.Duration
 	// MaxManifestSize caps manifests read into memory. Default 4 MiB.
 	MaxManifestSize int64
 	// ReadTimeout, WriteTimeout and IdleTimeout configure the HTTP server.
@@ -122,6 +129,7 @@ type Server struct {
 	// flights collapses concurrent misses of one manifest or tag.
 	flights singleflight.Group
 	fills   fillGroup
+	health  upstreamHealth
 
 	// fillCtx is the parent of every fill: detached from clients, cancelled
 	// only at shutdown.
@@ -170,6 +178,8 @@ func New(o Options) (*Server, error) {
 	setDefault(&o.TagTTL, 5*time.Minute)
 	setDefault(&o.FillTimeout, 2*time.Hour)
 	setDefault(&o.UpstreamTimeout, 30*time.Second)
+	setDefault(&o.RevalidateTimeout, 5*time.Second)
+	setDefault(&o.OutageBackoff, 30*time.Second)
 	setDefault(&o.ReadTimeout, time.Minute)
 	setDefault(&o.WriteTimeout, time.Hour)
 	setDefault(&o.IdleTimeout, 2*time.Minute)

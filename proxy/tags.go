@@ -8,6 +8,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // serveTags passes /v2/<name>/tags/list through to upstream, and keeps the
@@ -24,11 +25,16 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 	var err error
 	if s.opts.Offline {
 		err = fmt.Errorf("%w: tags of %s/%s", errOffline, rq.registry, rq.repo)
+	} else if whole && s.health.out(rq.registry, s.opts.Now()) {
+		err = fmt.Errorf("%w: %s is marked out after failing to answer", upstream.ErrUnavailable, rq.registry)
 	} else {
 		uctx, cancel := s.upstreamContext()
 		body, err = rq.up.ListTags(uctx, rq.repo, query.Encode())
 		cancel()
 		s.metrics.upstreamRequest("tags", err)
+		if isUpstreamOutage(err) {
+			s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
+		}
 		if err == nil {
 			ex.outcome = "miss"
 			if whole {
