@@ -31,7 +31,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/internal/realclient"
 	"github.com/regmirror/regmirror/internal/testupstream"
@@ -171,7 +170,7 @@ func TestPreloadThroughRunningServer(t *testing.T) {
 	if !strings.Contains(out, "preloaded 1 of 1 images into "+m.url) {
 		t.Fatalf("preload output:\n%s", out)
 	}
-	imgs, err := admin.NewClient(m.url).Images(t.Context())
+	imgs, err := adminClient(t, m).Images(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +183,7 @@ func TestPreloadThroughRunningServer(t *testing.T) {
 	if !found {
 		t.Fatalf("docker.io/org/app:v2 not pinned in the running server: %+v", imgs)
 	}
-	u, err := admin.NewClient(m.url).Usage(t.Context(), 0)
+	u, err := adminClient(t, m).Usage(t.Context(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,10 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 			a.cache.Close()
 		}
 	}()
+	token, err := admin.WriteToken(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ups, aliases, err := buildUpstreams(cfg, log)
 	if err != nil {
 		return nil, err
@@ -55,7 +59,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		HostAliases:       aliases,
 		Store:             a.cache.store,
 		Hooks:             fillHooks{a.cache.evictor},
-		Admin:             admin.Handler(a.cache.ops),
+		Admin:             admin.Handler(a.cache.ops, token),
 		TagTTL:            cfg.TagTTL.Duration,
 		Offline:           cfg.Offline,
 		FillTimeout:       cfg.Server.FillTimeout.Duration,

@@ -40,7 +40,7 @@ func cached(t *testing.T, m *mirror, d digest.Digest) bool {
 
 func gc(t *testing.T, m *mirror) admin.GCResult {
 	t.Helper()
-	res, err := admin.NewClient(m.url).GC(context.Background())
+	res, err := adminClient(t, m).GC(context.Background())
 	if err != nil {
 		t.Fatalf("gc: %v", err)
 	}
@@ -49,7 +49,7 @@ func gc(t *testing.T, m *mirror) admin.GCResult {
 
 func usage(t *testing.T, m *mirror) admin.Usage {
 	t.Helper()
-	u, err := admin.NewClient(m.url).Usage(context.Background(), 10)
+	u, err := adminClient(t, m).Usage(context.Background(), 10)
 	if err != nil {
 		t.Fatalf("usage: %v", err)
 	}
@@ -111,7 +111,7 @@ func TestPinnedIndexSurvivesChurn(t *testing.T) {
 		[]v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}, 2, 256<<10)
 	m := budgetMirror(t, up, fmt.Sprint(3*mib))
 	pullAll(t, m, "library/pinned:1")
-	res, err := admin.NewClient(m.url).PinRef(context.Background(), "pinned:1")
+	res, err := adminClient(t, m).PinRef(context.Background(), "pinned:1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +335,7 @@ func TestConfigPins(t *testing.T) {
 	}
 	m := startMirror(t, up, withPins)
 	pinned := func() bool {
-		imgs, err := admin.NewClient(m.url).Images(context.Background())
+		imgs, err := adminClient(t, m).Images(context.Background())
 		if err != nil {
 			return false
 		}

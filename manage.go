@@ -47,7 +47,10 @@ func withCache(c *cli.Context, fn func(ctx context.Context, ca cacheAccess) erro
 	case errors.Is(err, cache.ErrBusy):
 		url := serverURL(c.String("server"), cfg.Listen)
 		log.Debug("data dir in use; asking the running server", "server", url)
-		client := admin.NewClient(url)
+		client := admin.NewClient(url, "")
+		if client.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
+			return err
+		}
 		return fn(c.Context, cacheAccess{ops: client, blobs: client.BlobSource(c.Context), where: url})
 	default:
 		return err

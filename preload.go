@@ -171,7 +171,10 @@ func openEndpoint(ctx context.Context, cfg config, log *slog.Logger, server stri
 			stop: func() error { cancel(); return <-done }}, nil
 	case errors.Is(err, cache.ErrBusy):
 		url := serverURL(server, cfg.Listen)
-		cl := admin.NewClient(url)
+		cl := admin.NewClient(url, "")
+		if cl.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
+			return nil, err
+		}
 		if _, err := cl.Usage(ctx, 0); err != nil {
 			return nil, fmt.Errorf("the data dir %s is in use, and its server does not answer at %s (set --server): %w", cfg.DataDir, url, err)
 		}

@@ -95,9 +95,9 @@ func (s clientSource) request(method string, d digest.Digest) (*http.Response, e
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.c.HTTP.Do(req)
+	resp, err := s.c.send(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, s.c.BaseURL, err)
+		return nil, err
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:

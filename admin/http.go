@@ -26,9 +26,10 @@ type errorBody struct {
 }
 
 var errorKinds = map[string]error{
-	"not_cached":  ErrNotCached,
-	"invalid_ref": ErrInvalidRef,
-	"no_such_pin": ErrNoSuchPin,
+	"unauthorized": ErrUnauthorized,
+	"not_cached":   ErrNotCached,
+	"invalid_ref":  ErrInvalidRef,
+	"no_such_pin":  ErrNoSuchPin,
 }
 
 type pinRequest struct {
@@ -37,9 +38,10 @@ type pinRequest struct {
 	Ref     string          `json:"ref,omitempty"` // resolve this reference instead
 }
 
-// Handler answers the operations over HTTP. The caller decides who may
-// reach it (the proxy: loopback clients only).
-func Handler(ops Ops) http.Handler {
+// Handler answers the operations over HTTP for requests that carry token
+// (see TokenFile). The caller may restrict further who reaches it (the
+// proxy: loopback clients only).
+func Handler(ops Ops, token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathPrefix+"usage", func(w http.ResponseWriter, r *http.Request) {
 		top, _ := strconv.Atoi(r.URL.Query().Get("top"))
@@ -80,7 +82,7 @@ func Handler(ops Ops) http.Handler {
 	if bo, ok := ops.(BlobOpener); ok {
 		mux.HandleFunc("GET "+PathPrefix+"blobs/{digest}", serveBlob(bo))
 	}
-	return mux
+	return requireToken(token, mux)
 }
 
 func reply(w http.ResponseWriter, v any, err error) {
@@ -90,8 +92,12 @@ func reply(w http.ResponseWriter, v any, err error) {
 		for k, sentinel := range errorKinds {
 			if errors.Is(err, sentinel) {
 				kind = k
-				status = http.StatusBadRequest
-				if sentinel != ErrInvalidRef {
+				switch sentinel {
+				case ErrInvalidRef:
+					status = http.StatusBadRequest
+				case ErrUnauthorized:
+					status = http.StatusUnauthorized
+				default:
 					status = http.StatusNotFound
 				}
 			}
@@ -107,14 +113,26 @@ func reply(w http.ResponseWriter, v any, err error) {
 type Client struct {
 	// BaseURL is the server, e.g. "http://127.0.0.1:5000".
 	BaseURL string
-	HTTP    *http.Client
+	// Token is the server's management token (ReadToken).
+	Token string
+	HTTP  *http.Client
 }
 
 var _ Ops = (*Client)(nil)
 
-// NewClient returns a Client for the server at base.
-func NewClient(base string) *Client {
-	return &Client{BaseURL: strings.TrimRight(base, "/"), HTTP: &http.Client{Timeout: time.Hour}}
+// NewClient returns a Client for the server at base, which wrote token.
+func NewClient(base, token string) *Client {
+	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token, HTTP: &http.Client{Timeout: time.Hour}}
+}
+
+// send does req with the token.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)
+	}
+	return resp, nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
@@ -133,9 +151,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.HTTP.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -163,9 +163,15 @@ func TestOpsOverHTTP(t *testing.T) {
 	for _, d := range graph {
 		s.AddLink("ghcr.io", "org/app", d)
 	}
-	srv := httptest.NewServer(Handler(l))
+	srv := httptest.NewServer(Handler(l, "secret"))
 	defer srv.Close()
-	c := NewClient(srv.URL)
+	c := NewClient(srv.URL, "secret")
+	if _, err := NewClient(srv.URL, "guess").Usage(ctx, 1); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("a wrong token: %v", err)
+	}
+	if _, err := NewClient(srv.URL, "").GC(ctx); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("no token: %v", err)
+	}
 
 	u, err := c.Usage(ctx, 5)
 	if err != nil {
@@ -194,7 +200,25 @@ func TestOpsOverHTTP(t *testing.T) {
 	if err := c.Unpin(ctx, "nothing"); !errors.Is(err, ErrNoSuchPin) {
 		t.Fatalf("Unpin over HTTP: %v", err)
 	}
-	if _, err := NewClient("http://127.0.0.1:1").Usage(ctx, 1); !errors.Is(err, ErrUnavailable) {
+	if _, err := NewClient("http://127.0.0.1:1", "secret").Usage(ctx, 1); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("a server that is not there: %v", err)
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	tok, err := WriteToken(dir)
+	if err != nil || len(tok) != 64 {
+		t.Fatalf("WriteToken = %q, %v", tok, err)
+	}
+	again, err := WriteToken(dir)
+	if err != nil || again == tok {
+		t.Fatalf("a second server start kept the token: %v", err)
+	}
+	if got, err := ReadToken(dir); err != nil || got != again {
+		t.Fatalf("ReadToken = %q, %v", got, err)
+	}
+	if _, err := ReadToken(t.TempDir()); err == nil {
+		t.Fatal("ReadToken of a dir without a token succeeded")
 	}
 }

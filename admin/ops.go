@@ -28,10 +28,11 @@ type Ops interface {
 // Errors of this package, sent across HTTP by their text and mapped back by
 // the Client.
 var (
-	ErrNotCached   = errors.New("admin: not in the cache")
-	ErrInvalidRef  = errors.New("admin: invalid image reference")
-	ErrNoSuchPin   = errors.New("admin: no such pin")
-	ErrUnavailable = errors.New("admin: server unavailable")
+	ErrNotCached    = errors.New("admin: not in the cache")
+	ErrInvalidRef   = errors.New("admin: invalid image reference")
+	ErrNoSuchPin    = errors.New("admin: no such pin")
+	ErrUnavailable  = errors.New("admin: server unavailable")
+	ErrUnauthorized = errors.New("admin: not authorized")
 )
 
 // Usage describes the cache's size against its budget.

@@ -1,0 +1,67 @@
+package admin
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// TokenFile is the file in the data dir that holds the running server's
+// management token. Whoever can read the data dir may manage the mirror;
+// nobody else can, even through a reverse proxy on the same box that makes
+// every client look like loopback.
+const TokenFile = "admin-token"
+
+// WriteToken makes a new random token, stores it in dataDir (mode 0600,
+// replaced atomically) and returns it. The server calls it at start.
+func WriteToken(dataDir string) (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(b[:])
+	tmp, err := os.CreateTemp(dataDir, TokenFile+".*")
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(token + "\n"); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dataDir, TokenFile)); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return token, nil
+}
+
+// ReadToken reads the token the server running on dataDir wrote.
+func ReadToken(dataDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, TokenFile))
+	if err != nil {
+		return "", fmt.Errorf("reading the server's management token (run as the user that runs the server): %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// requireToken lets through only requests that carry token.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token == "" || subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":"management requests need the token in %s/%s","kind":"unauthorized"}`+"\n", "<data_dir>", TokenFile)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
