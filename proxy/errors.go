@@ -68,7 +68,7 @@ func toWire(err error, res resource) wireError {
 	case errors.Is(err, errNameInvalid):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "NAME_INVALID", "invalid repository name"
 	case errors.Is(err, errDigestInvalid), errors.Is(err, cache.ErrInvalidDigest):
-		w.Status, w.Code, w.Message = http.StatusBadRequest, "DIGEST_INVALID", "provided digest did not match uploaded content"
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "DIGEST_INVALID", "invalid digest"
 	case errors.Is(err, errReferenceInvalid):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "MANIFEST_INVALID", "invalid tag or digest in the reference"
 	case errors.Is(err, errUnsupportedMethod):
@@ -111,9 +111,13 @@ type wireEntry struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
+// errorCodeKey carries the wire code of an error answer to the request log.
+const errorCodeKey = "regmirror.error"
+
 // writeError is the one place that puts a registry error on the wire.
 func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
 	w := toWire(err, res)
+	ctx.SetUserValue(errorCodeKey, w.Code)
 	ctx.Response.ResetBody()
 	ctx.SetStatusCode(w.Status)
 	ctx.SetContentType("application/json")

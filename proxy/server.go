@@ -269,14 +269,15 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 // exchange carries one request's state from the handler to its log line,
 // which for a streamed body is written when fasthttp closes the stream.
 type exchange struct {
-	s        *Server
-	start    time.Time
-	method   string
-	path     string
-	registry string
-	endpoint string
-	outcome  string // hit, miss, join, stale, revalidated, or empty
-	status   int
+	s         *Server
+	start     time.Time
+	method    string
+	path      string
+	registry  string
+	endpoint  string
+	outcome   string // hit, miss, join, stale, revalidated, bypass, or empty
+	status    int
+	errorCode string // the registry error code answered, if any
 }
 
 func (e *exchange) done(bytes int64, err error) {
@@ -290,6 +291,9 @@ func (e *exchange) done(bytes int64, err error) {
 	if e.outcome != "" {
 		attrs = append(attrs, "cache", e.outcome)
 	}
+	if e.errorCode != "" {
+		attrs = append(attrs, "error", e.errorCode)
+	}
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
@@ -301,6 +305,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path())}
 	streamed := s.dispatch(ctx, ex)
 	ex.status = ctx.Response.StatusCode()
+	if code, ok := ctx.UserValue(errorCodeKey).(string); ok {
+		ex.errorCode = code
+	}
 	if ex.outcome != "" {
 		// Tells operators (and preload's summary) where an answer came from.
 		ctx.Response.Header.Set(CacheHeader, ex.outcome)
