@@ -169,7 +169,7 @@ func New(o Options) (*Server, error) {
 	if o.Store == nil {
 		return nil, errors.New("proxy: a Store is required")
 	}
-	if len(o.Registries) == 0 && !o.Offline {
+	if len(o.Registries) == 0 {
 		return nil, errors.New("proxy: at least one upstream registry is required")
 	}
 	if o.DefaultRegistry == "" {
@@ -207,7 +207,7 @@ func New(o Options) (*Server, error) {
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
 	}
-	if _, ok := s.registries[o.DefaultRegistry]; !ok && !o.Offline {
+	if _, ok := s.registries[o.DefaultRegistry]; !ok {
 		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
 	}
 	s.metrics = newMetrics(o.Metrics)
@@ -416,7 +416,7 @@ func resourceOf(e endpoint) resource {
 
 // request is a validated pull request resolved to one configured upstream.
 type request struct {
-	up       Upstream // nil only in offline mode for unconfigured defaults
+	up       Upstream // never dialled in offline mode
 	registry string
 	repo     string // normalised for the upstream ("library/alpine")
 	ref      reference
