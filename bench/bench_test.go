@@ -173,11 +173,22 @@ func BenchmarkColdFirstByte(b *testing.B) {
 	})
 }
 
+// clients is how many clients BenchmarkTenClientsColdBlob runs: 10, or
+// REGMIRROR_BENCH_CLIENTS.
+func clients() int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv("REGMIRROR_BENCH_CLIENTS"), &n); err == nil && n > 0 {
+		return n
+	}
+	return 10
+}
+
 // BenchmarkTenClientsColdBlob: ten clients pull one cold blob (1 GiB by
 // default) at once through a fresh regmirror; reports the process's peak
 // RSS and the upstream GETs (want 1).
 func BenchmarkTenClientsColdBlob(b *testing.B) {
 	size := blobSize()
+	n := clients()
 	up := testupstream.Start(b)
 	_, d := up.PushLargeBlobImage(b, "library/big", "latest", size)
 	var peak int64
@@ -187,8 +198,8 @@ func BenchmarkTenClientsColdBlob(b *testing.B) {
 		url := proc.URL + "/v2/library/big/blobs/" + d.String()
 		b.StartTimer()
 		var wg sync.WaitGroup
-		errs := make(chan error, 10)
-		for c := 0; c < 10; c++ {
+		errs := make(chan error, n)
+		for c := 0; c < n; c++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -210,7 +221,7 @@ func BenchmarkTenClientsColdBlob(b *testing.B) {
 		peak = max(peak, rss)
 		proc.Kill()
 	}
-	b.SetBytes(10 * size)
+	b.SetBytes(int64(n) * size)
 	b.ReportMetric(float64(peak)/float64(mib), "peak-RSS-MiB")
 	b.ReportMetric(float64(up.BlobGETs(d))/float64(b.N), "upstream-GETs/op")
 }
