@@ -297,7 +297,11 @@ func (e *exchange) done(bytes int64, err error) {
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
-	e.s.log.Info("request", attrs...)
+	level := slog.LevelInfo
+	if e.endpoint == "metrics" || e.endpoint == "health" {
+		level = slog.LevelDebug // scrapes and probes would drown the pulls
+	}
+	e.s.log.Log(context.Background(), level, "request", attrs...)
 	e.s.metrics.request(e.endpoint, e.outcome, e.status, bytes)
 }
 
