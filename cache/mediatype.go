@@ -24,18 +24,10 @@ func (s *Store) SetMediaType(d digest.Digest, mediaType string) error {
 	mu.Lock()
 	defer mu.Unlock()
 	return s.update(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobKey(d))
+		rec, err := blobInTxn(txn, d)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("%w: blob %s", ErrNotFound, d)
 		}
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		rec, err := decodeBlob(v)
 		if err != nil {
 			return err
 		}

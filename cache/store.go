@@ -260,18 +260,27 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	}
 }
 
+// blobInTxn reads d's record inside txn; a missing one is
+// badger.ErrKeyNotFound.
+func blobInTxn(txn *badger.Txn, d digest.Digest) (blobRecord, error) {
+	item, err := txn.Get(blobKey(d))
+	if err != nil {
+		return blobRecord{}, err
+	}
+	var rec blobRecord
+	err = item.Value(func(v []byte) error {
+		rec, err = decodeBlob(v)
+		return err
+	})
+	return rec, err
+}
+
 // getBlob reads the stored record (without in-memory access times).
 func (s *Store) getBlob(d digest.Digest) (blobRecord, error) {
 	var rec blobRecord
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobKey(d))
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			rec, err = decodeBlob(v)
-			return err
-		})
+	err := s.db.View(func(txn *badger.Txn) (err error) {
+		rec, err = blobInTxn(txn, d)
+		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return rec, fmt.Errorf("%w: blob %s", ErrNotFound, d)
@@ -618,20 +627,12 @@ func (s *Store) flushAccess() error {
 		ds = ds[len(chunk):]
 		err = s.update(func(txn *badger.Txn) error {
 			for _, d := range chunk {
-				item, err := txn.Get(blobKey(d))
-				if errors.Is(err, badger.ErrKeyNotFound) {
-					continue // deleted meanwhile
+				rec, err := blobInTxn(txn, d)
+				if errors.Is(err, badger.ErrKeyNotFound) || errors.Is(err, errCorrupt) {
+					continue // deleted meanwhile, or for reconcile to handle
 				}
 				if err != nil {
 					return err
-				}
-				v, err := item.ValueCopy(nil)
-				if err != nil {
-					return err
-				}
-				rec, err := decodeBlob(v)
-				if err != nil {
-					continue
 				}
 				if t := batch[d]; t.After(rec.lastAccess) {
 					rec.lastAccess = t
