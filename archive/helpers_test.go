@@ -239,7 +239,3 @@ func entriesOf(t testing.TB, archive []byte) []tarEntry {
 		out = append(out, tarEntry{name: hdr.Name, body: b, typ: hdr.Typeflag})
 	}
 }
-
-func blobEntry(d digest.Digest, body []byte) tarEntry {
-	return tarEntry{name: "blobs/sha256/" + d.Encoded(), body: body}
-}

@@ -212,13 +212,6 @@ func (g *fillGroup) remove(f *fill) {
 	g.mu.Unlock()
 }
 
-// count is the number of fills in progress.
-func (g *fillGroup) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.fills)
-}
-
 // joinFill returns the fill for rq's digest, starting it if none runs.
 // It returns nil, nil when the blob reached the cache meanwhile. singleflight
 // collapses concurrent starts; the fill object carries everything after.

@@ -55,6 +55,9 @@ go version
 section "go vet ./..."
 go vet ./...
 
+section "staticcheck ./..."
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
 section "go test -race ./..."
 go test -race -count=1 -timeout 40m ./... "$@"
 

@@ -50,9 +50,6 @@ func (e *RateLimitError) Error() string {
 // Unwrap returns ErrRateLimited.
 func (e *RateLimitError) Unwrap() error { return ErrRateLimited }
 
-// maxErrorBody caps how much of an error body is read to classify it.
-const maxErrorBody = 64 << 10
-
 // checkResponse returns nil if resp's status is one of ok, and otherwise a
 // classified error, having read at most 64 KiB of the error body (the caller
 // still closes resp.Body).
