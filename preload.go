@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -221,7 +223,9 @@ type preloadResult struct {
 
 func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []admin.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
 	host := strings.TrimPrefix(strings.TrimPrefix(ep.url, "http://"), "https://")
-	ob := &observer{next: http.DefaultTransport.(*http.Transport).Clone()}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	defer transport.CloseIdleConnections() // the server may be shutting down next
+	ob := &observer{next: transport}
 	pg := newProgress(barOut)
 	bars := make([]*bar, len(refs))
 	for i, r := range refs {
@@ -480,7 +484,7 @@ func (p *imagePuller) manifest(ctx context.Context, repo name.Repository, desc *
 	for _, b := range blobs {
 		g.Go(func() error {
 			err := p.blob(gctx, repo, b)
-			if err != nil && archive.Foreign(b) && isNotFound(err) {
+			if err != nil && archive.Foreign(b) && errors.Is(err, errBlobNotFound) {
 				return nil // non-distributable: the registry need not have it
 			}
 			return err
@@ -489,19 +493,60 @@ func (p *imagePuller) manifest(ctx context.Context, repo name.Repository, desc *
 	return g.Wait()
 }
 
-// blob reads one blob through the mirror, verified by go-containerregistry.
+// errBlobNotFound is a blob the mirror answered 404 for.
+var errBlobNotFound = errors.New("blob not found")
+
+// blob fetches one blob through the mirror, which caches it. A blob the
+// mirror already holds ("hit": verified when it was stored) is not read
+// again; anything else is read whole and checked against its digest.
 func (p *imagePuller) blob(ctx context.Context, repo name.Repository, b v1.Descriptor) error {
-	l, err := p.puller.Layer(ctx, repo.Digest(b.Digest.String()))
+	u := "http://" + p.host + "/v2/" + repo.RepositoryStr() + "/blobs/" + b.Digest.String()
+	do := func(method string) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, method, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := p.client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w", b.Digest, err)
+		}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			return resp, nil
+		case http.StatusNotFound:
+			resp.Body.Close()
+			return nil, fmt.Errorf("blob %s: %w", b.Digest, errBlobNotFound)
+		}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		return nil, fmt.Errorf("blob %s: %s: %s", b.Digest, resp.Status, bytes.TrimSpace(msg))
+	}
+	// A HEAD never makes the mirror download; it says whether it has it.
+	head, err := do(http.MethodHead)
 	if err != nil {
 		return err
 	}
-	rc, err := l.Compressed()
+	head.Body.Close()
+	if head.Header.Get(proxy.CacheHeader) == "hit" {
+		if tr, ok := ctx.Value(trackerKey{}).(*tracker); ok {
+			tr.cached.Add(b.Size)
+			tr.bar.add(b.Size)
+			tr.total.add(b.Size)
+		}
+		return nil
+	}
+	resp, err := do(http.MethodGet)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", b.Digest, err)
 	}
-	defer rc.Close()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return fmt.Errorf("blob %s: %w", b.Digest, err)
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != b.Digest.String() || n != b.Size {
+		return fmt.Errorf("blob %s: got %d bytes with digest %s, want %d bytes", b.Digest, n, got, b.Size)
 	}
 	return nil
 }
