@@ -527,3 +527,29 @@ func TestOutageServesStaleFast(t *testing.T) {
 		t.Errorf("tags/list went upstream %d more times during the outage", n-tags)
 	}
 }
+
+// TestOfflineTagList: offline, the kept tag list is served without asking
+// upstream; a page of a paginated listing, never kept, is refused at once.
+func TestOfflineTagList(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "library/alpine", "3.20", 1, 512)
+	dataDir := t.TempDir()
+	m := startMirror(t, up, func(c *config) { c.DataDir = dataDir })
+	_, want := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	m.stop()
+
+	m = startMirror(t, up, func(c *config) { c.DataDir = dataDir; c.Offline = true })
+	before := up.Count(http.MethodGet, "/v2/library/alpine/tags/list")
+	resp, body := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	if resp.StatusCode != 200 || !bytes.Equal(body, want) || resp.Header.Get("X-Regmirror-Cache") != "hit" {
+		t.Fatalf("offline tags/list: %d %q %s", resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"), body)
+	}
+	resp, body = get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list?n=1")
+	wantWireError(t, resp, body, http.StatusNotFound, "NAME_UNKNOWN")
+	if !strings.Contains(string(body), "offline") {
+		t.Errorf("the refusal does not say the mirror is offline: %s", body)
+	}
+	if n := up.Count(http.MethodGet, "/v2/library/alpine/tags/list"); n != before {
+		t.Errorf("offline mirror asked upstream %d times", n-before)
+	}
+}

@@ -36,14 +36,9 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 		writeError(ctx, err, resourceManifest)
 		return
 	}
-	ctx.SetContentType(m.info.MediaType)
 	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
 	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
-	if ctx.IsHead() {
-		ctx.Response.Header.SetContentLength(len(m.body))
-		return
-	}
-	ctx.SetBody(m.body)
+	writeBody(ctx, m.info.MediaType, m.body)
 }
 
 func (s *Server) cachedManifest(d digest.Digest) (manifest, error) {

@@ -3,13 +3,11 @@ package proxy
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
 
-	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -36,39 +34,17 @@ func referrersKey(repo string, d digest.Digest) string { return repo + "@referre
 
 func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 	d := rq.ref.digest
-	key := referrersKey(rq.repo, d)
-	var body []byte
-	var err error
 	ru, ok := rq.up.(referrersUpstream)
-	switch {
-	case s.opts.Offline:
-		err = fmt.Errorf("%w: referrers of %s/%s@%s", errOffline, rq.registry, rq.repo, d)
-	case !ok:
-		err = fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry)
-	default:
-		uctx, cancel := s.upstreamContext()
-		body, _, err = ru.Referrers(uctx, rq.repo, d, "")
-		cancel()
-		s.metrics.upstreamRequest("referrers", err)
-		if err == nil {
-			ex.outcome = "miss"
-			if err := s.store.SetTagList(rq.registry, key, body); err != nil {
-				s.log.Warn("caching referrers", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
-			}
-		}
+	if !ok && !s.opts.Offline {
+		writeError(ctx, fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry), resourceManifest)
+		return
 	}
-	if err != nil && (s.opts.Offline || isUpstreamOutage(err)) {
-		cached, cerr := s.store.TagList(rq.registry, key)
-		switch {
-		case cerr == nil && s.opts.Offline:
-			body, err, ex.outcome = cached, nil, "hit"
-		case cerr == nil:
-			body, err, ex.outcome = cached, nil, "stale"
-			s.metrics.staleServed.Inc()
-		case !errors.Is(cerr, cache.ErrNotFound):
-			s.log.Warn("reading cached referrers", "repo", rq.repo, "digest", d, "err", cerr)
-		}
-	}
+	body, outcome, err := s.keptAnswer(rq, referrersKey(rq.repo, d), "referrers", true,
+		func(uctx context.Context) ([]byte, error) {
+			body, _, err := ru.Referrers(uctx, rq.repo, d, "")
+			return body, err
+		})
+	ex.outcome = outcome
 	if err != nil {
 		writeError(ctx, err, resourceManifest)
 		return
@@ -82,12 +58,7 @@ func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq reque
 		body = filtered
 		ctx.Response.Header.Set("OCI-Filters-Applied", "artifactType")
 	}
-	ctx.SetContentType(mediaTypeOCIIndex)
-	if ctx.IsHead() {
-		ctx.Response.Header.SetContentLength(len(body))
-		return
-	}
-	ctx.SetBody(body)
+	writeBody(ctx, mediaTypeOCIIndex, body)
 }
 
 // filterReferrers keeps the descriptors of a referrers index whose

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 
 // serveTags passes /v2/<name>/tags/list through to upstream, and keeps the
 // last full answer to serve while upstream is down or the mirror offline.
+// A page of a paginated listing (n, last) is passed through only.
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 	query := url.Values{}
 	for _, key := range []string{"n", "last"} {
@@ -20,44 +22,67 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 			query.Set(key, string(v))
 		}
 	}
-	whole := len(query) == 0
-	var body []byte
-	var err error
-	if s.opts.Offline {
-		err = fmt.Errorf("%w: tags of %s/%s", errOffline, rq.registry, rq.repo)
-	} else if whole && s.health.out(rq.registry, s.opts.Now()) {
-		err = fmt.Errorf("%w: %s is marked out after failing to answer", upstream.ErrUnavailable, rq.registry)
-	} else {
-		uctx, cancel := s.upstreamContext()
-		body, err = rq.up.ListTags(uctx, rq.repo, query.Encode())
-		cancel()
-		s.metrics.upstreamRequest("tags", err)
-		if isUpstreamOutage(err) {
-			s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
-		}
-		if err == nil {
-			ex.outcome = "miss"
-			if whole {
-				if err := s.store.SetTagList(rq.registry, rq.repo, body); err != nil {
-					s.log.Warn("caching tag list", "repo", rq.repo, "err", err)
-				}
-			}
-		}
-	}
-	if err != nil && whole && (s.opts.Offline || isUpstreamOutage(err)) {
-		cached, cerr := s.store.TagList(rq.registry, rq.repo)
-		if cerr == nil {
-			body, err, ex.outcome = cached, nil, "stale"
-			s.metrics.staleServed.Inc()
-		} else if !errors.Is(cerr, cache.ErrNotFound) {
-			s.log.Warn("reading cached tag list", "repo", rq.repo, "err", cerr)
-		}
-	}
+	body, outcome, err := s.keptAnswer(rq, rq.repo, "tags", len(query) == 0,
+		func(uctx context.Context) ([]byte, error) { return rq.up.ListTags(uctx, rq.repo, query.Encode()) })
+	ex.outcome = outcome
 	if err != nil {
 		writeError(ctx, err, resourceRepository)
 		return
 	}
-	ctx.SetContentType("application/json")
+	writeBody(ctx, "application/json", body)
+}
+
+// keptAnswer gets a small answer (a tag list, a referrers index) from
+// upstream and, when keep is set, stores the last one in the cache's
+// tag-list record under key. When the mirror is offline, or upstream cannot
+// answer (down, 5xx, 429, or marked out after failing), the kept answer is
+// served instead: "hit" offline, "stale" otherwise.
+func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(context.Context) ([]byte, error)) ([]byte, string, error) {
+	var err error
+	switch {
+	case s.opts.Offline:
+		err = fmt.Errorf("%w: %s of %s/%s", errOffline, kind, rq.registry, key)
+	case keep && s.health.out(rq.registry, s.opts.Now()):
+		err = fmt.Errorf("%w: %s is marked out after failing to answer", upstream.ErrUnavailable, rq.registry)
+	default:
+		uctx, cancel := s.upstreamContext()
+		body, ferr := fetch(uctx)
+		cancel()
+		s.metrics.upstreamRequest(kind, ferr)
+		if ferr == nil {
+			if keep {
+				if err := s.store.SetTagList(rq.registry, key, body); err != nil {
+					s.log.Warn("keeping an answer", "kind", kind, "registry", rq.registry, "key", key, "err", err)
+				}
+			}
+			return body, "miss", nil
+		}
+		if isUpstreamOutage(ferr) {
+			s.health.failed(rq.registry, ferr, s.opts.Now(), s.opts.OutageBackoff)
+		}
+		err = ferr
+	}
+	if !keep || !(s.opts.Offline || isUpstreamOutage(err)) {
+		return nil, "", err
+	}
+	kept, kerr := s.store.TagList(rq.registry, key)
+	if kerr != nil {
+		if !errors.Is(kerr, cache.ErrNotFound) {
+			s.log.Warn("reading a kept answer", "kind", kind, "registry", rq.registry, "key", key, "err", kerr)
+		}
+		return nil, "", err
+	}
+	if s.opts.Offline {
+		return kept, "hit", nil
+	}
+	s.metrics.staleServed.Inc()
+	return kept, "stale", nil
+}
+
+// writeBody answers with a small body held in memory (to HEAD, with its
+// length only).
+func writeBody(ctx *fasthttp.RequestCtx, contentType string, body []byte) {
+	ctx.SetContentType(contentType)
 	if ctx.IsHead() {
 		ctx.Response.Header.SetContentLength(len(body))
 		return
