@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"net/http"
 	"testing"
 
@@ -23,13 +22,7 @@ func TestCrashDuringFill(t *testing.T) {
 	args := []string{"--data-dir", dataDir, "--upstream-url", up.URL()}
 
 	proc := testprocess.Serve(t, testing.Verbose(), args...)
-	resp, err := http.Get(proc.URL + "/v2/library/big/blobs/" + big.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
+	resp, _ := startDownload(t, proc.URL+"/v2/library/big/blobs/"+big.String(), 1000)
 	if len(tmpFiles(t, dataDir)) == 0 {
 		t.Fatal("no download in progress under tmp/")
 	}

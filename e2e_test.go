@@ -296,21 +296,9 @@ func TestClientDisconnectDoesNotCancelFill(t *testing.T) {
 	m := startMirror(t, up)
 	url := m.url + "/v2/library/big/blobs/" + big.String()
 
-	quitter, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(quitter.Body, make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
-	stayer, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	quitter, _ := startDownload(t, url, 1000)
+	stayer, _ := startDownload(t, url, 1)
 	defer stayer.Body.Close()
-	if _, err := io.ReadFull(stayer.Body, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
 	quitter.Body.Close() // goes away mid-download
 	gate.Open()
 	rest, err := io.ReadAll(stayer.Body)
@@ -355,16 +343,10 @@ func TestCutUpstreamFails(t *testing.T) {
 	url := m.url + "/v2/library/big/blobs/" + big.String()
 
 	up.CutBlobsAfter(2 << 20)
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
+	resp, _ := startDownload(t, url, 1)
 	up.SetDown(true) // the resumes fail
 	gate.Open()      // the body goes on to 2 MiB, then is cut
-	_, err = io.ReadAll(resp.Body)
+	_, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err == nil {
 		t.Fatal("the client received a complete body from a failed download")

@@ -157,15 +157,8 @@ func TestReadInProgressSurvivesEviction(t *testing.T) {
 	for _, name := range []string{"a", "b", "c"} {
 		pullAll(t, m, "library/"+name+":latest")
 	}
-	resp, err := http.Get(m.url + "/v2/library/a/blobs/" + layers["a"].String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, first := startDownload(t, m.url+"/v2/library/a/blobs/"+layers["a"].String(), 1)
 	defer resp.Body.Close()
-	first := make([]byte, 1)
-	if _, err := io.ReadFull(resp.Body, first); err != nil {
-		t.Fatal(err)
-	}
 	pullAll(t, m, "library/b:latest") // make a the least recently used
 	pullAll(t, m, "library/c:latest")
 	pullAll(t, m, "library/d:latest")
@@ -189,14 +182,8 @@ func TestFillInProgressNotEvicted(t *testing.T) {
 	_, big := up.PushLargeBlobImage(t, "library/big", "latest", 2*mib)
 	gate := up.Gate(big).SetHeadBytes(mib)
 	m := budgetMirror(t, up, fmt.Sprint(3*mib))
-	resp, err := http.Get(m.url + "/v2/library/big/blobs/" + big.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, _ := startDownload(t, m.url+"/v2/library/big/blobs/"+big.String(), 1)
 	defer resp.Body.Close()
-	if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
 	for i := 0; i < 3; i++ {
 		repo := fmt.Sprintf("library/churn%d", i)
 		up.PushLargeBlobImage(t, repo, "latest", mib)

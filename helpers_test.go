@@ -258,3 +258,19 @@ func adminClient(t testing.TB, m *mirror) *admin.Client {
 	}
 	return admin.NewClient(m.url, token)
 }
+
+// startDownload GETs url and reads its first n bytes, so the caller holds
+// a download in progress; it returns the response and the bytes read.
+func startDownload(t testing.TB, url string, n int) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		resp.Body.Close()
+		t.Fatalf("reading the first %d bytes of %s: %v", n, url, err)
+	}
+	return resp, first
+}
