@@ -50,6 +50,10 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	policy, err := cfg.tagPolicy()
+	if err != nil {
+		return nil, err
+	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
@@ -61,6 +65,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Hooks:             fillHooks{a.cache.evictor},
 		Admin:             admin.Handler(a.cache.ops, token),
 		TagTTL:            cfg.TagTTL.Duration,
+		TagPolicy:         policy,
 		Offline:           cfg.Offline,
 		FillTimeout:       cfg.Server.FillTimeout.Duration,
 		UpstreamTimeout:   cfg.Server.UpstreamTimeout.Duration,

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/regmirror/regmirror/admin"
 
+	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -25,18 +26,27 @@ const (
 // these defaults, the TOML file (--config), REGMIRROR_* environment
 // variables, flags. config.example.toml documents every key.
 type config struct {
-	Listen          string           `toml:"listen"`
-	DataDir         string           `toml:"data_dir"`
-	TagTTL          duration         `toml:"tag_ttl"`
-	Offline         bool             `toml:"offline"`
-	LogLevel        string           `toml:"log_level"`
-	LogFormat       string           `toml:"log_format"`
-	DefaultRegistry string           `toml:"default_registry"`
-	DockerConfig    string           `toml:"docker_config"`
-	Registries      []registryConfig `toml:"registry"`
-	Server          serverConfig     `toml:"server"`
-	Cache           cacheConfig      `toml:"cache"`
-	Pin             []string         `toml:"pin"`
+	Listen          string            `toml:"listen"`
+	DataDir         string            `toml:"data_dir"`
+	TagTTL          duration          `toml:"tag_ttl"`
+	Offline         bool              `toml:"offline"`
+	LogLevel        string            `toml:"log_level"`
+	LogFormat       string            `toml:"log_format"`
+	DefaultRegistry string            `toml:"default_registry"`
+	DockerConfig    string            `toml:"docker_config"`
+	Registries      []registryConfig  `toml:"registry"`
+	Server          serverConfig      `toml:"server"`
+	Cache           cacheConfig       `toml:"cache"`
+	Pin             []string          `toml:"pin"`
+	TagPolicy       []tagPolicyConfig `toml:"tag_policy"`
+}
+
+// tagPolicyConfig is one [[tag_policy]] rule (see package tagpolicy).
+type tagPolicyConfig struct {
+	Match                string    `toml:"match"`
+	TTL                  *duration `toml:"ttl"`
+	Immutable            bool      `toml:"immutable"`
+	StaleWhileRevalidate bool      `toml:"stale_while_revalidate"`
 }
 
 type registryConfig struct {
@@ -191,6 +201,9 @@ func (c *config) finish() error {
 	if c.TagTTL.Duration < 0 {
 		errs = append(errs, errors.New("tag_ttl: must not be negative"))
 	}
+	if _, err := c.tagPolicy(); err != nil {
+		errs = append(errs, err)
+	}
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		errs = append(errs, errors.New("server.tls_cert_file and server.tls_key_file: give both or neither"))
 	}
@@ -257,6 +270,19 @@ func (r *registryConfig) keychain() authn.Keychain {
 		return nil
 	}
 	return upstream.NewConfigKeychain(r.DockerConfig)
+}
+
+// tagPolicy compiles the [[tag_policy]] rules; tags none matches get tag_ttl.
+func (c *config) tagPolicy() (*tagpolicy.Policy, error) {
+	rules := make([]tagpolicy.Rule, len(c.TagPolicy))
+	for i, r := range c.TagPolicy {
+		rules[i] = tagpolicy.Rule{Match: r.Match, Immutable: r.Immutable, StaleWhileRevalidate: r.StaleWhileRevalidate}
+		if r.TTL != nil {
+			ttl := r.TTL.Duration
+			rules[i].TTL = &ttl
+		}
+	}
+	return tagpolicy.New(rules, c.TagTTL.Duration)
 }
 
 // privateRegistries names the registries whose cached content is served to

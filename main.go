@@ -43,6 +43,7 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 			unpinCommand(),
 			gcCommand(),
 			duCommand(),
+			policyCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

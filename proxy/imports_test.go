@@ -15,6 +15,7 @@ func TestImports(t *testing.T) {
 		"github.com/prometheus/client_golang/...",
 		"golang.org/x/sync/singleflight",
 		"github.com/regmirror/regmirror/cache",
+		"github.com/regmirror/regmirror/tagpolicy",
 		"github.com/regmirror/regmirror/upstream",
 	)
 }

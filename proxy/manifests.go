@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -133,14 +134,18 @@ func manifestMediaType(contentType string, body []byte) string {
 
 func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 	tag := rq.ref.tag
+	pol := s.tagPolicy(rq) // [[tag_policy]]: ttl, immutable, stale_while_revalidate
 	rec, err := s.store.Tag(rq.registry, rq.repo, tag)
 	switch {
 	case err == nil:
-		fresh := s.opts.Now().Sub(rec.CheckedAt) < s.opts.TagTTL
+		fresh := pol.Fresh(rec.CheckedAt, s.opts.Now())
 		// A private registry's tag whose manifest is not linked to this
 		// repository is revalidated: upstream's answer confirms it.
-		if (fresh || s.opts.Offline) && s.linked(rq, rec.Digest) {
+		if (fresh || s.opts.Offline || pol.StaleWhileRevalidate) && s.linked(rq, rec.Digest) {
 			if m, err := s.cachedManifest(rec.Digest); err == nil {
+				if !fresh && !s.opts.Offline {
+					s.revalidateInBackground(rq, rec, pol)
+				}
 				return m, "hit", nil
 			}
 			// The manifest was evicted; the tag alone cannot be served.
@@ -151,20 +156,16 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 	if s.opts.Offline {
 		return manifest{}, "", fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	type result struct {
-		m       manifest
-		outcome string
-	}
 	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
 		ctx, cancel := s.upstreamContext()
 		defer cancel()
-		m, how, err := s.refreshTag(ctx, rq, rec)
-		return result{m, how}, err
+		m, how, err := s.refreshTag(ctx, rq, rec, pol)
+		return tagResult{m, how}, err
 	})
 	if err != nil {
 		return manifest{}, "", err
 	}
-	r := v.(result)
+	r := v.(tagResult)
 	if shared {
 		return r.m, "join", nil
 	}
@@ -174,9 +175,15 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 // refreshTag asks upstream what the tag points to now. With a cached record
 // it asks with a HEAD, which Docker Hub does not count as a pull, and
 // fetches the manifest only when the digest moved. When upstream cannot
-// answer (down, 5xx, rate limited) the cached manifest is served stale.
-func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord) (manifest, string, error) {
+// answer (down, 5xx, rate limited) the cached manifest is served stale. An
+// immutable tag (pol) keeps its digest: see immutableTag.
+func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord, pol tagpolicy.Decision) (manifest, string, error) {
 	tag := rq.ref.tag
+	if pol.Immutable {
+		if m, ok := s.immutableTag(ctx, rq, rec); ok {
+			return m, "miss", nil
+		}
+	}
 	if rec.Digest == "" {
 		m, err := s.fetchManifest(ctx, rq, tag, "")
 		if err != nil {
@@ -212,6 +219,11 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		return m, "stale", nil
 	}
 	s.health.answered(rq.registry)
+	if pol.Immutable && desc.Digest != rec.Digest {
+		if m, ok := s.immutableMoved(rq, rec, desc.Digest, pol); ok {
+			return m, "hit", nil
+		}
+	}
 	if desc.Digest == rec.Digest {
 		if m, err := s.cachedManifest(rec.Digest); err == nil {
 			rec.CheckedAt = s.opts.Now()

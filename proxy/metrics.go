@@ -20,6 +20,9 @@ type metrics struct {
 	fills           *prometheus.CounterVec
 	fillsInProgress prometheus.Gauge
 	staleServed     prometheus.Counter
+	// Tag policy (tagpolicy.go).
+	immutableMoved prometheus.Counter
+	background     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -43,10 +46,17 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "regmirror_stale_served_total", Help: "Tags and tag lists served from the cache because upstream could not answer.",
 		}),
 	}
+	m.immutableMoved = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "regmirror_immutable_tag_moved_total", Help: "Times upstream showed an immutable tag (tag_policy) pointing elsewhere than the cache.",
+	})
+	m.background = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regmirror_tag_background_revalidations_total", Help: "Stale-while-revalidate tag revalidations by result.",
+	}, []string{"result"})
 	m.servedFromCache = m.bytesServed.WithLabelValues("cache")
 	m.servedFromFill = m.bytesServed.WithLabelValues("fill")
 	if reg != nil {
 		reg.MustRegister(m.requests, m.bytesServed, m.upstream, m.fills, m.fillsInProgress, m.staleServed)
+		reg.MustRegister(m.immutableMoved, m.background)
 	}
 	return m
 }
@@ -60,6 +70,10 @@ func (m *metrics) request(endpoint, outcome string, status int, _ int64) {
 
 func (m *metrics) upstreamRequest(kind string, err error) {
 	m.upstream.WithLabelValues(kind, resultLabel(err)).Inc()
+}
+
+func (m *metrics) backgroundRevalidation(err error) {
+	m.background.WithLabelValues(resultLabel(err)).Inc()
 }
 
 func (m *metrics) fill(err error) {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -87,6 +88,9 @@ type Options struct {
 	// TagTTL is how long a cached tag is served without asking upstream.
 	// Default 5m.
 	TagTTL time.Duration
+	// TagPolicy holds per-tag freshness rules (immutable, ttl,
+	// stale_while_revalidate); tags no rule matches get TagTTL. Nil: none.
+	TagPolicy *tagpolicy.Policy
 	// Offline never dials upstream: tags are served whatever their age and
 	// misses answer 404 at once.
 	Offline bool
@@ -130,6 +134,8 @@ type Server struct {
 	flights singleflight.Group
 	fills   fillGroup
 	health  upstreamHealth
+	// background runs stale-while-revalidate revalidations (tagpolicy.go).
+	background backgroundRevalidations
 
 	// fillCtx is the parent of every fill: detached from clients, cancelled
 	// only at shutdown.

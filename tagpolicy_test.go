@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// withPolicy configures the issue's three rules (the ghcr one on docker.io's
+// org/ so the test upstream serves it) with tag_ttl as the default.
+func withPolicy(tagTTL time.Duration) func(*config) {
+	return func(c *config) {
+		c.TagTTL = duration{tagTTL}
+		c.TagPolicy = []tagPolicyConfig{
+			{Match: "docker.io/library/*:[0-9]*.[0-9]*.[0-9]*", Immutable: true},
+			{Match: "**:latest", TTL: &duration{time.Hour}},
+			{Match: "docker.io/org/**", TTL: &duration{0}},
+		}
+	}
+}
+
+// TestTagPolicyHEADCounts: each rule's upstream HEADs over repeated pulls:
+// immutable and a long ttl never ask; ttl 0s asks every time; a tag no rule
+// matches follows tag_ttl (here 1ns: every time).
+func TestTagPolicyHEADCounts(t *testing.T) {
+	up := testupstream.Start(t)
+	release := up.PushRandomImage(t, "library/app", "1.2.3", 1, 512)
+	up.PushRandomImage(t, "library/app", "latest", 1, 512)
+	up.PushRandomImage(t, "org/app", "main", 1, 512)
+	up.PushRandomImage(t, "library/app", "edge", 1, 512)
+	m := startMirror(t, up, withPolicy(time.Nanosecond))
+	cases := []struct {
+		repo, tag string
+		heads     int // upstream HEADs over 3 more pulls
+	}{
+		{"library/app", "1.2.3", 0},
+		{"library/app", "latest", 0},
+		{"org/app", "main", 3},
+		{"library/app", "edge", 3},
+	}
+	for _, c := range cases {
+		pullAll(t, m, c.repo+":"+c.tag)
+		path := "/v2/" + c.repo + "/manifests/" + c.tag
+		before := up.Count(http.MethodHead, path)
+		for i := 0; i < 3; i++ {
+			pullAll(t, m, c.repo+":"+c.tag)
+		}
+		if got := up.Count(http.MethodHead, path) - before; got != c.heads {
+			t.Errorf("%s:%s: %d upstream HEADs over 3 pulls, want %d", c.repo, c.tag, got, c.heads)
+		}
+	}
+
+	// An immutable tag that moved upstream is not followed by pulls, and
+	// when something reveals the move (here the watch list's revalidation)
+	// it is logged and counted, and the cached digest kept.
+	moved := up.PushRandomImage(t, "library/app", "1.2.3", 1, 512)
+	if got := pullAll(t, m, "library/app:1.2.3"); got != testupstream.Digest(t, release) {
+		t.Fatalf("immutable tag followed upstream: %s", got)
+	}
+	check, err := m.app.proxy.RevalidateTag(context.Background(), "docker.io", "library/app", "1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if check.Moved() || check.Digest != testupstream.Digest(t, release) {
+		t.Errorf("revalidating an immutable tag: %+v, upstream now %s", check, testupstream.Digest(t, moved))
+	}
+	if got := pullAll(t, m, "library/app:1.2.3"); got != testupstream.Digest(t, release) {
+		t.Errorf("immutable tag replaced after the move was revealed: %s", got)
+	}
+	if n := metricValue(t, m, "regmirror_immutable_tag_moved_total"); n != 1 {
+		t.Errorf("regmirror_immutable_tag_moved_total = %v, want 1", n)
+	}
+}
+
+// TestTagPolicyStaleWhileRevalidate: an expired stale_while_revalidate tag
+// is answered from the cache at once, even while upstream does not answer
+// at all, and revalidated in the background: a moved tag is seen soon
+// after, without a client waiting for it.
+func TestTagPolicyStaleWhileRevalidate(t *testing.T) {
+	up := testupstream.Start(t)
+	first := up.PushRandomImage(t, "library/app", "latest", 1, 512)
+	m := startMirror(t, up, func(c *config) {
+		c.TagTTL = duration{time.Hour}
+		c.TagPolicy = []tagPolicyConfig{{Match: "**:latest", TTL: &duration{time.Nanosecond}, StaleWhileRevalidate: true}}
+		// Without the rule a revalidation would wait this long.
+		c.Server.RevalidateTimeout = duration{time.Minute}
+		c.Server.UpstreamTimeout = duration{time.Minute}
+	})
+	pullAll(t, m, "library/app:latest")
+
+	second := up.PushRandomImage(t, "library/app", "latest", 1, 512)
+	resp, _ := get(t, http.MethodGet, m.url+"/v2/library/app/manifests/latest")
+	if got := digest.Digest(resp.Header.Get("Docker-Content-Digest")); got != testupstream.Digest(t, first) || resp.Header.Get("X-Regmirror-Cache") != "hit" {
+		t.Fatalf("expired swr tag: %s (%s), want the cached %s at once", got, resp.Header.Get("X-Regmirror-Cache"), testupstream.Digest(t, first))
+	}
+	eventually(t, "the background revalidation to record the moved tag", func() bool {
+		resp, _ := get(t, http.MethodGet, m.url+"/v2/library/app/manifests/latest")
+		return digest.Digest(resp.Header.Get("Docker-Content-Digest")) == testupstream.Digest(t, second)
+	})
+	pullAll(t, m, "library/app:latest")
+
+	// Upstream now holds every request for a minute: the answer still
+	// comes from the cache at once (the client gives up after 10s).
+	up.SetLatency(time.Minute)
+	defer up.ClearFaults()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; i < 3; i++ {
+		resp, err := client.Get(m.url + "/v2/library/app/manifests/latest")
+		if err != nil {
+			t.Fatalf("pull %d while upstream stalls: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || digest.Digest(resp.Header.Get("Docker-Content-Digest")) != testupstream.Digest(t, second) {
+			t.Fatalf("pull %d while upstream stalls: %d %s", i, resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+		}
+	}
+}
+
+// metricValue reads one unlabelled sample (or the sum of a family's
+// samples) from the mirror's /metrics.
+func metricValue(t testing.TB, m *mirror, name string) float64 {
+	t.Helper()
+	_, body := get(t, http.MethodGet, m.url+"/metrics")
+	var sum float64
+	for _, line := range bytes.Split(body, []byte("\n")) {
+		s := string(line)
+		if !strings.HasPrefix(s, name+" ") && !strings.HasPrefix(s, name+"{") {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(s[strings.LastIndexByte(s, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// TestPolicyExplain: the command reads the config only and names the rule
+// that applies, with why the earlier ones did not.
+func TestPolicyExplain(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := dir + "/regmirror.toml"
+	writeFile(t, cfgFile, `data_dir = "`+dir+`/data"
+tag_ttl = "10m"
+[[tag_policy]]
+match = "docker.io/library/*:[0-9]*.[0-9]*.[0-9]*"
+immutable = true
+[[tag_policy]]
+match = "**:latest"
+ttl = "1m"
+stale_while_revalidate = true
+`)
+	cases := []struct{ image, want string }{
+		{"alpine:3.20.1", "applies:  rule 1 (docker.io/library/*:[0-9]*.[0-9]*.[0-9]*), the first that matches: immutable"},
+		{"alpine", `tag "latest" does not`},
+		{"alpine", "applies:  rule 2 (**:latest)"},
+		{"alpine", "revalidated in the background"},
+		{"docker.io/org/app:v1", "applies:  no rule matched: the global tag_ttl (10m0s)"},
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		if err := newCLI(&out, &errOut).Run([]string{"regmirror", "policy", "explain", "-c", cfgFile, c.image}); err != nil {
+			t.Fatalf("explain %s: %v", c.image, err)
+		}
+		if !strings.Contains(out.String(), c.want) {
+			t.Errorf("explain %s: output lacks %q:\n%s", c.image, c.want, out.String())
+		}
+	}
+	writeFile(t, cfgFile, "[[tag_policy]]\nmatch = \"**\"\nimmutable = true\nttl = \"1m\"\n")
+	var out bytes.Buffer
+	if err := newCLI(&out, &out).Run([]string{"regmirror", "policy", "explain", "-c", cfgFile, "alpine"}); err == nil ||
+		!strings.Contains(err.Error(), "immutable and ttl exclude each other") {
+		t.Errorf("a contradictory rule: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
