@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,12 +110,50 @@ func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, map[string]
 		if err != nil {
 			return nil, nil, fmt.Errorf("registry %q: %w", r.Name, err)
 		}
-		ups = append(ups, up)
+		if len(r.Mirrors) == 0 {
+			ups = append(ups, up)
+		} else {
+			fo, err := buildFailover(cfg, r, up, log)
+			if err != nil {
+				return nil, nil, err
+			}
+			ups = append(ups, fo)
+		}
 		for _, h := range r.HostAliases {
 			aliases[h] = r.Name
 		}
 	}
 	return ups, aliases, nil
+}
+
+// buildFailover puts a registry behind its mirrors. Each mirror is a
+// registry client of its own, built by the same constructor (so the same
+// connection guard), with its own credentials only; it does not retry (the
+// next source is the retry) and waits 10s at most for response headers.
+func buildFailover(cfg config, r registryConfig, primary *upstream.Registry, log *slog.Logger) (*upstream.Failover, error) {
+	var mirrors []*upstream.Registry
+	for _, m := range r.Mirrors {
+		mr, err := upstream.New(upstream.Options{
+			Name:                  r.Name,
+			URL:                   m.URL,
+			Username:              m.Username,
+			Password:              m.Password,
+			CAFile:                m.CAFile,
+			InsecureSkipVerify:    m.InsecureSkipVerify,
+			Retries:               -1,
+			ResponseHeaderTimeout: 10 * time.Second,
+			UserAgent:             "regmirror/" + buildVersion(),
+			Logger:                log.With("registry", r.Name, "mirror", m.URL),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("registry %q: mirror %s: %w", r.Name, m.URL, err)
+		}
+		mirrors = append(mirrors, mr)
+	}
+	return upstream.NewFailover(primary, mirrors, upstream.FailoverOptions{
+		OutageBackoff: cfg.Server.OutageBackoff.Duration,
+		Logger:        log.With("registry", r.Name),
+	}), nil
 }
 
 // fillHooks lets eviction protect fills and make room when the disk fills.

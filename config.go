@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -61,6 +62,62 @@ type registryConfig struct {
 	HostAliases        []string `toml:"host_aliases"`
 	DockerConfig       string   `toml:"docker_config"`
 	Private            bool     `toml:"private"`
+	// Mirrors are tried before URL, in order (README "Upstream failover").
+	Mirrors []mirrorConfig `toml:"mirrors"`
+}
+
+// mirrorConfig is one entry of a registry's mirrors: a URL string
+// (anonymous), or a table with the URL and the mirror's own credentials
+// and TLS settings. The registry's credentials are never sent to a mirror.
+type mirrorConfig struct {
+	URL                string `toml:"url"`
+	Username           string `toml:"username"`
+	Password           string `toml:"password"`
+	PasswordEnv        string `toml:"password_env"`
+	PasswordFile       string `toml:"password_file"`
+	CAFile             string `toml:"ca_file"`
+	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
+}
+
+// UnmarshalTOML reads a string or a table; unknown table keys are errors.
+func (m *mirrorConfig) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*m = mirrorConfig{URL: v}
+		return nil
+	case map[string]any:
+		str := func(key string, dst *string) error {
+			if x, ok := v[key]; ok {
+				s, ok := x.(string)
+				if !ok {
+					return fmt.Errorf("mirror %s: want a string", key)
+				}
+				*dst = s
+			}
+			return nil
+		}
+		var errs []error
+		for key, dst := range map[string]*string{"url": &m.URL, "username": &m.Username, "password": &m.Password,
+			"password_env": &m.PasswordEnv, "password_file": &m.PasswordFile, "ca_file": &m.CAFile} {
+			errs = append(errs, str(key, dst))
+		}
+		if x, ok := v["insecure_skip_verify"]; ok {
+			b, ok := x.(bool)
+			if !ok {
+				errs = append(errs, errors.New("mirror insecure_skip_verify: want true or false"))
+			}
+			m.InsecureSkipVerify = b
+		}
+		for key := range v {
+			switch key {
+			case "url", "username", "password", "password_env", "password_file", "ca_file", "insecure_skip_verify":
+			default:
+				errs = append(errs, fmt.Errorf("mirror: unknown key %q", key))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("mirror: want a URL string or a table with url (and credentials), got %T", v)
 }
 
 type serverConfig struct {
@@ -180,6 +237,7 @@ func (c *config) finish() error {
 		if err := r.resolvePassword(); err != nil {
 			errs = append(errs, err)
 		}
+		errs = append(errs, r.checkMirrors())
 		errs = append(errs, r.checkName(), r.resolveDockerConfig(c.DockerConfig))
 		for j, h := range r.HostAliases {
 			h = strings.ToLower(h)
@@ -232,6 +290,33 @@ func (r *registryConfig) resolvePassword() error {
 		return fmt.Errorf("registry %q: a password needs a username", r.Name)
 	}
 	return nil
+}
+
+// checkMirrors resolves each mirror's password and checks its URL.
+func (r *registryConfig) checkMirrors() error {
+	var errs []error
+	seen := map[string]bool{strings.TrimSuffix(r.URL, "/"): true}
+	for i := range r.Mirrors {
+		m := &r.Mirrors[i]
+		u, err := url.Parse(m.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("registry %q: mirror %q: want http(s)://host[:port] with nothing after it", r.Name, m.URL))
+			continue
+		}
+		if seen[strings.TrimSuffix(m.URL, "/")] {
+			errs = append(errs, fmt.Errorf("registry %q: mirror %q: listed twice (or is the registry's url)", r.Name, m.URL))
+		}
+		seen[strings.TrimSuffix(m.URL, "/")] = true
+		// The mirror's own credentials, resolved like a registry's.
+		creds := registryConfig{Name: r.Name + " mirror " + m.URL, Username: m.Username, Password: m.Password,
+			PasswordEnv: m.PasswordEnv, PasswordFile: m.PasswordFile}
+		if err := creds.resolvePassword(); err != nil {
+			errs = append(errs, err)
+		}
+		m.Password = creds.Password
+	}
+	return errors.Join(errs...)
 }
 
 // checkName accepts what clients put before the first '/' of an image
