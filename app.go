@@ -19,6 +19,7 @@ import (
 	"github.com/regmirror/regmirror/eviction"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
+	"github.com/regmirror/regmirror/watch"
 )
 
 // app is a running mirror: the cache with its eviction, the upstreams and
@@ -29,6 +30,8 @@ type app struct {
 	cache *cacheStack
 	proxy *proxy.Server
 	ln    net.Listener
+	// watch keeps the [[watch]] images warm (nil: none, or offline).
+	watch *watch.Scheduler
 }
 
 // newApp opens the cache, builds every component and listens; Run serves.
@@ -88,6 +91,10 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if !cfg.Offline {
+		a.watch = a.newWatch()
+		metrics.MustRegister(watchCollector{a})
 	}
 	return a, nil
 }
@@ -210,6 +217,9 @@ func (a *app) Run(ctx context.Context) error {
 			a.pinConfigured(gctx)
 			return nil
 		})
+	}
+	if a.watch != nil {
+		g.Go(func() error { return a.watch.Run(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()

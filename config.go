@@ -40,6 +40,16 @@ type config struct {
 	Cache           cacheConfig       `toml:"cache"`
 	Pin             []string          `toml:"pin"`
 	TagPolicy       []tagPolicyConfig `toml:"tag_policy"`
+	Watch           []watchConfig     `toml:"watch"`
+}
+
+// watchConfig is one [[watch]] entry (README "Watch list").
+type watchConfig struct {
+	Images    []string `toml:"images"`
+	File      string   `toml:"file"`
+	Interval  duration `toml:"interval"`
+	Platforms []string `toml:"platforms"`
+	Pin       bool     `toml:"pin"`
 }
 
 // tagPolicyConfig is one [[tag_policy]] rule (see package tagpolicy).
@@ -261,6 +271,9 @@ func (c *config) finish() error {
 	}
 	if _, err := c.tagPolicy(); err != nil {
 		errs = append(errs, err)
+	}
+	for i := range c.Watch {
+		errs = append(errs, c.Watch[i].check(i))
 	}
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		errs = append(errs, errors.New("server.tls_cert_file and server.tls_key_file: give both or neither"))

@@ -1,0 +1,80 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+type fakeWarmer struct {
+	mu    sync.Mutex
+	calls []bool // full flags
+	errs  []error
+	moved bool
+}
+
+func (f *fakeWarmer) Warm(_ context.Context, t Target, full bool) (Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, full)
+	if len(f.errs) > 0 {
+		err := f.errs[0]
+		f.errs = f.errs[1:]
+		if err != nil {
+			return Result{}, err
+		}
+	}
+	return Result{Digest: "sha256:x", Moved: f.moved, Fetched: 2}, nil
+}
+
+// TestScheduler: a pass at start, then one per RunNow (an interval of a
+// day never elapses); a failure is counted and makes the next run full; a
+// deferred run is no failure.
+func TestScheduler(t *testing.T) {
+	w := &fakeWarmer{errs: []error{nil, errors.New("boom"), nil, ErrDeferred}}
+	s := New(Options{
+		Groups: []Group{{Interval: 24 * time.Hour, Targets: func() ([]Target, error) {
+			return []Target{{Image: "docker.io/library/a:latest"}}, nil
+		}}},
+		Warmer: w,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	<-s.RunNow(ctx) // after the startup pass
+	st := s.Status()
+	if len(st) != 1 || st[0].Failures != 1 || st[0].Result != "failed" || st[0].LastError != "boom" {
+		t.Fatalf("after a failed pass: %+v", st)
+	}
+	if !st[0].NextRun.After(st[0].LastRun) || st[0].NextRun.Sub(st[0].LastRun) > 24*time.Hour*11/10+time.Second {
+		t.Errorf("next run %v, last %v: want one interval plus at most 10%%", st[0].NextRun, st[0].LastRun)
+	}
+	<-s.RunNow(ctx)
+	w.moved = true
+	<-s.RunNow(ctx)
+	st = s.Status()
+	if st[0].Result != "deferred" || st[0].Failures != 1 {
+		t.Errorf("deferred: %+v", st[0])
+	}
+	w.mu.Lock()
+	calls := append([]bool(nil), w.calls...)
+	w.mu.Unlock()
+	// start (full), failed (not full), after failure (full), deferred (not full)
+	want := []bool{true, false, true, false}
+	if len(calls) != len(want) {
+		t.Fatalf("calls %v, want %v", calls, want)
+	}
+	for i := range want {
+		if calls[i] != want[i] {
+			t.Errorf("call %d full=%v, want %v", i, calls[i], want[i])
+		}
+	}
+	<-s.RunNow(ctx)
+	if st := s.Status(); st[0].Result != "moved" || st[0].Moves != 1 || st[0].Fetched != 2*3 {
+		t.Errorf("moved: %+v", st[0])
+	}
+}
