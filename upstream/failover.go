@@ -361,3 +361,27 @@ func refDigest(ref string) digest.Digest {
 	}
 	return d
 }
+
+// SourceState is one source of a Failover as a status page shows it.
+type SourceState struct {
+	URL string
+	// Mirror is false for the registry's own URL (the last source).
+	Mirror bool
+	// OutUntil is when a source marked out is asked again (zero: not out).
+	OutUntil time.Time
+}
+
+// Sources reports every source, in the order they are tried.
+func (f *Failover) Sources() []SourceState {
+	now := f.o.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]SourceState, len(f.sources))
+	for i := range f.sources {
+		out[i] = SourceState{URL: f.labels[i], Mirror: i < len(f.sources)-1}
+		if now.Before(f.outUntil[i]) {
+			out[i].OutUntil = f.outUntil[i]
+		}
+	}
+	return out
+}
