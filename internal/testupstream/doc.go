@@ -1,8 +1,12 @@
 // Package testupstream is the fake upstream registry every regmirror test
 // pulls from: go-containerregistry's pkg/registry behind a bearer-token
-// server that behaves like Docker Hub's (a separate listener, like
-// auth.docker.io next to registry-1.docker.io), with request counters and
-// fault switches.
+// server that behaves like Docker Hub's, with request counters, fault
+// switches and hostile modes (hostile.go: redirects to a canary listener,
+// foreign token realms, bodies that are not manifests, blob redirects to a
+// CDN). The token server answers /token on the registry's own listener:
+// regmirror's address guard lets a registry's connections reach only its
+// own loopback address and port, and sends no credentials over http to a
+// realm on another host.
 //
 // Start one per test:
 //
@@ -14,8 +18,8 @@
 // Authentication: every /v2/ request needs a bearer token that grants pull
 // (GET, HEAD) or push (other methods) on the repository named in its path;
 // otherwise it is answered 401 with a WWW-Authenticate challenge naming the
-// realm (http://localhost:<port>/token: a host name, not a loopback IP, so
-// that go-containerregistry's realm check accepts it), the service
+// realm (http://127.0.0.1:<port>/token, the registry's own address and
+// port, which go-containerregistry's realm check accepts), the service
 // ("test-registry") and the needed scope. WithCredentials makes the token
 // server demand basic auth; WithBasicChallenge and WithNoAuth switch the
 // registry to a Basic challenge or to no authentication at all.
@@ -25,7 +29,7 @@
 // assertions); requests dropped by SetDown or failed by SetStatus count.
 //
 // Order in which a registry request meets the faults: latency, down,
-// authentication, counting, status, then (blob GETs only) gate, cut and
+// authentication, counting, status, hostile answers, then (blob GETs only) gate, cut and
 // corruption while the body is written.
 //
 // Blob GETs are served by this package, not by pkg/registry, so that they

@@ -74,7 +74,6 @@ type Server struct {
 	reg    http.Handler
 	blobs  *diskBlobs
 	regSrv *httptest.Server
-	tokSrv *httptest.Server
 	client *http.Transport // used by the push helpers
 
 	closeOnce sync.Once
@@ -90,9 +89,10 @@ type Server struct {
 	unauthorized  int
 	faults        faults
 	gates         map[digest.Digest]*Gate
+	hostile       hostile
 }
 
-// Start starts a registry and its token server on loopback listeners and
+// Start starts a registry and its token server on a loopback listener and
 // registers Close with tb.Cleanup.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
@@ -119,15 +119,14 @@ func Start(tb testing.TB, opts ...Option) *Server {
 		registry.WithBlobHandler(s.blobs),
 		registry.Logger(log.New(io.Discard, "", 0)),
 	)
-	s.tokSrv = newLoopbackServer(tb, http.HandlerFunc(s.serveToken))
-	s.regSrv = newLoopbackServer(tb, http.HandlerFunc(s.serveRegistry))
+	s.regSrv = newLoopbackServer(tb, "127.0.0.1:0", http.HandlerFunc(s.serveRegistry))
 	s.client = http.DefaultTransport.(*http.Transport).Clone()
 	tb.Cleanup(s.Close)
 	return s
 }
 
-func newLoopbackServer(tb testing.TB, h http.Handler) *httptest.Server {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func newLoopbackServer(tb testing.TB, addr string, h http.Handler) *httptest.Server {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		tb.Fatalf("testupstream: listen: %v", err)
 	}
@@ -145,10 +144,9 @@ func (s *Server) URL() string { return s.regSrv.URL }
 // Host is the registry's host:port, 127.0.0.1:<port>.
 func (s *Server) Host() string { return strings.TrimPrefix(s.regSrv.URL, "http://") }
 
-// TokenURL is the token server's realm, http://localhost:<port>/token.
-func (s *Server) TokenURL() string {
-	return "http://localhost:" + portOf(s.tokSrv.URL) + "/token"
-}
+// TokenURL is the token server's realm, http://127.0.0.1:<port>/token, on
+// the registry's own listener.
+func (s *Server) TokenURL() string { return s.regSrv.URL + "/token" }
 
 // Ref names repo:tag (or repo@digest when ref starts with "sha256:") on this registry.
 func (s *Server) Ref(repo, ref string) string {
@@ -169,7 +167,6 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.regSrv.Close()
-		s.tokSrv.Close()
 		s.client.CloseIdleConnections()
 	})
 }
@@ -177,6 +174,10 @@ func (s *Server) Close() {
 // serveRegistry is the registry listener's handler: faults, auth, counters,
 // then blob GETs here and everything else in pkg/registry.
 func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/token" {
+		s.serveToken(w, r) // no registry faults: the token server stays up
+		return
+	}
 	f := s.snapshotFaults()
 	if f.latency > 0 {
 		t := time.NewTimer(f.latency)
@@ -201,6 +202,9 @@ func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
 	s.count(r)
 	if f.status != 0 {
 		writeStatusFault(w, r, f.status, f.retryAfter)
+		return
+	}
+	if s.serveHostile(w, r) {
 		return
 	}
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")

@@ -138,7 +138,7 @@ func TestChallengeAndScopes(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("/v2/ without token: %d", resp.StatusCode)
 	}
-	want := fmt.Sprintf(`Bearer realm="http://localhost:%s/token",service="test-registry"`, portOf(s.tokSrv.URL))
+	want := fmt.Sprintf(`Bearer realm="%s/token",service="test-registry"`, s.URL())
 	if got := resp.Header.Get("WWW-Authenticate"); got != want {
 		t.Fatalf("challenge %q, want %q", got, want)
 	}
