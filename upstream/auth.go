@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -136,6 +137,12 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 	if e.header != "" && e.header != stale && time.Now().Before(e.refreshAt) {
 		return e.header, nil
 	}
+	if err := r.checkRealm(ch); err != nil {
+		e.header = ""
+		r.dropChallenge(ch)
+		r.log.Warn("upstream token realm refused", "err", err)
+		return "", err
+	}
 	start := time.Now()
 	var tok *transport.Token
 	err := r.retry(ctx, "token "+scope, func() error {
@@ -160,6 +167,33 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 	e.refreshAt = start.Add(life - min(30*time.Second, life/10))
 	r.log.Debug("upstream token fetched", "scope", scope, "expires_in", life)
 	return e.header, nil
+}
+
+// checkRealm applies the rules for where the registry's credentials may go
+// in a token exchange: the realm must be https, or http when the registry
+// itself is reached over http; a realm on another host or port than the
+// registry (Docker Hub's auth.docker.io) gets credentials only over https;
+// and its address passes the same guard as every connection (checkURL
+// here, the dialer at connect time). go-containerregistry's own realm
+// checks run after these.
+func (r *Registry) checkRealm(ch *transport.Challenge) error {
+	realm := ch.Parameters["realm"]
+	u, err := url.Parse(realm)
+	if err != nil || u.Host == "" {
+		return refuse("token realm refused", "unparsable realm %q", realm)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && r.scheme == "http":
+	default:
+		return refuse("token realm refused: not https", "realm %q for a registry reached over %s", u.Redacted(), r.scheme)
+	}
+	own := &url.URL{Scheme: r.scheme, Host: r.reg.RegistryStr()}
+	if u.Scheme == "http" && !sameOrigin(u, own) && r.auth != authn.Anonymous {
+		return refuse("token realm refused: credentials would travel in clear to another host",
+			"realm %q is not the registry %s", u.Redacted(), own)
+	}
+	return r.addrs.checkURL(u)
 }
 
 // tokenEntry is one scope's token; lock is held during its exchange.

@@ -29,10 +29,51 @@ var (
 	ErrUnavailable = errors.New("upstream: unavailable")
 	// ErrTooLarge: a manifest (or tag list) body over the size cap.
 	ErrTooLarge = errors.New("upstream: manifest too large")
+	// ErrInvalidManifest: a manifest body that is not a manifest of a known
+	// media type (OCI image manifest or index, Docker schema 2 manifest or
+	// manifest list), or does not match its Content-Type. It wraps
+	// ErrUnavailable.
+	ErrInvalidManifest = fmt.Errorf("%w: not a valid manifest", ErrUnavailable)
 	// ErrInvalidName: a repository, reference or digest argument that is not
 	// valid; no request was made.
 	ErrInvalidName = errors.New("upstream: invalid name")
 )
+
+// ClientReason returns a short description of err that may be shown to a
+// registry client: fixed text in the mirror's own words, with at most an
+// upstream's status code, never upstream bodies, URLs or addresses (log
+// err itself for those). ok is false when err is none of this package's
+// errors.
+func ClientReason(err error) (reason string, ok bool) {
+	var rf *refusal
+	var rl *RateLimitError
+	var terr *transport.Error
+	switch {
+	case err == nil:
+		return "", false
+	case errors.As(err, &rf):
+		return "upstream: " + rf.reason, true
+	case errors.As(err, &rl):
+		return rl.Error(), true
+	case errors.Is(err, ErrInvalidManifest):
+		return "upstream sent a body that is not a valid manifest; it was not cached", true
+	case errors.Is(err, ErrRefused):
+		return ErrRefused.Error(), true
+	}
+	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName} {
+		if !errors.Is(err, s) {
+			continue
+		}
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			return s.Error() + ": no answer in time", true
+		case errors.As(err, &terr) && terr.StatusCode != 0:
+			return fmt.Sprintf("%v: upstream answered %d %s", s, terr.StatusCode, http.StatusText(terr.StatusCode)), true
+		}
+		return s.Error(), true
+	}
+	return "", false
+}
 
 // RateLimitError wraps ErrRateLimited and carries the upstream's
 // Retry-After (0 if it sent none).
@@ -147,7 +188,7 @@ func classify(ctx context.Context, what string, err error) error {
 // retryable reports whether err is worth another attempt: a connection
 // level error (http.Client wraps those in *url.Error) or a 5xx.
 func retryable(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() != nil {
+	if err == nil || ctx.Err() != nil || isRefusal(err) || errors.Is(err, ErrInvalidManifest) {
 		return false
 	}
 	var terr *transport.Error

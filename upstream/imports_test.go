@@ -10,6 +10,7 @@ import (
 // no Badger.
 func TestImports(t *testing.T) {
 	depcheck.Allow(t,
+		"code.dny.dev/ssrf",                    // the address guard's deny lists (IANA special-purpose registries)
 		"github.com/docker/cli/cli/config/...", // Docker config.json and credential helpers, as authn reads them
 		"github.com/google/go-containerregistry/pkg/authn",
 		"github.com/google/go-containerregistry/pkg/name",

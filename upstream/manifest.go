@@ -83,8 +83,9 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Descript
 // bytes (ErrTooLarge beyond). The descriptor's digest is computed over the
 // body received (sha256, or ref's algorithm if ref is a digest), never taken
 // from the headers; if ref is a digest and the body does not match it, the
-// error wraps ErrUnavailable. The media type is Content-Type, or the body's
-// mediaType field when Content-Type is missing or generic.
+// error wraps ErrUnavailable. The body must be a manifest of a known media
+// type that agrees with Content-Type (see validateManifest; ErrInvalidManifest
+// otherwise); the descriptor's media type is the one validated.
 func (r *Registry) GetManifest(ctx context.Context, repo, ref string) ([]byte, Descriptor, error) {
 	repo, err := r.checkRepo(repo)
 	if err != nil {
@@ -110,7 +111,12 @@ func (r *Registry) GetManifest(ctx context.Context, repo, ref string) ([]byte, D
 	if hd := hdr.Get("Docker-Content-Digest"); hd != "" && hd != d.String() {
 		r.log.Warn("upstream Docker-Content-Digest differs from the body's digest", "what", what, "header", hd, "body", d)
 	}
-	return body, Descriptor{Digest: d, MediaType: mediaType(hdr.Get("Content-Type"), body), Size: int64(len(body))}, nil
+	mt, err := validateManifest(hdr.Get("Content-Type"), body)
+	if err != nil {
+		r.log.Warn("upstream sent an invalid manifest; refused", "what", what, "content_type", hdr.Get("Content-Type"), "size", len(body), "err", err)
+		return nil, Descriptor{}, fmt.Errorf("%s: %w", what, err)
+	}
+	return body, Descriptor{Digest: d, MediaType: mt, Size: int64(len(body))}, nil
 }
 
 // ListTags returns the body of GET /v2/<repo>/tags/list?<rawQuery> (the

@@ -14,7 +14,8 @@ import (
 // artifactType when it is not empty. The body is capped at MaxManifestSize
 // (ErrTooLarge beyond). A registry without the referrers API, like a
 // subject with no referrers on some registries, answers 404: ErrNotFound.
-// The descriptor's digest is computed over the body received.
+// The descriptor's digest is computed over the body received; the body must
+// be an image index (ErrInvalidManifest otherwise).
 func (r *Registry) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, Descriptor, error) {
 	repo, err := r.checkRepo(repo)
 	if err != nil {
@@ -33,9 +34,13 @@ func (r *Registry) Referrers(ctx context.Context, repo string, d digest.Digest, 
 	if err != nil {
 		return nil, Descriptor{}, err
 	}
-	mt := mediaType(hdr.Get("Content-Type"), body)
-	if mt == "" {
-		mt = MediaTypeOCIIndex
+	mt, err := validateManifest(hdr.Get("Content-Type"), body)
+	if err == nil && knownManifestTypes[mt] != kindIndex {
+		err = invalidManifest("referrers answer is a %s, not an index", mt)
+	}
+	if err != nil {
+		r.log.Warn("upstream sent an invalid referrers index; refused", "repo", repo, "digest", d, "err", err)
+		return nil, Descriptor{}, err
 	}
 	return body, Descriptor{Digest: digest.FromBytes(body), MediaType: mt, Size: int64(len(body))}, nil
 }

@@ -9,8 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -76,8 +76,14 @@ type Options struct {
 	UserAgent string
 	// Logger receives upstream events (default: discarded).
 	Logger *slog.Logger
+	// AllowPrivateAddresses lets this registry's connections reach these
+	// loopback, link-local, private or other special-purpose prefixes (any
+	// port) besides its own endpoint, which is always allowed: e.g. a token
+	// server or blob store on another host or port of the LAN. See addrGuard.
+	AllowPrivateAddresses []netip.Prefix
 	// Transport replaces the HTTP transport (tests); DialTimeout,
-	// ResponseHeaderTimeout and the TLS options are then not applied.
+	// ResponseHeaderTimeout, the TLS options and the dialer's address guard
+	// are then not applied (the URL checks and the redirect policy are).
 	Transport http.RoundTripper
 }
 
@@ -89,6 +95,7 @@ type Registry struct {
 	scheme    string // of every request URL: "http" or "https"
 	reg       name.Registry
 	auth      authn.Authenticator
+	addrs     *addrGuard
 	rt        http.RoundTripper
 	client    *http.Client
 	log       *slog.Logger
@@ -154,14 +161,19 @@ func New(o Options) (*Registry, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	g, err := newAddrGuard(u, o.AllowPrivateAddresses)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: URL %q: %w", o.Name, o.URL, err)
+	}
 	rt := o.Transport
 	if rt == nil {
-		tr, err := newTransport(o)
+		tr, err := newTransport(o, g)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
 		}
 		rt = tr
 	}
+	rt = &guardedTransport{inner: rt, g: g}
 	if o.UserAgent != "" {
 		rt = &userAgent{inner: rt, ua: o.UserAgent}
 	}
@@ -180,8 +192,9 @@ func New(o Options) (*Registry, error) {
 		scheme:    u.Scheme,
 		reg:       reg,
 		auth:      auth,
+		addrs:     g,
 		rt:        rt,
-		client:    &http.Client{Transport: rt},
+		client:    &http.Client{Transport: rt, CheckRedirect: checkRedirect},
 		log:       logger.With("upstream", o.Name),
 		dockerHub: dockerHub,
 		pinger:    newLock(),
@@ -195,7 +208,7 @@ func isDockerHub(n string) bool {
 	return n == "docker.io" || n == "index.docker.io" || n == "registry-1.docker.io"
 }
 
-func newTransport(o Options) (*http.Transport, error) {
+func newTransport(o Options, g *addrGuard) (*http.Transport, error) {
 	tlsConf := &tls.Config{InsecureSkipVerify: o.InsecureSkipVerify} //nolint:gosec // opt-in by configuration
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
@@ -212,8 +225,8 @@ func newTransport(o Options) (*http.Transport, error) {
 		tlsConf.RootCAs = pool
 	}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:                 g.proxy,
+		DialContext:           g.dialContext(o.DialTimeout),
 		TLSClientConfig:       tlsConf,
 		TLSHandshakeTimeout:   o.DialTimeout,
 		ResponseHeaderTimeout: o.ResponseHeaderTimeout,

@@ -250,7 +250,8 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // tamper returns a transport that rewrites manifest responses: the
-// Docker-Content-Digest header is replaced and the body's last byte flipped.
+// Docker-Content-Digest header is replaced and, with flipBody, the body is
+// altered (a space appended: still a valid manifest, another digest).
 func tamper(flipBody bool) http.RoundTripper {
 	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
 		resp, err := http.DefaultTransport.RoundTrip(req)
@@ -262,8 +263,8 @@ func tamper(flipBody bool) http.RoundTripper {
 		if err != nil {
 			return nil, err
 		}
-		if flipBody && len(b) > 0 {
-			b[len(b)-1] ^= 1
+		if flipBody {
+			b = append(b, ' ')
 		}
 		resp.Header.Set("Docker-Content-Digest", digest.FromString("lies").String())
 		resp.Body = io.NopCloser(bytes.NewReader(b))
