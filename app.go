@@ -113,6 +113,8 @@ func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, map[string]
 			InsecureSkipVerify: r.InsecureSkipVerify,
 			UserAgent:          "regmirror/" + buildVersion(),
 			Logger:             log.With("registry", r.Name),
+
+			AllowPrivateAddresses: r.allowPrivate,
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("registry %q: %w", r.Name, err)

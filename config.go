@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -74,6 +75,11 @@ type registryConfig struct {
 	Private            bool     `toml:"private"`
 	// Mirrors are tried before URL, in order (README "Upstream failover").
 	Mirrors []mirrorConfig `toml:"mirrors"`
+	// AllowPrivateAddresses: loopback, link-local or private addresses or
+	// CIDR prefixes this registry's connections may reach besides its own
+	// URL's (always allowed): a token server or blob store elsewhere on the LAN.
+	AllowPrivateAddresses []string `toml:"allow_private_addresses"`
+	allowPrivate          []netip.Prefix
 }
 
 // mirrorConfig is one entry of a registry's mirrors: a URL string
@@ -248,7 +254,7 @@ func (c *config) finish() error {
 			errs = append(errs, err)
 		}
 		errs = append(errs, r.checkMirrors())
-		errs = append(errs, r.checkName(), r.resolveDockerConfig(c.DockerConfig))
+		errs = append(errs, r.checkName(), r.resolveDockerConfig(c.DockerConfig), r.parseAllowPrivate())
 		for j, h := range r.HostAliases {
 			h = strings.ToLower(h)
 			r.HostAliases[j] = h
@@ -330,6 +336,24 @@ func (r *registryConfig) checkMirrors() error {
 		m.Password = creds.Password
 	}
 	return errors.Join(errs...)
+}
+
+// parseAllowPrivate reads allow_private_addresses: IP addresses or CIDR
+// prefixes.
+func (r *registryConfig) parseAllowPrivate() error {
+	r.allowPrivate = nil
+	for _, v := range r.AllowPrivateAddresses {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			ip, ierr := netip.ParseAddr(v)
+			if ierr != nil {
+				return fmt.Errorf("registry %q: allow_private_addresses: %q is neither an IP address nor a CIDR prefix", r.Name, v)
+			}
+			p = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen())
+		}
+		r.allowPrivate = append(r.allowPrivate, p.Masked())
+	}
+	return nil
 }
 
 // checkName accepts what clients put before the first '/' of an image

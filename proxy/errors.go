@@ -62,7 +62,7 @@ func notFoundCode(res resource) (string, string) {
 
 // toWire maps any error the proxy meets to the registry error a client gets.
 func toWire(err error, res resource) wireError {
-	w := wireError{Detail: err.Error()}
+	w := wireError{Detail: clientDetail(err)}
 	var rl *upstream.RateLimitError
 	switch {
 	case errors.Is(err, errNameInvalid):
@@ -89,6 +89,10 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusUnauthorized, "UNAUTHORIZED", "upstream refused the mirror's credentials, or the repository does not exist"
 	case errors.Is(err, upstream.ErrDenied):
 		w.Status, w.Code, w.Message = http.StatusForbidden, "DENIED", "upstream denied access to the resource"
+	case errors.Is(err, upstream.ErrInvalidManifest):
+		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream sent something that is not a valid manifest; it was not cached"
+	case errors.Is(err, upstream.ErrRefused):
+		w.Status, w.Code, w.Message = http.StatusBadGateway, "UNAVAILABLE", "upstream pointed the mirror somewhere it may not go"
 	case errors.Is(err, upstream.ErrTooLarge):
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is larger than this mirror accepts"
 	case errors.Is(err, errUpstreamCorrupt), errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeMismatch):
@@ -99,6 +103,16 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusInternalServerError, "UNKNOWN", "internal error"
 	}
 	return w
+}
+
+// clientDetail is the detail a client sees: for errors from upstream only
+// upstream.ClientReason's short text, never upstream bodies, URLs or
+// addresses (the whole error goes to the request log, under "detail").
+func clientDetail(err error) string {
+	if r, ok := upstream.ClientReason(err); ok {
+		return r
+	}
+	return err.Error()
 }
 
 type wireBody struct {
@@ -114,10 +128,15 @@ type wireEntry struct {
 // errorCodeKey carries the wire code of an error answer to the request log.
 const errorCodeKey = "regmirror.error"
 
+// errorDetailKey carries the whole error (which the client may not see) to
+// the request log.
+const errorDetailKey = "regmirror.error-detail"
+
 // writeError is the one place that puts a registry error on the wire.
 func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
 	w := toWire(err, res)
 	ctx.SetUserValue(errorCodeKey, w.Code)
+	ctx.SetUserValue(errorDetailKey, err.Error())
 	ctx.Response.ResetBody()
 	ctx.SetStatusCode(w.Status)
 	ctx.SetContentType("application/json")

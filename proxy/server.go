@@ -284,6 +284,7 @@ type exchange struct {
 	outcome   string // hit, miss, join, stale, revalidated, bypass, or empty
 	status    int
 	errorCode string // the registry error code answered, if any
+	detail    string // the whole error behind it
 }
 
 func (e *exchange) done(bytes int64, err error) {
@@ -298,7 +299,7 @@ func (e *exchange) done(bytes int64, err error) {
 		attrs = append(attrs, "cache", e.outcome)
 	}
 	if e.errorCode != "" {
-		attrs = append(attrs, "error", e.errorCode)
+		attrs = append(attrs, "error", e.errorCode, "detail", e.detail)
 	}
 	if err != nil {
 		attrs = append(attrs, "err", err)
@@ -317,6 +318,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex.status = ctx.Response.StatusCode()
 	if code, ok := ctx.UserValue(errorCodeKey).(string); ok {
 		ex.errorCode = code
+		ex.detail, _ = ctx.UserValue(errorDetailKey).(string)
 	}
 	if ex.outcome != "" {
 		// Tells operators (and preload's summary) where an answer came from.
