@@ -351,6 +351,9 @@ func (r *registryConfig) parseAllowPrivate() error {
 			}
 			p = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen())
 		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // the guard compares unmapped addresses
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		r.allowPrivate = append(r.allowPrivate, p.Masked())
 	}
 	return nil

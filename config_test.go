@@ -80,6 +80,7 @@ func TestConfigErrors(t *testing.T) {
 		"default_registry = \"quay.io\"\n": "default_registry",
 		"[[registry]]\nname = \"\"\n":      "no name",
 		"[cache]\nmax_size = \"lots\"\n":   "",
+		"[[registry]]\nname = \"docker.io\"\nallow_private_addresses = [\"lan\"]\n": "allow_private_addresses",
 	}
 	for body, want := range cases {
 		path := filepath.Join(dir, "c.toml")
@@ -105,5 +106,21 @@ func TestConfigErrors(t *testing.T) {
 func TestExampleConfigLoads(t *testing.T) {
 	if _, err := loadWith(t, "--config", "config.example.toml"); err != nil {
 		t.Fatalf("config.example.toml: %v", err)
+	}
+}
+
+func TestAllowPrivateAddresses(t *testing.T) {
+	r := registryConfig{Name: "r", AllowPrivateAddresses: []string{"10.1.2.3", "::ffff:10.9.9.9", "10.20.0.7/24", "fd00::/8", "::ffff:10.30.0.0/112"}}
+	if err := r.parseAllowPrivate(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.1.2.3/32", "10.9.9.9/32", "10.20.0.0/24", "fd00::/8", "10.30.0.0/16"}
+	if len(r.allowPrivate) != len(want) {
+		t.Fatalf("%v", r.allowPrivate)
+	}
+	for i, p := range r.allowPrivate {
+		if p.String() != want[i] {
+			t.Errorf("%d: %s, want %s", i, p, want[i])
+		}
 	}
 }

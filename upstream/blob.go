@@ -28,9 +28,10 @@ type Blob struct {
 }
 
 // GetBlob starts downloading blob d of repo from offset (offset > 0 sends
-// "Range: bytes=<offset>-"). Redirects (CDNs) are followed; the
-// Authorization header is not sent to other hosts. The body is not verified
-// here: the caller hashes what it stores.
+// "Range: bytes=<offset>-"). Redirects (CDNs) are followed under the
+// redirect policy (see checkRedirect): the Authorization header is not sent
+// to another scheme, host or port. The body is not verified here: the
+// caller hashes what it stores.
 func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*Blob, error) {
 	repo, err := r.checkRepo(repo)
 	if err != nil {

@@ -19,6 +19,24 @@
 // retried on connection errors and 5xx (Retries times, exponential backoff
 // with jitter from RetryBackoff); 4xx and 429 are not retried.
 //
+// Upstreams are hostile until proven otherwise (guard.go). Every
+// connection goes through one dialer whose net.Dialer.Control refuses
+// loopback, link-local, private and other special-purpose addresses
+// (code.dny.dev/ssrf's lists), checked on the resolved address so DNS
+// rebinding cannot bypass it, except the registry's own endpoint (the
+// address its URL names, or what its name resolved to on first use, on its
+// port), Options.AllowPrivateAddresses and the environment's proxy. Every
+// request URL is checked too (literal internal addresses and localhost),
+// which still holds behind a proxy. Redirects: http(s) only, never from
+// https to http, at most 5 hops, and Authorization dropped when scheme,
+// host or port changes. A token realm must be https (or http for an http
+// registry), gets credentials on another host only over https, and passes
+// the same guard. GetManifest accepts only manifests of the four known
+// media types that agree with Content-Type (validate.go). Refusals are
+// ErrRefused, bad manifests ErrInvalidManifest; both wrap ErrUnavailable and
+// are never retried. ClientReason gives the short text a client may see;
+// error messages themselves may hold upstream bodies and URLs (for logs).
+//
 // Errors are classified, from the status and the registry error body (read
 // with a 64 KiB cap), into the sentinels ErrNotFound, ErrUnauthorized,
 // ErrDenied, ErrRateLimited (as *RateLimitError with Retry-After),
@@ -29,6 +47,7 @@
 // The errors also wrap the underlying cause (e.g. *transport.Error), so
 // their messages say what the upstream answered.
 //
-// The package imports go-containerregistry's client packages and go-digest,
-// and no other project package (see imports_test.go).
+// The package imports go-containerregistry's client packages, go-digest
+// and code.dny.dev/ssrf, and no other project package (see
+// imports_test.go).
 package upstream

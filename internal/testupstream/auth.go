@@ -61,7 +61,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 			return true
 		}
 	}
-	c := fmt.Sprintf(`Bearer realm=%q,service=%q`, s.realm(), Service)
+	c := fmt.Sprintf(`Bearer realm=%q,service=%q`, s.realm(r), Service)
 	if repo != "" {
 		c += fmt.Sprintf(`,scope="repository:%s:%s"`, repo, action)
 	}

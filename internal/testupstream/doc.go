@@ -18,8 +18,9 @@
 // Authentication: every /v2/ request needs a bearer token that grants pull
 // (GET, HEAD) or push (other methods) on the repository named in its path;
 // otherwise it is answered 401 with a WWW-Authenticate challenge naming the
-// realm (http://127.0.0.1:<port>/token, the registry's own address and
-// port, which go-containerregistry's realm check accepts), the service
+// realm (http://<Host>/token: the registry's own address and port as the
+// request named it, which go-containerregistry's realm check accepts, or a
+// reverse proxy's in front of it), the service
 // ("test-registry") and the needed scope. WithCredentials makes the token
 // server demand basic auth; WithBasicChallenge and WithNoAuth switch the
 // registry to a Basic challenge or to no authentication at all.

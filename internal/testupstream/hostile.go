@@ -70,12 +70,17 @@ func (s *Server) ServeManifestBody(body []byte, contentType string) {
 	s.hostile.manifestBody, s.hostile.manifestType = body, contentType
 }
 
-// realm is the realm bearer challenges name.
-func (s *Server) realm() string {
+// realm is the realm bearer challenges name: /token on the host r was
+// sent to (the registry's own listener, or a reverse proxy in front of it
+// that keeps the Host header), unless SetRealm says otherwise.
+func (s *Server) realm(r *http.Request) string {
 	if h := s.snapshotHostile(); h.realm != "" {
 		return h.realm
 	}
-	return s.TokenURL()
+	if r.Host == "" {
+		return s.TokenURL()
+	}
+	return "http://" + r.Host + "/token"
 }
 
 // serveHostile answers r if a hostile switch applies to it.
