@@ -179,7 +179,10 @@ func (g *addrGuard) learn(ctx context.Context) error {
 func (g *addrGuard) dialContext(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if addr == g.endpoint {
-			if err := g.learn(ctx); err != nil {
+			lctx, cancel := context.WithTimeout(ctx, timeout)
+			err := g.learn(lctx)
+			cancel()
+			if err != nil {
 				return nil, err
 			}
 		}

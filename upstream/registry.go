@@ -369,6 +369,9 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 			return nil
 		})
 		if err != nil {
+			if isRefusal(err) {
+				r.log.Warn("upstream request refused by the mirror's upstream rules", "what", what, "err", err)
+			}
 			return nil, classify(ctx, what, err)
 		}
 		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {

@@ -156,12 +156,7 @@ func (s *Server) Ref(repo, ref string) string {
 	return s.Host() + "/" + repo + ":" + ref
 }
 
-func portOf(u string) string {
-	i := strings.LastIndexByte(u, ':')
-	return u[i+1:]
-}
-
-// Close opens every gate, stops both servers and waits for their handlers.
+// Close opens every gate, stops the server and waits for its handlers.
 // It is idempotent; Start registers it with Cleanup.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
