@@ -151,6 +151,7 @@ func buildFailover(cfg config, r registryConfig, primary *upstream.Registry, log
 			InsecureSkipVerify:    m.InsecureSkipVerify,
 			Retries:               -1,
 			ResponseHeaderTimeout: 10 * time.Second,
+			AllowPrivateAddresses: r.allowPrivate,
 			UserAgent:             "regmirror/" + buildVersion(),
 			Logger:                log.With("registry", r.Name, "mirror", m.URL),
 		})
