@@ -79,6 +79,23 @@ func TestTagPolicyHEADCounts(t *testing.T) {
 	if n := metricValue(t, m, "regmirror_immutable_tag_moved_total"); n != 1 {
 		t.Errorf("regmirror_immutable_tag_moved_total = %v, want 1", n)
 	}
+
+	// Its manifest evicted, the immutable tag is fetched again by the
+	// digest recorded, not by tag: the move is not followed.
+	if err := m.app.cache.store.Delete(testupstream.Digest(t, release)); err != nil {
+		t.Fatal(err)
+	}
+	tagPath := "/v2/library/app/manifests/1.2.3"
+	heads, gets := up.Count(http.MethodHead, tagPath), up.Count(http.MethodGet, tagPath)
+	if got := pullAll(t, m, "library/app:1.2.3"); got != testupstream.Digest(t, release) {
+		t.Errorf("immutable tag after its manifest was evicted: %s, want %s", got, testupstream.Digest(t, release))
+	}
+	if up.Count(http.MethodHead, tagPath) != heads || up.Count(http.MethodGet, tagPath) != gets {
+		t.Error("an immutable tag whose manifest was evicted was asked upstream by tag")
+	}
+	if n := up.Count(http.MethodGet, "/v2/library/app/manifests/"+testupstream.Digest(t, release).String()); n != 1 {
+		t.Errorf("the recorded digest was fetched %d times, want once", n)
+	}
 }
 
 // TestTagPolicyStaleWhileRevalidate: an expired stale_while_revalidate tag

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -219,4 +220,40 @@ func TestFreshnessConfig(t *testing.T) {
 			t.Errorf("%+v: err = %v, want one about %q", bad.w, err, bad.want)
 		}
 	}
+}
+
+// TestWatchListSharesFillWithClient: a client pulling a layer while the
+// watch list is fetching it joins the same fill: upstream sends it once.
+func TestWatchListSharesFillWithClient(t *testing.T) {
+	const size = 4 << 20
+	up := testupstream.Start(t)
+	_, big := up.PushLargeBlobImage(t, "library/big", "latest", size)
+	gate := up.Gate(big).SetHeadBytes(1 << 20)
+	defer gate.Open()
+	m := startMirror(t, up, func(c *config) {
+		c.Watch = []watchConfig{{Images: []string{"docker.io/library/big:latest"}, Interval: duration{24 * time.Hour}}}
+	})
+	<-gate.Arrived() // the startup pass is downloading the layer
+
+	resp, first := startDownload(t, m.url+"/v2/library/big/blobs/"+big.String(), 1)
+	defer resp.Body.Close()
+	if how := resp.Header.Get("X-Regmirror-Cache"); how != "join" {
+		t.Errorf("a client pulling during the watch's fill: cache %q, want join", how)
+	}
+	gate.Open()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := digest.FromBytes(append(first, rest...)); got != big {
+		t.Fatalf("client got %s, want %s", got, big)
+	}
+	<-m.app.watch.RunNow(context.Background())
+	if n := up.BlobGETs(big); n != 1 {
+		t.Errorf("upstream sent the layer %d times, want once", n)
+	}
+	if st := m.app.watchStatus(); len(st) != 1 || st[0].Failures != 0 {
+		t.Errorf("watch status: %+v", st)
+	}
+	verifyBlobFiles(t, m.cfg.DataDir)
 }
