@@ -100,7 +100,14 @@ func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
 		size = n
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
-	ctx.Response.Header.SetContentLength(int(size))
+	rng, ok := applyRange(ctx, size)
+	if !ok {
+		return
+	}
+	if size < 0 {
+		rng.end = -1 // unknown length: no Content-Length to promise
+	}
+	ctx.Response.Header.SetContentLength(int(rng.end - rng.start))
 }
 
 func setBlobHeaders(ctx *fasthttp.RequestCtx, d string) {
@@ -114,62 +121,145 @@ func setBlobHeaders(ctx *fasthttp.RequestCtx, d string) {
 // byteRange is one satisfiable range of a body: [start, end).
 type byteRange struct{ start, end int64 }
 
-// errRangeNotSatisfiable is answered with 416.
-var errRangeNotSatisfiable = errors.New("range not satisfiable")
+// Range errors, both answered 416 with Content-Range: bytes */<size>.
+var (
+	errRangeNotSatisfiable = errors.New("range not satisfiable")
+	errRangeInvalid        = errors.New("malformed byte range")
+)
 
-// parseRange reads a Range header against a body of size bytes. It returns
-// nil for no header, and also for forms it does not serve (several ranges,
-// other units), which RFC 9110 lets a server answer with the whole body.
+// maxRanges bounds how many ranges of one header are looked at; a longer
+// list is malformed (no registry client sends more than one).
+const maxRanges = 100
+
+// parseRange reads a Range header against a body of size >= 0 bytes, by
+// RFC 9110 §14 and net/http's ServeContent (which distribution serves blobs
+// with), and never overflows: positions are compared with size before any
+// arithmetic. It returns
+//   - nil, nil for no header and for a unit other than bytes (a server must
+//     ignore units it does not know): the whole body, 200;
+//   - errRangeInvalid for a malformed bytes header ("bytes=5-1",
+//     "bytes=a-", a number past int64), as net/http does: 416;
+//   - errRangeNotSatisfiable when no range overlaps the body (a first
+//     position at or past the end, a zero suffix, any range of an empty
+//     body): 416;
+//   - the one satisfiable range, when exactly one is (unsatisfiable ones
+//     beside it are dropped, as net/http does): 206;
+//   - nil, nil when several are: regmirror does not send
+//     multipart/byteranges, and RFC 9110 lets a server answer the whole
+//     body instead (net/http does the same when the ranges add up to more
+//     than the body).
 func parseRange(header string, size int64) (*byteRange, error) {
-	spec, ok := strings.CutPrefix(header, "bytes=")
-	if !ok || strings.Contains(spec, ",") {
+	header = strings.TrimSpace(header)
+	if header == "" {
 		return nil, nil
 	}
-	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	unit, spec, ok := strings.Cut(header, "=")
 	if !ok {
+		return nil, errRangeInvalid
+	}
+	if !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
 		return nil, nil
 	}
-	if first == "" { // suffix: the last N bytes
-		n, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || n < 0 {
-			return nil, nil
-		}
-		if n == 0 || size == 0 {
-			return nil, errRangeNotSatisfiable
-		}
-		return &byteRange{start: max(size-n, 0), end: size}, nil
+	var found []byteRange
+	specs := strings.Split(spec, ",")
+	if len(specs) > maxRanges {
+		return nil, errRangeInvalid
 	}
-	start, err := strconv.ParseInt(first, 10, 64)
-	if err != nil || start < 0 {
-		return nil, nil
-	}
-	end := size
-	if last != "" {
-		e, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || e < start {
-			return nil, nil
+	empty := true
+	for _, one := range specs {
+		one = strings.TrimSpace(one)
+		if one == "" {
+			continue // RFC 9110 allows empty list elements
 		}
-		end = min(e+1, size)
+		empty = false
+		r, ok, err := parseOneRange(one, size)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			found = append(found, r)
+		}
 	}
-	if start >= size {
+	switch {
+	case empty:
+		return nil, errRangeInvalid
+	case len(found) == 0:
 		return nil, errRangeNotSatisfiable
+	case len(found) > 1:
+		return nil, nil
 	}
-	return &byteRange{start: start, end: end}, nil
+	return &found[0], nil
 }
 
-// applyRange sets status and length headers for a body of size bytes and
-// returns the part to send; ok is false when a 416 was written.
+// parseOneRange reads one range-spec ("a-b", "a-" or "-n"); ok is false
+// when it is well formed but does not overlap a body of size bytes.
+func parseOneRange(spec string, size int64) (r byteRange, ok bool, err error) {
+	first, last, found := strings.Cut(spec, "-")
+	if !found {
+		return r, false, errRangeInvalid
+	}
+	first, last = strings.TrimSpace(first), strings.TrimSpace(last)
+	if first == "" { // suffix: the last n bytes
+		n, err := parsePos(last)
+		if err != nil {
+			return r, false, err
+		}
+		if n == 0 || size == 0 {
+			return r, false, nil
+		}
+		return byteRange{start: size - min(n, size), end: size}, true, nil
+	}
+	start, err := parsePos(first)
+	if err != nil {
+		return r, false, err
+	}
+	end := size // exclusive
+	if last != "" {
+		e, err := parsePos(last)
+		if err != nil {
+			return r, false, err
+		}
+		if e < start {
+			return r, false, errRangeInvalid
+		}
+		if e < size { // e+1 cannot overflow: e < size <= MaxInt64
+			end = e + 1
+		}
+	}
+	if start >= size {
+		return r, false, nil
+	}
+	return byteRange{start: start, end: end}, true, nil
+}
+
+// parsePos reads a non-negative decimal position: digits only (no sign, no
+// spaces inside), at most int64.
+func parsePos(s string) (int64, error) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errRangeInvalid
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, errRangeInvalid
+	}
+	return n, nil
+}
+
+// applyRange sets status and Content-Range for a body of size bytes and
+// returns the part to send; ok is false when it has written a 416 (a
+// registry error with Content-Range: bytes */size). A body of unknown size
+// (size < 0) is always sent whole.
 func applyRange(ctx *fasthttp.RequestCtx, size int64) (r byteRange, ok bool) {
-	full := byteRange{0, size}
-	header := string(ctx.Request.Header.Peek("Range"))
-	if header == "" || size < 0 {
+	full := byteRange{0, max(size, 0)}
+	header := ctx.Request.Header.Peek("Range")
+	if len(header) == 0 || size < 0 {
 		return full, true
 	}
-	rng, err := parseRange(header, size)
+	rng, err := parseRange(string(header), size)
 	if err != nil {
-		ctx.SetStatusCode(http.StatusRequestedRangeNotSatisfiable)
+		writeError(ctx, fmt.Errorf("%w: %q for %d bytes", err, header, size), resourceBlob)
 		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-		return full, false
+		return byteRange{}, false
 	}
 	if rng == nil {
 		return full, true
@@ -185,12 +275,13 @@ func applyRange(ctx *fasthttp.RequestCtx, size int64) (r byteRange, ok bool) {
 func (s *Server) serveFile(ctx *fasthttp.RequestCtx, ex *exchange, file *os.File, info cache.BlobInfo) bool {
 	setBlobHeaders(ctx, info.Digest.String())
 	rng, ok := applyRange(ctx, info.Size)
-	if !ok || ctx.IsHead() {
+	if !ok {
+		file.Close()
+		return false
+	}
+	if ctx.IsHead() {
 		file.Close()
 		ctx.Response.Header.SetContentLength(int(rng.end - rng.start))
-		if !ok {
-			ctx.Response.Header.SetContentLength(0)
-		}
 		return false
 	}
 	body := &fileBody{file: file, ex: ex}
@@ -274,7 +365,6 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 	rng, ok := applyRange(ctx, size)
 	if !ok {
 		file.Close()
-		ctx.Response.Header.SetContentLength(0)
 		return false
 	}
 	r := &follower{fill: f, file: file, off: rng.start, end: rng.end}
@@ -308,7 +398,6 @@ func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq req
 	setBlobHeaders(ctx, rq.ref.digest.String())
 	rng, ok := applyRange(ctx, size)
 	if !ok {
-		ctx.Response.Header.SetContentLength(0)
 		return false
 	}
 	end, length := rng.end, rng.end-rng.start

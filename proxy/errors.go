@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -26,6 +29,13 @@ var (
 	errOffline            = errors.New("the mirror is offline and does not have this content")
 	errNotCached          = errors.New("not cached")
 	errUpstreamCorrupt    = errors.New("upstream sent content that does not match its digest")
+	errPanic              = errors.New("internal error (a bug): the request was abandoned")
+
+	// Raised by the HTTP layer itself (fasthttp's ErrorHandler).
+	errHeaderTooLarge   = errors.New("request header too large")
+	errBodyTooLarge     = errors.New("request body too large")
+	errRequestTimeout   = errors.New("request not received in time")
+	errRequestMalformed = errors.New("malformed HTTP request")
 )
 
 // resource says what a request asked for, so that "not found" becomes the
@@ -65,7 +75,7 @@ func toWire(err error, res resource) wireError {
 	w := wireError{Detail: clientDetail(err)}
 	var rl *upstream.RateLimitError
 	switch {
-	case errors.Is(err, errNameInvalid):
+	case errors.Is(err, errNameInvalid), errors.Is(err, upstream.ErrInvalidName):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "NAME_INVALID", "invalid repository name"
 	case errors.Is(err, errDigestInvalid), errors.Is(err, cache.ErrInvalidDigest):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "DIGEST_INVALID", "invalid digest"
@@ -97,7 +107,27 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is larger than this mirror accepts"
 	case errors.Is(err, errUpstreamCorrupt), errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeMismatch):
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "UNAVAILABLE", "upstream sent corrupt content; it was not cached, retry"
-	case errors.Is(err, upstream.ErrUnavailable):
+	case errors.Is(err, errRangeNotSatisfiable), errors.Is(err, errRangeInvalid):
+		w.Status, w.Code, w.Message = http.StatusRequestedRangeNotSatisfiable, "RANGE_INVALID", "requested range not satisfiable"
+	case errors.Is(err, errHeaderTooLarge):
+		w.Status, w.Code, w.Message = http.StatusRequestHeaderFieldsTooLarge, "UNSUPPORTED", "request header too large"
+	case errors.Is(err, errBodyTooLarge):
+		w.Status, w.Code, w.Message = http.StatusRequestEntityTooLarge, "UNSUPPORTED", "request body too large: this is a read-only mirror"
+	case errors.Is(err, errRequestTimeout):
+		w.Status, w.Code, w.Message = http.StatusRequestTimeout, "UNSUPPORTED", "request not received in time"
+	case errors.Is(err, errRequestMalformed):
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "UNSUPPORTED", "malformed HTTP request"
+	case errors.Is(err, errTooManyConnectionsPerIP):
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many connections from this address, retry later"
+		w.RetryAfter = time.Second
+	case errors.Is(err, errTooManyConnections):
+		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror has too many connections, retry later"
+	case errors.Is(err, errPanic):
+		w.Status, w.Code, w.Message = http.StatusInternalServerError, "UNKNOWN", "internal error"
+	case isTimeout(err):
+		// Before ErrUnavailable: a timeout is often wrapped in it too.
+		w.Status, w.Code, w.Message = http.StatusGatewayTimeout, "UNAVAILABLE", "upstream did not answer in time and the content is not cached"
+	case errors.Is(err, upstream.ErrUnavailable), errors.Is(err, context.Canceled):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "upstream is unavailable and the content is not cached"
 	default:
 		w.Status, w.Code, w.Message = http.StatusInternalServerError, "UNKNOWN", "internal error"
@@ -113,6 +143,17 @@ func clientDetail(err error) string {
 		return r
 	}
 	return err.Error()
+}
+
+// isTimeout reports whether err is a deadline that passed: a context's (a
+// fill or upstream request timeout) or a network one (dial, TLS, response
+// header, body read).
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 type wireBody struct {

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"net/http"
+	"net/url"
+	"os"
 	"testing"
 	"time"
 
@@ -36,6 +38,21 @@ func TestToWire(t *testing.T) {
 		{errUpstreamCorrupt, resourceManifest, 502, "UNAVAILABLE"},
 		{upstream.ErrTooLarge, resourceManifest, 502, "MANIFEST_INVALID"},
 		{errors.New("something else"), resourceManifest, 500, "UNKNOWN"},
+		// Timeouts are 504 whatever wraps them, not 500 (issue 8).
+		{fmt.Errorf("upstream: manifest: %w", context.DeadlineExceeded), resourceManifest, 504, "UNAVAILABLE"},
+		{fmt.Errorf("%w: GET: %w", upstream.ErrUnavailable, &url.Error{Op: "Get", URL: "http://x", Err: timeoutErr{}}), resourceBlob, 504, "UNAVAILABLE"},
+		{fmt.Errorf("%w: read: %w", upstream.ErrUnavailable, os.ErrDeadlineExceeded), resourceBlob, 504, "UNAVAILABLE"},
+		{fmt.Errorf("fill: %w", context.Canceled), resourceBlob, 503, "UNAVAILABLE"},
+		{fmt.Errorf("%w: x", upstream.ErrInvalidName), resourceManifest, 400, "NAME_INVALID"},
+		{fmt.Errorf("%w: bytes=5-1", errRangeInvalid), resourceBlob, 416, "RANGE_INVALID"},
+		{errRangeNotSatisfiable, resourceBlob, 416, "RANGE_INVALID"},
+		{errPanic, resourceNone, 500, "UNKNOWN"},
+		{errHeaderTooLarge, resourceNone, 431, "UNSUPPORTED"},
+		{errRequestMalformed, resourceNone, 400, "UNSUPPORTED"},
+		{errBodyTooLarge, resourceNone, 413, "UNSUPPORTED"},
+		{errRequestTimeout, resourceNone, 408, "UNSUPPORTED"},
+		{errTooManyConnections, resourceNone, 503, "UNAVAILABLE"},
+		{errTooManyConnectionsPerIP, resourceNone, 429, "TOOMANYREQUESTS"},
 	}
 	for _, tt := range tests {
 		w := toWire(tt.err, tt.res)
@@ -45,8 +62,16 @@ func TestToWire(t *testing.T) {
 		if w.Detail == "" || w.Message == "" {
 			t.Errorf("toWire(%v) lacks a message or detail", tt.err)
 		}
-		if tt.status == http.StatusTooManyRequests && w.RetryAfter != 7*time.Second {
+		var rl *upstream.RateLimitError
+		if errors.As(tt.err, &rl) && w.RetryAfter != 7*time.Second {
 			t.Errorf("Retry-After lost: %v", w.RetryAfter)
 		}
 	}
 }
+
+// timeoutErr is a network timeout, as net.Error says it.
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }

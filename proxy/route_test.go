@@ -93,48 +93,6 @@ func TestParseReference(t *testing.T) {
 	}
 }
 
-func TestParseRange(t *testing.T) {
-	tests := []struct {
-		header     string
-		size       int64
-		start, end int64
-		none       bool
-		err        error
-	}{
-		{"bytes=0-99", 1000, 0, 100, false, nil},
-		{"bytes=100-", 1000, 100, 1000, false, nil},
-		{"bytes=900-2000", 1000, 900, 1000, false, nil},
-		{"bytes=-100", 1000, 900, 1000, false, nil},
-		{"bytes=-5000", 1000, 0, 1000, false, nil},
-		{"bytes=1000-", 1000, 0, 0, false, errRangeNotSatisfiable},
-		{"bytes=-0", 1000, 0, 0, false, errRangeNotSatisfiable},
-		{"bytes=0-1,5-6", 1000, 0, 0, true, nil},
-		{"items=0-1", 1000, 0, 0, true, nil},
-		{"bytes=5-1", 1000, 0, 0, true, nil},
-		{"bytes=a-b", 1000, 0, 0, true, nil},
-		{"bytes=-", 1000, 0, 0, true, nil},
-	}
-	for _, tt := range tests {
-		got, err := parseRange(tt.header, tt.size)
-		if !errors.Is(err, tt.err) {
-			t.Errorf("parseRange(%q) err = %v, want %v", tt.header, err, tt.err)
-			continue
-		}
-		if err != nil {
-			continue
-		}
-		if tt.none {
-			if got != nil {
-				t.Errorf("parseRange(%q) = %+v, want whole body", tt.header, got)
-			}
-			continue
-		}
-		if got == nil || got.start != tt.start || got.end != tt.end {
-			t.Errorf("parseRange(%q) = %+v, want [%d,%d)", tt.header, got, tt.start, tt.end)
-		}
-	}
-}
-
 func FuzzParsePath(f *testing.F) {
 	for _, s := range []string{"/v2/", "/v2/library/alpine/manifests/latest", "/v2/a/blobs/sha256:00", "/v2/x/tags/list", "/v2/a/blobs/uploads/1"} {
 		f.Add(s)
@@ -168,23 +126,6 @@ func FuzzParseReference(f *testing.F) {
 		}
 		if r.tag != "" && strings.ContainsAny(r.tag, "/\x00") {
 			t.Fatalf("unsafe tag %q accepted", r.tag)
-		}
-	})
-}
-
-func FuzzParseRange(f *testing.F) {
-	f.Add("bytes=0-99", int64(1000))
-	f.Add("bytes=-5", int64(10))
-	f.Fuzz(func(t *testing.T, header string, size int64) {
-		if size < 0 {
-			return
-		}
-		r, err := parseRange(header, size)
-		if err != nil || r == nil {
-			return
-		}
-		if r.start < 0 || r.end > size || r.start >= r.end {
-			t.Fatalf("parseRange(%q, %d) = %+v out of bounds", header, size, r)
 		}
 	})
 }

@@ -110,6 +110,15 @@ type Options struct {
 	// ReadTimeout, WriteTimeout and IdleTimeout configure the HTTP server.
 	// Defaults 1m, 1h (a layer of many GiB to a slow client), 2m.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MaxConnections caps the client connections open at once; one more is
+	// answered 503 and closed. Default (0): half the process's descriptor
+	// limit, at most 8192. Negative: no cap.
+	MaxConnections int
+	// MaxConnectionsPerIP caps the connections one client address holds;
+	// one more is answered 429 and closed. Default (0): a quarter of
+	// MaxConnections. Negative: no cap. Behind a reverse proxy every client
+	// has the proxy's address: raise it or turn it off there.
+	MaxConnectionsPerIP int
 	// TLSCertFile and TLSKeyFile, when set, serve HTTPS (PEM files; the
 	// certificate file may hold the chain).
 	TLSCertFile, TLSKeyFile string
@@ -128,6 +137,8 @@ type Server struct {
 	registries map[string]Upstream
 	store      Store
 	metrics    *metrics
+	guard      *guardMetrics
+	conns      *connLimiter
 	http       *fasthttp.Server
 
 	// flights collapses concurrent misses of one manifest or tag.
@@ -217,12 +228,15 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
 	}
 	s.metrics = newMetrics(o.Metrics)
+	s.guard = newGuardMetrics(o.Metrics)
 	if o.Metrics != nil {
 		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
 	}
 	if o.Admin != nil {
 		s.adminHandler = fasthttpadaptor.NewFastHTTPHandler(o.Admin)
 	}
+	maxConns, perIP := connCaps(o.MaxConnections, o.MaxConnectionsPerIP, descriptorLimit())
+	s.conns = newConnLimiter(maxConns, perIP, o.TLSCertFile != "", o.Logger, s.guard)
 	s.fillCtx, s.stopFills = context.WithCancel(context.Background())
 	s.fills.fills = make(map[digest.Digest]*fill)
 	s.http = &fasthttp.Server{
@@ -232,6 +246,9 @@ func New(o Options) (*Server, error) {
 		WriteTimeout:                  o.WriteTimeout,
 		IdleTimeout:                   o.IdleTimeout,
 		MaxRequestBodySize:            64 << 10, // pulls carry no body; pushes are refused
+		ReadBufferSize:                maxHeaderSize,
+		ErrorHandler:                  s.httpLayerError,
+		ConnState:                     s.conns.connState,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultContentType:          true,
 		CloseOnShutdown:               true,
@@ -248,6 +265,8 @@ func setDefault(d *time.Duration, def time.Duration) {
 
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.log.Debug("connection caps", "max_connections", describeCaps(s.conns.maxConns), "max_connections_per_ip", describeCaps(s.conns.maxPerIP))
+	ln = &guardedListener{Listener: ln, lim: s.conns}
 	if s.opts.TLSCertFile != "" {
 		return s.http.ServeTLS(ln, s.opts.TLSCertFile, s.opts.TLSKeyFile)
 	}
@@ -285,9 +304,14 @@ type exchange struct {
 	status    int
 	errorCode string // the registry error code answered, if any
 	detail    string // the whole error behind it
+	logged    atomic.Bool
 }
 
+// done logs and counts the exchange, once.
 func (e *exchange) done(bytes int64, err error) {
+	if e.logged.Swap(true) {
+		return
+	}
 	attrs := []any{
 		"method", e.method, "path", e.path, "status", e.status,
 		"bytes", bytes, "duration", time.Since(e.start).Round(time.Microsecond),
@@ -314,6 +338,7 @@ func (e *exchange) done(bytes int64, err error) {
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path())}
+	defer s.recoverPanic(ctx, ex)
 	streamed := s.dispatch(ctx, ex)
 	ex.status = ctx.Response.StatusCode()
 	if code, ok := ctx.UserValue(errorCodeKey).(string); ok {
