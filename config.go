@@ -147,6 +147,9 @@ type serverConfig struct {
 	UpstreamTimeout   duration `toml:"upstream_timeout"`
 	RevalidateTimeout duration `toml:"revalidate_timeout"`
 	OutageBackoff     duration `toml:"outage_backoff"`
+	// Connection caps (see proxy.Options): 0 = automatic, negative = none.
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 }
 
 type cacheConfig struct {
