@@ -195,3 +195,59 @@ func TestHostileClients(t *testing.T) {
 		alive(t)
 	})
 }
+
+// TestUpstreamTimeoutsAnswer504: an upstream that does not answer in time
+// gets 504 on every path, one that answers 503 gets 503; never 500 (issue 8).
+func TestUpstreamTimeoutsAnswer504(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/slow", "latest", 1, 1024)
+	d := testupstream.Digest(t, img)
+	layer := testupstream.LayerDigests(t, img)[0]
+	m := startMirror(t, up, func(c *config) {
+		// Long enough for the upstream client's retries of a 5xx
+		// (0.2s+0.4s+0.8s, with jitter) to end before it.
+		c.Server.UpstreamTimeout.Duration = 3 * time.Second
+		c.Server.FillTimeout.Duration = 3 * time.Second
+		c.Server.RevalidateTimeout.Duration = 3 * time.Second
+		// No outage memory: each path asks upstream itself.
+		c.Server.OutageBackoff.Duration = time.Nanosecond
+	})
+	paths := []struct{ method, path string }{
+		{http.MethodGet, "/v2/library/slow/manifests/latest"},
+		{http.MethodHead, "/v2/library/slow/manifests/latest"},
+		{http.MethodGet, "/v2/library/slow/manifests/" + d.String()},
+		{http.MethodHead, "/v2/library/slow/manifests/" + d.String()},
+		{http.MethodGet, "/v2/library/slow/blobs/" + layer.String()},
+		{http.MethodHead, "/v2/library/slow/blobs/" + layer.String()},
+		{http.MethodGet, "/v2/library/slow/tags/list"},
+		{http.MethodGet, "/v2/library/slow/referrers/" + d.String()},
+	}
+	check := func(status int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for _, p := range paths {
+			wg.Add(1)
+			go func() { // in parallel: each waits out the timeout
+				defer wg.Done()
+				resp, body := get(t, p.method, m.url+p.path)
+				if resp.StatusCode != status {
+					t.Errorf("%s %s: status %d, want %d (%s)", p.method, p.path, resp.StatusCode, status, body)
+					return
+				}
+				if p.method == http.MethodGet {
+					wantWireError(t, resp, body, status, "UNAVAILABLE")
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	up.SetLatency(time.Minute)
+	check(http.StatusGatewayTimeout)
+	up.SetLatency(0)
+	up.SetStatus(http.StatusServiceUnavailable, "")
+	check(http.StatusServiceUnavailable)
+	up.SetStatus(0, "")
+	if got := pullAll(t, m, "library/slow:latest"); got != d {
+		t.Fatalf("after the outage: pulled %s, want %s", got, d)
+	}
+}
