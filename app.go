@@ -84,6 +84,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Logger:              log,
 		MaxConnections:      cfg.Server.MaxConnections,
 		MaxConnectionsPerIP: cfg.Server.MaxConnectionsPerIP,
+		Operator:            operatorOptions(cfg, a.cache),
 
 		PrivateRegistries: cfg.privateRegistries(),
 	})

@@ -23,6 +23,8 @@ type cacheStack struct {
 	store   *cache.Store
 	evictor *eviction.Evictor
 	ops     *admin.Local
+	// ready is set once the index is open, reconciled and loaded.
+	ready atomic.Bool
 }
 
 // openCacheStack opens the data dir, loads eviction's view of it (one walk,
@@ -95,6 +97,7 @@ func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evic
 		shown = 0
 	}
 	st.ops = &admin.Local{Store: st.store, Evictor: st.evictor, MaxBytes: shown, FreeSpace: freeSpace, Logger: log}
+	st.ready.Store(true)
 	return nil
 }
 

@@ -148,8 +148,9 @@ type serverConfig struct {
 	RevalidateTimeout duration `toml:"revalidate_timeout"`
 	OutageBackoff     duration `toml:"outage_backoff"`
 	// Connection caps (see proxy.Options): 0 = automatic, negative = none.
-	MaxConnections      int `toml:"max_connections"`
-	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	MaxConnections      int    `toml:"max_connections"`
+	MaxConnectionsPerIP int    `toml:"max_connections_per_ip"`
+	RateLimitReserve    string `toml:"ratelimit_reserve"`
 }
 
 type cacheConfig struct {
@@ -191,6 +192,7 @@ func defaultConfig() config {
 			UpstreamTimeout:   duration{30 * time.Second},
 			RevalidateTimeout: duration{5 * time.Second},
 			OutageBackoff:     duration{30 * time.Second},
+			RateLimitReserve:  "10%",
 		},
 		Cache: cacheConfig{
 			MaxSize:       "0",
@@ -289,6 +291,9 @@ func (c *config) finish() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))
+	}
+	if _, _, err := parseReserve(c.Server.RateLimitReserve); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -44,6 +44,8 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 			gcCommand(),
 			duCommand(),
 			policyCommand(),
+			purgeCommand(),
+			healthcheckCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

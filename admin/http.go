@@ -79,6 +79,9 @@ func Handler(ops Ops, token string) http.Handler {
 	mux.HandleFunc("DELETE "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, ops.Unpin(r.Context(), r.URL.Query().Get("name")))
 	})
+	if p, ok := ops.(Purger); ok {
+		mux.HandleFunc("POST "+PathPrefix+"purge", servePurge(p))
+	}
 	if bo, ok := ops.(BlobOpener); ok {
 		mux.HandleFunc("GET "+PathPrefix+"blobs/{digest}", serveBlob(bo))
 	}

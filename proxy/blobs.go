@@ -293,7 +293,6 @@ func (s *Server) serveFile(ctx *fasthttp.RequestCtx, ex *exchange, file *os.File
 		}
 		body.limit = &io.LimitedReader{R: file, N: rng.end - rng.start}
 	}
-	s.metrics.servedFromCache.Add(float64(rng.end - rng.start))
 	ex.status = ctx.Response.StatusCode()
 	ctx.Response.SetBodyStream(body, int(rng.end-rng.start))
 	return true
@@ -377,8 +376,9 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 		r.end, length = -1, -1 // chunked: the client sees the end only when the digest checked out
 	}
 	ex.status = ctx.Response.StatusCode()
+	f.followers.Add(1)
 	r.onClose = func(sent int64, err error) {
-		s.metrics.servedFromFill.Add(float64(sent))
+		f.followers.Add(-1)
 		ex.done(sent, err)
 	}
 	ctx.Response.SetBodyStream(r, int(length))

@@ -32,10 +32,11 @@ var (
 	errPanic              = errors.New("internal error (a bug): the request was abandoned")
 
 	// Raised by the HTTP layer itself (fasthttp's ErrorHandler).
-	errHeaderTooLarge   = errors.New("request header too large")
-	errBodyTooLarge     = errors.New("request body too large")
-	errRequestTimeout   = errors.New("request not received in time")
-	errRequestMalformed = errors.New("malformed HTTP request")
+	errHeaderTooLarge    = errors.New("request header too large")
+	errBodyTooLarge      = errors.New("request body too large")
+	errRequestTimeout    = errors.New("request not received in time")
+	errRequestMalformed  = errors.New("malformed HTTP request")
+	errPaginationInvalid = errors.New("invalid pagination")
 )
 
 // resource says what a request asked for, so that "not found" becomes the
@@ -81,6 +82,8 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "DIGEST_INVALID", "invalid digest"
 	case errors.Is(err, errReferenceInvalid):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "MANIFEST_INVALID", "invalid tag or digest in the reference"
+	case errors.Is(err, errPaginationInvalid):
+		w.Status, w.Code, w.Message = http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "invalid number of results requested"
 	case errors.Is(err, errUnsupportedMethod):
 		w.Status, w.Code, w.Message = http.StatusMethodNotAllowed, "UNSUPPORTED", "the operation is unsupported: this is a read-only mirror"
 	case errors.Is(err, errUnknownEndpoint):

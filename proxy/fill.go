@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -34,6 +35,9 @@ type fill struct {
 	digest  digest.Digest
 	writer  *cache.Writer
 	request request // the request that started it: which upstream and repository
+	begun   time.Time
+
+	followers atomic.Int32 // clients reading it now (status page)
 
 	started     chan struct{} // closed once size or startErr is known
 	startedOnce sync.Once
@@ -250,6 +254,7 @@ func (s *Server) startFill(rq request) (*fill, error) {
 	}
 	f := newFill(d, w)
 	f.request = rq
+	f.begun = s.opts.Now()
 	s.fills.put(f)
 	s.fillsAlive.Add(1)
 	s.metrics.fillsInProgress.Inc()
@@ -271,7 +276,7 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		// later finds the blob in the cache, or starts a fresh fill.
 		s.fills.remove(f)
 		f.finish(err)
-		s.metrics.fill(err)
+		s.metrics.fill(rq.registry, err)
 		if err != nil {
 			s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 			return

@@ -17,6 +17,7 @@ import (
 type upstreamHealth struct {
 	mu       sync.Mutex
 	outUntil map[string]time.Time
+	why      map[string]string // outageReason of the last failure
 }
 
 // maxOutage caps how long a Retry-After keeps a registry marked out.
@@ -40,7 +41,9 @@ func (h *upstreamHealth) failed(registry string, err error, now time.Time, backo
 	defer h.mu.Unlock()
 	if h.outUntil == nil {
 		h.outUntil = map[string]time.Time{}
+		h.why = map[string]string{}
 	}
+	h.why[registry] = outageReason(err)
 	until := now.Add(backoff)
 	if until.After(h.outUntil[registry]) {
 		h.outUntil[registry] = until
@@ -53,4 +56,15 @@ func (h *upstreamHealth) answered(registry string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.outUntil, registry)
+}
+
+// state returns until when registry is marked out and why (zero when it
+// is not).
+func (h *upstreamHealth) state(registry string, now time.Time) (time.Time, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if until := h.outUntil[registry]; now.Before(until) {
+		return until, h.why[registry]
+	}
+	return time.Time{}, ""
 }

@@ -7,7 +7,7 @@ import (
 )
 
 // TestImports: the proxy owns fasthttp and reaches storage and registries
-// only through cache and upstream.
+// only through cache and upstream; the status page's figures live in status.
 func TestImports(t *testing.T) {
 	depcheck.Allow(t,
 		"github.com/valyala/fasthttp/...",
@@ -17,5 +17,6 @@ func TestImports(t *testing.T) {
 		"github.com/regmirror/regmirror/cache",
 		"github.com/regmirror/regmirror/tagpolicy",
 		"github.com/regmirror/regmirror/upstream",
+		"github.com/regmirror/regmirror/status",
 	)
 }

@@ -93,7 +93,6 @@ func outcome(base string, shared bool) string {
 // (disk trouble) is still served.
 func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want digest.Digest) (manifest, error) {
 	body, desc, err := rq.up.GetManifest(ctx, rq.repo, ref)
-	s.metrics.upstreamRequest("manifest", err)
 	if err != nil {
 		return manifest{}, err
 	}
@@ -192,9 +191,9 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		s.saveTag(rq, m)
 		return m, "miss", nil
 	}
-	if s.health.out(rq.registry, s.opts.Now()) {
+	if s.health.out(rq.registry, s.opts.Now()) || s.shielded(rq.registry) {
 		if m, ok := s.staleManifest(rq, rec); ok {
-			s.log.Debug("serving stale tag: upstream marked out", "registry", rq.registry, "repo", rq.repo, "tag", tag)
+			s.log.Debug("serving stale tag: upstream marked out or its pull budget low", "registry", rq.registry, "repo", rq.repo, "tag", tag)
 			return m, "stale", nil
 		}
 	}
@@ -203,7 +202,6 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 	hctx, cancel := context.WithTimeout(ctx, s.opts.RevalidateTimeout)
 	desc, err := rq.up.HeadManifest(hctx, rq.repo, tag)
 	cancel()
-	s.metrics.upstreamRequest("manifest_head", err)
 	if err != nil {
 		if !isUpstreamOutage(err) {
 			return manifest{}, "", err
@@ -260,7 +258,6 @@ func (s *Server) staleManifest(rq request, rec cache.TagRecord) (manifest, bool)
 	if err != nil || !s.linked(rq, rec.Digest) {
 		return manifest{}, false
 	}
-	s.metrics.staleServed.Inc()
 	return m, true
 }
 

@@ -58,7 +58,6 @@ func (s *Server) newPassThrough(rq request, prefix io.ReaderAt, from, end, size 
 		}
 	}
 	blob, err := rq.up.GetBlob(ctx, rq.repo, rq.ref.digest, start)
-	s.metrics.upstreamRequest("blob_passthrough", err)
 	if err != nil {
 		cancel()
 		return nil, err

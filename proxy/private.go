@@ -62,13 +62,11 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 		if res == resourceManifest {
 			var desc upstream.Descriptor
 			desc, err = rq.up.HeadManifest(ctx, rq.repo, d.String())
-			s.metrics.upstreamRequest("manifest_head", err)
 			if err == nil && desc.Digest != "" && desc.Digest != d {
 				err = fmt.Errorf("%w: asked for %s, upstream has %s", errUpstreamCorrupt, d, desc.Digest)
 			}
 		} else {
 			_, err = rq.up.HeadBlob(ctx, rq.repo, d)
-			s.metrics.upstreamRequest("blob_head", err)
 		}
 		if err != nil {
 			return nil, err

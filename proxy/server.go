@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/status"
 	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -128,6 +129,9 @@ type Options struct {
 	Logger  *slog.Logger
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+
+	// Operator views (operator.go): the status page, /readyz, the catalog.
+	Operator OperatorOptions
 }
 
 // Server is a pull-through registry mirror.
@@ -156,6 +160,12 @@ type Server struct {
 
 	metricsHandler fasthttp.RequestHandler
 	adminHandler   fasthttp.RequestHandler
+
+	// plain are the upstreams as configured; registries wraps them in
+	// meters (instrument.go).
+	plain  map[string]Upstream
+	status *status.Recorder
+	shield shieldState
 
 	// diskFullUntil (Unix nanoseconds) is set when a fill failed for lack of
 	// space that eviction could not make; until then misses are streamed
@@ -213,13 +223,15 @@ func New(o Options) (*Server, error) {
 		opts:       o,
 		log:        o.Logger,
 		registries: make(map[string]Upstream, len(o.Registries)),
+		plain:      make(map[string]Upstream, len(o.Registries)),
 		store:      o.Store,
 	}
 	for _, r := range o.Registries {
 		if _, dup := s.registries[r.Name()]; dup {
 			return nil, fmt.Errorf("proxy: registry %q configured twice", r.Name())
 		}
-		s.registries[r.Name()] = r
+		s.registries[r.Name()] = s.meter(r)
+		s.plain[r.Name()] = r
 	}
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
@@ -229,6 +241,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(o.Metrics)
 	s.guard = newGuardMetrics(o.Metrics)
+	s.initOperator()
 	if o.Metrics != nil {
 		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
 	}
@@ -299,6 +312,9 @@ type exchange struct {
 	method    string
 	path      string
 	registry  string
+	repo      string
+	ref       string
+	client    string
 	endpoint  string
 	outcome   string // hit, miss, join, stale, revalidated, bypass, or empty
 	status    int
@@ -333,11 +349,11 @@ func (e *exchange) done(bytes int64, err error) {
 		level = slog.LevelDebug // scrapes and probes would drown the pulls
 	}
 	e.s.log.Log(context.Background(), level, "request", attrs...)
-	e.s.metrics.request(e.endpoint, e.outcome, e.status, bytes)
+	e.s.recordExchange(e, bytes)
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
-	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path())}
+	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path()), client: ctx.RemoteIP().String()}
 	defer s.recoverPanic(ctx, ex)
 	streamed := s.dispatch(ctx, ex)
 	ex.status = ctx.Response.StatusCode()
@@ -357,6 +373,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // dispatch answers one request; it reports whether the body is a stream
 // whose Close will log the exchange.
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool) {
+	if s.serveOperator(ctx, ex) {
+		return false
+	}
 	switch ex.path {
 	case "/metrics":
 		if s.metricsHandler != nil {
@@ -413,6 +432,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 		return false
 	}
 	ex.registry = rq.up.Name()
+	ex.repo, ex.ref = rq.repo, rq.ref.String()
 	ex.endpoint = endpointName(p.endpoint)
 	switch p.endpoint {
 	case endpointManifest:

@@ -48,7 +48,6 @@ func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(
 		uctx, cancel := s.upstreamContext()
 		body, ferr := fetch(uctx)
 		cancel()
-		s.metrics.upstreamRequest(kind, ferr)
 		if ferr == nil {
 			if keep {
 				if err := s.store.SetTagList(rq.registry, key, body); err != nil {
@@ -75,7 +74,6 @@ func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(
 	if s.opts.Offline {
 		return kept, "hit", nil
 	}
-	s.metrics.staleServed.Inc()
 	return kept, "stale", nil
 }
 

@@ -150,6 +150,7 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 		tok, err = transport.Exchange(ctx, r.reg, r.auth, r.rt, []string{scope}, ch)
 		return err
 	})
+	r.stats.token(err)
 	if err != nil {
 		e.header = ""
 		r.dropChallenge(ch)

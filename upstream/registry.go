@@ -106,6 +106,7 @@ type Registry struct {
 	ch      *transport.Challenge // nil until pinged, and after an auth error
 	tokens  *tokenCache
 	retries int
+	stats   stats
 }
 
 // New validates o and returns a Registry. It does no network I/O.
@@ -381,6 +382,7 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 			stale = authz
 			continue
 		}
+		r.stats.sawResponse(resp.Header, time.Now())
 		if resp.StatusCode == http.StatusTooManyRequests {
 			r.log.Info("upstream rate limited", "what", what, "retry_after", resp.Header.Get("Retry-After"))
 		}

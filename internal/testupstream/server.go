@@ -90,6 +90,7 @@ type Server struct {
 	faults        faults
 	gates         map[digest.Digest]*Gate
 	hostile       hostile
+	rateLimit     rateLimit
 }
 
 // Start starts a registry and its token server on a loopback listener and
@@ -195,6 +196,7 @@ func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.count(r)
+	s.rateLimitHeaders(w, r)
 	if f.status != 0 {
 		writeStatusFault(w, r, f.status, f.retryAfter)
 		return

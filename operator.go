@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/regmirror/regmirror/proxy"
+	"github.com/regmirror/regmirror/status"
+)
+
+// operatorOptions wires the status page, /readyz and the rate-limit shield.
+func operatorOptions(cfg config, st *cacheStack) proxy.OperatorOptions {
+	pulls, fraction, _ := parseReserve(cfg.Server.RateLimitReserve) // checked by finish
+	return proxy.OperatorOptions{
+		Version:                  buildVersion(),
+		Cache:                    st.figures,
+		Ready:                    st.readiness,
+		RateLimitReservePulls:    pulls,
+		RateLimitReserveFraction: fraction,
+	}
+}
+
+// parseReserve reads server.ratelimit_reserve: "10%" (a share of the
+// limit), "20" (pulls) or "0" (no shield). A negative fraction means none.
+func parseReserve(s string) (pulls int, fraction float64, err error) {
+	s = strings.TrimSpace(s)
+	bad := fmt.Errorf("server.ratelimit_reserve %q: want a share of the limit like \"10%%\", a number of pulls, or \"0\"", s)
+	if pct, ok := strings.CutSuffix(s, "%"); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(pct), 64)
+		if err != nil || f < 0 || f > 100 {
+			return 0, 0, bad
+		}
+		if f == 0 {
+			return 0, -1, nil
+		}
+		return 0, f / 100, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, 0, bad
+	}
+	if n == 0 {
+		return 0, -1, nil
+	}
+	return n, 0, nil
+}
+
+// figures are the cache's numbers for the status page.
+func (st *cacheStack) figures() status.CacheFigures {
+	s := st.evictor.Stats()
+	f := status.CacheFigures{
+		UsedBytes: s.Bytes, Blobs: s.Blobs, PinnedBytes: s.PinnedBytes, PinnedBlobs: s.PinnedBlobs,
+		MinFree: s.MinFree, FreeBytes: -1, BudgetBytes: st.ops.MaxBytes,
+	}
+	if st.ops.FreeSpace != nil {
+		if free, err := st.ops.FreeSpace(); err == nil {
+			f.FreeBytes = free
+		}
+	}
+	return f
+}
+
+// readiness is what /readyz checks: the index answers, and the disk has
+// min_free or eviction can still make it.
+func (st *cacheStack) readiness() []proxy.Check {
+	index := proxy.Check{Name: "index", OK: true}
+	if !st.ready.Load() {
+		index = proxy.Check{Name: "index", Reason: "opening and reconciling the cache"}
+	} else if err := st.store.Check(); err != nil {
+		index = proxy.Check{Name: "index", Reason: "the index is failing: " + err.Error()}
+	}
+	disk := proxy.Check{Name: "disk", OK: true}
+	s := st.evictor.Stats()
+	if st.ops.FreeSpace != nil {
+		free, err := st.ops.FreeSpace()
+		switch {
+		case err != nil:
+			disk = proxy.Check{Name: "disk", Reason: "cannot read free space: " + err.Error()}
+		case free < s.MinFree && s.Bytes-s.PinnedBytes <= 0:
+			disk = proxy.Check{Name: "disk", Reason: fmt.Sprintf("%s free, below min_free %s, and nothing left to evict",
+				humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(s.MinFree)))}
+		case free < s.MinFree:
+			disk.Reason = "below min_free; eviction is making room"
+		}
+	}
+	return []proxy.Check{index, disk}
+}
