@@ -16,5 +16,8 @@ ENV REGMIRROR_DATA_DIR=/data \
 VOLUME ["/data"]
 EXPOSE 5000
 USER 65532:65532
+# The image has no shell or curl: the binary asks its own /readyz.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/regmirror", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/regmirror"]
 CMD ["serve"]

@@ -92,6 +92,12 @@ func (s *Server) initOperator() {
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.MustRegister(newRegistryCollector(s))
 	}
+	// Counters that may stay at zero for long are exported from the start,
+	// so that rate() and dashboards see a 0, not nothing.
+	for name := range s.plain {
+		s.metrics.staleServed.WithLabelValues(name)
+		s.metrics.upstreamBytes.WithLabelValues(name)
+	}
 }
 
 // recordExchange counts a finished request in the metrics and the status

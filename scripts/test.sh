@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of regmirror, including the ones that pull through the
-# mirror with real clients (docker, skopeo, containerd's ctr, podman).
+# mirror with real clients (docker, skopeo, containerd's ctr, podman) and
+# the status page test in headless Chromium.
 #
 #   bash scripts/test.sh                 # all packages
 #   bash scripts/test.sh -run TestDocker # extra arguments go to `go test`
@@ -23,9 +24,10 @@ have skopeo || missing+=(skopeo)
 have dockerd || missing+=(docker.io)
 { have containerd && have ctr; } || missing+=(containerd)
 have podman || missing+=(podman)
+have chromium || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "all present: skopeo, dockerd, containerd + ctr, podman"
+	echo "all present: skopeo, dockerd, containerd + ctr, podman, chromium"
 elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 	echo "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive

@@ -43,8 +43,9 @@ type Ratios struct {
 	BytesServed   int64   `json:"bytes_served"`
 	BytesFromHits int64   `json:"bytes_from_cache"`
 	ByteHitRatio  float64 `json:"byte_hit_ratio"`
-	// UpstreamBytes were downloaded from upstream registries; SavedBytes is
-	// what clients received beyond that (BytesServed − UpstreamBytes, ≥ 0).
+	// UpstreamBytes were downloaded from upstream registries. SavedBytes
+	// were served from the cache: what upstream did not have to send again
+	// (the same as BytesFromHits, named for the page).
 	UpstreamBytes int64 `json:"upstream_bytes"`
 	SavedBytes    int64 `json:"saved_bytes"`
 }

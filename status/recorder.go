@@ -248,7 +248,7 @@ func ratios(c counts) Ratios {
 	if c.bytes > 0 {
 		out.ByteHitRatio = float64(c.hitBytes) / float64(c.bytes)
 	}
-	out.SavedBytes = max(c.bytes-c.upstreamBytes, 0)
+	out.SavedBytes = c.hitBytes
 	return out
 }
 

@@ -27,7 +27,7 @@ func TestRatiosSinceStartAndLastHour(t *testing.T) {
 
 	m := r.Model(nil)
 	if s := m.SinceStart; s.Requests != 4 || s.Hits != 2 || s.HitRatio != 0.5 || s.BytesServed != 3500 ||
-		s.BytesFromHits != 2000 || s.UpstreamBytes != 1000 || s.SavedBytes != 2500 {
+		s.BytesFromHits != 2000 || s.UpstreamBytes != 1000 || s.SavedBytes != 2000 {
 		t.Errorf("since start %+v", s)
 	}
 	if h := m.LastHour; h.Requests != 3 || h.Hits != 2 || h.UpstreamBytes != 0 || h.BytesServed != 2500 {
