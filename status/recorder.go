@@ -47,14 +47,13 @@ type Recorder struct {
 	opts  Options
 	start time.Time
 
-	mu       sync.Mutex
-	total    counts
-	window   [windowBuckets]bucket
-	regs     map[string]*regCounts
-	repos    map[repoKey]*Repo
-	recent   []Pull // ring
-	next     int    // next slot of recent
-	upstream int64  // bytes downloaded, all registries
+	mu     sync.Mutex
+	total  counts
+	window [windowBuckets]bucket
+	regs   map[string]*regCounts
+	repos  map[repoKey]*Repo
+	recent []Pull // ring
+	next   int    // next slot of recent
 }
 
 // windowBuckets minutes make the "last hour" window.
