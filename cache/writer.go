@@ -281,7 +281,7 @@ func (w *Writer) Cancel() error {
 // the new directory survives a crash.
 func (s *Store) ensureFanout(xx string) error {
 	dir := filepath.Join(s.blobDir, xx)
-	err := os.Mkdir(dir, 0o755)
+	err := os.Mkdir(dir, dirMode)
 	if errors.Is(err, os.ErrExist) {
 		return nil
 	}

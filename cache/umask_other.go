@@ -1,0 +1,6 @@
+//go:build !unix
+
+package cache
+
+// restrictUmask: no umask outside Unix.
+func restrictUmask() {}
