@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,16 @@ type Options struct {
 	ValueLogGCInterval time.Duration
 	// Observer, if not nil, hears about index changes.
 	Observer Observer
+	// ScrubInterval is how often the background scrub re-hashes every
+	// blob (see VerifyAll), so that a file damaged on disk is found and
+	// fetched again instead of served. 0: no scrub (the default).
+	ScrubInterval time.Duration
+	// ScrubRate bounds the scrub's reading, in bytes per second. Default
+	// DefaultScrubRate.
+	ScrubRate int64
+	// ScrubTrigger, if not nil, starts a scrub pass whenever it delivers,
+	// instead of a ticker of ScrubInterval (tests drive the scrub with it).
+	ScrubTrigger <-chan time.Time
 }
 
 // Observer hears about index changes; eviction is wired to it by main. Its
@@ -102,10 +113,16 @@ type Store struct {
 	usedBytes atomic.Int64
 	usedBlobs atomic.Int64
 
-	stop      chan struct{}
-	loops     sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	scrubRate   int64
+	verifyStats verifyCounters
+
+	stop       chan struct{}
+	ctx        context.Context // ends at Close: stops a scrub pass
+	cancel     context.CancelFunc
+	stopTicker func()
+	loops      sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
 
 	// Test hooks.
 	now         func() time.Time
@@ -136,6 +153,7 @@ func Open(opts Options) (*Store, error) {
 		gcEvery:    opts.ValueLogGCInterval,
 		pending:    make(map[digest.Digest]time.Time),
 		stop:       make(chan struct{}),
+		scrubRate:  opts.ScrubRate,
 		now:        time.Now,
 		walkPage:   walkPage,
 	}
@@ -146,8 +164,11 @@ func Open(opts Options) (*Store, error) {
 		s.gcEvery = DefaultValueLogGCInterval
 	}
 	indexDir := filepath.Join(opts.Dir, "index")
+	if err := makePrivate(opts.Dir, log); err != nil {
+		return nil, fmt.Errorf("cache: data dir %s: %w", opts.Dir, classify(err))
+	}
 	for _, d := range []string{s.blobDir, s.tmpDir, indexDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, dirMode); err != nil {
 			return nil, fmt.Errorf("cache: create %s: %w", d, classify(err))
 		}
 	}
@@ -189,9 +210,23 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if s.scrubRate <= 0 {
+		s.scrubRate = DefaultScrubRate
+	}
 	s.loops.Add(2)
 	go s.flushLoop()
 	go s.gcLoop()
+	trigger := opts.ScrubTrigger
+	if trigger == nil && opts.ScrubInterval > 0 {
+		t := time.NewTicker(opts.ScrubInterval)
+		trigger = t.C
+		s.stopTicker = t.Stop
+	}
+	if trigger != nil {
+		s.loops.Add(1)
+		go s.scrubLoop(trigger)
+	}
 	return s, nil
 }
 
@@ -202,7 +237,11 @@ func Open(opts Options) (*Store, error) {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		s.cancel()
 		s.loops.Wait()
+		if s.stopTicker != nil {
+			s.stopTicker()
+		}
 		s.closeMu.Lock()
 		defer s.closeMu.Unlock()
 		s.closed = true
@@ -399,9 +438,8 @@ func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
 		return nil, BlobInfo{}, fmt.Errorf("cache: read blob %s: %w", d, err)
 	}
 	if sha256Hex(data) != d.Encoded() {
-		s.log.Error("blob content does not match its digest; removing it", "digest", d)
-		if err := s.Delete(d); err != nil && !errors.Is(err, ErrNotFound) {
-			s.log.Error("removing corrupt blob", "digest", d, "err", err)
+		if fi, err := f.Stat(); err == nil {
+			s.dropCorrupt(d, d.Encoded(), fi)
 		}
 		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s (corrupt content removed)", ErrNotFound, d)
 	}
