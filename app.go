@@ -61,6 +61,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
+	registerVerifyMetrics(metrics, a.cache.store)
 	a.proxy, err = proxy.New(proxy.Options{
 		Registries:          ups,
 		DefaultRegistry:     cfg.DefaultRegistry,

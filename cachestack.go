@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/admin"
@@ -32,7 +33,9 @@ type cacheStack struct {
 // error wrapping cache.ErrBusy when a server holds the data dir.
 func openCacheStack(cfg config, log *slog.Logger) (*cacheStack, error) {
 	observer := &evictionObserver{}
-	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Observer: observer})
+	scrubRate, _ := parseRate(cfg.Cache.ScrubRate) // checked by finish
+	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Observer: observer,
+		ScrubInterval: cfg.Cache.ScrubInterval.Duration, ScrubRate: scrubRate, ScrubTrigger: cfg.Cache.scrubTrigger})
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +63,11 @@ func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evic
 	minFree, err := eviction.ParseSize(cfg.Cache.MinFree)
 	if err != nil {
 		return fmt.Errorf("cache.min_free: %w", err)
+	}
+	if capped, ok := eviction.CapMinFree(minFree, total); ok {
+		log.Warn("cache.min_free is more than 10% of the cache filesystem; keeping 10% free instead, so that eviction does not empty the cache",
+			"min_free", cfg.Cache.MinFree, "filesystem", humanize.IBytes(uint64(total)), "keeping_free", humanize.IBytes(uint64(capped)))
+		minFree = capped
 	}
 	st.evictor, err = eviction.New(eviction.Options{
 		MaxBytes:      budget,

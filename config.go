@@ -159,6 +159,12 @@ type cacheConfig struct {
 	LowWatermark  float64  `toml:"low_watermark"`
 	MinFree       string   `toml:"min_free"`
 	EvictInterval duration `toml:"evict_interval"`
+	ScrubInterval duration `toml:"scrub_interval"`
+	ScrubRate     string   `toml:"scrub_rate"`
+
+	// scrubTrigger, set by tests only, starts scrub passes instead of
+	// scrub_interval's ticker.
+	scrubTrigger <-chan time.Time
 }
 
 // duration reads "5m"-style strings from TOML.
@@ -200,6 +206,7 @@ func defaultConfig() config {
 			LowWatermark:  0.85,
 			MinFree:       "1GiB",
 			EvictInterval: duration{30 * time.Second},
+			ScrubRate:     "10MiB/s",
 		},
 	}
 }
@@ -288,6 +295,12 @@ func (c *config) finish() error {
 	}
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		errs = append(errs, errors.New("server.tls_cert_file and server.tls_key_file: give both or neither"))
+	}
+	if _, err := parseRate(c.Cache.ScrubRate); err != nil {
+		errs = append(errs, fmt.Errorf("cache.scrub_rate: %w", err))
+	}
+	if c.Cache.ScrubInterval.Duration < 0 {
+		errs = append(errs, errors.New("cache.scrub_interval: must not be negative"))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))

@@ -46,6 +46,7 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 			policyCommand(),
 			purgeCommand(),
 			healthcheckCommand(),
+			verifyCommand(),
 			versionCommand(),
 		},
 		HideHelpCommand: true,

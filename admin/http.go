@@ -85,6 +85,9 @@ func Handler(ops Ops, token string) http.Handler {
 	if bo, ok := ops.(BlobOpener); ok {
 		mux.HandleFunc("GET "+PathPrefix+"blobs/{digest}", serveBlob(bo))
 	}
+	if v, ok := ops.(Verifier); ok {
+		mux.HandleFunc("POST "+PathPrefix+"verify", serveVerify(v))
+	}
 	return requireToken(token, mux)
 }
 

@@ -15,6 +15,11 @@
 //	  tmp/                      downloads in progress (same filesystem, so rename is atomic)
 //	  index/                    Badger
 //
+// The data dir and everything in it are private to regmirror's user:
+// directories 0700, files 0600. Open tightens an existing dir that is
+// looser (logged) and narrows the process umask to 077, since Badger
+// creates its files 0666 with no option to change it.
+//
 // Blob paths are built only from a digest that passed validation (algorithm
 // sha256, 64 lowercase hex characters); no other text ever reaches a path.
 // The data directory itself is locked with flock(2) for as long as the Store
@@ -71,6 +76,14 @@
 //   - a record whose file is missing or has another size is dropped;
 //   - names under blobs/sha256 that are not valid digests in the right
 //     fan-out directory are removed.
+//
+// Content damaged on disk after it was verified (same size, other bytes)
+// is found by VerifyAll and the background scrub (Options.ScrubInterval),
+// which re-hash every blob through one fixed buffer at a bounded rate,
+// holding no lock while they read, and by ReadAll, which hashes what it
+// returns. The damaged blob is removed at once, index record first, but
+// only if its path still names the file that was hashed: a blob evicted,
+// or evicted and fetched again, meanwhile is left alone.
 //
 // Reconcile is O(number of files + number of records) and logs a one-line
 // summary. Usage totals are computed from its result and then maintained in

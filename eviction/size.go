@@ -73,3 +73,24 @@ func ParseBudget(s string, fsTotal int64) (int64, error) {
 	}
 	return n, nil
 }
+
+// MinFreeShare is the largest share of the cache filesystem that min_free
+// may keep free: see [CapMinFree].
+const MinFreeShare = 0.10
+
+// CapMinFree returns the min_free that eviction applies on a filesystem
+// of fsTotal bytes: minFree, or MinFreeShare of the filesystem if that is
+// less, and whether it was capped. Without the cap the default 1 GiB on a
+// filesystem of 1 GiB or less (a small volume, a tmpfs) could never be
+// met, and every pass would evict everything. An unknown size (fsTotal ≤ 0)
+// leaves minFree as it is.
+func CapMinFree(minFree, fsTotal int64) (int64, bool) {
+	if fsTotal <= 0 {
+		return minFree, false
+	}
+	limit := int64(float64(fsTotal) * MinFreeShare)
+	if minFree > limit {
+		return limit, true
+	}
+	return minFree, false
+}

@@ -111,3 +111,24 @@ func FuzzParseBudget(f *testing.F) {
 		}
 	})
 }
+
+func TestCapMinFree(t *testing.T) {
+	const gib = 1 << 30
+	for _, tc := range []struct {
+		minFree, total, want int64
+		capped               bool
+	}{
+		{gib, 100 * gib, gib, false},     // the default on a real disk
+		{gib, 10 * gib, gib, false},      // exactly the share
+		{gib, 512 << 20, 53687091, true}, // a 512 MiB volume keeps 10%
+		{gib, 64 << 20, 6710886, true},   // a 64 MiB tmpfs
+		{0, 64 << 20, 0, false},          // off stays off
+		{gib, 0, gib, false},             // size unknown
+		{50 * gib, 200 * gib, 20 * gib, true},
+	} {
+		got, capped := CapMinFree(tc.minFree, tc.total)
+		if got != tc.want || capped != tc.capped {
+			t.Errorf("CapMinFree(%d, %d) = %d, %v; want %d, %v", tc.minFree, tc.total, got, capped, tc.want, tc.capped)
+		}
+	}
+}

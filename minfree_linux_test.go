@@ -1,0 +1,65 @@
+package main
+
+import (
+	"crypto/rand"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/internal/testlog"
+)
+
+// TestMinFreeCappedOnSmallFilesystem: on a real 64 MiB filesystem the
+// default min_free (1 GiB) can never be met. The mirror starts, says it
+// keeps 10% free instead, and eviction deletes nothing while the cache is
+// far from that (the old rule emptied the cache on every pass).
+func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("cannot mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+
+	cfg := defaultConfig() // min_free = 1GiB, no budget
+	cfg.DataDir = dir
+	if err := cfg.finish(); err != nil {
+		t.Fatal(err)
+	}
+	var logs testlog.Buffer
+	st, err := openCacheStack(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatalf("the mirror refused a 64 MiB filesystem: %v", err)
+	}
+	defer st.Close()
+	if !strings.Contains(logs.String(), "keeping 10% free instead") {
+		t.Errorf("no warning about the capped min_free:\n%s", logs.String())
+	}
+	if got, want := st.evictor.Stats().MinFree, int64(64<<20)/10; got != want {
+		t.Errorf("min_free applied: %d, want %d (10%% of 64 MiB)", got, want)
+	}
+	for range 4 {
+		data := make([]byte, 1<<20)
+		rand.Read(data)
+		if _, err := st.store.Put(digest.FromBytes(data), "application/octet-stream", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := st.evictor.EvictNow(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes, blobs := st.store.Usage(); res.Blobs != 0 || blobs != 4 {
+		t.Fatalf("eviction on a 64 MiB filesystem with 4 MiB cached: evicted %d blobs, %d left (%d bytes)", res.Blobs, blobs, bytes)
+	}
+}
