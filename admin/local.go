@@ -300,14 +300,29 @@ type Source struct {
 	}
 }
 
-// Open implements archive.BlobSource.
+// verifiedOpener is the optional side of Source.Store that checks content
+// as it is read and drops a blob found damaged (cache.Store has it).
+type verifiedOpener interface {
+	OpenVerified(d digest.Digest) (io.ReadCloser, cache.BlobInfo, error)
+}
+
+// Open implements archive.BlobSource. Content is read through
+// OpenVerified where the store has it, so a blob damaged on disk is
+// dropped from the cache when an export or a walk reads it.
 func (s Source) Open(d digest.Digest) (io.ReadCloser, int64, error) {
-	f, info, err := s.Store.Open(d)
+	var rc io.ReadCloser
+	var info cache.BlobInfo
+	var err error
+	if vo, ok := s.Store.(verifiedOpener); ok {
+		rc, info, err = vo.OpenVerified(d)
+	} else {
+		rc, info, err = s.Store.Open(d)
+	}
 	if errors.Is(err, cache.ErrNotFound) {
 		return nil, 0, fmt.Errorf("%w: %w", fs.ErrNotExist, err)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
-	return f, info.Size, nil
+	return rc, info.Size, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sync/atomic"
@@ -237,3 +238,58 @@ func (s *Store) scrubLoop(trigger <-chan time.Time) {
 			"vanished", rep.Vanished, "took", time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// OpenVerified opens blob d, like Open, for one sequential read that
+// checks what it returns: the content is hashed as it is read, and the
+// last chunk is handed out only if the whole matches d. If it does not,
+// the blob is removed (as VerifyAll removes it) and Read fails with an
+// error wrapping ErrDigestMismatch, so a reader never receives a complete
+// damaged body. Export reads through it.
+func (s *Store) OpenVerified(d digest.Digest) (io.ReadCloser, BlobInfo, error) {
+	f, info, err := s.Open(d)
+	if err != nil {
+		return nil, info, err
+	}
+	return &verifyingReader{s: s, f: f, d: d, size: info.Size, h: sha256.New()}, info, nil
+}
+
+type verifyingReader struct {
+	s       *Store
+	f       *os.File
+	d       digest.Digest
+	size, n int64
+	h       hash.Hash
+	err     error
+}
+
+func (r *verifyingReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.n >= r.size {
+		return 0, io.EOF
+	}
+	if rest := r.size - r.n; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	k, err := r.f.Read(p)
+	r.h.Write(p[:k])
+	r.n += int64(k)
+	if r.n == r.size {
+		if hex.EncodeToString(r.h.Sum(nil)) != r.d.Encoded() {
+			if fi, serr := r.f.Stat(); serr == nil {
+				r.s.dropCorrupt(r.d, r.d.Encoded(), fi)
+			}
+			r.err = fmt.Errorf("%w: blob %s on disk no longer matches its digest (removed; fetch it again)", ErrDigestMismatch, r.d)
+			return 0, r.err // the last chunk is withheld
+		}
+		return k, nil
+	}
+	if errors.Is(err, io.EOF) {
+		r.err = fmt.Errorf("%w: blob %s: file ended after %d of %d bytes", ErrSizeMismatch, r.d, r.n, r.size)
+		return k, r.err
+	}
+	return k, err
+}
+
+func (r *verifyingReader) Close() error { return r.f.Close() }

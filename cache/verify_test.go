@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"testing"
 	"time"
@@ -177,5 +178,40 @@ func TestScrubLoop(t *testing.T) {
 	// Close stops the loop (and a pass in progress).
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOpenVerified: a read through OpenVerified hands out intact content
+// whole, and never the end of damaged content: the last chunk is withheld,
+// the read fails with ErrDigestMismatch, and the blob is removed.
+func TestOpenVerified(t *testing.T) {
+	s := openStore(t, "")
+	data, d := blob(3*verifyChunk+1, 30)
+	mustPut(t, s, data, d, "x")
+	rc, info, err := s.OpenVerified(d)
+	if err != nil || info.Size != int64(len(data)) {
+		t.Fatalf("OpenVerified: %+v, %v", info, err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("intact blob: %d bytes, %v", len(got), err)
+	}
+
+	flipByte(t, blobFile(s, d), 10)
+	rc, _, err = s.OpenVerified(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.CopyN(io.Discard, rc, int64(len(data))) // as export reads
+	rc.Close()
+	if !errors.Is(err, ErrDigestMismatch) || n >= int64(len(data)) {
+		t.Fatalf("damaged blob: %d of %d bytes handed out, err %v", n, len(data), err)
+	}
+	if _, err := s.Stat(d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("damaged blob still indexed: %v", err)
+	}
+	if st := s.VerifyStats(); st.Failed != 1 {
+		t.Fatalf("failed count %d, want 1", st.Failed)
 	}
 }
