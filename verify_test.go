@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -158,21 +156,6 @@ func TestScrubFindsCorruptBlob(t *testing.T) {
 	if got := up.BlobGETs(layer) - before; got != 1 {
 		t.Fatalf("the next pull cost %d upstream GETs, want 1", got)
 	}
-}
-
-// metricValue reads one unlabelled sample from the mirror's /metrics.
-func metricValue(t *testing.T, m *mirror, name string) float64 {
-	t.Helper()
-	_, body := get(t, http.MethodGet, m.url+"/metrics")
-	match := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(body)
-	if match == nil {
-		t.Fatalf("%s not in /metrics", name)
-	}
-	v, err := strconv.ParseFloat(string(match[1]), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
 }
 
 // TestDataDirFilesPrivate: after a fill (blobs, index writes, the admin
