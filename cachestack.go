@@ -64,10 +64,17 @@ func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evic
 	if err != nil {
 		return fmt.Errorf("cache.min_free: %w", err)
 	}
+	// The default adapts to small filesystems; a value the operator chose
+	// is kept as given, with a warning when it cannot be sensible.
 	if capped, ok := eviction.CapMinFree(minFree, total); ok {
-		log.Warn("cache.min_free is more than 10% of the cache filesystem; keeping 10% free instead, so that eviction does not empty the cache",
-			"min_free", cfg.Cache.MinFree, "filesystem", humanize.IBytes(uint64(total)), "keeping_free", humanize.IBytes(uint64(capped)))
-		minFree = capped
+		if cfg.Cache.MinFree == defaultConfig().Cache.MinFree {
+			log.Warn("the default cache.min_free is more than 10% of the cache filesystem; keeping 10% free instead, so that eviction does not empty the cache",
+				"min_free", cfg.Cache.MinFree, "filesystem", humanize.IBytes(uint64(total)), "keeping_free", humanize.IBytes(uint64(capped)))
+			minFree = capped
+		} else {
+			log.Warn("cache.min_free is more than 10% of the cache filesystem; eviction deletes whatever it must to keep it free",
+				"min_free", cfg.Cache.MinFree, "filesystem", humanize.IBytes(uint64(total)))
+		}
 	}
 	st.evictor, err = eviction.New(eviction.Options{
 		MaxBytes:      budget,

@@ -17,7 +17,8 @@ import (
 // TestMinFreeCappedOnSmallFilesystem: on a real 64 MiB filesystem the
 // default min_free (1 GiB) can never be met. The mirror starts, says it
 // keeps 10% free instead, and eviction deletes nothing while the cache is
-// far from that (the old rule emptied the cache on every pass).
+// far from that (the old rule emptied the cache on every pass). A
+// min_free set in the config is kept as given.
 func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
@@ -41,7 +42,6 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the mirror refused a 64 MiB filesystem: %v", err)
 	}
-	defer st.Close()
 	if !strings.Contains(logs.String(), "keeping 10% free instead") {
 		t.Errorf("no warning about the capped min_free:\n%s", logs.String())
 	}
@@ -61,5 +61,21 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	}
 	if bytes, blobs := st.store.Usage(); res.Blobs != 0 || blobs != 4 {
 		t.Fatalf("eviction on a 64 MiB filesystem with 4 MiB cached: evicted %d blobs, %d left (%d bytes)", res.Blobs, blobs, bytes)
+	}
+	st.Close()
+
+	// A min_free the operator chose is kept as given, with a warning.
+	cfg.Cache.MinFree = "32MiB"
+	var logs2 testlog.Buffer
+	st, err = openCacheStack(cfg, slog.New(slog.NewTextHandler(&logs2, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := st.evictor.Stats().MinFree; got != 32<<20 {
+		t.Errorf("an explicit min_free of 32MiB became %d", got)
+	}
+	if !strings.Contains(logs2.String(), "eviction deletes whatever it must") {
+		t.Errorf("no warning about the large explicit min_free:\n%s", logs2.String())
 	}
 }

@@ -78,7 +78,7 @@ func ParseBudget(s string, fsTotal int64) (int64, error) {
 // may keep free: see [CapMinFree].
 const MinFreeShare = 0.10
 
-// CapMinFree returns the min_free that eviction applies on a filesystem
+// CapMinFree returns the min_free that eviction applies by default on a filesystem
 // of fsTotal bytes: minFree, or MinFreeShare of the filesystem if that is
 // less, and whether it was capped. Without the cap the default 1 GiB on a
 // filesystem of 1 GiB or less (a small volume, a tmpfs) could never be
