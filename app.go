@@ -32,6 +32,9 @@ type app struct {
 	ln    net.Listener
 	// watch keeps the [[watch]] images warm (nil: none, or offline).
 	watch *watch.Scheduler
+	// token is the management token; it also lets the mirror's own
+	// preloads through access control.
+	token string
 }
 
 // newApp opens the cache, builds every component and listens; Run serves.
@@ -41,15 +44,17 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	st := a.cache // a is nil when an error is returned
 	defer func() {
 		if err != nil {
-			a.cache.Close()
+			st.Close()
 		}
 	}()
 	token, err := admin.WriteToken(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
+	a.token = token
 	ups, aliases, err := buildUpstreams(cfg, log)
 	if err != nil {
 		return nil, err
@@ -58,11 +63,15 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	ac, err := newAccess(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
 	registerVerifyMetrics(metrics, a.cache.store)
-	a.proxy, err = proxy.New(proxy.Options{
+	popts := proxy.Options{
 		Registries:          ups,
 		DefaultRegistry:     cfg.DefaultRegistry,
 		HostAliases:         aliases,
@@ -88,7 +97,14 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Operator:            operatorOptions(cfg, a.cache),
 
 		PrivateRegistries: cfg.privateRegistries(),
-	})
+	}
+	if ac != nil {
+		popts.Access = ac
+		popts.AdminOpen = admin.OpenHandler(a.cache.ops)
+		popts.ClientCAFile = cfg.Auth.ClientCAFile
+		popts.InternalToken = token
+	}
+	a.proxy, err = proxy.New(popts)
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +288,7 @@ func (a *app) pinConfigured(ctx context.Context) {
 		return
 	}
 	plats, _ := choosePlatforms("", false)
-	ep := &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: "the config's pin list"}
+	ep := &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: "the config's pin list", token: a.token}
 	res := preload(ctx, ep, a.cfg.DefaultRegistry, fetch, plats, logWriter{a.log}, io.Discard)
 	if res.failed > 0 {
 		a.log.Warn("config pins: some images could not be fetched; they are pinned once pulled and the server restarted", "failed", res.failed)

@@ -42,6 +42,8 @@ type config struct {
 	Pin             []string          `toml:"pin"`
 	TagPolicy       []tagPolicyConfig `toml:"tag_policy"`
 	Watch           []watchConfig     `toml:"watch"`
+	// Auth is nil without an [auth] section: everyone may pull everything.
+	Auth *authConfig `toml:"auth"`
 }
 
 // watchConfig is one [[watch]] entry (README "Watch list").
@@ -301,6 +303,9 @@ func (c *config) finish() error {
 	}
 	if c.Cache.ScrubInterval.Duration < 0 {
 		errs = append(errs, errors.New("cache.scrub_interval: must not be negative"))
+	}
+	if c.Auth != nil {
+		errs = append(errs, c.Auth.check(c.Server))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))

@@ -42,7 +42,7 @@ func exportCommand() *cli.Command {
 		Name:      "export",
 		Usage:     "write cached images to an OCI image layout archive (for import on another mirror, skopeo or crane)",
 		ArgsUsage: "[IMAGE...]",
-		Flags: append(commonFlags(), serverFlag, fileFlag,
+		Flags: manageFlags(fileFlag,
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Required: true, Usage: "the archive to write (a tar file)"},
 			&cli.BoolFlag{Name: "all", Usage: "export every cached tag and every image pinned by digest"},
 		),

@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -33,8 +37,76 @@ type cacheAccess struct {
 	where string // the data dir, or the server's URL
 }
 
+// manageFlags are the flags of commands that work on the data dir or
+// through a server, local or remote.
+func manageFlags(extra ...cli.Flag) []cli.Flag {
+	return append(append(append(commonFlags(), serverFlag), remoteFlags()...), extra...)
+}
+
+// remoteFlags let a command manage a server on another box, as one of
+// its auth.admins, over TLS.
+func remoteFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "username", Usage: "with --server https://...: manage as this user (one of the server's auth.admins)", EnvVars: []string{"REGMIRROR_USERNAME"}},
+		&cli.StringFlag{Name: "password-file", Usage: "file holding --username's password", EnvVars: []string{"REGMIRROR_PASSWORD_FILE"}},
+		&cli.StringFlag{Name: "client-cert", Usage: "with --server https://...: a client certificate (PEM) whose CN is one of the server's auth.admins", EnvVars: []string{"REGMIRROR_CLIENT_CERT"}},
+		&cli.StringFlag{Name: "client-key", Usage: "the PEM key of --client-cert", EnvVars: []string{"REGMIRROR_CLIENT_KEY"}},
+		&cli.StringFlag{Name: "ca-file", Usage: "CA (PEM) that signed the server's certificate (default: the system's)", EnvVars: []string{"REGMIRROR_CA_FILE"}},
+	}
+}
+
+// remoteClient is the management client for --username or --client-cert,
+// nil when neither is given (then the data dir decides).
+func remoteClient(c *cli.Context) (*admin.Client, error) {
+	user, certFile := c.String("username"), c.String("client-cert")
+	if user == "" && certFile == "" {
+		return nil, nil
+	}
+	server := strings.TrimRight(c.String("server"), "/")
+	if !strings.HasPrefix(server, "https://") {
+		return nil, errors.New("--username and --client-cert need --server https://host:port (credentials only travel over TLS)")
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile := c.String("ca-file"); caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		tlsConfig.RootCAs = x509.NewCertPool()
+		if !tlsConfig.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
+		}
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, c.String("client-key"))
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert/--client-key: %w", err)
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
+	}
+	cl := admin.NewClient(server, "")
+	cl.HTTP.Transport = &http.Transport{TLSClientConfig: tlsConfig, Proxy: http.ProxyFromEnvironment}
+	if user != "" {
+		pwFile := c.String("password-file")
+		if pwFile == "" {
+			return nil, errors.New("--username needs --password-file")
+		}
+		b, err := os.ReadFile(pwFile)
+		if err != nil {
+			return nil, fmt.Errorf("--password-file: %w", err)
+		}
+		cl.Username, cl.Password = user, strings.TrimRight(string(b), "\r\n")
+	}
+	return cl, nil
+}
+
 // withCache runs fn with the cache, reached whichever way it can be.
 func withCache(c *cli.Context, fn func(ctx context.Context, ca cacheAccess) error) error {
+	if cl, err := remoteClient(c); err != nil {
+		return err
+	} else if cl != nil {
+		return fn(c.Context, cacheAccess{ops: cl, blobs: cl.BlobSource(c.Context), where: cl.BaseURL})
+	}
 	cfg, log, err := setup(c)
 	if err != nil {
 		return err
@@ -78,7 +150,7 @@ func gcCommand() *cli.Command {
 		Usage: "evict least recently used content down to the low watermark now",
 		Description: "Works on the data dir directly when no server uses it, " +
 			"else asks the running server (see --server).",
-		Flags: append(commonFlags(), serverFlag,
+		Flags: manageFlags(
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
@@ -106,7 +178,7 @@ func duCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "du",
 		Usage: "show the cache's size, budget and top repositories",
-		Flags: append(commonFlags(), serverFlag,
+		Flags: manageFlags(
 			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many repositories to list"},
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
@@ -128,7 +200,7 @@ func pinCommand() *cli.Command {
 		Name:      "pin",
 		Usage:     "protect cached images from eviction (their index, manifests, configs and layers)",
 		ArgsUsage: "IMAGE...",
-		Flags:     append(commonFlags(), serverFlag),
+		Flags:     manageFlags(),
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return errors.New("pin: name at least one image")
@@ -162,7 +234,7 @@ func unpinCommand() *cli.Command {
 		Name:      "unpin",
 		Usage:     "let pinned images be evicted again",
 		ArgsUsage: "IMAGE...",
-		Flags:     append(commonFlags(), serverFlag),
+		Flags:     manageFlags(),
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return errors.New("unpin: name at least one image")

@@ -156,6 +156,9 @@ type endpoint struct {
 	ops   admin.Ops
 	where string // for messages: the data dir or the server URL
 	stop  func() error
+	// token is the server's management token, sent with pulls so that
+	// access control lets them through.
+	token string
 }
 
 // openEndpoint starts a server in this process on loopback if the data
@@ -169,7 +172,7 @@ func openEndpoint(ctx context.Context, cfg config, log *slog.Logger, server stri
 		runCtx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- a.Run(runCtx) }()
-		return &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: cfg.DataDir,
+		return &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: cfg.DataDir, token: a.token,
 			stop: func() error { cancel(); return <-done }}, nil
 	case errors.Is(err, cache.ErrBusy):
 		url := serverURL(server, cfg.Listen)
@@ -181,7 +184,7 @@ func openEndpoint(ctx context.Context, cfg config, log *slog.Logger, server stri
 			return nil, fmt.Errorf("the data dir %s is in use, and its server does not answer at %s (set --server): %w", cfg.DataDir, url, err)
 		}
 		log.Debug("data dir in use; working through the running server", "server", url)
-		return &endpoint{url: url, ops: cl, where: url, stop: func() error { return nil }}, nil
+		return &endpoint{url: url, ops: cl, where: url, token: cl.Token, stop: func() error { return nil }}, nil
 	default:
 		return nil, err
 	}
@@ -225,7 +228,11 @@ func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []a
 	host := strings.TrimPrefix(strings.TrimPrefix(ep.url, "http://"), "https://")
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	defer transport.CloseIdleConnections() // the server may be shutting down next
-	ob := &observer{next: transport}
+	var next http.RoundTripper = transport
+	if ep.token != "" {
+		next = bearer{token: ep.token, next: transport}
+	}
+	ob := &observer{next: next}
 	pg := newProgress(barOut)
 	bars := make([]*bar, len(refs))
 	for i, r := range refs {
@@ -594,4 +601,17 @@ func platformsString(plats []v1.Platform) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ", ")
+}
+
+// bearer sends the server's management token with every request, which
+// a mirror with access control takes from loopback as its own.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(req)
 }

@@ -150,7 +150,7 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	defer transport.CloseIdleConnections()
 	pl := &imagePuller{host: w.a.Addr(), defaultRegistry: w.a.cfg.DefaultRegistry, plats: plats,
-		client: &http.Client{Transport: &observer{next: transport}}, tr: tr}
+		client: &http.Client{Transport: &observer{next: bearer{token: w.a.token, next: transport}}}, tr: tr} // the token passes access control
 	if t.Pin {
 		pl.pin = func(ctx context.Context, ds []digest.Digest) error { return w.a.cache.ops.Pin(ctx, ref.String(), ds) }
 	}

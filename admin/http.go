@@ -42,6 +42,13 @@ type pinRequest struct {
 // (see TokenFile). The caller may restrict further who reaches it (the
 // proxy: loopback clients only).
 func Handler(ops Ops, token string) http.Handler {
+	return requireToken(token, OpenHandler(ops))
+}
+
+// OpenHandler answers the operations for every request that reaches it:
+// the caller has established who the client is (the proxy: a user access
+// control names an admin, over TLS).
+func OpenHandler(ops Ops) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathPrefix+"usage", func(w http.ResponseWriter, r *http.Request) {
 		top, _ := strconv.Atoi(r.URL.Query().Get("top"))
@@ -88,7 +95,7 @@ func Handler(ops Ops, token string) http.Handler {
 	if v, ok := ops.(Verifier); ok {
 		mux.HandleFunc("POST "+PathPrefix+"verify", serveVerify(v))
 	}
-	return requireToken(token, mux)
+	return mux
 }
 
 func reply(w http.ResponseWriter, v any, err error) {
@@ -121,7 +128,10 @@ type Client struct {
 	BaseURL string
 	// Token is the server's management token (ReadToken).
 	Token string
-	HTTP  *http.Client
+	// Username and Password, when Username is set, are sent instead of
+	// the token: a remote admin of a server with access control.
+	Username, Password string
+	HTTP               *http.Client
 }
 
 var _ Ops = (*Client)(nil)
@@ -133,7 +143,11 @@ func NewClient(base, token string) *Client {
 
 // send does req with the token.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.Username != "" {
+		req.SetBasicAuth(c.Username, c.Password)
+	} else if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)

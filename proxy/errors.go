@@ -12,6 +12,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/regmirror/regmirror/access"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -75,7 +76,15 @@ func notFoundCode(res resource) (string, string) {
 func toWire(err error, res resource) wireError {
 	w := wireError{Detail: clientDetail(err)}
 	var rl *upstream.RateLimitError
+	var al *access.RateLimitError
 	switch {
+	case errors.Is(err, access.ErrUnauthenticated):
+		w.Status, w.Code, w.Message = http.StatusUnauthorized, "UNAUTHORIZED", "authentication required"
+	case errors.Is(err, access.ErrDenied):
+		w.Status, w.Code, w.Message = http.StatusForbidden, "DENIED", "requested access to the resource is denied"
+	case errors.As(err, &al):
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many requests from this client, retry later"
+		w.RetryAfter = al.RetryAfter
 	case errors.Is(err, errNameInvalid), errors.Is(err, upstream.ErrInvalidName):
 		w.Status, w.Code, w.Message = http.StatusBadRequest, "NAME_INVALID", "invalid repository name"
 	case errors.Is(err, errDigestInvalid), errors.Is(err, cache.ErrInvalidDigest):

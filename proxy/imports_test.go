@@ -14,6 +14,7 @@ func TestImports(t *testing.T) {
 		"github.com/opencontainers/go-digest",
 		"github.com/prometheus/client_golang/...",
 		"golang.org/x/sync/singleflight",
+		"github.com/regmirror/regmirror/access",
 		"github.com/regmirror/regmirror/cache",
 		"github.com/regmirror/regmirror/tagpolicy",
 		"github.com/regmirror/regmirror/upstream",

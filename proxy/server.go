@@ -123,6 +123,17 @@ type Options struct {
 	// TLSCertFile and TLSKeyFile, when set, serve HTTPS (PEM files; the
 	// certificate file may hold the chain).
 	TLSCertFile, TLSKeyFile string
+	// ClientCAFile, with TLS, asks clients for a certificate and verifies
+	// one if given against these CAs; Access then sees its CN.
+	ClientCAFile string
+	// Access, when set, decides who may pull what (see access.go); nil:
+	// everyone may pull everything. AdminOpen is the management API
+	// without its token check, for users Access names admins (over TLS).
+	Access    Access
+	AdminOpen http.Handler
+	// InternalToken, sent as "Authorization: Bearer <token>" from
+	// loopback, passes access control (the mirror's own preloads).
+	InternalToken string
 	// Metrics receives the proxy's Prometheus collectors; nil disables
 	// /metrics.
 	Metrics *prometheus.Registry
@@ -158,8 +169,10 @@ type Server struct {
 	stopFills  context.CancelFunc
 	fillsAlive sync.WaitGroup
 
-	metricsHandler fasthttp.RequestHandler
-	adminHandler   fasthttp.RequestHandler
+	metricsHandler   fasthttp.RequestHandler
+	adminHandler     fasthttp.RequestHandler
+	adminOpenHandler fasthttp.RequestHandler
+	accessMetrics    accessMetrics
 
 	// plain are the upstreams as configured; registries wraps them in
 	// meters (instrument.go).
@@ -267,6 +280,9 @@ func New(o Options) (*Server, error) {
 		CloseOnShutdown:               true,
 		Logger:                        fasthttpLogger{o.Logger},
 	}
+	if err := s.setupAccess(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -315,6 +331,7 @@ type exchange struct {
 	repo      string
 	ref       string
 	client    string
+	user      string // who access control says the client is
 	endpoint  string
 	outcome   string // hit, miss, join, stale, revalidated, bypass, or empty
 	status    int
@@ -334,6 +351,9 @@ func (e *exchange) done(bytes int64, err error) {
 	}
 	if e.registry != "" {
 		attrs = append(attrs, "registry", e.registry)
+	}
+	if e.user != "" {
+		attrs = append(attrs, "user", e.user)
 	}
 	if e.outcome != "" {
 		attrs = append(attrs, "cache", e.outcome)
@@ -391,11 +411,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 	}
 	if strings.HasPrefix(ex.path, adminPrefix) && s.adminHandler != nil {
 		ex.endpoint = "admin"
-		if !isLoopback(ctx.RemoteIP()) {
-			writeError(ctx, fmt.Errorf("%w: management is for loopback clients only", errForbidden), resourceNone)
-			return false
-		}
-		s.adminHandler(ctx)
+		s.serveAdmin(ctx, ex)
 		return false
 	}
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
@@ -417,6 +433,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 			writeError(ctx, err, resourceNone)
 			return false
 		}
+		if s.refused(ctx, ex, "", "") {
+			return false
+		}
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString("{}")
 		return false
@@ -428,12 +447,17 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 	rq, err := s.resolve(ctx, p)
 	if err != nil {
 		ex.endpoint = endpointName(p.endpoint)
-		writeError(ctx, err, resourceOf(p.endpoint))
+		if !s.refused(ctx, ex, "", "") {
+			writeError(ctx, err, resourceOf(p.endpoint))
+		}
 		return false
 	}
 	ex.registry = rq.up.Name()
 	ex.repo, ex.ref = rq.repo, rq.ref.String()
 	ex.endpoint = endpointName(p.endpoint)
+	if s.refused(ctx, ex, rq.registry, rq.repo) {
+		return false
+	}
 	switch p.endpoint {
 	case endpointManifest:
 		s.serveManifest(ctx, ex, rq)

@@ -157,6 +157,11 @@ type HostsConfig struct {
 	// "_default", https://registry-1.docker.io for docker.io and
 	// https://<Registry> otherwise.
 	Server string
+	// Header is sent with every request to the mirror, e.g.
+	// {"Authorization": "Basic ..."} for a mirror with access control.
+	Header map[string]string
+	// CAFile verifies an https mirror's certificate (default: not verified).
+	CAFile string
 }
 
 // WriteHostsDir writes a hosts directory whose _default/hosts.toml sends
@@ -195,11 +200,20 @@ func WriteHostsFile(t testing.TB, hostsDir string, hc HostsConfig) {
 		fmt.Fprintf(&b, "server = %s\n\n", strconv.Quote(server))
 	}
 	fmt.Fprintf(&b, "[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", strconv.Quote(mirror))
-	if strings.HasPrefix(mirror, "https://") {
+	switch {
+	case strings.HasPrefix(mirror, "https://") && hc.CAFile != "":
+		fmt.Fprintf(&b, "  ca = %s\n", strconv.Quote(hc.CAFile))
+	case strings.HasPrefix(mirror, "https://"):
 		b.WriteString("  skip_verify = true\n")
 	}
 	if hc.OverridePath {
 		b.WriteString("  override_path = true\n")
+	}
+	if len(hc.Header) > 0 {
+		fmt.Fprintf(&b, "  [host.%s.header]\n", strconv.Quote(mirror))
+		for k, v := range hc.Header {
+			fmt.Fprintf(&b, "    %s = %s\n", strconv.Quote(k), strconv.Quote(v))
+		}
 	}
 	writeFile(t, filepath.Join(hostsDir, reg, "hosts.toml"), b.String())
 }

@@ -91,6 +91,7 @@ type Server struct {
 	gates         map[digest.Digest]*Gate
 	hostile       hostile
 	rateLimit     rateLimit
+	seen          seenHeaders
 }
 
 // Start starts a registry and its token server on a loopback listener and
@@ -170,6 +171,7 @@ func (s *Server) Close() {
 // serveRegistry is the registry listener's handler: faults, auth, counters,
 // then blob GETs here and everything else in pkg/registry.
 func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	s.seen.record(r)
 	if r.URL.Path == "/token" {
 		s.serveToken(w, r) // no registry faults: the token server stays up
 		return

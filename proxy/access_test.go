@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"net"
+	"net/http"
+	"testing"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/access"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// fakeAccess knows one password user per name and who is an admin.
+type fakeAccess struct {
+	users  map[string]string // user → password
+	admins map[string]bool
+	calls  int
+}
+
+func (f *fakeAccess) Identify(c access.Client) (string, error) {
+	f.calls++
+	for u, p := range f.users {
+		if c.Authorization == "Basic "+base64.StdEncoding.EncodeToString([]byte(u+":"+p)) {
+			return u, nil
+		}
+	}
+	return "", access.ErrUnauthenticated
+}
+
+func (f *fakeAccess) Authorize(c access.Client, registry, repo string) (string, error) {
+	u, err := f.Identify(c)
+	if err != nil {
+		return "", err
+	}
+	if repo == "denied/repo" {
+		return u, access.ErrDenied
+	}
+	return u, nil
+}
+
+func (f *fakeAccess) IsAdmin(user string) bool { return f.admins[user] }
+
+func (f *fakeAccess) May(user, registry, repo string) bool { return repo != "denied/repo" }
+
+func newAccessServer(t *testing.T, acc Access, tls bool) *Server {
+	t.Helper()
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	o := Options{Registries: []Upstream{reg}, Store: store, Access: acc,
+		Admin: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") != "Bearer tok" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			w.Write([]byte("token"))
+		}),
+		AdminOpen: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("open")) }),
+	}
+	if tls {
+		o.TLSCertFile, o.TLSKeyFile = "cert.pem", "key.pem" // only read by Serve
+	}
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func serveFrom(s *Server, ip, path, auth string) (int, string, string) {
+	var req fasthttp.Request
+	req.SetRequestURI(path)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
+	s.Handler()(&ctx)
+	return ctx.Response.StatusCode(), string(ctx.Response.Body()), string(ctx.Response.Header.Peek("WWW-Authenticate"))
+}
+
+func basicHeader(u, p string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p))
+}
+
+// TestAdminAccess: the management API answers loopback clients with the
+// token as before, and identified admins from any address over TLS;
+// everyone else from afar is refused.
+func TestAdminAccess(t *testing.T) {
+	acc := &fakeAccess{users: map[string]string{"alice": "a", "bob": "b"}, admins: map[string]bool{"alice": true}}
+	s := newAccessServer(t, acc, true)
+	tests := []struct {
+		name, ip, auth string
+		status         int
+		body           string
+	}{
+		{"loopback with the token", "127.0.0.1", "Bearer tok", 200, "token"},
+		{"loopback without it", "127.0.0.1", "", 401, ""},
+		{"remote admin", "203.0.113.9", basicHeader("alice", "a"), 200, "open"},
+		{"remote admin, wrong password", "203.0.113.9", basicHeader("alice", "x"), 403, ""},
+		{"remote non-admin", "203.0.113.9", basicHeader("bob", "b"), 403, ""},
+		{"remote with the token", "203.0.113.9", "Bearer tok", 403, ""},
+		{"loopback admin without the token", "127.0.0.1", basicHeader("alice", "a"), 200, "open"},
+	}
+	for _, tt := range tests {
+		status, body, _ := serveFrom(s, tt.ip, "/_regmirror/usage", tt.auth)
+		if status != tt.status || (tt.body != "" && body != tt.body) {
+			t.Errorf("%s: %d %q, want %d %q", tt.name, status, body, tt.status, tt.body)
+		}
+	}
+	// Without TLS no password is taken from afar.
+	plain := newAccessServer(t, acc, false)
+	if status, _, _ := serveFrom(plain, "203.0.113.9", "/_regmirror/usage", basicHeader("alice", "a")); status != 403 {
+		t.Errorf("remote admin over plain HTTP: %d, want 403", status)
+	}
+}
+
+// TestAccessAskedOncePerRequest: every pull request is put to access
+// exactly once, after routing, and refusals carry the right wire codes.
+func TestAccessAskedOncePerRequest(t *testing.T) {
+	acc := &fakeAccess{users: map[string]string{"ci": "pw"}}
+	s := newAccessServer(t, acc, false)
+	ci := basicHeader("ci", "pw")
+	tests := []struct {
+		path, auth string
+		status     int
+	}{
+		{"/v2/", "", 401},
+		{"/v2/", ci, 200},
+		{"/v2/denied/repo/manifests/latest", ci, 403},
+		{"/v2/docker.io/denied/repo/tags/list", ci, 403},
+		{"/v2/denied/repo/blobs/sha256:" + "0000000000000000000000000000000000000000000000000000000000000000", ci, 403},
+		{"/v2/denied/repo/manifests/latest?ns=docker.io", ci, 403},
+		{"/v2/library/alpine/manifests/latest", "", 401},
+		{"/v2/quay.io/x/manifests/latest?ns=quay.io", "", 401}, // unroutable, but who asks is checked first
+		{"/v2/quay.io/x/manifests/latest?ns=quay.io", ci, 403}, // then the routing error
+	}
+	for _, tt := range tests {
+		before := acc.calls
+		status, body, challenge := serveFrom(s, "203.0.113.9", tt.path, tt.auth)
+		if status != tt.status {
+			t.Errorf("%s: %d %s, want %d", tt.path, status, body, tt.status)
+		}
+		if acc.calls-before != 1 {
+			t.Errorf("%s: access asked %d times, want once", tt.path, acc.calls-before)
+		}
+		if (status == 401) != (challenge == `Basic realm="regmirror"`) {
+			t.Errorf("%s: %d with WWW-Authenticate %q", tt.path, status, challenge)
+		}
+	}
+}
+
+// TestInternalToken: the mirror's own preloads (loopback, management
+// token) pass access control; the token from afar is no identity.
+func TestInternalToken(t *testing.T) {
+	acc := &fakeAccess{users: map[string]string{"ci": "pw"}}
+	s := newAccessServer(t, acc, false)
+	s.opts.InternalToken = "internal"
+	if status, _, _ := serveFrom(s, "127.0.0.1", "/v2/", "Bearer internal"); status != 200 {
+		t.Errorf("loopback with the internal token: %d", status)
+	}
+	if status, _, _ := serveFrom(s, "203.0.113.9", "/v2/", "Bearer internal"); status != 401 {
+		t.Errorf("remote with the internal token: %d, want 401", status)
+	}
+	if status, _, _ := serveFrom(s, "127.0.0.1", "/v2/", "Bearer other"); status != 401 {
+		t.Errorf("loopback with another token: %d, want 401", status)
+	}
+}
