@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -187,7 +188,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 		}
 	}
 
-	hdr.Set("Content-Length", strconv.FormatInt(length, 10))
+	announced := length
+	if f.lying && !partial { // LieBlobLength
+		announced, length = f.lieLength, min(length, f.lieLength)
+	}
+	hdr.Set("Content-Length", strconv.FormatInt(announced, 10))
 	w.WriteHeader(status)
 
 	bw := &blobWriter{
@@ -203,12 +208,17 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if f.corrupt && size > 0 {
 		bw.flip = size - 1
 	}
+	bw.trickle, bw.every = s.takeTrickle()
 	if head == 0 {
 		bw.flush()
 		bw.wait()
 	}
 	if _, err := io.Copy(bw, io.NewSectionReader(file, start, length)); err != nil {
 		panic(http.ErrAbortHandler) // cut or client gone: close the connection
+	}
+	if announced > length {
+		bw.flush()
+		panic(http.ErrAbortHandler) // a lying length: end short of it
 	}
 }
 
@@ -225,6 +235,8 @@ type blobWriter struct {
 	flip    int64
 	hold    int64
 	gate    *Gate
+	trickle int           // > 0: write at most this many bytes per interval
+	every   time.Duration // the trickle's interval
 }
 
 var errFault = errors.New("testupstream: fault")
@@ -247,6 +259,20 @@ func (b *blobWriter) wait() {
 	}
 }
 
+// sleep waits d between trickled chunks; it panics (closing the connection)
+// if the client leaves or the server closes first.
+func (b *blobWriter) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.ctx.Done():
+		panic(http.ErrAbortHandler)
+	case <-b.closing:
+		panic(http.ErrAbortHandler)
+	}
+}
+
 func (b *blobWriter) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
@@ -257,6 +283,9 @@ func (b *blobWriter) Write(p []byte) (int, error) {
 		}
 		if b.cut >= 0 && b.written+int64(len(chunk)) > b.cut {
 			chunk = chunk[:b.cut-b.written]
+		}
+		if b.trickle > 0 && len(chunk) > b.trickle {
+			chunk = chunk[:b.trickle]
 		}
 		if len(chunk) > 0 {
 			if b.flip >= b.pos && b.flip < b.pos+int64(len(chunk)) {
@@ -272,6 +301,10 @@ func (b *blobWriter) Write(p []byte) (int, error) {
 			b.pos += int64(len(chunk))
 			total += len(chunk)
 			p = p[len(chunk):]
+		}
+		if b.trickle > 0 && len(chunk) > 0 {
+			b.flush()
+			b.sleep(b.every)
 		}
 		if b.hold > 0 && b.written == b.hold {
 			b.flush()

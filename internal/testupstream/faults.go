@@ -15,6 +15,13 @@ type faults struct {
 	retryAfter string
 	cutAfter   int64 // -1: off
 	corrupt    bool
+
+	// Body faults (LieBlobLength, TrickleBlobs); zero is off.
+	lying        bool
+	lieLength    int64
+	trickleChunk int
+	trickleEvery time.Duration
+	trickleLeft  int
 }
 
 func (s *Server) snapshotFaults() faults {
@@ -149,4 +156,46 @@ func (g *Gate) arrive() int64 {
 	g.mu.Unlock()
 	g.arriveOnce.Do(func() { close(g.arrived) })
 	return head
+}
+
+// Body faults for the fill and pass-through tests (lying lengths, trickling
+// bodies). Zero values are off, so ClearFaults clears them too.
+
+// LieBlobLength makes full (non-Range) blob GETs announce Content-Length n
+// whatever the blob's real size: the response carries the first min(n, size)
+// bytes of the blob, and when n is larger than the blob the connection is
+// closed after the real bytes, as a server that lies about its content would.
+// n < 0 clears it.
+func (s *Server) LieBlobLength(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.lying, s.faults.lieLength = n >= 0, n
+}
+
+// TrickleBlobs makes the next responses blob GETs (every one when responses
+// <= 0) send their body chunk bytes at a time, one chunk every interval, as
+// a slow or hostile upstream would. TrickleBlobs(0, 0, 0) clears it.
+func (s *Server) TrickleBlobs(chunk int, every time.Duration, responses int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.trickleChunk, s.faults.trickleEvery = chunk, every
+	s.faults.trickleLeft = responses
+}
+
+// takeTrickle decides whether this blob GET trickles, consuming one of the
+// counted responses; it returns chunk 0 when it does not.
+func (s *Server) takeTrickle() (chunk int, every time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := &s.faults
+	chunk, every = f.trickleChunk, f.trickleEvery
+	if chunk <= 0 {
+		return 0, 0
+	}
+	if f.trickleLeft > 0 {
+		if f.trickleLeft--; f.trickleLeft == 0 {
+			f.trickleChunk = 0 // that was the last counted response
+		}
+	}
+	return chunk, every
 }
