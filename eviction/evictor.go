@@ -513,15 +513,7 @@ func (e *Evictor) pass(ctx context.Context, kind passKind, need int64) (Result, 
 	defer func() { <-e.passSem }()
 	start := time.Now()
 
-	free, haveFree := int64(0), false
-	if e.freeSpace != nil {
-		f, err := e.freeSpace()
-		if err != nil {
-			e.log.Warn("eviction: cannot read free space; min_free ignored this pass", "err", err)
-		} else {
-			free, haveFree = f, true
-		}
-	}
+	free, haveFree := e.readFree()
 
 	e.mu.Lock()
 	before := e.bytes
@@ -562,6 +554,19 @@ func (e *Evictor) pass(ctx context.Context, kind passKind, need int64) (Result, 
 		failed []parked
 		stuck  bool
 	)
+	// Never delete toward a target that deleting everything evictable
+	// would not reach (room.go).
+	if limitOK, deficitOK, evictable := e.reachable(limit, deficit); kind == passEnsure && (!limitOK || !deficitOK) {
+		res.Remaining = e.Stats().Bytes
+		return res, fmt.Errorf("%w: need %s; evicting all %s evictable would not make it (usage %s, budget %s, min free %s, free %s)",
+			ErrNoRoom, humanize.IBytes(uint64(need)), humanize.IBytes(uint64(evictable)), humanize.IBytes(uint64(res.Remaining)),
+			humanize.IBytes(uint64(e.maxBytes)), humanize.IBytes(uint64(e.minFree)), humanize.IBytes(uint64(max(free, 0))))
+	} else if !deficitOK {
+		e.log.Warn("eviction: min_free cannot be reached by evicting everything evictable; not evicting for it",
+			"deficit", humanize.IBytes(uint64(deficit)), "evictable", humanize.IBytes(uint64(evictable)))
+		deficit = 0
+		stuck = true
+	}
 	for {
 		if err = ctx.Err(); err != nil {
 			break

@@ -457,9 +457,12 @@ func TestMinFree(t *testing.T) {
 	}
 }
 
-func TestMinFreeStopsWhenNothingLeft(t *testing.T) {
+// TestMinFreeUnreachableEvictsNothing: a min_free that evicting everything
+// could not reach (here larger than the filesystem) deletes nothing, where it
+// used to empty the cache on every pass; the pass says it is stuck.
+func TestMinFreeUnreachableEvictsNothing(t *testing.T) {
 	d := &fakeDeleter{}
-	e, _ := newTest(t, Options{
+	e, logs := newTest(t, Options{
 		MaxBytes:  10_000,
 		MinFree:   1 << 40,
 		FreeSpace: func() (int64, error) { return 0, nil }, // never improves
@@ -467,8 +470,66 @@ func TestMinFreeStopsWhenNothingLeft(t *testing.T) {
 	addN(e, "k", 5, 10)
 	e.Add(Entry{Key: "pin", Size: 10, Pinned: true})
 	res, err := e.pass(t.Context(), passAuto, 0)
-	if err != nil || res.Blobs != 5 || res.Remaining != 10 || !e.Stats().Stuck {
-		t.Fatalf("result %+v err %v stats %+v", res, err, e.Stats())
+	if err != nil || res.Blobs != 0 || res.Remaining != 60 || !e.Stats().Stuck || len(d.got()) != 0 {
+		t.Fatalf("result %+v err %v stats %+v deleted %v", res, err, e.Stats(), d.got())
+	}
+	if !strings.Contains(logs.String(), "min_free cannot be reached") {
+		t.Fatalf("no warning:\n%s", logs)
+	}
+}
+
+// TestEnsureFreeUnreachable: EnsureFree refuses, deleting nothing, a need
+// that evicting everything evictable would not meet: on the budget (pins and
+// holds stay) or on the filesystem (free + evictable − MinFree).
+func TestEnsureFreeUnreachable(t *testing.T) {
+	d := &fakeDeleter{}
+	e, _ := newTest(t, Options{MaxBytes: 1000}, d)
+	addN(e, "k", 5, 100) // 500 evictable
+	e.Add(Entry{Key: "pin", Size: 300, Pinned: true})
+	release := e.Hold("k4")
+	defer release()
+	// 1000 − 300 pinned − 100 held = 600 at most; 650 is unreachable.
+	if _, err := e.EnsureFree(t.Context(), 650); !errors.Is(err, ErrNoRoom) || len(d.got()) != 0 {
+		t.Fatalf("EnsureFree(650): %v, deleted %v; want ErrNoRoom and nothing deleted", err, d.got())
+	}
+	if _, err := e.EnsureFree(t.Context(), 550); err != nil {
+		t.Fatalf("EnsureFree(550): %v", err)
+	}
+
+	var free int64 = 100
+	d2 := &fakeDeleter{}
+	d2.before = func(string) { free += 10 }
+	e2, _ := newTest(t, Options{MaxBytes: 1 << 30, MinFree: 20, FreeSpace: func() (int64, error) { return free, nil }}, d2)
+	addN(e2, "k", 10, 10) // 100 evictable: at most 100 + 100 − 20 = 180 can be made free
+	if _, err := e2.EnsureFree(t.Context(), 181); !errors.Is(err, ErrNoRoom) || len(d2.got()) != 0 {
+		t.Fatalf("EnsureFree(181): %v, deleted %v; want ErrNoRoom and nothing deleted", err, d2.got())
+	}
+}
+
+// TestCanFit: the cannot-fit rule, on the budget's low watermark beside what
+// cannot be evicted, and on what eviction could free on the filesystem.
+func TestCanFit(t *testing.T) {
+	e, _ := newTest(t, Options{MaxBytes: 1000}, &fakeDeleter{}) // low 850
+	addN(e, "k", 5, 100)
+	e.Add(Entry{Key: "pin", Size: 100, Pinned: true})
+	if err := e.CanFit(750); err != nil {
+		t.Fatalf("750 beside 100 pinned under 850: %v", err)
+	}
+	if err := e.CanFit(751); !errors.Is(err, ErrNoRoom) {
+		t.Fatalf("751: %v, want ErrNoRoom", err)
+	}
+	if err := e.CanFit(0); err != nil {
+		t.Fatalf("the empty blob: %v", err)
+	}
+
+	free := int64(50)
+	e2, _ := newTest(t, Options{MaxBytes: 1 << 40, MinFree: 30, FreeSpace: func() (int64, error) { return free, nil }}, &fakeDeleter{})
+	addN(e2, "k", 4, 100) // 400 evictable: 50 + 400 − 30 = 420
+	if err := e2.CanFit(420); err != nil {
+		t.Fatalf("420: %v", err)
+	}
+	if err := e2.CanFit(421); !errors.Is(err, ErrNoRoom) || !strings.Contains(err.Error(), "filesystem") {
+		t.Fatalf("421: %v, want ErrNoRoom on the filesystem", err)
 	}
 }
 
