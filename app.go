@@ -71,6 +71,10 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
 	registerVerifyMetrics(metrics, a.cache.store)
+	minRate, err := cfg.Server.minUpstreamRate()
+	if err != nil {
+		return nil, err
+	}
 	popts := proxy.Options{
 		Registries:          ups,
 		DefaultRegistry:     cfg.DefaultRegistry,
@@ -97,6 +101,9 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Operator:            operatorOptions(cfg, a.cache),
 
 		PrivateRegistries: cfg.privateRegistries(),
+
+		MinUpstreamRate:       minRate,
+		MinUpstreamRateWindow: cfg.Server.MinUpstreamRateWindow.Duration,
 	}
 	if ac != nil {
 		popts.Access = ac
@@ -190,6 +197,10 @@ func buildFailover(cfg config, r registryConfig, primary *upstream.Registry, log
 type fillHooks struct{ evictor *eviction.Evictor }
 
 func (h fillHooks) Hold(d digest.Digest) func() { return h.evictor.Hold(d.String()) }
+
+// CanFit is the proxy's cannot-fit question, answered by eviction before a
+// fill writes a byte.
+func (h fillHooks) CanFit(size int64) error { return h.evictor.CanFit(size) }
 
 func (h fillHooks) NoSpace(ctx context.Context, need int64) bool {
 	_, err := h.evictor.EnsureFree(ctx, need)

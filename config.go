@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/eviction"
 
 	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
@@ -153,6 +154,11 @@ type serverConfig struct {
 	MaxConnections      int    `toml:"max_connections"`
 	MaxConnectionsPerIP int    `toml:"max_connections_per_ip"`
 	RateLimitReserve    string `toml:"ratelimit_reserve"`
+
+	// MinUpstreamRate ("10KiB" per second; "0" turns the guard off) over
+	// MinUpstreamRateWindow: a slower blob body is resumed, then given up.
+	MinUpstreamRate       string   `toml:"min_upstream_rate"`
+	MinUpstreamRateWindow duration `toml:"min_upstream_rate_window"`
 }
 
 type cacheConfig struct {
@@ -201,6 +207,9 @@ func defaultConfig() config {
 			RevalidateTimeout: duration{5 * time.Second},
 			OutageBackoff:     duration{30 * time.Second},
 			RateLimitReserve:  "10%",
+
+			MinUpstreamRate:       "10KiB",
+			MinUpstreamRateWindow: duration{time.Minute},
 		},
 		Cache: cacheConfig{
 			MaxSize:       "0",
@@ -313,7 +322,29 @@ func (c *config) finish() error {
 	if _, _, err := parseReserve(c.Server.RateLimitReserve); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.Server.minUpstreamRate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Server.MinUpstreamRateWindow.Duration < 0 {
+		errs = append(errs, errors.New("server.min_upstream_rate_window: must not be negative"))
+	}
 	return errors.Join(errs...)
+}
+
+// minUpstreamRate is server.min_upstream_rate in bytes per second for the
+// proxy's options: -1 (off) for "0", 0 (the default) when empty.
+func (s serverConfig) minUpstreamRate() (int64, error) {
+	if strings.TrimSpace(s.MinUpstreamRate) == "" {
+		return 0, nil
+	}
+	n, err := eviction.ParseSize(strings.TrimSuffix(strings.TrimSpace(s.MinUpstreamRate), "/s"))
+	if err != nil {
+		return 0, fmt.Errorf("server.min_upstream_rate: %w", err)
+	}
+	if n == 0 {
+		return -1, nil
+	}
+	return n, nil
 }
 
 func (r *registryConfig) resolvePassword() error {

@@ -45,14 +45,15 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 			s.headBlobUpstream(ctx, rq)
 			return false
 		}
+		if reason, ok := s.passes.joinable(d); ok {
+			return s.servePassThrough(ctx, ex, rq, reason)
+		}
 		if s.diskFull() {
-			ex.outcome = "bypass"
-			return s.servePassThrough(ctx, ex, rq)
+			return s.servePassThrough(ctx, ex, rq, reasonDiskFull)
 		}
 		f, joined, err := s.joinFill(rq)
 		if isNoSpace(err) {
-			ex.outcome = "bypass"
-			return s.servePassThrough(ctx, ex, rq)
+			return s.servePassThrough(ctx, ex, rq, reasonDiskFull)
 		}
 		if err != nil {
 			writeError(ctx, err, resourceBlob)
@@ -73,7 +74,7 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) b
 				return false
 			}
 		}
-		return s.serveFill(ctx, ex, f)
+		return s.serveFill(ctx, ex, rq, f)
 	}
 	writeError(ctx, fmt.Errorf("%w: %s vanished from the cache", errNotCached, d), resourceBlob)
 	return false
@@ -348,17 +349,33 @@ func (b *fileBody) Close() error {
 }
 
 // serveFill answers a client from a fill in progress, once upstream has
-// answered: the client gets bytes as they arrive, Range included.
-func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool {
+// answered: the client gets bytes as they arrive, Range included. The
+// status line and headers go out at once (ImmediateHeaderFlush), not when
+// the first few KiB of a slow body have filled fasthttp's write buffer.
+func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f *fill) bool {
+	ticket := f.enter()
 	size, err := f.startResult()
+	if errors.Is(err, errCannotFit) {
+		share, reserved := f.handedOff(ticket)
+		return s.servePassThroughVia(ctx, ex, rq, reasonCannotFit, share, reserved)
+	}
 	if err != nil {
 		writeError(ctx, err, resourceBlob)
 		return false
 	}
 	file, err := f.writer.OpenReader()
 	if err != nil {
-		writeError(ctx, err, resourceBlob)
-		return false
+		// The fill ended between the start and now: answer with how.
+		if ferr := f.wait(); ferr != nil {
+			writeError(ctx, ferr, resourceBlob)
+			return false
+		}
+		cached, info, err := s.store.Open(f.digest)
+		if err != nil {
+			writeError(ctx, err, resourceBlob)
+			return false
+		}
+		return s.serveFile(ctx, ex, cached, info)
 	}
 	setBlobHeaders(ctx, f.digest.String())
 	rng, ok := applyRange(ctx, size)
@@ -367,9 +384,19 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 		return false
 	}
 	r := &follower{fill: f, file: file, off: rng.start, end: rng.end}
-	r.fallback = func(prefix io.ReaderAt, off, end int64) (*passThrough, error) {
+	r.fallback = func(prefix io.ReaderAt, prefixEnd, off, end int64) (*passReader, error) {
 		s.log.Warn("disk full: streaming the rest from upstream without caching", "digest", f.digest, "offset", off)
-		return s.newPassThrough(f.request, prefix, off, end, size)
+		pr := s.joinPass(f.request, reasonDiskFull, prefix, prefixEnd, off, end)
+		n, err := pr.p.startResult()
+		if err == nil && n != size {
+			err = fmt.Errorf("%w: %d bytes, %d before", errUpstreamLength, n, size)
+		}
+		if err != nil {
+			pr.Close()
+			return nil, err
+		}
+		pr.seek(off, end)
+		return pr, nil
 	}
 	length := rng.end - rng.start
 	if size < 0 {
@@ -381,37 +408,43 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) bool
 		f.followers.Add(-1)
 		ex.done(sent, err)
 	}
+	ctx.Response.ImmediateHeaderFlush = true
 	ctx.Response.SetBodyStream(r, int(length))
 	return true
 }
 
-// servePassThrough answers a blob GET straight from upstream, without
-// caching: the disk is full and eviction could not make room.
-func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request) bool {
-	uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
-	size, err := rq.up.HeadBlob(uctx, rq.repo, rq.ref.digest)
-	cancel()
+// servePassThrough answers a blob GET from the shared upstream download of
+// its digest, without caching (see passthrough.go): the disk is full, or
+// the blob cannot fit in the cache.
+func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string) bool {
+	return s.servePassThroughVia(ctx, ex, rq, reason, nil, false)
+}
+
+// servePassThroughVia is servePassThrough for a client of a fill that handed
+// its body to share (holding a place for it when reserved).
+func (s *Server) servePassThroughVia(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string, share *passShare, reserved bool) bool {
+	ex.outcome = "bypass"
+	r := s.joinPassVia(share, reserved, rq, reason, nil, 0, 0, -1)
+	size, err := r.p.startResult()
 	if err != nil {
+		r.Close()
 		writeError(ctx, err, resourceBlob)
 		return false
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
 	rng, ok := applyRange(ctx, size)
 	if !ok {
+		r.Close()
 		return false
 	}
 	end, length := rng.end, rng.end-rng.start
 	if size < 0 {
 		end, length = -1, -1
 	}
-	p, err := s.newPassThrough(rq, nil, rng.start, end, size)
-	if err != nil {
-		ctx.Response.Header.Del("Content-Range")
-		writeError(ctx, err, resourceBlob)
-		return false
-	}
+	r.seek(rng.start, end)
 	ex.status = ctx.Response.StatusCode()
-	p.onClose = func(sent int64, err error) { ex.done(sent, err) }
-	ctx.Response.SetBodyStream(p, int(length))
+	r.onClose = func(sent int64, err error) { ex.done(sent, err) }
+	ctx.Response.ImmediateHeaderFlush = true
+	ctx.Response.SetBodyStream(r, int(length))
 	return true
 }

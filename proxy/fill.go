@@ -48,6 +48,13 @@ type fill struct {
 	written int64
 	done    bool
 	err     error // why the fill failed; nil after a verified commit
+
+	// waiting counts the clients that entered serveFill; when the blob
+	// cannot fit, the first passReserved of them have a place kept in pass,
+	// the shared pass-through the fill handed its body to.
+	waiting      int
+	pass         *passShare
+	passReserved int
 }
 
 func newFill(d digest.Digest, w *cache.Writer) *fill {
@@ -62,6 +69,12 @@ func (f *fill) start(size int64) {
 	f.size = size
 	f.mu.Unlock()
 	f.startedOnce.Do(func() { close(f.started) })
+}
+
+func (f *fill) writtenBytes() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.written
 }
 
 func (f *fill) advance(n int) {
@@ -79,6 +92,34 @@ func (f *fill) finish(err error) {
 	f.mu.Unlock()
 	f.cond.Broadcast()
 	f.startedOnce.Do(func() { close(f.started) })
+}
+
+// wait blocks until the fill ends and returns why it failed (nil: the blob
+// was verified and committed).
+func (f *fill) wait() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !f.done {
+		f.cond.Wait()
+	}
+	return f.err
+}
+
+// enter registers a client of the fill and returns its ticket, which tells
+// (see handedOff) whether a place is kept for it in a pass-through.
+func (f *fill) enter() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.waiting++
+	return f.waiting - 1
+}
+
+// handedOff returns the pass-through the fill handed its body to, and
+// whether the client with ticket has a place kept in it.
+func (f *fill) handedOff(ticket int) (*passShare, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pass, ticket < f.passReserved
 }
 
 // startResult is what a client needs to answer: the size, or why not.
@@ -127,8 +168,8 @@ type follower struct {
 
 	// fallback, when set, takes over from upstream if the fill fails for
 	// lack of disk space; direct is the stream it returned.
-	fallback func(prefix io.ReaderAt, off, end int64) (*passThrough, error)
-	direct   *passThrough
+	fallback func(prefix io.ReaderAt, prefixEnd, off, end int64) (*passReader, error)
+	direct   *passReader
 }
 
 func (r *follower) Read(p []byte) (int, error) {
@@ -149,7 +190,7 @@ func (r *follower) Read(p []byte) (int, error) {
 		// The disk filled up under the fill: carry on straight from
 		// upstream, with what this client already has read back from the
 		// temp file for the digest check.
-		if r.direct, err = r.fallback(r.file, r.off, r.end); err == nil {
+		if r.direct, err = r.fallback(r.file, r.fill.writtenBytes(), r.off, r.end); err == nil {
 			return r.Read(p)
 		}
 	}
@@ -263,9 +304,11 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		defer s.metrics.fillsInProgress.Dec()
 		defer release()
 		ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
-		defer cancel()
 		start := time.Now()
-		err := s.runFill(ctx, f, rq)
+		err := s.runFill(ctx, cancel, f, rq)
+		if !errors.Is(err, errCannotFit) {
+			cancel() // else the pass-through owns ctx, and the body read under it
+		}
 		if err != nil {
 			_ = f.writer.Cancel()
 			if isNoSpace(err) {
@@ -277,6 +320,10 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		s.fills.remove(f)
 		f.finish(err)
 		s.metrics.fill(rq.registry, err)
+		if errors.Is(err, errCannotFit) {
+			s.log.Warn("blob cannot fit in the cache: streaming it to its clients without caching or evicting anything", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
+			return
+		}
 		if err != nil {
 			s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 			return
@@ -288,9 +335,9 @@ func (s *Server) startFill(rq request) (*fill, error) {
 
 // runFill downloads the blob into f's writer, resuming a cut body with a
 // Range request, then verifies and commits it.
-func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
+func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill, rq request) error {
 	buf := make([]byte, fillBufferSize)
-	resumes := 0
+	resumes, slow := 0, 0
 	roomMade := false
 	for {
 		offset := f.writer.Written()
@@ -302,8 +349,21 @@ func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
 			resumes++
 			continue
 		}
+		if err := s.checkAnnouncedSize(f.digest, blob.Size); err != nil {
+			blob.Body.Close()
+			return err
+		}
 		if offset == 0 {
+			if err := s.canCache(blob.Size); err != nil {
+				// Nothing is written or evicted: the body goes on to a
+				// shared pass-through, which this fill's clients join.
+				s.handOff(ctx, cancel, f, rq, blob, reasonCannotFit)
+				return fmt.Errorf("%w: %w", errCannotFit, err)
+			}
 			f.start(blob.Size)
+		} else if blob.Size >= 0 && f.size >= 0 && blob.Size != f.size {
+			blob.Body.Close()
+			return fmt.Errorf("%w: %d bytes on resume, %d before", errUpstreamLength, blob.Size, f.size)
 		} else if blob.Offset != offset {
 			// The server ignored the Range: skip what we already have.
 			if _, err := io.CopyN(io.Discard, blob.Body, offset-blob.Offset); err != nil || blob.Offset > offset {
@@ -311,7 +371,7 @@ func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
 				return fmt.Errorf("%w: resume at %d got a body from %d", upstream.ErrUnavailable, offset, blob.Offset)
 			}
 		}
-		progressed, err := s.copyBody(ctx, f, blob.Body, buf, &roomMade)
+		progressed, err := s.copyBody(ctx, f, s.guardRate(blob.Body), buf, &roomMade)
 		blob.Body.Close()
 		if err == nil {
 			break
@@ -320,17 +380,23 @@ func (s *Server) runFill(ctx context.Context, f *fill, rq request) error {
 		if errors.As(err, &werr) || errors.Is(err, cache.ErrSizeMismatch) || ctx.Err() != nil {
 			return err
 		}
-		if progressed {
-			resumes = 0
-		}
-		resumes++
-		if resumes > maxResumes {
-			return err
+		if errors.Is(err, errUpstreamTooSlow) {
+			// Progress does not reset this count: a trickle progresses.
+			if slow++; slow > maxResumes {
+				return err
+			}
+		} else {
+			if progressed {
+				resumes = 0
+			}
+			if resumes++; resumes > maxResumes {
+				return err
+			}
 		}
 		s.log.Info("fill resuming", "digest", f.digest, "offset", f.writer.Written(), "err", err)
 	}
 	if f.size >= 0 && f.writer.Written() != f.size {
-		return fmt.Errorf("%w: got %d bytes, upstream announced %d", cache.ErrSizeMismatch, f.writer.Written(), f.size)
+		return fmt.Errorf("%w: got %d bytes, upstream announced %d", errUpstreamLength, f.writer.Written(), f.size)
 	}
 	if _, err := f.writer.Commit(f.size); err != nil {
 		return err
@@ -356,7 +422,7 @@ func (s *Server) copyBody(ctx context.Context, f *fill, body io.Reader, buf []by
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if f.size >= 0 && f.writer.Written()+int64(n) > f.size {
-				return progressed, fmt.Errorf("%w: upstream sent more than the %d bytes it announced", cache.ErrSizeMismatch, f.size)
+				return progressed, fmt.Errorf("%w: upstream sent more than the %d bytes it announced", errUpstreamLength, f.size)
 			}
 			for p := buf[:n]; len(p) > 0; {
 				w, werr := f.writer.Write(p)

@@ -29,6 +29,8 @@ type metrics struct {
 	// Tag policy (tagpolicy.go).
 	immutableMoved prometheus.Counter
 	background     *prometheus.CounterVec
+	// Blobs streamed without caching (passthrough.go).
+	passThroughs *prometheus.CounterVec
 }
 
 // durationBuckets span a cached manifest (sub-millisecond) to a layer of
@@ -74,7 +76,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.background = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "regmirror_tag_background_revalidations_total", Help: "Stale-while-revalidate tag revalidations by result.",
 	}, []string{"result"})
+	m.passThroughs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regmirror_passthroughs_total", Help: "Blob downloads streamed to clients without caching (one per digest, shared by its clients), by reason (disk_full, cannot_fit) and registry.",
+	}, []string{"reason", "registry"})
 	if reg != nil {
+		reg.MustRegister(m.passThroughs)
 		reg.MustRegister(m.requests, m.requestDuration, m.bytesServed, m.upstream, m.upstreamDuration,
 			m.upstreamBytes, m.fills, m.fillsInProgress, m.staleServed)
 		reg.MustRegister(m.immutableMoved, m.background)
@@ -110,6 +116,10 @@ func (m *metrics) request(endpoint, outcome, registry string, status int, bytes 
 		return
 	}
 	m.bytesServed.WithLabelValues(source, registry).Add(float64(bytes))
+}
+
+func (m *metrics) passThrough(reason, registry string) {
+	m.passThroughs.WithLabelValues(reason, registry).Inc()
 }
 
 func (m *metrics) backgroundRevalidation(err error) {

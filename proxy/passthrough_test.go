@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -33,11 +35,10 @@ func readOdd(r io.Reader) ([]byte, error) {
 	}
 }
 
-func TestPassThrough(t *testing.T) {
-	const size = 1<<20 + 3
-	up := testupstream.Start(t)
-	_, d := up.PushLargeBlobImage(t, "library/big", "latest", size)
-	want, _ := io.ReadAll(testupstream.LargeBlobReader("library/big:latest", size))
+// passServer is a Server on a fresh cache in front of up, and the request
+// for blob d of repo.
+func passServer(t *testing.T, up *testupstream.Server, repo string, d digest.Digest) (*Server, request) {
+	t.Helper()
 	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL()})
 	if err != nil {
 		t.Fatal(err)
@@ -46,43 +47,55 @@ func TestPassThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rq := request{up: reg, registry: "docker.io", repo: "library/big", ref: reference{digest: d}}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return s, request{up: reg, registry: "docker.io", repo: repo, ref: reference{digest: d}}
+}
+
+// openPass joins the shared pass-through like a client of range [off, end).
+func openPass(t *testing.T, s *Server, rq request, prefix io.ReaderAt, prefixEnd, off, end int64) *passReader {
+	t.Helper()
+	r := s.joinPass(rq, reasonDiskFull, prefix, prefixEnd, off, -1)
+	if _, err := r.p.startResult(); err != nil {
+		r.Close()
+		t.Fatalf("pass-through start: %v", err)
+	}
+	r.seek(off, end)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func TestPassThrough(t *testing.T) {
+	const size = 1<<20 + 3
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/big", "latest", size)
+	want, _ := io.ReadAll(testupstream.LargeBlobReader("library/big:latest", size))
+	s, rq := passServer(t, up, "library/big", d)
+	s.passes.window = 256 << 10 // smaller than the blob: the ring wraps
 
 	t.Run("whole blob through tiny reads", func(t *testing.T) {
-		p, err := s.newPassThrough(rq, nil, 0, -1, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		got, err := readOdd(p)
+		got, err := readOdd(openPass(t, s, rq, nil, 0, 0, -1))
 		if err != nil || digest.FromBytes(got) != d {
 			t.Fatalf("got %d bytes, digest %s, err %v", len(got), digest.FromBytes(got), err)
 		}
 	})
 	t.Run("the rest after a local prefix", func(t *testing.T) {
 		const from = 300000
-		p, err := s.newPassThrough(rq, bytes.NewReader(want[:from]), from, -1, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		got, err := readOdd(p)
+		before := up.BlobGETs(d)
+		got, err := readOdd(openPass(t, s, rq, bytes.NewReader(want[:from]), from, from, -1))
 		if err != nil || !bytes.Equal(got, want[from:]) {
 			t.Fatalf("got %d bytes, err %v", len(got), err)
 		}
+		if up.BlobGETs(d) != before+1 {
+			t.Fatalf("%d upstream GETs", up.BlobGETs(d)-before)
+		}
 	})
 	t.Run("a range short of the end", func(t *testing.T) {
-		p, err := s.newPassThrough(rq, nil, 1000, 5000, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		got, err := readOdd(p)
+		got, err := readOdd(openPass(t, s, rq, nil, 0, 1000, 5000))
 		if err != nil || !bytes.Equal(got, want[1000:5000]) {
 			t.Fatalf("got %d bytes, err %v", len(got), err)
 		}
@@ -90,12 +103,7 @@ func TestPassThrough(t *testing.T) {
 	t.Run("corrupt upstream never yields the whole body", func(t *testing.T) {
 		up.CorruptBlobs(true)
 		defer up.CorruptBlobs(false)
-		p, err := s.newPassThrough(rq, nil, 0, -1, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		got, err := readOdd(p)
+		got, err := readOdd(openPass(t, s, rq, nil, 0, 0, -1))
 		if !errors.Is(err, cache.ErrDigestMismatch) {
 			t.Fatalf("err = %v, want a digest mismatch", err)
 		}
@@ -103,4 +111,60 @@ func TestPassThrough(t *testing.T) {
 			t.Fatalf("client received %d of %d bytes of a corrupt blob", len(got), size)
 		}
 	})
+}
+
+// TestPassThroughSharedAndBounded: clients of one digest share one upstream
+// GET; a client that leaves does not stop the others; a client that stops
+// reading is cut once it holds the window longer than the lag allowance,
+// and memory stays one window whatever the blob's size.
+func TestPassThroughSharedAndBounded(t *testing.T) {
+	const size = 2<<20 + 5
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/big", "latest", size)
+	s, rq := passServer(t, up, "library/big", d)
+	s.passes.window = 128 << 10
+	s.passes.lagWait = time.Second
+	gate := up.Gate(d).SetHeadBytes(1000)
+
+	readers := make([]*passReader, 4)
+	for i := range readers {
+		readers[i] = s.joinPass(rq, reasonCannotFit, nil, 0, 0, -1)
+	}
+	if readers[0].p != readers[3].p {
+		t.Fatal("clients of one digest got different downloads")
+	}
+	<-gate.Arrived()
+	for _, r := range readers {
+		if _, err := r.p.startResult(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var first [1]byte
+	if _, err := io.ReadFull(readers[2], first[:]); err != nil {
+		t.Fatal(err)
+	}
+	readers[3].Close() // gone mid-download
+	gate.Open()
+	// readers[2] reads no more: it is cut when it holds the window.
+	got0, err0 := readAsync(readers[0])
+	got1, err1 := readAsync(readers[1])
+	for _, c := range []struct {
+		got chan []byte
+		err chan error
+	}{{got0, err0}, {got1, err1}} {
+		got, err := <-c.got, <-c.err
+		if err != nil || digest.FromBytes(got) != d {
+			t.Fatalf("a client got %d bytes, digest %s, err %v", len(got), digest.FromBytes(got), err)
+		}
+	}
+	if _, err := io.ReadAll(readers[2]); !errors.Is(err, errFellBehind) {
+		t.Fatalf("the stalled client: %v, want cut", err)
+	}
+	readers[2].Close()
+	if n := up.BlobGETs(d); n != 1 {
+		t.Fatalf("%d upstream GETs for 4 clients", n)
+	}
+	if n := int64(len(readers[0].p.ring)); n != s.passes.window {
+		t.Fatalf("window of %d bytes, want %d", n, s.passes.window)
+	}
 }

@@ -97,6 +97,13 @@ type Options struct {
 	Offline bool
 	// FillTimeout bounds one blob download, whoever waits for it. Default 2h.
 	FillTimeout time.Duration
+	// MinUpstreamRate is the least a blob body from upstream must deliver,
+	// in bytes per second averaged over MinUpstreamRateWindow of waiting on
+	// it; a slower body is dropped and resumed with a Range request (a few
+	// times, then the download fails). Defaults 10 KiB/s and 1m; a negative
+	// rate turns the guard off.
+	MinUpstreamRate       int64
+	MinUpstreamRateWindow time.Duration
 	// UpstreamTimeout bounds manifest and tag requests. Default 30s.
 	UpstreamTimeout time.Duration
 	// RevalidateTimeout bounds the HEAD that revalidates an expired tag,
@@ -159,6 +166,7 @@ type Server struct {
 	// flights collapses concurrent misses of one manifest or tag.
 	flights singleflight.Group
 	fills   fillGroup
+	passes  passGroup // blobs streamed without caching (passthrough.go)
 	health  upstreamHealth
 	// background runs stale-while-revalidate revalidations (tagpolicy.go).
 	background backgroundRevalidations
@@ -218,6 +226,10 @@ func New(o Options) (*Server, error) {
 	setDefault(&o.TagTTL, 5*time.Minute)
 	setDefault(&o.FillTimeout, 2*time.Hour)
 	setDefault(&o.UpstreamTimeout, 30*time.Second)
+	setDefault(&o.MinUpstreamRateWindow, DefaultMinUpstreamRateWindow)
+	if o.MinUpstreamRate == 0 {
+		o.MinUpstreamRate = DefaultMinUpstreamRate
+	}
 	setDefault(&o.RevalidateTimeout, 5*time.Second)
 	setDefault(&o.OutageBackoff, 30*time.Second)
 	setDefault(&o.ReadTimeout, time.Minute)
@@ -602,5 +614,5 @@ func (s *Server) registryNamed(name string) (Upstream, error) {
 var (
 	_ io.Closer = (*fileBody)(nil)
 	_ io.Closer = (*follower)(nil)
-	_ io.Closer = (*passThrough)(nil)
+	_ io.Closer = (*passReader)(nil)
 )

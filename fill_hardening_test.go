@@ -1,0 +1,408 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// Issue 8, items 4, 5, 6 and 9: fills and pass-throughs against a hostile or
+// merely unlucky upstream and disk.
+
+func blobURL(m *mirror, repo string, d digest.Digest) string {
+	return m.url + "/v2/" + repo + "/blobs/" + d.String()
+}
+
+// registryError decodes a registry JSON error body; it fails the test on
+// anything else.
+func registryError(t *testing.T, body []byte) string {
+	t.Helper()
+	var e struct {
+		Errors []struct{ Code string } `json:"errors"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
+		t.Fatalf("not a registry error body: %q", body)
+	}
+	return e.Errors[0].Code
+}
+
+// TestLyingContentLength (item 6): an upstream announcing Content-Length 0
+// for a non-empty blob gives every client a 502 registry error, never a
+// clean empty 200 or a 500, and caches nothing; the empty blob itself,
+// whose length is 0, still works.
+func TestLyingContentLength(t *testing.T) {
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/liar", "latest", 300<<10)
+	_, empty := up.PushLargeBlobImage(t, "library/empty", "latest", 0)
+	if empty != digest.FromBytes(nil) {
+		t.Fatalf("empty layer digest %s", empty)
+	}
+	m := startMirror(t, up)
+	up.LieBlobLength(0)
+
+	const clients = 8
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	answers := make([]answer, clients)
+	var wg sync.WaitGroup
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(blobURL(m, "library/liar", d))
+			if err != nil {
+				answers[i].err = err
+				return
+			}
+			defer resp.Body.Close()
+			answers[i].status = resp.StatusCode
+			answers[i].body, answers[i].err = io.ReadAll(resp.Body)
+		}()
+	}
+	wg.Wait()
+	for i, a := range answers {
+		if a.err != nil {
+			t.Fatalf("client %d: %v", i, a.err)
+		}
+		if a.status != http.StatusBadGateway {
+			t.Fatalf("client %d: status %d, %d bytes (%q); want 502", i, a.status, len(a.body), a.body)
+		}
+		if code := registryError(t, a.body); code != "UNAVAILABLE" {
+			t.Fatalf("client %d: code %s", i, code)
+		}
+	}
+	if cached(t, m, d) {
+		t.Fatal("a blob with a lying length was cached")
+	}
+
+	// The empty blob announces 0 and is 0: served and cached.
+	resp, body := get(t, http.MethodGet, blobURL(m, "library/empty", empty))
+	if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("Docker-Content-Digest") != empty.String() {
+		t.Fatalf("empty blob: status %d, %d bytes, digest header %q", resp.StatusCode, len(body), resp.Header.Get("Docker-Content-Digest"))
+	}
+	eventually(t, "the empty blob to be cached", func() bool { return cached(t, m, empty) })
+
+	// A length of 0 for the empty blob is the truth; any other is a lie too.
+	up.LieBlobLength(-1)
+	resp, body = get(t, http.MethodGet, blobURL(m, "library/liar", d))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+		t.Fatalf("honest again: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+// TestLyingLengthsNeverCompleteAWrongBody (item 6): lengths shorter or
+// longer than the blob end every client's body short (or answer 502): no
+// client receives a complete body that is not the blob.
+func TestLyingLengthsNeverCompleteAWrongBody(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 200 << 10
+	_, d := up.PushLargeBlobImage(t, "library/liar", "latest", size)
+	m := startMirror(t, up)
+	for _, lie := range []int64{size - 1000, size + 1000, 1} {
+		up.LieBlobLength(lie)
+		for i := 0; i < 3; i++ {
+			resp, err := http.Get(blobURL(m, "library/liar", d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, rerr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode >= 500 && resp.StatusCode != http.StatusBadGateway && resp.StatusCode != http.StatusServiceUnavailable:
+				t.Fatalf("lie %d: status %d %q", lie, resp.StatusCode, body)
+			case resp.StatusCode == http.StatusOK && rerr == nil:
+				t.Fatalf("lie %d: a complete 200 of %d bytes (digest %s)", lie, len(body), digest.FromBytes(body))
+			}
+		}
+		if cached(t, m, d) {
+			t.Fatalf("lie %d: cached", lie)
+		}
+	}
+}
+
+// TestSlowUpstreamResumedThenGivenUp (item 9): a body trickling below
+// server.min_upstream_rate is dropped once the window is spent and resumed
+// with a Range request; a resumed body at full speed completes the fill,
+// and an upstream that trickles every time is given up after the resume
+// limit, with an error to the client and nothing cached.
+func TestSlowUpstreamResumedThenGivenUp(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 256 << 10
+	_, once := up.PushLargeBlobImage(t, "library/once", "latest", size)
+	_, always := up.PushLargeBlobImage(t, "library/always", "latest", size)
+	m := startMirror(t, up, func(c *config) {
+		c.Server.MinUpstreamRate = "64KiB"                                // the trickle below is 50 KiB/s
+		c.Server.MinUpstreamRateWindow = duration{150 * time.Millisecond} // small, so the test takes a second
+	})
+
+	up.TrickleBlobs(512, 10*time.Millisecond, 1) // the first response only
+	resp, body := get(t, http.MethodGet, blobURL(m, "library/once", once))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != once {
+		t.Fatalf("status %d, %d bytes, digest %s", resp.StatusCode, len(body), digest.FromBytes(body))
+	}
+	if n := up.BlobGETs(once); n != 2 {
+		t.Fatalf("%d upstream GETs; want the slow one and its resumption", n)
+	}
+	eventually(t, "the resumed fill to be cached", func() bool { return cached(t, m, once) })
+
+	up.TrickleBlobs(512, 10*time.Millisecond, 0) // every response
+	start := time.Now()
+	resp, err := http.Get(blobURL(m, "library/always", always))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && rerr == nil {
+		t.Fatalf("a trickling upstream gave a complete body of %d bytes", len(body))
+	}
+	if n := up.BlobGETs(always); n != 4 {
+		t.Fatalf("%d upstream GETs; want 1 + 3 resumptions", n)
+	}
+	if cached(t, m, always) {
+		t.Fatal("cached")
+	}
+	t.Logf("given up after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestHeadersBeforeSlowBody (item 9): the status line and headers reach the
+// client as soon as upstream has said the size, not once a write buffer's
+// worth of a slow body has arrived.
+func TestHeadersBeforeSlowBody(t *testing.T) {
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/slow", "latest", 100<<10)
+	gate := up.Gate(d).SetHeadBytes(10) // headers and 10 bytes, then nothing
+	m := startMirror(t, up)
+	got := make(chan *http.Response, 1)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(blobURL(m, "library/slow", d))
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- resp
+	}()
+	var resp *http.Response
+	select {
+	case resp = <-got:
+	case err := <-errc:
+		t.Fatal(err)
+	case <-time.After(15 * time.Second): // only reached when the headers are stuck
+		gate.Open()
+		t.Fatal("no status line while upstream holds the body")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != 100<<10 {
+		t.Fatalf("status %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+	gate.Open()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || digest.FromBytes(body) != d {
+		t.Fatalf("%d bytes, %v", len(body), err)
+	}
+}
+
+// TestBlobLargerThanBudget (item 4): with a byte budget, a blob larger than
+// the budget's low watermark is streamed to its client, verified, without
+// caching it and without evicting anything (counted in a metric), with one
+// upstream GET.
+func TestBlobLargerThanBudget(t *testing.T) {
+	up := testupstream.Start(t)
+	small := map[string]digest.Digest{}
+	for _, name := range []string{"a", "b", "c"} {
+		_, small[name] = up.PushLargeBlobImage(t, "library/"+name, "latest", mib)
+	}
+	_, big := up.PushLargeBlobImage(t, "library/big", "latest", 8*mib)
+	m := budgetMirror(t, up, "6MB") // low watermark 5.1 MB: 8 MiB can never fit
+	for _, name := range []string{"a", "b", "c"} {
+		pullAll(t, m, "library/"+name+":latest")
+	}
+	resp, body := get(t, http.MethodGet, blobURL(m, "library/big", big))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != big {
+		t.Fatalf("big blob: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if c := resp.Header.Get("X-Regmirror-Cache"); c != "bypass" {
+		t.Errorf("cache header %q, want bypass", c)
+	}
+	gc(t, m)
+	if cached(t, m, big) {
+		t.Fatal("a blob larger than the budget was cached")
+	}
+	assertStillServed(t, m, up, small)
+	if n := up.BlobGETs(big); n != 1 {
+		t.Errorf("%d upstream GETs of the big blob", n)
+	}
+	if v := metricValue(t, m, "regmirror_passthroughs_total"); v != 1 {
+		t.Errorf("passthroughs metric %v, want 1", v)
+	}
+}
+
+// assertStillServed proves the blobs are still cached, and served with
+// upstream gone.
+func assertStillServed(t *testing.T, m *mirror, up *testupstream.Server, blobs map[string]digest.Digest) {
+	t.Helper()
+	for name, d := range blobs {
+		if !cached(t, m, d) {
+			t.Fatalf("%s was evicted", name)
+		}
+	}
+	up.SetDown(true)
+	defer up.SetDown(false)
+	for name, d := range blobs {
+		resp, body := get(t, http.MethodGet, blobURL(m, "library/"+name, d))
+		if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+			t.Fatalf("%s with upstream down: status %d, %d bytes", name, resp.StatusCode, len(body))
+		}
+	}
+}
+
+// tmpfsDataDir mounts a tmpfs of size as a data dir (the index on a bind
+// mount beside it, as TestDiskFullDuringFill does); it skips where mounting
+// is not allowed.
+func tmpfsDataDir(t *testing.T, size string) string {
+	realclient.RequireRoot(t, "mounting a tmpfs")
+	dataDir, indexDir := t.TempDir(), t.TempDir()
+	mount := func(args ...string) {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Skipf("mount %v: %v: %s", args, err, out)
+		}
+	}
+	mount("-t", "tmpfs", "-o", "size="+size, "tmpfs", dataDir)
+	t.Cleanup(func() { exec.Command("umount", "-l", dataDir).Run() })
+	os.MkdirAll(filepath.Join(dataDir, "index"), 0o755)
+	mount("--bind", indexDir, filepath.Join(dataDir, "index"))
+	t.Cleanup(func() { exec.Command("umount", "-l", filepath.Join(dataDir, "index")).Run() })
+	return dataDir
+}
+
+// TestBlobLargerThanDisk (item 4): without a budget, on a 12 MiB disk, a
+// 16 MiB blob (more than free space plus everything evictable) is streamed
+// without caching and evicts nothing, where it used to empty the cache.
+func TestBlobLargerThanDisk(t *testing.T) {
+	dataDir := tmpfsDataDir(t, "12m")
+	up := testupstream.Start(t)
+	small := map[string]digest.Digest{}
+	for _, name := range []string{"a", "b"} {
+		_, small[name] = up.PushLargeBlobImage(t, "library/"+name, "latest", 2*mib)
+	}
+	_, huge := up.PushLargeBlobImage(t, "library/huge", "latest", 16*mib)
+	m := startMirror(t, up, func(c *config) {
+		c.DataDir = dataDir
+		c.Cache.MinFree = "0"
+	})
+	for name, d := range small {
+		resp, body := get(t, http.MethodGet, blobURL(m, "library/"+name, d))
+		if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+			t.Fatalf("%s: status %d", name, resp.StatusCode)
+		}
+		eventually(t, name+" to be cached", func() bool { return cached(t, m, d) })
+	}
+	resp, body := get(t, http.MethodGet, blobURL(m, "library/huge", huge))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != huge {
+		t.Fatalf("huge blob: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+	gc(t, m)
+	if cached(t, m, huge) {
+		t.Fatal("a 16 MiB blob was cached on a 12 MiB disk")
+	}
+	eventually(t, "tmp/ to empty", func() bool { return len(tmpFiles(t, dataDir)) == 0 })
+	assertStillServed(t, m, up, small)
+	if v := metricValue(t, m, "regmirror_passthroughs_total"); v != 1 {
+		t.Errorf("passthroughs metric %v, want 1", v)
+	}
+}
+
+// TestPassThroughSharedByClients (item 5): 20 clients of a blob that is not
+// cached share one upstream download; each body is verified; a client that
+// leaves early does not stop the others; with a corrupt upstream no client
+// completes a body.
+func TestPassThroughSharedByClients(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 12 * mib // more than the shared window (8 MiB): it wraps
+	_, d := up.PushLargeBlobImage(t, "library/big", "latest", size)
+	_, bad := up.PushLargeBlobImage(t, "library/bad", "latest", size)
+	m := budgetMirror(t, up, "4MB") // too small: every client is passed through
+
+	// Every client holds a download in progress (it has its first byte)
+	// before upstream sends more than the first MiB.
+	const clients = 20
+	gate := up.Gate(d).SetHeadBytes(mib)
+	resps := make([]*http.Response, clients)
+	firsts := make([][]byte, clients)
+	for i := range resps {
+		resps[i], firsts[i] = startDownload(t, blobURL(m, "library/big", d), 1)
+	}
+	resps[0].Body.Close() // gone early
+	gate.Open()
+	var wg sync.WaitGroup
+	errs := make([]error, clients)
+	for i := 1; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer resps[i].Body.Close()
+			dg := digest.Canonical.Digester() // hashed as it comes: 20 bodies are not held in memory
+			dg.Hash().Write(firsts[i])
+			n, err := io.Copy(dg.Hash(), resps[i].Body)
+			if err == nil && dg.Digest() != d {
+				err = fmt.Errorf("%d bytes with digest %s", n+1, dg.Digest())
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("client %d: %v", i, err)
+		}
+	}
+	if n := up.BlobGETs(d); n != 1 {
+		t.Fatalf("%d upstream GETs for %d clients, want 1", n, clients)
+	}
+	if cached(t, m, d) {
+		t.Fatal("cached")
+	}
+
+	// Corrupt upstream: every client's body ends short.
+	up.CorruptBlobs(true)
+	gate = up.Gate(bad).SetHeadBytes(mib)
+	const few = 5
+	for i := 0; i < few; i++ {
+		resps[i], firsts[i] = startDownload(t, blobURL(m, "library/bad", bad), 1)
+	}
+	gate.Open()
+	ns := make([]int64, few)
+	for i := 0; i < few; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer resps[i].Body.Close()
+			ns[i], errs[i] = io.Copy(io.Discard, resps[i].Body)
+		}()
+	}
+	wg.Wait()
+	for i := 0; i < few; i++ {
+		if errs[i] == nil || ns[i]+1 >= size {
+			t.Fatalf("client %d of a corrupt blob: %d bytes, err %v", i, ns[i]+1, errs[i])
+		}
+	}
+	if n := up.BlobGETs(bad); n != 1 {
+		t.Fatalf("%d upstream GETs of the corrupt blob for %d clients", n, few)
+	}
+}
