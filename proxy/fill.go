@@ -319,11 +319,11 @@ func (s *Server) startFill(rq request) (*fill, error) {
 		// later finds the blob in the cache, or starts a fresh fill.
 		s.fills.remove(f)
 		f.finish(err)
-		s.metrics.fill(rq.registry, err)
-		if errors.Is(err, errCannotFit) {
+		if errors.Is(err, errCannotFit) { // not a failed fill: counted as a pass-through
 			s.log.Warn("blob cannot fit in the cache: streaming it to its clients without caching or evicting anything", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
 			return
 		}
+		s.metrics.fill(rq.registry, err)
 		if err != nil {
 			s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 			return

@@ -52,6 +52,9 @@ const (
 // download's window.
 var errFellBehind = errors.New("client fell behind the shared upstream download")
 
+// errNoClients stops a shared download nobody waits for any more.
+var errNoClients = errors.New("every client of the pass-through left")
+
 // passGroup tracks the shared pass-throughs, at most one joinable per digest.
 type passGroup struct {
 	mu     sync.Mutex
@@ -147,7 +150,6 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 	g := &s.passes
 	d := rq.ref.digest
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	for _, p := range []*passShare{share, g.shares[d]} {
 		if p == nil {
 			continue
@@ -156,6 +158,7 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 		r := p.attachLocked(prefix, prefixEnd, off, end, reserved && p == share)
 		p.mu.Unlock()
 		if r != nil {
+			g.mu.Unlock()
 			return r
 		}
 	}
@@ -165,7 +168,18 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 	}
 	p := s.newPassShareLocked(rq, reason, base)
 	r := p.attachLocked(prefix, prefixEnd, off, end, false)
-	s.startPass(nil, nil, p, nil, prefix)
+	g.mu.Unlock()
+	// The local prefix is hashed here, by its owner (its descriptor is
+	// closed when that client's response ends), before the download starts;
+	// clients that join meanwhile wait for the start like any other.
+	h := sha256.New()
+	if base > 0 {
+		if _, err := io.Copy(h, io.NewSectionReader(prefix, 0, base)); err != nil {
+			p.finish(fmt.Errorf("hashing the local prefix: %w", err))
+			return r
+		}
+	}
+	s.startPass(nil, nil, p, nil, h)
 	return r
 }
 
@@ -185,7 +199,7 @@ func (s *Server) handOff(ctx context.Context, cancel context.CancelFunc, f *fill
 	p.reserved = f.passReserved
 	f.mu.Unlock()
 	s.passes.mu.Unlock()
-	s.startPass(ctx, cancel, p, blob, nil)
+	s.startPass(ctx, cancel, p, blob, sha256.New())
 }
 
 // newPassShareLocked creates a share and makes it the joinable one for its
@@ -224,7 +238,7 @@ func (s *Server) newPassShareLocked(rq request, reason string, base int64) *pass
 // client. blob, when not nil, is an upstream body already open at offset 0,
 // read under ctx (the handing fill's, whose cancel p now owns); else ctx is
 // nil and p gets its own.
-func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *passShare, blob *upstream.Blob, prefix io.ReaderAt) {
+func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *passShare, blob *upstream.Blob, h hash.Hash) {
 	if ctx == nil {
 		ctx, cancel = context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
 	}
@@ -237,9 +251,9 @@ func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *pa
 		defer s.fillsAlive.Done()
 		defer cancel()
 		start := time.Now()
-		err := p.run(ctx, blob, prefix)
+		err := p.run(ctx, blob, h)
 		p.finish(err)
-		if err != nil && ctx.Err() != nil && p.abandoned() {
+		if errors.Is(err, errNoClients) || (err != nil && ctx.Err() != nil && p.abandoned()) {
 			s.log.Info("pass-through stopped: every client left", "digest", p.digest, "bytes", p.head)
 			return
 		}
@@ -295,17 +309,11 @@ func (p *passShare) finish(err error) {
 
 // run downloads the blob into the window, hashing it, resuming cut or too
 // slow bodies with a Range request, and verifies size and digest at the end.
-func (p *passShare) run(ctx context.Context, blob *upstream.Blob, prefix io.ReaderAt) error {
+func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) error {
 	s := p.s
 	// Wake put's wait for room when the download is cancelled.
 	stop := context.AfterFunc(ctx, p.room.Broadcast)
 	defer stop()
-	h := sha256.New()
-	if p.base > 0 {
-		if _, err := io.Copy(h, io.NewSectionReader(prefix, 0, p.base)); err != nil {
-			return fmt.Errorf("hashing the local prefix: %w", err)
-		}
-	}
 	buf := make([]byte, fillBufferSize)
 	resumes, slow := 0, 0
 	first := true
@@ -418,6 +426,9 @@ func (p *passShare) put(ctx context.Context, b []byte) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if len(p.readers) == 0 && p.reserved == 0 {
+			return errNoClients
 		}
 		need := p.head + int64(len(b)) - p.window // every client must be at or past this
 		blocked := p.reserved > 0 && p.base < need
