@@ -135,6 +135,33 @@ func TestLyingLengthsNeverCompleteAWrongBody(t *testing.T) {
 	}
 }
 
+// TestLyingLengthAgainstDescriptor (item 6): once a client has pulled the
+// manifest, an upstream announcing another length for one of its layers is
+// answered 502 to every client at once, not streamed and cut.
+func TestLyingLengthAgainstDescriptor(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 200 << 10
+	img, d := up.PushLargeBlobImage(t, "library/liar", "latest", size)
+	m := startMirror(t, up)
+	resp, _ := get(t, http.MethodGet, m.url+"/v2/library/liar/manifests/"+testupstream.Digest(t, img).String(),
+		"Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest: %d", resp.StatusCode)
+	}
+	up.LieBlobLength(size - 1000)
+	for i := 0; i < 3; i++ {
+		resp, body := get(t, http.MethodGet, blobURL(m, "library/liar", d))
+		if resp.StatusCode != http.StatusBadGateway || registryError(t, body) != "UNAVAILABLE" {
+			t.Fatalf("status %d, body %q; want 502 UNAVAILABLE", resp.StatusCode, body)
+		}
+	}
+	up.LieBlobLength(-1)
+	resp, body := get(t, http.MethodGet, blobURL(m, "library/liar", d))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+		t.Fatalf("honest again: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
 // TestSlowUpstreamResumedThenGivenUp (item 9): a body trickling below
 // server.min_upstream_rate is dropped once the window is spent and resumed
 // with a Range request; a resumed body at full speed completes the fill,

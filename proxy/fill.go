@@ -353,6 +353,7 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 			blob.Body.Close()
 			return err
 		}
+		blob.Size = s.expectedSize(f.digest, blob.Size)
 		if offset == 0 {
 			if err := s.canCache(blob.Size); err != nil {
 				// Nothing is written or evicted: the body goes on to a

@@ -32,8 +32,9 @@ var (
 )
 
 // checkAnnouncedSize refuses a size that contradicts digest d: 0 bytes for
-// any blob but the empty one, anything but 0 for the empty one. A size of
-// -1 (not announced) is checked at the end, by the digest.
+// any blob but the empty one, anything but 0 for the empty one, or another
+// size than a manifest served to clients gave d's descriptor. A size of -1
+// (not announced) is checked at the end, by the digest.
 func (s *Server) checkAnnouncedSize(d digest.Digest, size int64) error {
 	switch {
 	case size < 0:
@@ -41,7 +42,22 @@ func (s *Server) checkAnnouncedSize(d digest.Digest, size int64) error {
 	case d == emptyDigest && size != 0, d != emptyDigest && size == 0:
 		return fmt.Errorf("%w: %d bytes announced for %s", errUpstreamLength, size, d)
 	}
+	if known, ok := s.sizes.get(d); ok && known != size {
+		return fmt.Errorf("%w: %d bytes announced for %s, its descriptor says %d", errUpstreamLength, size, d, known)
+	}
 	return nil
+}
+
+// expectedSize is the size a download of d must have: what upstream
+// announced, or, when it announced none, what a descriptor said.
+func (s *Server) expectedSize(d digest.Digest, announced int64) int64 {
+	if announced >= 0 {
+		return announced
+	}
+	if known, ok := s.sizes.get(d); ok {
+		return known
+	}
+	return -1
 }
 
 // roomChecker is the optional side of FillHooks that says, before a fill

@@ -146,3 +146,22 @@ func TestZeroLengthForNonEmptyDigest(t *testing.T) {
 		t.Fatalf("body %q", ctx.Response.Body())
 	}
 }
+
+// TestDescriptorSizes: a size a served manifest gave a descriptor is what
+// a fill expects; upstream announcing another is refused.
+func TestDescriptorSizes(t *testing.T) {
+	s := &Server{}
+	layer, config := digest.FromString("layer"), digest.FromString("config")
+	s.sizes.note([]byte(`{"schemaVersion":2,"config":{"digest":"` + config.String() + `","size":6},` +
+		`"layers":[{"digest":"` + layer.String() + `","size":100}]}`))
+	if err := s.checkAnnouncedSize(layer, 99); !errors.Is(err, errUpstreamLength) {
+		t.Fatalf("99 bytes for a 100-byte descriptor: %v", err)
+	}
+	if err := s.checkAnnouncedSize(layer, 100); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.expectedSize(config, -1); n != 6 {
+		t.Fatalf("expected size of an unannounced config: %d", n)
+	}
+	s.sizes.note([]byte(`not json`))
+}

@@ -373,6 +373,7 @@ func (p *passShare) accept(blob *upstream.Blob, first bool) error {
 	if err := p.s.checkAnnouncedSize(p.digest, blob.Size); err != nil {
 		return err
 	}
+	blob.Size = p.s.expectedSize(p.digest, blob.Size)
 	if first {
 		p.start(blob.Size)
 	} else if blob.Size >= 0 && p.size >= 0 && blob.Size != p.size {

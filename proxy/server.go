@@ -166,7 +166,8 @@ type Server struct {
 	// flights collapses concurrent misses of one manifest or tag.
 	flights singleflight.Group
 	fills   fillGroup
-	passes  passGroup // blobs streamed without caching (passthrough.go)
+	passes  passGroup  // blobs streamed without caching (passthrough.go)
+	sizes   knownSizes // descriptor sizes from manifests served (sizes.go)
 	health  upstreamHealth
 	// background runs stale-while-revalidate revalidations (tagpolicy.go).
 	background backgroundRevalidations

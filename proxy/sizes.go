@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"encoding/json"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// maxKnownSizes bounds the descriptor sizes remembered (about 100 bytes
+// each): enough for the layers of every image pulled recently.
+const maxKnownSizes = 1 << 16
+
+// knownSizes remembers the sizes manifests served to clients give their
+// config, layers and child manifests, so that a fill can refuse an upstream
+// that announces another size for the same digest before any client is
+// answered (checkAnnouncedSize). Bounded: when full, an arbitrary entry
+// makes way; a forgotten size only means the digest check at the end
+// catches the lie instead.
+type knownSizes struct {
+	mu    sync.Mutex
+	sizes map[digest.Digest]int64
+}
+
+// note records the descriptor sizes of a manifest body; anything that does
+// not parse is ignored (manifests are validated elsewhere).
+func (k *knownSizes) note(body []byte) {
+	type desc struct {
+		Digest digest.Digest `json:"digest"`
+		Size   int64         `json:"size"`
+	}
+	var m struct {
+		Config    *desc  `json:"config"`
+		Layers    []desc `json:"layers"`
+		Manifests []desc `json:"manifests"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return
+	}
+	all := append(m.Layers, m.Manifests...)
+	if m.Config != nil {
+		all = append(all, *m.Config)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.sizes == nil {
+		k.sizes = make(map[digest.Digest]int64)
+	}
+	for _, d := range all {
+		if d.Digest.Validate() != nil || d.Size < 0 {
+			continue
+		}
+		if _, ok := k.sizes[d.Digest]; !ok && len(k.sizes) >= maxKnownSizes {
+			for old := range k.sizes {
+				delete(k.sizes, old)
+				break
+			}
+		}
+		k.sizes[d.Digest] = d.Size
+	}
+}
+
+func (k *knownSizes) get(d digest.Digest) (int64, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n, ok := k.sizes[d]
+	return n, ok
+}
