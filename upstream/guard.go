@@ -71,6 +71,8 @@ type addrGuard struct {
 	own     map[netip.Addr]bool // the endpoint's private addresses
 	learned bool                // own is final (an IP literal, or resolved once)
 	proxies map[string]bool     // proxy host:port endpoints
+
+	proxyFunc func(*http.Request) (*url.URL, error) // http.ProxyFromEnvironment; tests replace it
 }
 
 func newAddrGuard(u *url.URL, allow []netip.Prefix) (*addrGuard, error) {
@@ -87,6 +89,8 @@ func newAddrGuard(u *url.URL, allow []netip.Prefix) (*addrGuard, error) {
 		port:     port,
 		own:      map[netip.Addr]bool{},
 		proxies:  map[string]bool{},
+
+		proxyFunc: http.ProxyFromEnvironment,
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		g.own[ip.Unmap()] = true
@@ -207,7 +211,7 @@ func (g *addrGuard) dialContext(timeout time.Duration) func(ctx context.Context,
 // refuses literal internal addresses and localhost in every request URL,
 // and the proxy's own rules must do the rest.
 func (g *addrGuard) proxy(req *http.Request) (*url.URL, error) {
-	u, err := http.ProxyFromEnvironment(req)
+	u, err := g.proxyFunc(req)
 	if u != nil && err == nil {
 		port := u.Port()
 		if port == "" {

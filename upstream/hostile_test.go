@@ -5,10 +5,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/netip"
+	"net/url"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/testupstream"
@@ -272,4 +277,93 @@ func TestClientReasonHidesUpstreamText(t *testing.T) {
 	if _, ok := ClientReason(io.EOF); ok {
 		t.Error("ClientReason claims a foreign error")
 	}
+}
+
+// TestGuardBehindProxy: an outbound proxy on a private address is allowed
+// (the administrator configured it) and carries the registry's traffic;
+// the dialer then sees only the proxy, but a redirect to a literal
+// internal address is still refused by the URL check, so neither the proxy
+// nor the canary is asked for it.
+func TestGuardBehindProxy(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "a", "v1", 1, 100)
+	target, err := url.Parse(up.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var proxied []string
+	rp := httputil.NewSingleHostReverseProxy(target) // keeps the Host header: the realm stays registry.example
+	proxy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		proxied = append(proxied, r.URL.String())
+		mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.5:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.Listener.Close()
+	proxy.Listener = ln
+	proxy.Start()
+	t.Cleanup(proxy.Close)
+	proxyURL, _ := url.Parse(proxy.URL)
+
+	// registry.example does not resolve: only the proxy can reach it.
+	r, err := New(Options{Name: "registry.example", URL: "http://registry.example", RetryBackoff: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addrs.proxyFunc = http.ProxyURL(proxyURL)
+	ctx := context.Background()
+	if _, _, err := r.GetManifest(ctx, "a", "v1"); err != nil {
+		t.Fatalf("through the proxy: %v", err)
+	}
+	mu.Lock()
+	n := len(proxied)
+	mu.Unlock()
+	if n == 0 {
+		t.Fatal("the proxy saw no request")
+	}
+
+	c := testupstream.StartCanary(t, "127.0.0.2:0")
+	up.RedirectManifests(c.URL() + "/latest/meta-data")
+	if _, _, err := r.GetManifest(ctx, "a", "v1"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("redirect to %s behind a proxy: %v, want ErrRefused", c.Host(), err)
+	}
+	assertUntouched(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, u := range proxied {
+		if strings.Contains(u, c.Host()) {
+			t.Errorf("the proxy was asked for %s", u)
+		}
+	}
+}
+
+// TestDialerChecksResolvedAddress: a redirect to a host name (not an IP
+// literal, not "localhost") that resolves to an internal address passes
+// the URL check and is refused by the dialer, on the address resolved at
+// connect time. The machine's own host name serves as such a name.
+func TestDialerChecksResolvedAddress(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil || host == "localhost" {
+		t.Skipf("no usable host name (%q, %v)", host, err)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", host)
+	if err != nil || len(ips) == 0 || !ips[0].IsLoopback() {
+		t.Skipf("host name %s does not resolve to a loopback address (%v, %v)", host, ips, err)
+	}
+	c := testupstream.StartCanary(t, ips[0].Unmap().String()+":0")
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "a", "v1", 1, 100)
+	r := newReg(t, up, Options{})
+	port := c.Host()[strings.LastIndexByte(c.Host(), ':')+1:]
+	up.RedirectManifests("http://" + host + ":" + port + "/latest/meta-data")
+	_, _, err = r.GetManifest(context.Background(), "a", "v1")
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("redirect to %s (%s): %v, want ErrRefused", host, ips[0], err)
+	}
+	assertUntouched(t, c)
 }
