@@ -21,8 +21,8 @@ import (
 // Options.ScrubRate is 0: slow enough that hits keep the disk.
 const DefaultScrubRate = 10 << 20
 
-// verifyChunk is the read size of a verification, and the burst of its
-// rate limiter: one buffer per verification, whatever the blob's size.
+// verifyChunk is the read size of a verification: one buffer per
+// verification, whatever the blob's size.
 const verifyChunk = 256 << 10
 
 // VerifyOptions configure VerifyAll.
@@ -79,7 +79,9 @@ func (s *Store) VerifyStats() VerifyStats {
 func (s *Store) VerifyAll(ctx context.Context, opts VerifyOptions) (VerifyReport, error) {
 	v := verifier{s: s, progress: opts.Progress, buf: make([]byte, verifyChunk)}
 	if opts.Rate > 0 {
-		v.lim = rate.NewLimiter(rate.Limit(opts.Rate), verifyChunk)
+		// A tenth of a second's worth of burst, so that a wait that
+		// overshoots (a busy machine) is made up by the next reads.
+		v.lim = rate.NewLimiter(rate.Limit(opts.Rate), max(verifyChunk, int(min(opts.Rate/10, 1<<30))))
 	}
 	var rep VerifyReport
 	err := s.Walk(func(info BlobInfo) error {
@@ -138,17 +140,18 @@ func (v *verifier) verify(ctx context.Context, info BlobInfo) (ok bool, read int
 	}
 	h := sha256.New()
 	for {
-		if v.lim != nil {
-			if err := v.lim.WaitN(ctx, len(v.buf)); err != nil {
-				return false, read, err
-			}
-		}
 		n, rerr := f.Read(v.buf)
 		if n > 0 {
 			h.Write(v.buf[:n])
 			read += int64(n)
 			if v.progress != nil {
 				v.progress(int64(n))
+			}
+			// Pay for what was read before reading more.
+			if v.lim != nil {
+				if err := v.lim.WaitN(ctx, n); err != nil {
+					return false, read, err
+				}
 			}
 		}
 		if rerr == io.EOF {
