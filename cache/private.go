@@ -18,12 +18,22 @@ const dirMode fs.FileMode = 0o700
 // private: a directory or file any other user may read, write or enter
 // loses those bits, and the change is logged once. It also restricts the
 // process umask (see restrictUmask), so that files created later, Badger's
-// included, are private from the start. dir may be a symlink; the walk
-// follows it but no link below it.
+// included, are private from the start. The walk (a stat per file, 2 s for
+// 100k blobs) runs only when dir itself is open to others: inside a
+// private dir nobody else reaches anything, and what this process creates
+// there is private already. dir may be a symlink; the walk follows it but
+// no link below it.
 func makePrivate(dir string, log *slog.Logger) error {
 	restrictUmask()
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
 	}
 	var tightened int
 	tighten := func(path string, mode fs.FileMode) {
@@ -38,7 +48,7 @@ func makePrivate(dir string, log *slog.Logger) error {
 	}
 	// The trailing separator makes the walk start from what a symlinked
 	// data dir points to.
-	err := filepath.WalkDir(dir+string(os.PathSeparator), func(path string, e fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir+string(os.PathSeparator), func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil // removed meanwhile
