@@ -98,7 +98,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Logger:              log,
 		MaxConnections:      cfg.Server.MaxConnections,
 		MaxConnectionsPerIP: cfg.Server.MaxConnectionsPerIP,
-		Operator:            operatorOptions(cfg, a.cache),
+		Operator:            operatorOptions(cfg, a),
 
 		PrivateRegistries: cfg.privateRegistries(),
 

@@ -7,20 +7,39 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/status"
 )
 
 // operatorOptions wires the status page, /readyz and the rate-limit shield.
-func operatorOptions(cfg config, st *cacheStack) proxy.OperatorOptions {
+func operatorOptions(cfg config, a *app) proxy.OperatorOptions {
+	st := a.cache
 	pulls, fraction, _ := parseReserve(cfg.Server.RateLimitReserve) // checked by finish
 	return proxy.OperatorOptions{
 		Version:                  buildVersion(),
 		Cache:                    st.figures,
 		Ready:                    st.readiness,
+		Watch:                    a.watchedForStatus,
 		RateLimitReservePulls:    pulls,
 		RateLimitReserveFraction: fraction,
 	}
+}
+
+// watchedForStatus is the watch list as the status page shows it.
+func (a *app) watchedForStatus() []status.Watched {
+	var out []status.Watched
+	for _, w := range a.watchStatus() {
+		ref, err := admin.ParseRef(w.Image)
+		if err != nil {
+			continue
+		}
+		out = append(out, status.Watched{
+			Image: ref.String(), Registry: ref.Registry, Repo: ref.Repo, Result: w.Result, Digest: w.Digest,
+			LastRun: w.LastRun, NextRun: w.NextRun, Failures: w.Failures, Moves: w.Moves,
+		})
+	}
+	return out
 }
 
 // parseReserve reads server.ratelimit_reserve: "10%" (a share of the

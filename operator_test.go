@@ -331,6 +331,12 @@ func TestPurgeKeepsSharedBase(t *testing.T) {
 		t.Error("--all-tags with a tag succeeded")
 	}
 
+	// By digest: the image goes, and the tag that points to it.
+	res, err = ops.Purge(context.Background(), admin.PurgeRequest{Ref: "library/base@" + baseDigest.String()})
+	if err != nil || len(res.Tags) != 1 || res.Blobs != 4 || cached(t, m, baseDigest) {
+		t.Fatalf("purge by digest: %+v, %v; want its tag and its 4 blobs gone", res, err)
+	}
+
 	// The management API stays loopback + token only.
 	req, _ := http.NewRequest(http.MethodPost, m.url+"/_regmirror/purge", strings.NewReader(`{"ref":"library/base:1"}`))
 	resp2, err := http.DefaultClient.Do(req)

@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/status"
 )
 
@@ -49,6 +50,8 @@ type pageView struct {
 	Registries []pageRow       `json:"registries"`
 	Downloads  []pageRow       `json:"downloads"`
 	Recent     int             `json:"recent"`
+	Watch      []pageRow       `json:"watch"`
+	Sources    []string        `json:"sources"`
 	TopBytes   []pageRow       `json:"top_bytes"`
 	Health     string          `json:"health"`
 }
@@ -66,6 +69,8 @@ const readPage = `(() => {
     registries: rows("#registries"),
     downloads: rows("#downloads"),
     recent: document.querySelectorAll("#recent tbody tr").length,
+    watch: rows("#watch"),
+    sources: [...document.querySelectorAll("#registries .sources span")].map((e) => e.textContent),
     top_bytes: rows("#top-bytes"),
     health: document.getElementById("health").textContent,
   };
@@ -122,12 +127,23 @@ func jsonPath(m map[string]any, path string) (any, bool) {
 
 func TestStatusPageInBrowser(t *testing.T) {
 	browser := realclient.Require(t, "chromium")
-	r := startRegistries(t, func(c *config) { c.Cache.MaxSize = "256MiB" })
+	ghcrMirror := testupstream.Start(t) // empty: ghcr.io content comes from the origin after its 404
+	r := startRegistries(t, func(c *config) {
+		c.Cache.MaxSize = "256MiB"
+		c.Watch = []watchConfig{{Images: []string{"docker.io/library/alpine:3.20"}, Interval: duration{time.Hour}}}
+		c.registry(ghcrName).Mirrors = []mirrorConfig{{URL: ghcrMirror.URL()}}
+		c.registry(ghcrName).AllowPrivateAddresses = []string{"127.0.0.1/32"}
+	})
 	r.hub.PushRandomImage(t, "library/alpine", "3.20", 2, 256<<10)
 	r.hub.PushRandomImage(t, "library/nginx", "1.27", 3, 512<<10)
 	_, big := r.hub.PushLargeBlobImage(t, "library/postgres", "16", 24<<20)
 	r.ghcr.PushRandomImage(t, "org/tool", "v1", 1, 128<<10)
 	r.hub.SetRateLimit(100)
+	r.m.app.watch.RunNow(context.Background()) // the watch list's pass, done before the page is read
+	eventually(t, "the watch list's first pass", func() bool {
+		w := statusModel(t, r.m).Watch
+		return len(w) == 1 && w[0].Result != "" && w[0].Result != "deferred"
+	})
 	pullAll(t, r.m, "library/alpine:3.20")
 	pullAll(t, r.m, "library/alpine:3.20")
 	pullAll(t, r.m, "library/nginx:1.27")
@@ -253,6 +269,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	if view.Recent != len(now.RecentPulls) || view.Recent < 4 {
 		t.Errorf("%d recent pulls shown, JSON has %d", view.Recent, len(now.RecentPulls))
+	}
+	if len(view.Watch) != 1 || len(now.Watch) != 1 || view.Watch[0].Key != now.Watch[0].Image ||
+		view.Watch[0].Cells["failures"].Value != strconv.FormatInt(now.Watch[0].Failures, 10) {
+		t.Errorf("watch list shown %+v, JSON %+v", view.Watch, now.Watch)
+	}
+	if len(view.Sources) != 2 || !strings.Contains(view.Sources[0], "mirror "+ghcrMirror.URL()) || !strings.Contains(view.Sources[1], "origin "+r.ghcr.URL()) {
+		t.Errorf("ghcr.io's sources shown %q", view.Sources)
 	}
 	if len(view.TopBytes) == 0 || view.Health != "healthy" {
 		t.Errorf("top by bytes %+v, health %q", view.TopBytes, view.Health)

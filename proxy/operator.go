@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/status"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // Operator views: what a person or an orchestrator asks of the mirror
@@ -29,6 +30,8 @@ type OperatorOptions struct {
 	Version string
 	// Cache reports the cache's usage for the page; nil shows none.
 	Cache func() status.CacheFigures
+	// Watch lists the watch list's images for the page; nil: none.
+	Watch func() []status.Watched
 	// Ready reports the readiness checks /readyz answers with; nil: always
 	// ready.
 	Ready func() []Check
@@ -60,6 +63,12 @@ type Check struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// sourcesUpstream is the optional Upstream side of a registry with
+// mirrors (upstream.Failover).
+type sourcesUpstream interface {
+	Sources() []upstream.SourceState
+}
+
 // repositoryLister is the optional Store side the catalog needs.
 type repositoryLister interface {
 	Repositories(fn func(registry, repo string) error) error
@@ -87,6 +96,7 @@ func (s *Server) initOperator() {
 			Cache:      o.Cache,
 			Registries: s.registryStates,
 			Downloads:  s.downloads,
+			Watch:      o.Watch,
 		},
 	})
 	if s.opts.Metrics != nil {
@@ -335,6 +345,13 @@ func (s *Server) registryStates() []status.State {
 				st.RateLimit = &status.RateLimit{
 					Limit: rl.Limit, Remaining: rl.Remaining, WindowSeconds: int64(rl.Window / time.Second),
 					ReadAt: rl.At, Reserve: s.reserve(rl.Limit), Shielded: s.shielded(name),
+				}
+			}
+		}
+		if su, ok := s.plain[name].(sourcesUpstream); ok {
+			if srcs := su.Sources(); len(srcs) > 1 {
+				for _, src := range srcs {
+					st.Sources = append(st.Sources, status.Source{URL: src.URL, Mirror: src.Mirror, OutUntil: src.OutUntil})
 				}
 			}
 		}

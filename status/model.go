@@ -19,6 +19,8 @@ type Model struct {
 	TopByBytes  []Repo     `json:"top_by_bytes"`
 	TopByPulls  []Repo     `json:"top_by_pulls"`
 	RecentPulls []Pull     `json:"recent_pulls"`
+	// Watch is the watch list ([[watch]] images kept warm), if any.
+	Watch []Watched `json:"watch"`
 }
 
 // CacheFigures is the cache's size against its budget and the disk.
@@ -72,6 +74,31 @@ type State struct {
 	OutReason string    `json:"out_reason,omitempty"`
 	// RateLimit is the pull budget the registry last announced (Docker Hub).
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	// Sources are the registry's upstream mirrors and its own URL, in the
+	// order they are tried, when it has mirrors.
+	Sources []Source `json:"sources,omitempty"`
+}
+
+// Source is one place a registry's content is fetched from.
+type Source struct {
+	URL    string `json:"url"`
+	Mirror bool   `json:"mirror"`
+	// OutUntil is set while the source is skipped after failing.
+	OutUntil time.Time `json:"out_until,omitzero"`
+}
+
+// Watched is one image of the watch list. Errors are left out: their text
+// may be an upstream's.
+type Watched struct {
+	Image    string    `json:"image"`
+	Registry string    `json:"registry"`
+	Repo     string    `json:"repository"`
+	Result   string    `json:"result"` // ok, moved, warmed, deferred, failed; "" before the first run
+	Digest   string    `json:"digest,omitempty"`
+	LastRun  time.Time `json:"last_run,omitzero"`
+	NextRun  time.Time `json:"next_run,omitzero"`
+	Failures int64     `json:"failures"`
+	Moves    int64     `json:"moves"`
 }
 
 // RateLimit is a registry's announced pull budget.
@@ -114,6 +141,8 @@ type Pull struct {
 	Registry string    `json:"registry"`
 	Repo     string    `json:"repository"`
 	Ref      string    `json:"ref"`
-	Outcome  string    `json:"outcome"`
-	Status   int       `json:"status"`
+	// Outcome is how the cache answered (hit, miss, join, revalidated,
+	// stale, bypass), or "not found" or "error".
+	Outcome string `json:"outcome"`
+	Status  int    `json:"status"`
 }

@@ -25,6 +25,7 @@ type Sources struct {
 	Cache      func() CacheFigures
 	Registries func() []State
 	Downloads  func() []Download
+	Watch      func() []Watched
 }
 
 // Options configures a Recorder. Zero values take the defaults named.
@@ -149,7 +150,11 @@ func (r *Recorder) Request(ev Event) {
 	}
 	if ev.Endpoint == "manifest" {
 		p := Pull{Time: ev.Time, Client: ev.Client, Registry: ev.Registry, Repo: ev.Repo, Ref: ev.Ref, Outcome: ev.Outcome, Status: ev.Status}
-		if p.Outcome == "" {
+		switch {
+		case p.Outcome != "":
+		case ev.Status == 404:
+			p.Outcome = "not found"
+		default:
 			p.Outcome = "error"
 		}
 		if len(r.recent) < cap(r.recent) {
@@ -268,6 +273,7 @@ func (r *Recorder) Model(visible func(registry, repo string) bool) Model {
 		TopByBytes:  []Repo{},
 		TopByPulls:  []Repo{},
 		RecentPulls: []Pull{},
+		Watch:       []Watched{},
 	}
 	src := r.opts.Sources
 	if src.Cache != nil {
@@ -284,6 +290,13 @@ func (r *Recorder) Model(visible func(registry, repo string) bool) Model {
 			}
 		}
 		sort.Slice(m.Downloads, func(i, j int) bool { return m.Downloads[i].Digest < m.Downloads[j].Digest })
+	}
+	if src.Watch != nil {
+		for _, w := range src.Watch() {
+			if visible(w.Registry, w.Repo) {
+				m.Watch = append(m.Watch, w)
+			}
+		}
 	}
 
 	r.mu.Lock()

@@ -59,6 +59,7 @@ function fill(tbody, rows) {
   const empty = tbody.closest("section").querySelector(".empty");
   if (empty) empty.hidden = rows.length > 0;
 }
+function short(s, n) { return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 function repoName(x) { return x.registry + "/" + x.repository; }
 
 function render(m) {
@@ -97,8 +98,11 @@ function render(m) {
         rl.shielded ? el("span", { cls: "badge warn", text: "shield up: serving tags stale", title: "below the reserve of " + rl.reserve + " pulls" }) : null);
     }
     degraded = degraded || r.out || (r.rate_limit && r.rate_limit.shielded);
+    const sources = r.sources ? el("div", { cls: "sources" }, ...r.sources.map((s) =>
+      el("span", { cls: s.out_until ? "out" : "", text: (s.mirror ? "mirror " : "origin ") + s.url + (s.out_until ? " — out until " + clock(s.out_until) : "") }))) : null;
+    degraded = degraded || (r.sources || []).some((s) => s.out_until);
     return el("tr", { data: { key: r.name } },
-      el("td", null, el("b", { text: r.name })),
+      el("td", null, el("b", { text: r.name }), sources),
       figure("td", "requests", "", r.requests, "num"),
       figure("td", "hit_ratio", "pct", r.hit_ratio, "num"),
       figure("td", "upstream_errors", "", r.upstream_errors, "num"),
@@ -119,6 +123,19 @@ function render(m) {
       figure("td", "clients", "", d.clients, "num"));
   }));
 
+  document.getElementById("watch-card").hidden = m.watch.length === 0;
+  document.getElementById("watch-count").textContent = m.watch.length ? "(" + m.watch.length + ")" : "";
+  const WATCH_BADGE = { ok: "ok", warmed: "ok", moved: "miss", deferred: "warn", failed: "bad" };
+  fill(document.querySelector("#watch tbody"), m.watch.map((w) =>
+    el("tr", { data: { key: w.image } },
+      el("td", { text: w.image }),
+      el("td", null, el("span", { cls: "badge " + (WATCH_BADGE[w.result] || ""), text: w.result || "pending" })),
+      el("td", { cls: "mono", text: w.digest ? w.digest.slice(0, 19) + "…" : "—", title: w.digest || "" }),
+      el("td", { cls: "mono", text: w.last_run ? clock(w.last_run) : "—" }),
+      el("td", { cls: "mono", text: w.next_run ? clock(w.next_run) : "—" }),
+      figure("td", "moves", "", w.moves, "num"),
+      figure("td", "failures", "", w.failures, "num"))));
+
   fill(document.querySelector("#top-bytes tbody"), m.top_by_bytes.map((r) =>
     el("tr", { data: { key: repoName(r) } }, el("td", { text: repoName(r) }),
       figure("td", "bytes", "bytes", r.bytes, "num"), figure("td", "pulls", "", r.pulls, "num"))));
@@ -129,8 +146,8 @@ function render(m) {
     el("tr", null,
       el("td", { cls: "mono", text: clock(p.time) }),
       el("td", { cls: "mono", text: p.client }),
-      el("td", { text: repoName(p) + (p.ref.includes(":") ? "@" + p.ref.slice(0, 19) + "…" : ":" + p.ref), title: p.ref }),
-      el("td", null, el("span", { cls: "badge " + p.outcome, text: p.outcome + (p.status >= 400 ? " " + p.status : "") })))));
+      el("td", { text: repoName(p) + (p.ref.includes(":") ? "@" + p.ref.slice(0, 19) + "…" : ":" + short(p.ref, 40)), title: p.ref }),
+      el("td", null, el("span", { cls: "badge " + p.outcome.replace(" ", ""), text: p.outcome + (p.outcome === "error" ? " " + p.status : "") })))));
 
   const health = document.getElementById("health");
   health.textContent = degraded ? "degraded" : "healthy";
