@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
@@ -139,5 +141,57 @@ func TestStatusPageNeedsPull(t *testing.T) {
 	}
 	if code, body := fetch(t, c, "/v2/_catalog"); code != 200 || body != `{"repositories":[]}` {
 		t.Errorf("catalog: %d %s", code, body)
+	}
+}
+
+// budgetUpstream is a stub that announces a pull budget.
+type budgetUpstream struct {
+	stubUpstream
+	st *upstream.Stats
+}
+
+func (u budgetUpstream) Stats() upstream.Stats { return *u.st }
+
+func TestShieldFollowsTheBudgetAndLogs(t *testing.T) {
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	st := &upstream.Stats{}
+	var logs strings.Builder
+	s, err := New(Options{
+		Registries: []Upstream{budgetUpstream{stubUpstream{"docker.io"}, st}, stubUpstream{"ghcr.io"}},
+		Store:      store,
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.shielded("docker.io") || s.shielded("ghcr.io") {
+		t.Fatal("shielded without a reading")
+	}
+	reading := func(remaining int, at time.Time) {
+		*st = upstream.Stats{HasRateLimit: true, RateLimit: upstream.RateLimit{Limit: 100, Remaining: remaining, Window: 6 * time.Hour, At: at}}
+	}
+	reading(10, time.Now()) // the default reserve is 10% of 100: 10 is not below it
+	if s.shielded("docker.io") {
+		t.Error("shielded at the reserve")
+	}
+	reading(9, time.Now())
+	if !s.shielded("docker.io") || !strings.Contains(logs.String(), "rate-limit shield up") {
+		t.Errorf("below the reserve: shielded %v, log %q", s.shielded("docker.io"), logs.String())
+	}
+	reading(9, time.Now().Add(-7*time.Hour)) // older than its window: the budget is back
+	if s.shielded("docker.io") || !strings.Contains(logs.String(), "rate-limit shield down") {
+		t.Errorf("a reading older than its window still shields; log %q", logs.String())
+	}
+	if n := strings.Count(logs.String(), "shield up"); n != 1 {
+		t.Errorf("shield up logged %d times, want once per change", n)
+	}
+	s.opts.Operator.RateLimitReserveFraction = -1
+	reading(0, time.Now())
+	if s.shielded("docker.io") {
+		t.Error("the shield is off (reserve 0) but shielded")
 	}
 }
