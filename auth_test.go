@@ -409,8 +409,10 @@ func TestCatalogWithAuth(t *testing.T) {
 	if got := catalog(); strings.Contains(got, "library/alpine") || strings.Contains(got, "someuser") {
 		t.Errorf("an unidentified client's catalog: %s", got)
 	}
-	if resp, _ := get(t, http.MethodGet, m.url+"/_regmirror/status"); resp.StatusCode == http.StatusOK {
-		t.Error("an unidentified client sees the status page")
+	if resp, _ := get(t, http.MethodGet, m.url+"/_regmirror/status"); resp.StatusCode != http.StatusUnauthorized ||
+		!strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {
+		t.Errorf("an unidentified client asking for the status page: %d %q; want 401 with a Basic challenge (a browser then asks for the login)",
+			resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
 	if resp, body := get(t, http.MethodGet, m.url+"/_regmirror/status", "Authorization", basicAuth("ci", "cipw")); resp.StatusCode != http.StatusOK || strings.Contains(string(body), "someuser") {
 		t.Errorf("ci's status page: %d (mentions someuser: %v)", resp.StatusCode, strings.Contains(string(body), "someuser"))

@@ -58,6 +58,12 @@ func (p accessPolicy) MayPull(ctx *fasthttp.RequestCtx, registry, repo string) b
 	return p.s.opts.Access.May(user, registry, repo)
 }
 
+// Unidentified implements challenger, after MayPull identified the client.
+func (p accessPolicy) Unidentified(ctx *fasthttp.RequestCtx) bool {
+	user, ok := ctx.UserValue(accessUserKey).(string)
+	return ok && user == ""
+}
+
 // accessMetrics counts refused requests by reason; never by user.
 type accessMetrics struct {
 	denied *prometheus.CounterVec

@@ -14,6 +14,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/regmirror/regmirror/access"
 	"github.com/regmirror/regmirror/status"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -54,6 +55,13 @@ type PullPolicy interface {
 	// MayPull reports whether the request's client may pull registry/repo;
 	// with repo "", whether it may pull anything from registry.
 	MayPull(ctx *fasthttp.RequestCtx, registry, repo string) bool
+}
+
+// challenger is the optional PullPolicy side that tells a client that has
+// not said who it is (answered 401 with a Basic challenge) from one that
+// may not pull (403).
+type challenger interface {
+	Unidentified(ctx *fasthttp.RequestCtx) bool
 }
 
 // Check is one readiness condition.
@@ -146,6 +154,12 @@ func (s *Server) serveOperator(ctx *fasthttp.RequestCtx, ex *exchange) bool {
 		return true
 	}
 	if !s.maySeeStatus(ctx) {
+		if c, ok := s.opts.Operator.PullPolicy.(challenger); ok && c.Unidentified(ctx) {
+			// A browser asks for the login on a Basic challenge.
+			writeError(ctx, fmt.Errorf("%w: log in to see the status page", access.ErrUnauthenticated), resourceNone)
+			ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Basic realm="regmirror"`)
+			return true
+		}
 		writeError(ctx, fmt.Errorf("%w: the status page is for clients that may pull", errForbidden), resourceNone)
 		return true
 	}
