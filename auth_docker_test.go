@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/base64"
 	"net"
 	"net/http"
 	"os"
@@ -152,6 +153,21 @@ func TestDockerdTrustedNetwork(t *testing.T) {
 	}
 	check("127.0.0.1", http.StatusOK)
 	check("127.0.0.2", http.StatusUnauthorized)
+	// A Docker Hub login that dockerd forwards is no mirror login: the
+	// trusted client stays anonymous and is not refused for it.
+	req, _ := http.NewRequest(http.MethodGet, m.url+"/v2/library/alpine/tags/list", nil)
+	req.SetBasicAuth("hubuser", "hub-password")
+	resp, err := from("127.0.0.1").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a trusted client with a Hub login: %d, want 200", resp.StatusCode)
+	}
+	if up.SawAuthorization("hub-password") || up.SawAuthorization(base64.StdEncoding.EncodeToString([]byte("hubuser:hub-password"))) {
+		t.Fatal("the client's Hub login went upstream")
+	}
 	if strings.Contains(m.host, "127.0.0.2") {
 		t.Fatal("the mirror must not listen on the untrusted address")
 	}
