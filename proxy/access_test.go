@@ -175,3 +175,73 @@ func TestInternalToken(t *testing.T) {
 		t.Errorf("loopback with another token: %d, want 401", status)
 	}
 }
+
+// recordingAccess remembers what each request was authorized for and
+// denies it, so nothing else happens.
+type recordingAccess struct{ registry, repo string }
+
+func (r *recordingAccess) Identify(access.Client) (string, error) { return "u", nil }
+func (r *recordingAccess) Authorize(_ access.Client, registry, repo string) (string, error) {
+	r.registry, r.repo = registry, repo
+	return "u", access.ErrDenied
+}
+func (r *recordingAccess) IsAdmin(string) bool             { return false }
+func (r *recordingAccess) May(string, string, string) bool { return false }
+
+// TestAccessSeesResolvedNames: access is asked about the registry and
+// repository routing resolved, whatever the addressing form: the bare name
+// (default registry, Docker Hub's library/ defaulting), ?ns=, a path
+// prefix, a Host alias.
+func TestAccessSeesResolvedNames(t *testing.T) {
+	var ups []Upstream
+	for _, name := range []string{"docker.io", "ghcr.io"} {
+		up, err := upstream.New(upstream.Options{Name: name, URL: "http://127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ups = append(ups, up)
+	}
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rec := &recordingAccess{}
+	s, err := New(Options{Registries: ups, Store: store, Access: rec, HostAliases: map[string]string{"ghcr.mirror.lan": "ghcr.io"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const d = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	tests := []struct {
+		path, host     string
+		registry, repo string
+	}{
+		{"/v2/alpine/manifests/latest", "", "docker.io", "library/alpine"},
+		{"/v2/library/alpine/blobs/" + d, "", "docker.io", "library/alpine"},
+		{"/v2/org/app/manifests/v1?ns=ghcr.io", "", "ghcr.io", "org/app"},
+		{"/v2/alpine/tags/list?ns=docker.io", "", "docker.io", "library/alpine"},
+		{"/v2/ghcr.io/org/app/referrers/" + d, "", "ghcr.io", "org/app"},
+		{"/v2/docker.io/alpine/manifests/" + d, "", "docker.io", "library/alpine"},
+		{"/v2/index.docker.io/org/app/manifests/1", "", "docker.io", "org/app"},
+		{"/v2/org/app/manifests/v1", "ghcr.mirror.lan", "ghcr.io", "org/app"},
+		{"/v2/org/app/manifests/v1", "ghcr.mirror.lan:5000", "ghcr.io", "org/app"},
+		{"/v2/org/app/manifests/v1", "other.lan", "docker.io", "org/app"},
+	}
+	for _, tt := range tests {
+		*rec = recordingAccess{}
+		var req fasthttp.Request
+		req.SetRequestURI(tt.path)
+		if tt.host != "" {
+			req.Header.SetHost(tt.host)
+		}
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP("203.0.113.9"), Port: 40000}, nil)
+		s.Handler()(&ctx)
+		if rec.registry != tt.registry || rec.repo != tt.repo {
+			t.Errorf("%s (Host %q): access asked about %s/%s, want %s/%s", tt.path, tt.host, rec.registry, rec.repo, tt.registry, tt.repo)
+		}
+		if ctx.Response.StatusCode() != 403 {
+			t.Errorf("%s: %d, want 403", tt.path, ctx.Response.StatusCode())
+		}
+	}
+}
