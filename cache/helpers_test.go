@@ -144,3 +144,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 type badgerTxn = badger.Txn
+
+// simulateCrash makes a closed store look as if its process had died
+// instead of closing: it removes the clean-shutdown marker Close wrote, so
+// the next Open reconciles fully.
+func simulateCrash(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, cleanMarkerName)); err != nil {
+		t.Fatalf("no clean-shutdown marker after Close: %v", err)
+	}
+}

@@ -167,6 +167,7 @@ func TestReconcile(t *testing.T) {
 			}
 			os.MkdirAll(filepath.Join(dir, "blobs", "sha256", orphan.Encoded()[:2]), 0o755)
 			s.Close()
+			simulateCrash(t, dir)
 			tc.mangle(t, dir, s)
 
 			logs := &syncBuffer{}
@@ -211,6 +212,7 @@ func TestCrashBetweenRenameAndIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
+	simulateCrash(t, dir)
 	s2 := openStore(t, dir)
 	got, info, err := s2.ReadAll(d, 1<<20)
 	if err != nil || string(got) != string(data) || info.MediaType != defaultMediaType {

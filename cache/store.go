@@ -178,6 +178,14 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.dirLock = lock
 
+	// Before anything can change: a clean Close leaves a marker; take it
+	// (removing it durably) so that a crash from now on leaves none.
+	clean, trusted, err := s.takeCleanMarker()
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+
 	bopts := badger.DefaultOptions(indexDir).
 		WithLogger(badgerLogger{log.With("component", "badger")}).
 		WithLoggingLevel(badger.WARNING).
@@ -204,7 +212,12 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.db = db
 
-	if err := s.reconcile(); err != nil {
+	if trusted {
+		err = s.trustClean(clean)
+	} else {
+		err = s.reconcile()
+	}
+	if err != nil {
 		db.Close()
 		lock.Close()
 		return nil, err
@@ -231,7 +244,8 @@ func Open(opts Options) (*Store, error) {
 }
 
 // Close flushes access times, stops the background loops and closes the
-// index. It is idempotent; later calls return the first call's result.
+// index; if all of that succeeded it then writes the clean-shutdown marker
+// (see clean.go), so the next Open can skip the full reconcile. It is idempotent; later calls return the first call's result.
 // Writers still open are abandoned; their temp files are removed at the
 // next Open.
 func (s *Store) Close() error {
@@ -250,8 +264,15 @@ func (s *Store) Close() error {
 			s.log.Warn("flushing access times at close", "err", ferr)
 		}
 		derr := s.db.Close()
+		var merr error
+		if ferr == nil && derr == nil {
+			// Index and files agree: the next Open may skip the reconcile.
+			if merr = s.putCleanMarker(); merr != nil {
+				merr = fmt.Errorf("cache: write clean-shutdown marker: %w", merr)
+			}
+		}
 		lerr := s.dirLock.Close()
-		s.closeErr = errors.Join(ferr, derr, lerr)
+		s.closeErr = errors.Join(ferr, derr, merr, lerr)
 	})
 	return s.closeErr
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -63,6 +64,30 @@ func Binary(tb testing.TB) string {
 type Process struct {
 	Cmd *exec.Cmd
 	URL string // http://127.0.0.1:port
+
+	mu   sync.Mutex
+	logs []string
+	done chan struct{} // closed when the log stream ends
+}
+
+// Logs returns the log lines read so far.
+func (p *Process) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.logs, "\n")
+}
+
+// Stop asks the process to shut down (SIGTERM), as an operator would, and
+// waits until it has exited.
+func (p *Process) Stop() error {
+	if p.Cmd.ProcessState != nil {
+		return nil
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	<-p.done
+	return p.Cmd.Wait()
 }
 
 var listenAttr = regexp.MustCompile(`listen=(\S+)`)
@@ -81,13 +106,17 @@ func Serve(tb testing.TB, verbose bool, args ...string) *Process {
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	p := &Process{Cmd: cmd}
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
 	tb.Cleanup(func() { p.Kill() })
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		defer close(p.done)
 		for sc.Scan() {
+			p.mu.Lock()
+			p.logs = append(p.logs, sc.Text())
+			p.mu.Unlock()
 			if m := listenAttr.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "serving") {
 				select {
 				case addr <- m[1]:

@@ -1,0 +1,158 @@
+package cache
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// junkPath is a name reconcile removes ("not a fan-out directory"), used to
+// tell which path an Open took: the fast path leaves it alone.
+func junkPath(dir string) string { return filepath.Join(dir, "blobs", "sha256", "junk") }
+
+func exists(path string) bool { _, err := os.Lstat(path); return err == nil }
+
+// reopenLogs opens dir with a captured log and returns the store and which
+// startup ran: "skipped" (clean-shutdown fast path) or "reconciled".
+func reopenLogs(t *testing.T, dir string) (*Store, string) {
+	t.Helper()
+	logs := &syncBuffer{}
+	s := openStore(t, dir, func(o *Options) { o.Logger = testLogger(logs) })
+	switch l := logs.String(); {
+	case strings.Contains(l, "reconcile skipped") && !strings.Contains(l, "cache reconciled"):
+		return s, "skipped"
+	case strings.Contains(l, "cache reconciled") && !strings.Contains(l, "reconcile skipped"):
+		return s, "reconciled"
+	default:
+		t.Fatalf("startup logs name neither path:\n%s", l)
+		return nil, ""
+	}
+}
+
+// TestCleanShutdownSkipsReconcile: after Close the next Open trusts the
+// marker (no walk of files or records), keeps the usage totals, still clears
+// tmp/, and removes the marker before it returns, so a crash while open
+// leaves none.
+func TestCleanShutdownSkipsReconcile(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	data, d := blob(3000, 40)
+	mustPut(t, s, data, d, "x")
+	data2, d2 := blob(700, 41)
+	mustPut(t, s, data2, d2, "x")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(filepath.Join(dir, cleanMarkerName)) {
+		t.Fatal("Close wrote no clean-shutdown marker")
+	}
+	os.WriteFile(junkPath(dir), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(dir, "tmp", "sha256-abc-1"), []byte("partial"), 0o600)
+
+	s2, path := reopenLogs(t, dir)
+	if path != "skipped" {
+		t.Fatalf("Open after a clean Close: %s, want the fast path", path)
+	}
+	if exists(filepath.Join(dir, cleanMarkerName)) {
+		t.Fatal("the marker is still there while the store is open: a crash now would be trusted")
+	}
+	if !exists(junkPath(dir)) {
+		t.Fatal("the fast path walked blobs/")
+	}
+	if got := files(t, filepath.Join(dir, "tmp")); len(got) != 0 {
+		t.Fatalf("tmp/ holds %v", got)
+	}
+	if b, n := s2.Usage(); b != 3700 || n != 2 {
+		t.Fatalf("Usage = %d, %d; want 3700, 2", b, n)
+	}
+	if got, _, err := s2.ReadAll(d, 1<<20); err != nil || string(got) != string(data) {
+		t.Fatalf("ReadAll: %v", err)
+	}
+	if err := s2.Delete(d2); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	// The totals kept through the fast path are written again.
+	s3, path := reopenLogs(t, dir)
+	if b, n := s3.Usage(); path != "skipped" || b != 3000 || n != 1 {
+		t.Fatalf("second clean reopen: %s, Usage = %d, %d", path, b, n)
+	}
+}
+
+// TestCleanMarkerNotTrusted: a marker that is not this dir's, not this
+// version's, or unreadable is removed and ignored: Open reconciles fully.
+func TestCleanMarkerNotTrusted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// mangle returns the dir to open next.
+		mangle func(t *testing.T, dir string) string
+	}{
+		{"data dir copied elsewhere", func(t *testing.T, dir string) string {
+			cp := filepath.Join(t.TempDir(), "copy")
+			if err := os.CopyFS(cp, os.DirFS(dir)); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(cp, 0o700)
+			return cp
+		}},
+		{"data dir replaced at the same path", func(t *testing.T, dir string) string {
+			old := dir + ".old"
+			if err := os.Rename(dir, old); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.CopyFS(dir, os.DirFS(old)); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(dir, 0o700)
+			return dir
+		}},
+		{"other version", func(t *testing.T, dir string) string {
+			rewriteMarker(t, dir, func(m string) string {
+				return strings.Replace(m, cleanMarkerVersion, "regmirror-clean-shutdown 0", 1)
+			})
+			return dir
+		}},
+		{"other dir recorded", func(t *testing.T, dir string) string {
+			rewriteMarker(t, dir, func(m string) string { return strings.Replace(m, "dir "+dir, "dir /elsewhere", 1) })
+			return dir
+		}},
+		{"garbage", func(t *testing.T, dir string) string {
+			rewriteMarker(t, dir, func(string) string { return "clean\n" })
+			return dir
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			s := openStore(t, dir)
+			data, d := blob(1000, 50)
+			mustPut(t, s, data, d, "x")
+			s.Close()
+			os.WriteFile(junkPath(dir), []byte("x"), 0o600)
+			dir = tc.mangle(t, dir)
+			s2, path := reopenLogs(t, dir)
+			if path != "reconciled" {
+				t.Fatalf("Open: %s, want a full reconcile", path)
+			}
+			if exists(junkPath(dir)) || exists(filepath.Join(dir, cleanMarkerName)) {
+				t.Fatal("junk or marker left after a full reconcile")
+			}
+			if b, n := s2.Usage(); b != 1000 || n != 1 {
+				t.Fatalf("Usage = %d, %d", b, n)
+			}
+		})
+	}
+}
+
+func rewriteMarker(t *testing.T, dir string, f func(string) string) {
+	t.Helper()
+	path := filepath.Join(dir, cleanMarkerName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(f(string(b))), fs.FileMode(0o600)); err != nil {
+		t.Fatal(err)
+	}
+}
