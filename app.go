@@ -40,7 +40,7 @@ type app struct {
 // newApp opens the cache, builds every component and listens; Run serves.
 func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a = &app{cfg: cfg, log: log}
-	a.cache, err = openCacheStack(cfg, log)
+	a.cache, err = openCacheStackWith(cfg, log, true)
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +244,11 @@ func (a *app) Run(ctx context.Context) error {
 		return a.proxy.Serve(a.ln)
 	})
 	g.Go(func() error {
+		select { // passes need the whole picture
+		case <-a.cache.loaded:
+		case <-gctx.Done():
+			return nil
+		}
 		return a.cache.evictor.Run(gctx)
 	})
 	if len(a.cfg.Pin) > 0 {

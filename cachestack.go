@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -24,14 +25,25 @@ type cacheStack struct {
 	store   *cache.Store
 	evictor *eviction.Evictor
 	ops     *admin.Local
-	// ready is set once the index is open, reconciled and loaded.
+	// ready is set once the index is open and reconciled (and, unless
+	// loaded in the background, eviction's view loaded).
 	ready atomic.Bool
+	// loaded is closed once eviction's view of the cache is loaded (or
+	// failed to load). The eviction loop waits for it.
+	loaded chan struct{}
 }
 
 // openCacheStack opens the data dir, loads eviction's view of it (one walk,
 // the only full scan) and applies the configured budget. It fails with an
 // error wrapping cache.ErrBusy when a server holds the data dir.
 func openCacheStack(cfg config, log *slog.Logger) (*cacheStack, error) {
+	return openCacheStackWith(cfg, log, false)
+}
+
+// openCacheStackWith is openCacheStack; with background set (serve), the
+// walk that loads eviction's view runs after it returns, so that a large
+// cache serves at once: see startEviction.
+func openCacheStackWith(cfg config, log *slog.Logger, background bool) (*cacheStack, error) {
 	observer := &evictionObserver{}
 	scrubRate, _ := parseRate(cfg.Cache.ScrubRate) // checked by finish
 	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Observer: observer,
@@ -39,15 +51,15 @@ func openCacheStack(cfg config, log *slog.Logger) (*cacheStack, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &cacheStack{store: store}
-	if err := st.startEviction(cfg, log, observer); err != nil {
+	st := &cacheStack{store: store, loaded: make(chan struct{})}
+	if err := st.startEviction(cfg, log, observer, background); err != nil {
 		store.Close()
 		return nil, err
 	}
 	return st, nil
 }
 
-func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evictionObserver) error {
+func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evictionObserver, background bool) error {
 	dir := cfg.DataDir
 	freeSpace := func() (int64, error) { free, _, err := diskSpace(dir); return free, err }
 	_, total, err := diskSpace(dir)
@@ -93,26 +105,60 @@ func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evic
 	if err != nil {
 		return err
 	}
-	var entries []eviction.Entry
-	err = st.store.Walk(func(info cache.BlobInfo) error {
-		entries = append(entries, eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess, Pinned: pinned[info.Digest]})
-		delete(pinned, info.Digest)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for d := range pinned { // pinned but not cached (yet): pinned when it arrives
+	// Pins first: a key pinned before it is loaded is pinned when it
+	// arrives. Then the live events (Add, Touch, Remove), then the walk.
+	for d := range pinned {
 		st.evictor.SetPinned(d.String(), true)
 	}
-	st.evictor.Load(entries)
 	observer.evictor.Store(st.evictor)
 	shown := budget
 	if budget == noBudget {
 		shown = 0
 	}
 	st.ops = &admin.Local{Store: st.store, Evictor: st.evictor, MaxBytes: shown, FreeSpace: freeSpace, Logger: log}
+	if !background {
+		defer close(st.loaded)
+		if err := st.loadEviction(); err != nil {
+			return err
+		}
+		st.ready.Store(true)
+		return nil
+	}
+	// The store is reconciled (or was closed cleanly), so it may serve
+	// now; eviction learns about what it holds while it does. Blobs added
+	// or touched meanwhile are told to the evictor live and merged (Load
+	// is idempotent per key); one removed meanwhile may be loaded again
+	// and is dropped when eviction's Delete finds it gone.
 	st.ready.Store(true)
+	go func() {
+		defer close(st.loaded)
+		start := time.Now()
+		if err := st.loadEviction(); err != nil {
+			if !errors.Is(err, cache.ErrClosed) {
+				log.Error("loading the cache's blobs for eviction", "err", err)
+			}
+			return
+		}
+		// The walk's garbage is as large as what it loaded: give it back.
+		debug.FreeOSMemory()
+		_, n := st.store.Usage()
+		log.Info("eviction loaded the cache", "blobs", n, "took", time.Since(start).Round(time.Millisecond))
+	}()
+	return nil
+}
+
+// loadEviction walks the index once and loads every blob into the evictor.
+func (st *cacheStack) loadEviction() error {
+	_, n := st.store.Usage()
+	entries := make([]eviction.Entry, 0, n)
+	err := st.store.Walk(func(info cache.BlobInfo) error {
+		entries = append(entries, eviction.Entry{Key: string(info.Digest), Size: info.Size, LastAccess: info.LastAccess})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	st.evictor.Load(entries)
 	return nil
 }
 
