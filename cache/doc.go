@@ -87,6 +87,23 @@
 //
 // Reconcile is O(number of files + number of records) and logs a one-line
 // summary. Usage totals are computed from its result and then maintained in
-// memory. The Observer is not told about blobs found at Open; consumers
+// memory.
+//
+// # Clean shutdown
+//
+// Close, after its final access flush and Badger's close have succeeded,
+// writes data_dir/clean-shutdown (temp file, fsync, rename, fsync of the
+// dir): a format version, the data dir's absolute path and inode, and the
+// usage totals. Open reads it and removes it, durably, before Badger is
+// opened and before anything can change. A marker that is present, of this
+// version and written for this very dir (not a copy, not a dir restored at
+// the same path) is trusted: index and files agreed when it was written and
+// nothing has touched them since, so Open only clears tmp/, takes the
+// totals from the marker and skips the walk of files and records (and the
+// privacy walk skips blob files). Any other marker is ignored. A crash at
+// any moment leaves no marker (Close had not written it, or Open had
+// already removed it), so the next Open reconciles fully. Damage done to
+// files while the cache was stopped is the scrub's to find, as it is
+// while it runs. The Observer is not told about blobs found at Open; consumers
 // build their initial state with Walk.
 package cache
