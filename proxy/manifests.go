@@ -157,6 +157,16 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 		return manifest{}, "", fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
 	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
+		// Re-check inside the flight: a request that read the stale
+		// record just before another flight refreshed it must not send
+		// upstream a second HEAD (a storm of clients on one expired tag
+		// causes one).
+		if now, err := s.store.Tag(rq.registry, rq.repo, tag); err == nil && now.CheckedAt.After(rec.CheckedAt) &&
+			pol.Fresh(now.CheckedAt, s.opts.Now()) && s.linked(rq, now.Digest) {
+			if m, err := s.cachedManifest(now.Digest); err == nil {
+				return tagResult{m, "hit"}, nil
+			}
+		}
 		ctx, cancel := s.upstreamContext()
 		defer cancel()
 		m, how, err := s.refreshTag(ctx, rq, rec, pol)

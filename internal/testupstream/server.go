@@ -89,6 +89,7 @@ type Server struct {
 	unauthorized  int
 	faults        faults
 	gates         map[digest.Digest]*Gate
+	headGate      *Gate // see GateManifestHeads
 	hostile       hostile
 	rateLimit     rateLimit
 	seen          seenHeaders
@@ -198,6 +199,9 @@ func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.count(r)
+	if !s.holdManifestHead(r) {
+		return
+	}
 	s.rateLimitHeaders(w, r)
 	if f.status != 0 {
 		writeStatusFault(w, r, f.status, f.retryAfter)
