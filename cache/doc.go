@@ -99,8 +99,8 @@
 // version and written for this very dir (not a copy, not a dir restored at
 // the same path) is trusted: index and files agreed when it was written and
 // nothing has touched them since, so Open only clears tmp/, takes the
-// totals from the marker and skips the walk of files and records (and the
-// privacy walk skips blob files). Any other marker is ignored. A crash at
+// totals from the marker and skips the walk of files and records. Any other
+// marker is ignored. A crash at
 // any moment leaves no marker (Close had not written it, or Open had
 // already removed it), so the next Open reconciles fully. Damage done to
 // files while the cache was stopped is the scrub's to find, as it is
