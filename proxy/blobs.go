@@ -94,11 +94,14 @@ func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
 		uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
 		defer cancel()
 		n, err := rq.up.HeadBlob(uctx, rq.repo, d)
+		if err == nil {
+			err = s.checkAnnouncedSize(d, n) // a lying length is a 502 here too
+		}
 		if err != nil {
 			writeError(ctx, err, resourceBlob)
 			return
 		}
-		size = n
+		size = s.expectedSize(d, n)
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
 	rng, ok := applyRange(ctx, size)

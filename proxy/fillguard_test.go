@@ -95,6 +95,10 @@ type lyingUpstream struct {
 
 func (u *lyingUpstream) Name() string                  { return "docker.io" }
 func (u *lyingUpstream) Repository(name string) string { return name }
+func (u *lyingUpstream) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	return u.size, nil
+}
+
 func (u *lyingUpstream) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
 	u.gets++
 	return &upstream.Blob{Size: u.size, Body: io.NopCloser(&heldReader{release: u.release, r: strings.NewReader("not what was announced")})}, nil
@@ -110,10 +114,13 @@ func (h *heldReader) Read(p []byte) (int, error) {
 	return h.r.Read(p)
 }
 
-// getBlob runs one blob GET through the handler, in memory.
-func getBlob(s *Server, d digest.Digest) *fasthttp.RequestCtx {
+// getBlob runs one blob GET (or HEAD) through the handler, in memory.
+func getBlob(s *Server, d digest.Digest, method ...string) *fasthttp.RequestCtx {
 	var req fasthttp.Request
 	req.SetRequestURI("/v2/library/x/blobs/" + d.String())
+	if len(method) > 0 {
+		req.Header.SetMethod(method[0])
+	}
 	ctx := &fasthttp.RequestCtx{}
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, nil)
 	s.Handler()(ctx)
@@ -144,6 +151,9 @@ func TestZeroLengthForNonEmptyDigest(t *testing.T) {
 	}
 	if !strings.Contains(string(ctx.Response.Body()), `"UNAVAILABLE"`) {
 		t.Fatalf("body %q", ctx.Response.Body())
+	}
+	if ctx := getBlob(s, d, http.MethodHead); ctx.Response.StatusCode() != http.StatusBadGateway {
+		t.Fatalf("HEAD: status %d (Content-Length %d), want 502", ctx.Response.StatusCode(), ctx.Response.Header.ContentLength())
 	}
 }
 

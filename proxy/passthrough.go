@@ -179,7 +179,8 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 			return r
 		}
 	}
-	s.startPass(nil, nil, p, nil, h)
+	ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
+	s.startPass(ctx, cancel, p, nil, h)
 	return r
 }
 
@@ -236,12 +237,9 @@ func (s *Server) newPassShareLocked(rq request, reason string, base int64) *pass
 
 // startPass runs p's download in its own goroutine, detached from every
 // client. blob, when not nil, is an upstream body already open at offset 0,
-// read under ctx (the handing fill's, whose cancel p now owns); else ctx is
-// nil and p gets its own.
+// read under ctx (the handing fill's, whose cancel p now owns). ctx bounds
+// the download; cancel is how the last client leaving stops it.
 func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *passShare, blob *upstream.Blob, h hash.Hash) {
-	if ctx == nil {
-		ctx, cancel = context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
-	}
 	p.mu.Lock()
 	p.cancel = cancel
 	p.mu.Unlock()
