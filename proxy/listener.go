@@ -187,10 +187,25 @@ func clientAddr(c net.Conn) string {
 type guardedListener struct {
 	net.Listener
 	lim *connLimiter
-	// Accept is called from fasthttp's one serve loop; the burst state
-	// needs no lock.
+	now func() time.Time // nil: time.Now
+	// Accept is called from fasthttp's one serve loop: the burst state
+	// needs no lock. A burst is a run of accept errors less than
+	// burstGap apart: while the backlog drains, accepted connections take
+	// the descriptors freed, so errors and accepts alternate for a while;
+	// that is one burst, one warning.
 	burstErrors int
 	burstStart  time.Time
+	lastError   time.Time
+	recovered   bool // the end of this burst was logged
+}
+
+const burstGap = time.Minute
+
+func (l *guardedListener) clock() time.Time {
+	if l.now != nil {
+		return l.now()
+	}
+	return time.Now()
 }
 
 func (l *guardedListener) Accept() (net.Conn, error) {
@@ -206,10 +221,12 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			time.Sleep(delay)
 			continue
 		}
-		if l.burstErrors > 0 {
-			l.lim.log.Info("accepting connections again", "errors", l.burstErrors, "after", time.Since(l.burstStart).Round(time.Millisecond))
-			l.burstErrors = 0
+		if delay > 0 {
 			l.lim.m.acceptBackoff.Set(0)
+			if !l.recovered {
+				l.recovered = true
+				l.lim.log.Info("accepting connections again", "errors", l.burstErrors, "after", l.clock().Sub(l.burstStart).Round(time.Millisecond))
+			}
 		}
 		delay = 0
 		if l.lim.admit(c) {
@@ -218,17 +235,19 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 	}
 }
 
-// acceptFailed counts a temporary accept error; the first of a burst (until
-// an accept succeeds) is logged as a warning, the rest only counted.
+// acceptFailed counts a temporary accept error; the first of a burst is
+// logged as a warning, the rest only counted.
 func (l *guardedListener) acceptFailed(err error, delay time.Duration) {
 	l.lim.m.acceptErrors.Inc()
 	l.lim.m.acceptBackoff.Set(delay.Seconds())
-	if l.burstErrors == 0 {
-		l.burstStart = time.Now()
+	now := l.clock()
+	if l.lastError.IsZero() || now.Sub(l.lastError) > burstGap {
+		l.burstErrors, l.burstStart, l.recovered = 0, now, false
 		l.lim.log.Warn("cannot accept connections, retrying with a backoff up to "+acceptBackoffMax.String()+
-			" (logged once per burst; raise the descriptor limit or lower server.max_connections)",
+			" (logged once per burst; see regmirror_accept_errors_total; raise the descriptor limit or lower server.max_connections)",
 			"err", err, "open_connections", l.lim.openCount())
 	}
+	l.lastError = now
 	l.burstErrors++
 }
 
