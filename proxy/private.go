@@ -48,12 +48,17 @@ func (s *Server) linked(rq request, d digest.Digest) bool {
 // otherwise the error to answer: upstream's not found, unauthorized or
 // denied, or unavailable when upstream cannot be asked (offline, down).
 // Concurrent confirmations of one digest in one repository share one HEAD.
+// A refusal reads exactly as the answer for a digest the mirror does not
+// have, so that it does not reveal what is cached.
 func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error {
 	if s.linked(rq, d) {
 		return nil
 	}
 	if s.opts.Offline {
-		return fmt.Errorf("%w: %s was not seen in repository %s/%s, and with private registries configured that must be confirmed upstream", errOffline, d, rq.registry, rq.repo)
+		// Worded as for a digest that is not cached at all: the answer must
+		// not tell that someone else pulled it (the reason goes to the log).
+		s.log.Info("cached content not confirmed in this repository: offline", "private", s.isPrivate(rq.registry), "registry", rq.registry, "repo", rq.repo, "digest", d)
+		return fmt.Errorf("%w: %s", errOffline, d)
 	}
 	_, err, _ := s.flights.Do("confirm\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
 		ctx, cancel := s.upstreamContext()
@@ -78,7 +83,9 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 	})
 	if err != nil {
 		s.log.Info("cached content not confirmed in this repository", "private", s.isPrivate(rq.registry), "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
-		return fmt.Errorf("private registry %s: %s in %s: %w", rq.registry, d, rq.repo, err)
+		// The error as upstream's for a digest not cached would be: the
+		// answer must not tell that the mirror has it.
+		return err
 	}
 	return nil
 }
