@@ -298,7 +298,7 @@ func (s *Server) serveFile(ctx *fasthttp.RequestCtx, ex *exchange, file *os.File
 		body.limit = &io.LimitedReader{R: file, N: rng.end - rng.start}
 	}
 	ex.status = ctx.Response.StatusCode()
-	ctx.Response.SetBodyStream(body, int(rng.end-rng.start))
+	s.setBodyStream(ctx, ex, body, int(rng.end-rng.start))
 	return true
 }
 
@@ -412,7 +412,7 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f
 		ex.done(sent, err)
 	}
 	ctx.Response.ImmediateHeaderFlush = true
-	ctx.Response.SetBodyStream(r, int(length))
+	s.setBodyStream(ctx, ex, r, int(length))
 	return true
 }
 
@@ -448,6 +448,6 @@ func (s *Server) servePassThroughVia(ctx *fasthttp.RequestCtx, ex *exchange, rq 
 	ex.status = ctx.Response.StatusCode()
 	r.onClose = func(sent int64, err error) { ex.done(sent, err) }
 	ctx.Response.ImmediateHeaderFlush = true
-	ctx.Response.SetBodyStream(r, int(length))
+	s.setBodyStream(ctx, ex, r, int(length))
 	return true
 }

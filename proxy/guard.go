@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime/debug"
 
@@ -101,4 +102,49 @@ func (s *Server) httpLayerError(ctx *fasthttp.RequestCtx, err error) {
 	s.guard.httpErrors.WithLabelValues(reason).Inc()
 	s.log.Debug("refused at the HTTP layer", "remote", ctx.RemoteAddr().String(), "reason", reason, "err", err)
 	writeError(ctx, wrapped, resourceNone)
+}
+
+// setBodyStream hands fasthttp a streamed body guarded like the handler:
+// fasthttp reads it after the handler has returned, outside recoverPanic,
+// so a panic in Read, WriteTo or Close is recovered here, logged, counted,
+// and ends that response only (the connection is cut). WriteTo is passed
+// through, which keeps fasthttp's sendfile path for cached files.
+func (s *Server) setBodyStream(ctx *fasthttp.RequestCtx, ex *exchange, body io.Reader, size int) {
+	ctx.Response.SetBodyStream(&guardedBody{r: body, s: s, ex: ex}, size)
+}
+
+type guardedBody struct {
+	r  io.Reader
+	s  *Server
+	ex *exchange
+}
+
+func (b *guardedBody) recovered(err *error) {
+	if v := recover(); v != nil {
+		b.s.guard.panics.Inc()
+		b.s.log.Error("panic while sending a response body (a bug; the response was cut)",
+			"method", b.ex.method, "path", b.ex.path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		*err = fmt.Errorf("%w: %v", errPanic, v)
+	}
+}
+
+func (b *guardedBody) Read(p []byte) (n int, err error) {
+	defer b.recovered(&err)
+	return b.r.Read(p)
+}
+
+func (b *guardedBody) WriteTo(w io.Writer) (n int64, err error) {
+	defer b.recovered(&err)
+	if wt, ok := b.r.(io.WriterTo); ok {
+		return wt.WriteTo(w)
+	}
+	return io.Copy(w, struct{ io.Reader }{b.r})
+}
+
+func (b *guardedBody) Close() (err error) {
+	defer b.recovered(&err)
+	if c, ok := b.r.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }

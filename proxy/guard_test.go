@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -88,7 +89,9 @@ func startGuardServer(t *testing.T, store Store, mutate ...func(*Options)) *guar
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	t.Cleanup(func() {
-		s.Shutdown(t.Context())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx) // not t.Context(): it is cancelled before cleanups run
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
@@ -388,4 +391,39 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// panicBody panics in every method.
+type panicBody struct{}
+
+func (panicBody) Read([]byte) (int, error)         { panic("read bug") }
+func (panicBody) WriteTo(io.Writer) (int64, error) { panic("write bug") }
+func (panicBody) Close() error                     { panic("close bug") }
+
+// TestBodyPanicIsRecovered: a streamed body is read by fasthttp after the
+// handler returned; a panic there ends that response with an error, is
+// counted and logged, and does not reach fasthttp's goroutine.
+func TestBodyPanicIsRecovered(t *testing.T) {
+	g := startGuardServer(t, panicStore{})
+	b := &guardedBody{r: panicBody{}, s: g.Server, ex: &exchange{method: "GET", path: "/v2/x/blobs/y"}}
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, errPanic) {
+		t.Errorf("Read: %v, want errPanic", err)
+	}
+	if _, err := b.WriteTo(io.Discard); !errors.Is(err, errPanic) {
+		t.Errorf("WriteTo: %v, want errPanic", err)
+	}
+	if err := b.Close(); !errors.Is(err, errPanic) {
+		t.Errorf("Close: %v, want errPanic", err)
+	}
+	if n := counterValue(t, g.guard.panics); n != 3 {
+		t.Errorf("regmirror_panics_total = %v, want 3", n)
+	}
+	if logs := g.log.String(); !strings.Contains(logs, "write bug") || !strings.Contains(logs, "guard_test.go") {
+		t.Errorf("the panic was not logged with its stack:\n%s", logs)
+	}
+	// A body without WriteTo is copied by Read.
+	var out bytes.Buffer
+	if n, err := (&guardedBody{r: strings.NewReader("abc"), s: g.Server, ex: &exchange{}}).WriteTo(&out); n != 3 || err != nil || out.String() != "abc" {
+		t.Errorf("WriteTo of a plain reader: %d %v %q", n, err, out.String())
+	}
 }
