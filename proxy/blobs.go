@@ -95,13 +95,13 @@ func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
 		defer cancel()
 		n, err := rq.up.HeadBlob(uctx, rq.repo, d)
 		if err == nil {
-			err = s.checkAnnouncedSize(d, n) // a lying length is a 502 here too
+			err = s.checkAnnouncedSize(rq, d, n) // a lying length is a 502 here too
 		}
 		if err != nil {
 			writeError(ctx, err, resourceBlob)
 			return
 		}
-		size = s.expectedSize(d, n)
+		size = s.expectedSize(rq, d, n)
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
 	rng, ok := applyRange(ctx, size)

@@ -349,11 +349,11 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 			resumes++
 			continue
 		}
-		if err := s.checkAnnouncedSize(f.digest, blob.Size); err != nil {
+		if err := s.checkAnnouncedSize(rq, f.digest, blob.Size); err != nil {
 			blob.Body.Close()
 			return err
 		}
-		blob.Size = s.expectedSize(f.digest, blob.Size)
+		blob.Size = s.expectedSize(rq, f.digest, blob.Size)
 		if offset == 0 {
 			if err := s.canCache(blob.Size); err != nil {
 				// Nothing is written or evicted: the body goes on to a

@@ -33,16 +33,17 @@ var (
 
 // checkAnnouncedSize refuses a size that contradicts digest d: 0 bytes for
 // any blob but the empty one, anything but 0 for the empty one, or another
-// size than a manifest served to clients gave d's descriptor. A size of -1
-// (not announced) is checked at the end, by the digest.
-func (s *Server) checkAnnouncedSize(d digest.Digest, size int64) error {
+// size than a manifest of rq's repository served to clients gave d's
+// descriptor. A size of -1 (not announced) is checked at the end, by the
+// digest.
+func (s *Server) checkAnnouncedSize(rq request, d digest.Digest, size int64) error {
 	switch {
 	case size < 0:
 		return nil
 	case d == emptyDigest && size != 0, d != emptyDigest && size == 0:
 		return fmt.Errorf("%w: %d bytes announced for %s", errUpstreamLength, size, d)
 	}
-	if known, ok := s.sizes.get(d); ok && known != size {
+	if known, ok := s.sizes.get(rq.registry, rq.repo, d); ok && known != size {
 		return fmt.Errorf("%w: %d bytes announced for %s, its descriptor says %d", errUpstreamLength, size, d, known)
 	}
 	return nil
@@ -50,11 +51,11 @@ func (s *Server) checkAnnouncedSize(d digest.Digest, size int64) error {
 
 // expectedSize is the size a download of d must have: what upstream
 // announced, or, when it announced none, what a descriptor said.
-func (s *Server) expectedSize(d digest.Digest, announced int64) int64 {
+func (s *Server) expectedSize(rq request, d digest.Digest, announced int64) int64 {
 	if announced >= 0 {
 		return announced
 	}
-	if known, ok := s.sizes.get(d); ok {
+	if known, ok := s.sizes.get(rq.registry, rq.repo, d); ok {
 		return known
 	}
 	return -1

@@ -75,7 +75,7 @@ func TestCheckAnnouncedSize(t *testing.T) {
 		{emptyDigest, -1, false},
 		{emptyDigest, 1, true},
 	} {
-		err := s.checkAnnouncedSize(c.d, c.size)
+		err := s.checkAnnouncedSize(request{}, c.d, c.size)
 		if (err != nil) != c.bad || (c.bad && !errors.Is(err, errUpstreamCorrupt)) {
 			t.Errorf("%s of %d bytes: %v", c.d, c.size, err)
 		}
@@ -161,17 +161,23 @@ func TestZeroLengthForNonEmptyDigest(t *testing.T) {
 // a fill expects; upstream announcing another is refused.
 func TestDescriptorSizes(t *testing.T) {
 	s := &Server{}
+	rq := request{registry: "docker.io", repo: "library/a"}
+	other := request{registry: "docker.io", repo: "someone/else"}
 	layer, config := digest.FromString("layer"), digest.FromString("config")
-	s.sizes.note([]byte(`{"schemaVersion":2,"config":{"digest":"` + config.String() + `","size":6},` +
-		`"layers":[{"digest":"` + layer.String() + `","size":100}]}`))
-	if err := s.checkAnnouncedSize(layer, 99); !errors.Is(err, errUpstreamLength) {
+	s.sizes.note(rq.registry, rq.repo, []byte(`{"schemaVersion":2,"config":{"digest":"`+config.String()+`","size":6},`+
+		`"layers":[{"digest":"`+layer.String()+`","size":100}]}`))
+	if err := s.checkAnnouncedSize(rq, layer, 99); !errors.Is(err, errUpstreamLength) {
 		t.Fatalf("99 bytes for a 100-byte descriptor: %v", err)
 	}
-	if err := s.checkAnnouncedSize(layer, 100); err != nil {
+	if err := s.checkAnnouncedSize(rq, layer, 100); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.expectedSize(config, -1); n != 6 {
+	if n := s.expectedSize(rq, config, -1); n != 6 {
 		t.Fatalf("expected size of an unannounced config: %d", n)
 	}
-	s.sizes.note([]byte(`not json`))
+	// Another repository's manifest says nothing about this one's blobs.
+	if err := s.checkAnnouncedSize(other, layer, 99); err != nil {
+		t.Fatalf("a descriptor of library/a judged someone/else: %v", err)
+	}
+	s.sizes.note(rq.registry, rq.repo, []byte(`not json`))
 }

@@ -39,7 +39,7 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 	}
 	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
 	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
-	s.sizes.note(m.body) // so that a blob fill can refuse a lying length
+	s.sizes.note(rq.registry, rq.repo, m.body) // so that a blob fill can refuse a lying length
 	writeBody(ctx, m.info.MediaType, m.body)
 }
 

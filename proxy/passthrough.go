@@ -368,10 +368,10 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 // what a server that ignored the Range re-sends, and publishes the size
 // from the first response.
 func (p *passShare) accept(blob *upstream.Blob, first bool) error {
-	if err := p.s.checkAnnouncedSize(p.digest, blob.Size); err != nil {
+	if err := p.s.checkAnnouncedSize(p.rq, p.digest, blob.Size); err != nil {
 		return err
 	}
-	blob.Size = p.s.expectedSize(p.digest, blob.Size)
+	blob.Size = p.s.expectedSize(p.rq, p.digest, blob.Size)
 	if first {
 		p.start(blob.Size)
 	} else if blob.Size >= 0 && p.size >= 0 && blob.Size != p.size {

@@ -14,17 +14,24 @@ const maxKnownSizes = 1 << 16
 // knownSizes remembers the sizes manifests served to clients give their
 // config, layers and child manifests, so that a fill can refuse an upstream
 // that announces another size for the same digest before any client is
-// answered (checkAnnouncedSize). Bounded: when full, an arbitrary entry
+// answered (checkAnnouncedSize). Sizes are kept per repository: a manifest
+// anyone may push elsewhere must not make another repository's blob fail.
+// Bounded: when full, an arbitrary entry
 // makes way; a forgotten size only means the digest check at the end
 // catches the lie instead.
 type knownSizes struct {
 	mu    sync.Mutex
-	sizes map[digest.Digest]int64
+	sizes map[sizeKey]int64
+}
+
+type sizeKey struct {
+	registry, repo string
+	digest         digest.Digest
 }
 
 // note records the descriptor sizes of a manifest body; anything that does
 // not parse is ignored (manifests are validated elsewhere).
-func (k *knownSizes) note(body []byte) {
+func (k *knownSizes) note(registry, repo string, body []byte) {
 	type desc struct {
 		Digest digest.Digest `json:"digest"`
 		Size   int64         `json:"size"`
@@ -44,25 +51,26 @@ func (k *knownSizes) note(body []byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.sizes == nil {
-		k.sizes = make(map[digest.Digest]int64)
+		k.sizes = make(map[sizeKey]int64)
 	}
 	for _, d := range all {
 		if d.Digest.Validate() != nil || d.Size < 0 {
 			continue
 		}
-		if _, ok := k.sizes[d.Digest]; !ok && len(k.sizes) >= maxKnownSizes {
+		key := sizeKey{registry, repo, d.Digest}
+		if _, ok := k.sizes[key]; !ok && len(k.sizes) >= maxKnownSizes {
 			for old := range k.sizes {
 				delete(k.sizes, old)
 				break
 			}
 		}
-		k.sizes[d.Digest] = d.Size
+		k.sizes[key] = d.Size
 	}
 }
 
-func (k *knownSizes) get(d digest.Digest) (int64, bool) {
+func (k *knownSizes) get(registry, repo string, d digest.Digest) (int64, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	n, ok := k.sizes[d]
+	n, ok := k.sizes[sizeKey{registry, repo, d}]
 	return n, ok
 }
