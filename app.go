@@ -30,6 +30,8 @@ type app struct {
 	cache *cacheStack
 	proxy *proxy.Server
 	ln    net.Listener
+	// starting answers on ln until Run hands it to the proxy.
+	starting *proxy.Startup
 	// watch keeps the [[watch]] images warm (nil: none, or offline).
 	watch *watch.Scheduler
 	// token is the management token; it also lets the mirror's own
@@ -40,6 +42,21 @@ type app struct {
 // newApp opens the cache, builds every component and listens; Run serves.
 func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a = &app{cfg: cfg, log: log}
+	// Listen first: a port in use fails before the disk is touched, and
+	// while the index opens (after a crash the reconcile walks every file)
+	// probes get /readyz 503 and clients a clear 503 instead of a refusal.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	starting := proxy.ServeStartup(ln, cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile, log)
+	defer func() {
+		if err != nil {
+			starting.Handover()
+			ln.Close()
+		}
+	}()
+	a.ln, a.starting = ln, starting
 	a.cache, err = openCacheStackWith(cfg, log, true)
 	if err != nil {
 		return nil, err
@@ -114,10 +131,6 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a.proxy, err = proxy.New(popts)
 	if err != nil {
 		return nil, err
-	}
-	a.ln, err = net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
 	}
 	if !cfg.Offline {
 		a.watch = a.newWatch()
@@ -241,6 +254,7 @@ func (a *app) Run(ctx context.Context) error {
 	defer a.cache.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		a.starting.Handover()
 		return a.proxy.Serve(a.ln)
 	})
 	g.Go(func() error {

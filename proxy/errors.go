@@ -134,6 +134,8 @@ func toWire(err error, res resource) wireError {
 		w.RetryAfter = time.Second
 	case errors.Is(err, errTooManyConnections):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror has too many connections, retry later"
+	case errors.Is(err, errStarting):
+		w.Status, w.Code, w.Message, w.RetryAfter = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is starting, retry shortly", 5*time.Second
 	case errors.Is(err, errPanic):
 		w.Status, w.Code, w.Message = http.StatusInternalServerError, "UNKNOWN", "internal error"
 	case isTimeout(err):
