@@ -85,12 +85,12 @@ rm -f "$vuln_out"
 section "go test -race ./..."
 go test -race -count=1 -timeout 40m ./... "$@"
 
-section "fuzz targets (${REGMIRROR_FUZZTIME:-5s} each)"
+section "fuzz targets (${REGMIRROR_FUZZTIME:-4s} each)"
 # Every Fuzz* function of every package, found in the test files (so new
 # targets run without editing this), each for a bounded time: Go fuzzes one
 # target per invocation. REGMIRROR_FUZZTIME=0 skips the section. A failing
 # input is written under the package's testdata/fuzz/ and fails the run.
-fuzztime="${REGMIRROR_FUZZTIME:-5s}"
+fuzztime="${REGMIRROR_FUZZTIME:-4s}"
 if [ "$fuzztime" != "0" ]; then
 	go list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do
 		for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
