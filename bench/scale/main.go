@@ -55,7 +55,7 @@ func main() {
 	if *genOnly {
 		return
 	}
-	fmt.Printf("| blobs | start after | restart to /v2/ 200 | eviction loaded | RSS then | load (uptime) |\n|---|---|---|---|---|---|\n")
+	fmt.Printf("| blobs | start after | restart to /v2/ 200 | eviction loaded | RSS then (anon + file) | load (uptime) |\n|---|---|---|---|---|---|\n")
 	for _, mode := range []string{"clean stop", "SIGKILL"} {
 		for r := 0; r < *runs; r++ {
 			// Prepare: a start, then the stop the mode names.
@@ -88,12 +88,12 @@ func main() {
 			case <-time.After(wait):
 			}
 			time.Sleep(500 * time.Millisecond)
-			rss := p.rss()
+			rss, anon, file := p.rss()
 			if err := p.stop(syscall.SIGTERM); err != nil {
 				fail(err)
 			}
-			fmt.Printf("| %d | %s | %v | %s | %.1f MiB | %s |\n", *n, mode, took.Round(time.Millisecond), loaded,
-				float64(rss)/(1<<20), loadavg())
+			fmt.Printf("| %d | %s | %v | %s | %.1f MiB (%.1f + %.1f) | %s |\n", *n, mode, took.Round(time.Millisecond), loaded,
+				mib(rss), mib(anon), mib(file), loadavg())
 		}
 	}
 }
@@ -246,16 +246,28 @@ func (p *proc) stop(sig syscall.Signal) error {
 	}
 }
 
-func (p *proc) rss() int64 {
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// rss returns the process's resident memory: total, anonymous (its heap)
+// and file-backed (mostly Badger's memory-mapped tables, which the kernel
+// can drop at will).
+func (p *proc) rss() (total, anon, file int64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		return 0
+		return 0, 0, 0
+	}
+	kb := func(rest string) int64 {
+		n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		return n << 10
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
+			total = kb(rest)
+		} else if rest, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			anon = kb(rest)
+		} else if rest, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			file = kb(rest)
 		}
 	}
-	return 0
+	return total, anon, file
 }
