@@ -117,14 +117,16 @@ func (p *passShare) tailLocked() int64 {
 func (p *passShare) pos(r *passReader) int64 { return max(r.off, p.base) }
 
 // attachLocked adds a client that reads from off (the blob's start when
-// not known yet); nil when this share cannot serve it: it has failed or
-// ended, or its window has moved past off and the client has no local
-// prefix to bridge the gap. Call with the group's lock and p.mu held.
+// not known yet); nil when this share cannot serve it: it has failed, or
+// left its group (unless it completed and still holds off in its window:
+// a handed-off blob smaller than the window may be whole before its first
+// client arrives), or its window has moved past off and the client has no
+// local prefix to bridge the gap. Call with the group's lock and p.mu held.
 func (p *passShare) attachLocked(prefix io.ReaderAt, prefixEnd, off, end int64, reserved bool) *passReader {
 	if reserved && p.reserved > 0 {
 		p.reserved--
 	}
-	if p.gone || p.done {
+	if (p.gone || p.done) && !(p.done && p.err == nil) {
 		return nil
 	}
 	if off < p.tailLocked() && (off >= p.base || prefix == nil || prefixEnd < p.base || p.tailLocked() != p.base) {

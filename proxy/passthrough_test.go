@@ -168,3 +168,34 @@ func TestPassThroughSharedAndBounded(t *testing.T) {
 		t.Fatalf("window of %d bytes, want %d", n, s.passes.window)
 	}
 }
+
+// TestPassThroughCompletedStillJoinable: a client that reaches a handed-off
+// download after it completed (a blob smaller than the window) is served
+// from the window, not by a second upstream download.
+func TestPassThroughCompletedStillJoinable(t *testing.T) {
+	const size = 100 << 10
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/small", "latest", size)
+	s, rq := passServer(t, up, "library/small", d)
+	first := openPass(t, s, rq, nil, 0, 0, -1)
+	if got, err := io.ReadAll(first); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("first client: %d bytes, %v", len(got), err)
+	}
+	<-first.p.started
+	first.p.mu.Lock()
+	for !first.p.done {
+		first.p.data.Wait()
+	}
+	first.p.mu.Unlock()
+	late := s.joinPassVia(first.p, false, rq, reasonCannotFit, nil, 0, 0, -1)
+	defer late.Close()
+	if late.p != first.p {
+		t.Fatal("the late client started another download")
+	}
+	if got, err := io.ReadAll(late); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("late client: %d bytes, %v", len(got), err)
+	}
+	if n := up.BlobGETs(d); n != 1 {
+		t.Fatalf("%d upstream GETs", n)
+	}
+}
