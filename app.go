@@ -32,6 +32,8 @@ type app struct {
 	ln    net.Listener
 	// starting answers on ln until Run hands it to the proxy.
 	starting *proxy.Startup
+	// serving is closed once the proxy itself answers on ln.
+	serving chan struct{}
 	// watch keeps the [[watch]] images warm (nil: none, or offline).
 	watch *watch.Scheduler
 	// token is the management token; it also lets the mirror's own
@@ -41,7 +43,7 @@ type app struct {
 
 // newApp opens the cache, builds every component and listens; Run serves.
 func newApp(cfg config, log *slog.Logger) (a *app, err error) {
-	a = &app{cfg: cfg, log: log}
+	a = &app{cfg: cfg, log: log, serving: make(chan struct{})}
 	// Listen first: a port in use fails before the disk is touched, and
 	// while the index opens (after a crash the reconcile walks every file)
 	// probes get /readyz 503 and clients a clear 503 instead of a refusal.
@@ -255,6 +257,7 @@ func (a *app) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		a.starting.Handover()
+		close(a.serving)
 		return a.proxy.Serve(a.ln)
 	})
 	g.Go(func() error {

@@ -61,6 +61,12 @@ func startMirrorConfig(t testing.TB, cfg config) *mirror {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	// Until Run hands the listener over, the startup server answers 503.
+	select {
+	case <-a.serving:
+	case err := <-done:
+		t.Fatalf("mirror Run ended before serving: %v", err)
+	}
 	m := &mirror{app: a, cfg: cfg, host: a.Addr(), url: "http://" + a.Addr()}
 	var stopped bool
 	m.stop = func() {
