@@ -81,6 +81,11 @@ func startMirrorLogged(t testing.TB, up *testupstream.Server, buf io.Writer, mut
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	select { // until Run hands the listener over, the startup server answers 503
+	case <-a.serving:
+	case err := <-done:
+		t.Fatalf("mirror Run ended before serving: %v", err)
+	}
 	m := &mirror{app: a, cfg: cfg, host: a.Addr(), url: "http://" + a.Addr()}
 	m.stop = func() { cancel(); <-done }
 	t.Cleanup(m.stop)
