@@ -89,8 +89,14 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			log.Info("regmirror serving", "version", buildVersion(), "listen", a.Addr(), "data_dir", cfg.DataDir,
-				"default_registry", cfg.DefaultRegistry, "offline", cfg.Offline)
+			go func() { // once the proxy itself answers (the startup server says 503 until then)
+				select {
+				case <-a.serving:
+					log.Info("regmirror serving", "version", buildVersion(), "listen", a.Addr(), "data_dir", cfg.DataDir,
+						"default_registry", cfg.DefaultRegistry, "offline", cfg.Offline)
+				case <-ctx.Done():
+				}
+			}()
 			return a.Run(ctx)
 		},
 	}
