@@ -172,6 +172,12 @@ func openEndpoint(ctx context.Context, cfg config, log *slog.Logger, server stri
 		runCtx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- a.Run(runCtx) }()
+		select { // until Run hands the listener over, the startup server answers 503
+		case <-a.serving:
+		case err := <-done:
+			cancel()
+			return nil, fmt.Errorf("the local server stopped before serving: %v", err)
+		}
 		return &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: cfg.DataDir, token: a.token,
 			stop: func() error { cancel(); return <-done }}, nil
 	case errors.Is(err, cache.ErrBusy):
