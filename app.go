@@ -138,6 +138,10 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		a.watch = a.newWatch()
 		metrics.MustRegister(watchCollector{a})
 	}
+	// Ready: stop answering "starting" now, before the caller logs that it
+	// serves. Connections arriving until Run's Serve accepts them wait in
+	// the listen backlog instead of getting a 503.
+	starting.Handover()
 	return a, nil
 }
 
