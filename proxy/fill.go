@@ -28,6 +28,34 @@ const createRoom = 16 << 20
 // with a Range request before it gives up.
 const maxResumes = 3
 
+// resumeBudget counts how often a download has gone back to upstream for
+// the rest of a body. Cuts are forgiven once bytes flow again; bodies
+// dropped for being too slow are not, since a trickle always progresses.
+type resumeBudget struct{ cuts, slow int }
+
+// failedGet reports whether a failed request for the rest of a body may
+// be retried: only an unavailable upstream, and only after the first byte.
+func (b *resumeBudget) failedGet(err error, started bool) bool {
+	if !started || !errors.Is(err, upstream.ErrUnavailable) || b.cuts >= maxResumes {
+		return false
+	}
+	b.cuts++
+	return true
+}
+
+// failedBody reports whether a body that ended early (err) may be resumed.
+func (b *resumeBudget) failedBody(err error, progressed bool) bool {
+	if errors.Is(err, errUpstreamTooSlow) {
+		b.slow++
+		return b.slow <= maxResumes
+	}
+	if progressed {
+		b.cuts = 0
+	}
+	b.cuts++
+	return b.cuts <= maxResumes
+}
+
 // fill is one upstream download of one digest into the cache. Clients never
 // own it: it runs under a context detached from all of them, and each
 // client reads the growing temp file through its own follower.
@@ -337,16 +365,15 @@ func (s *Server) startFill(rq request) (*fill, error) {
 // Range request, then verifies and commits it.
 func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill, rq request) error {
 	buf := make([]byte, fillBufferSize)
-	resumes, slow := 0, 0
+	var budget resumeBudget
 	roomMade := false
 	for {
 		offset := f.writer.Written()
 		blob, err := rq.up.GetBlob(ctx, rq.repo, f.digest, offset)
 		if err != nil {
-			if offset == 0 || !errors.Is(err, upstream.ErrUnavailable) || resumes >= maxResumes {
+			if !budget.failedGet(err, offset > 0) {
 				return err
 			}
-			resumes++
 			continue
 		}
 		if err := s.checkAnnouncedSize(rq, f.digest, blob.Size); err != nil {
@@ -381,18 +408,8 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		if errors.As(err, &werr) || errors.Is(err, cache.ErrSizeMismatch) || ctx.Err() != nil {
 			return err
 		}
-		if errors.Is(err, errUpstreamTooSlow) {
-			// Progress does not reset this count: a trickle progresses.
-			if slow++; slow > maxResumes {
-				return err
-			}
-		} else {
-			if progressed {
-				resumes = 0
-			}
-			if resumes++; resumes > maxResumes {
-				return err
-			}
+		if !budget.failedBody(err, progressed) {
+			return err
 		}
 		s.log.Info("fill resuming", "digest", f.digest, "offset", f.writer.Written(), "err", err)
 	}

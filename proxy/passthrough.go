@@ -315,17 +315,16 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 	stop := context.AfterFunc(ctx, p.room.Broadcast)
 	defer stop()
 	buf := make([]byte, fillBufferSize)
-	resumes, slow := 0, 0
+	var budget resumeBudget
 	first := true
 	for {
 		if blob == nil {
 			var err error
 			blob, err = p.rq.up.GetBlob(ctx, p.rq.repo, p.digest, p.head)
 			if err != nil {
-				if first || !errors.Is(err, upstream.ErrUnavailable) || resumes >= maxResumes {
+				if !budget.failedGet(err, !first) {
 					return err
 				}
-				resumes++
 				continue
 			}
 		}
@@ -343,17 +342,8 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 		if ctx.Err() != nil || errors.Is(err, errUpstreamLength) {
 			return err
 		}
-		if errors.Is(err, errUpstreamTooSlow) {
-			if slow++; slow > maxResumes {
-				return err
-			}
-		} else {
-			if progressed {
-				resumes = 0
-			}
-			if resumes++; resumes > maxResumes {
-				return err
-			}
+		if !budget.failedBody(err, progressed) {
+			return err
 		}
 		s.log.Info("pass-through resuming", "digest", p.digest, "offset", p.head, "err", err)
 	}
