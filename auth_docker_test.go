@@ -216,4 +216,11 @@ func TestRemoteAdminCLI(t *testing.T) {
 	if _, err := run("--server", "http://"+m.host, "--username", "alice", "--password-file", pwFile("alice-pw")); err == nil || !strings.Contains(err.Error(), "https://") {
 		t.Fatalf("a password over plain HTTP: %v", err)
 	}
+	// The other commands that work through a server take the same flags.
+	var out, errOut strings.Builder
+	err := newCLI(&out, &errOut).Run([]string{"regmirror", "verify", "--data-dir", t.TempDir(), "--server", server,
+		"--username", "alice", "--password-file", pwFile("alice-pw"), "--ca-file", ca.File})
+	if err != nil || !strings.Contains(out.String(), "verified 0 blobs") || !strings.Contains(out.String(), server) {
+		t.Fatalf("verify as a remote admin: %v\n%s%s", err, &out, &errOut)
+	}
 }

@@ -19,7 +19,7 @@ func purgeCommand() *cli.Command {
 		Description: "A purged tag is asked of upstream at its next pull. Blobs another cached image " +
 			"(tagged, pulled by digest, or pinned) uses are kept. Works on the data dir directly when " +
 			"no server uses it, else asks the running server (see --server).",
-		Flags: append(commonFlags(), serverFlag,
+		Flags: manageFlags(
 			&cli.BoolFlag{Name: "all-tags", Usage: "the arguments are repositories: drop every tag of each, and their images"},
 			&cli.BoolFlag{Name: "keep-blobs", Usage: "drop the tag records only (the next pull revalidates; content stays cached)"},
 		),

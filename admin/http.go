@@ -141,13 +141,19 @@ func NewClient(base, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token, HTTP: &http.Client{Timeout: time.Hour}}
 }
 
-// send does req with the token.
-func (c *Client) send(req *http.Request) (*http.Response, error) {
+// authorize adds the client's credentials to req: an admin's password
+// when Username is set, else the token.
+func (c *Client) authorize(req *http.Request) {
 	if c.Username != "" {
 		req.SetBasicAuth(c.Username, c.Password)
 	} else if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
+}
+
+// send does req with the client's credentials.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	c.authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)

@@ -157,7 +157,7 @@ func (c *Client) Verify(ctx context.Context, rate int64, progress func(done, tot
 	if err != nil {
 		return VerifyResult{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	c.authorize(req)
 	hc := *c.HTTP
 	hc.Timeout = 0
 	resp, err := hc.Do(req)
