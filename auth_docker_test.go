@@ -223,4 +223,20 @@ func TestRemoteAdminCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out.String(), "verified 0 blobs") || !strings.Contains(out.String(), server) {
 		t.Fatalf("verify as a remote admin: %v\n%s%s", err, &out, &errOut)
 	}
+	// preload pulls through the remote server over its TLS, as the admin,
+	// and pins there.
+	up.PushRandomOCIImage(t, "library/remote", "v1", 2, 32<<10)
+	out.Reset()
+	errOut.Reset()
+	err = newCLI(&out, &errOut).Run([]string{"regmirror", "preload", "--data-dir", t.TempDir(), "--server", server,
+		"--client-cert", node.CertFile, "--client-key", node.KeyFile, "--ca-file", ca.File, "remote:v1"})
+	if err != nil {
+		t.Fatalf("preload as a remote admin: %v\n%s%s", err, &out, &errOut)
+	}
+	if n := up.Count(http.MethodGet, "/v2/library/remote/manifests/v1"); n != 1 {
+		t.Errorf("preload through the remote server: %d upstream manifest GETs, want 1", n)
+	}
+	if out, err := run("--server", server, "--username", "alice", "--password-file", pwFile("alice-pw"), "--ca-file", ca.File); err != nil || !strings.Contains(out, "(1 pins)") {
+		t.Errorf("the remote preload is not pinned on the server: %v\n%s", err, out)
+	}
 }

@@ -60,7 +60,7 @@ func preloadCommand() *cli.Command {
 			"preload fetches linux/amd64 and the host's own platform (linux/" + runtime.GOARCH + " here): what\n" +
 			"a site usually runs, without the cost of every platform. Works on a free data dir (a\n" +
 			"temporary server on loopback is started) or through the running server (see --server).",
-		Flags: append(commonFlags(), serverFlag, fileFlag,
+		Flags: manageFlags(fileFlag,
 			&cli.StringFlag{Name: "platform", Usage: "platforms to fetch of multi-platform images, e.g. linux/amd64,linux/arm64/v8 (default linux/amd64 and the host's)"},
 			&cli.BoolFlag{Name: "all-platforms", Usage: "fetch every platform of multi-platform images"},
 		),
@@ -89,8 +89,12 @@ func runPreload(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ep, err := openEndpoint(ctx, cfg, log, c.String("server"))
-	if err != nil {
+	var ep *endpoint
+	if cl, err := remoteClient(c); err != nil {
+		return err
+	} else if cl != nil {
+		ep = &endpoint{url: cl.BaseURL, ops: cl, where: cl.BaseURL, remote: cl, stop: func() error { return nil }}
+	} else if ep, err = openEndpoint(ctx, cfg, log, c.String("server")); err != nil {
 		return err
 	}
 	res := preload(ctx, ep, cfg.DefaultRegistry, refs, plats, c.App.Writer, c.App.ErrWriter)
@@ -159,6 +163,9 @@ type endpoint struct {
 	// token is the server's management token, sent with pulls so that
 	// access control lets them through.
 	token string
+	// remote, when set, is a server on another box managed as one of its
+	// auth.admins: pulls go over its TLS with the admin's credentials.
+	remote *admin.Client
 }
 
 // openEndpoint starts a server in this process on loopback if the data
@@ -233,9 +240,17 @@ type preloadResult struct {
 func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []admin.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
 	host := strings.TrimPrefix(strings.TrimPrefix(ep.url, "http://"), "https://")
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if ep.remote != nil {
+		if t, ok := ep.remote.HTTP.Transport.(*http.Transport); ok {
+			transport = t.Clone() // the server's CA and the admin's certificate
+		}
+	}
 	defer transport.CloseIdleConnections() // the server may be shutting down next
 	var next http.RoundTripper = transport
-	if ep.token != "" {
+	switch {
+	case ep.remote != nil:
+		next = remoteAdmin{cl: ep.remote, next: transport}
+	case ep.token != "":
 		next = bearer{token: ep.token, next: transport}
 	}
 	ob := &observer{next: next}
@@ -620,4 +635,19 @@ func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
 	req.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(req)
+}
+
+// remoteAdmin pulls through a server on another box as one of its
+// auth.admins: over https always (the registry client would pick plain
+// http for a private or loopback address), with the admin's credentials.
+type remoteAdmin struct {
+	cl   *admin.Client
+	next http.RoundTripper
+}
+
+func (r remoteAdmin) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.URL.Scheme = "https"
+	r.cl.Authorize(req)
+	return r.next.RoundTrip(req)
 }

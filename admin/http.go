@@ -141,9 +141,9 @@ func NewClient(base, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token, HTTP: &http.Client{Timeout: time.Hour}}
 }
 
-// authorize adds the client's credentials to req: an admin's password
+// Authorize adds the client's credentials to req: an admin's password
 // when Username is set, else the token.
-func (c *Client) authorize(req *http.Request) {
+func (c *Client) Authorize(req *http.Request) {
 	if c.Username != "" {
 		req.SetBasicAuth(c.Username, c.Password)
 	} else if c.Token != "" {
@@ -153,7 +153,7 @@ func (c *Client) authorize(req *http.Request) {
 
 // send does req with the client's credentials.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	c.authorize(req)
+	c.Authorize(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)

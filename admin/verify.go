@@ -157,7 +157,7 @@ func (c *Client) Verify(ctx context.Context, rate int64, progress func(done, tot
 	if err != nil {
 		return VerifyResult{}, err
 	}
-	c.authorize(req)
+	c.Authorize(req)
 	hc := *c.HTTP
 	hc.Timeout = 0
 	resp, err := hc.Do(req)
