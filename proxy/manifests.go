@@ -39,7 +39,12 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 	}
 	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
 	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
-	s.sizes.note(rq.registry, rq.repo, m.body) // so that a blob fill can refuse a lying length
+	if !ctx.IsHead() {
+		// A body served hands the client its descriptors: remember their
+		// sizes so that a blob fill can refuse a lying length. A HEAD
+		// hands over none, and is not worth a parse.
+		s.sizes.note(rq.registry, rq.repo, m.body)
+	}
 	writeBody(ctx, m.info.MediaType, m.body)
 }
 
