@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -105,36 +106,23 @@ func (m *mirrorConfig) UnmarshalTOML(v any) error {
 		*m = mirrorConfig{URL: v}
 		return nil
 	case map[string]any:
-		str := func(key string, dst *string) error {
-			if x, ok := v[key]; ok {
-				s, ok := x.(string)
-				if !ok {
-					return fmt.Errorf("mirror %s: want a string", key)
-				}
-				*dst = s
-			}
-			return nil
+		// The table goes through the same decoder as the rest of the
+		// file, so types and unknown keys are checked the usual way.
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(v); err != nil {
+			return fmt.Errorf("mirror: %w", err)
 		}
-		var errs []error
-		for key, dst := range map[string]*string{"url": &m.URL, "username": &m.Username, "password": &m.Password,
-			"password_env": &m.PasswordEnv, "password_file": &m.PasswordFile, "ca_file": &m.CAFile} {
-			errs = append(errs, str(key, dst))
+		type table mirrorConfig // without this method, or decoding recurses
+		var t table
+		md, err := toml.Decode(buf.String(), &t)
+		if err != nil {
+			return fmt.Errorf("mirror: %w", err)
 		}
-		if x, ok := v["insecure_skip_verify"]; ok {
-			b, ok := x.(bool)
-			if !ok {
-				errs = append(errs, errors.New("mirror insecure_skip_verify: want true or false"))
-			}
-			m.InsecureSkipVerify = b
+		if keys := md.Undecoded(); len(keys) > 0 {
+			return fmt.Errorf("mirror: unknown key %q", keys[0].String())
 		}
-		for key := range v {
-			switch key {
-			case "url", "username", "password", "password_env", "password_file", "ca_file", "insecure_skip_verify":
-			default:
-				errs = append(errs, fmt.Errorf("mirror: unknown key %q", key))
-			}
-		}
-		return errors.Join(errs...)
+		*m = mirrorConfig(t)
+		return nil
 	}
 	return fmt.Errorf("mirror: want a URL string or a table with url (and credentials), got %T", v)
 }
