@@ -44,22 +44,21 @@ func openCacheStack(cfg config, log *slog.Logger) (*cacheStack, error) {
 // walk that loads eviction's view runs after it returns, so that a large
 // cache serves at once: see startEviction.
 func openCacheStackWith(cfg config, log *slog.Logger, background bool) (*cacheStack, error) {
-	observer := &evictionObserver{}
 	scrubRate, _ := parseRate(cfg.Cache.ScrubRate) // checked by finish
-	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log, Observer: observer,
+	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log,
 		ScrubInterval: cfg.Cache.ScrubInterval.Duration, ScrubRate: scrubRate, ScrubTrigger: cfg.Cache.scrubTrigger})
 	if err != nil {
 		return nil, err
 	}
 	st := &cacheStack{store: store, loaded: make(chan struct{})}
-	if err := st.startEviction(cfg, log, observer, background); err != nil {
+	if err := st.startEviction(cfg, log, background); err != nil {
 		store.Close()
 		return nil, err
 	}
 	return st, nil
 }
 
-func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evictionObserver, background bool) error {
+func (st *cacheStack) startEviction(cfg config, log *slog.Logger, background bool) error {
 	dir := cfg.DataDir
 	freeSpace := func() (int64, error) { free, _, err := diskSpace(dir); return free, err }
 	_, total, err := diskSpace(dir)
@@ -110,7 +109,7 @@ func (st *cacheStack) startEviction(cfg config, log *slog.Logger, observer *evic
 	for d := range pinned {
 		st.evictor.SetPinned(d.String(), true)
 	}
-	observer.evictor.Store(st.evictor)
+	st.store.Subscribe(evictionObserver{st.evictor})
 	shown := budget
 	if budget == noBudget {
 		shown = 0
@@ -164,26 +163,13 @@ func (st *cacheStack) loadEviction() error {
 
 func (st *cacheStack) Close() error { return st.store.Close() }
 
-// evictionObserver tells the evictor what the cache does. It exists before
-// the evictor (the cache needs it at Open), hence the atomic pointer.
-type evictionObserver struct {
-	evictor atomic.Pointer[eviction.Evictor]
+// evictionObserver tells the evictor what the cache does.
+type evictionObserver struct{ e *eviction.Evictor }
+
+func (o evictionObserver) BlobAdded(info cache.BlobInfo) {
+	o.e.Add(eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess})
 }
 
-func (o *evictionObserver) BlobAdded(info cache.BlobInfo) {
-	if e := o.evictor.Load(); e != nil {
-		e.Add(eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess})
-	}
-}
+func (o evictionObserver) BlobAccessed(d digest.Digest, at time.Time) { o.e.Touch(d.String(), at) }
 
-func (o *evictionObserver) BlobAccessed(d digest.Digest, at time.Time) {
-	if e := o.evictor.Load(); e != nil {
-		e.Touch(d.String(), at)
-	}
-}
-
-func (o *evictionObserver) BlobRemoved(d digest.Digest) {
-	if e := o.evictor.Load(); e != nil {
-		e.Remove(d.String())
-	}
-}
+func (o evictionObserver) BlobRemoved(d digest.Digest) { o.e.Remove(d.String()) }

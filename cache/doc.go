@@ -5,8 +5,10 @@
 // progress, and a Badger index holding per-blob metadata, tag records,
 // repository links and the last tags/list answer per repository. It knows
 // nothing of HTTP, upstream registries or eviction policy: the proxy fills
-// it, eviction deletes from it through Delete, and both learn about changes
-// through an Observer.
+// it, eviction deletes from it through Delete, and any number of consumers
+// (eviction, an upload queue, an in-memory metadata cache) learn about
+// changes through the Observer each subscribes with Store.Subscribe. The
+// Store owns that list; nothing is wired back into it from outside.
 //
 // # On disk
 //
@@ -104,6 +106,6 @@
 // any moment leaves no marker (Close had not written it, or Open had
 // already removed it), so the next Open reconciles fully. Damage done to
 // files while the cache was stopped is the scrub's to find, as it is
-// while it runs. The Observer is not told about blobs found at Open; consumers
+// while it runs. Observers are not told about blobs found at Open; consumers
 // build their initial state with Walk.
 package cache

@@ -42,8 +42,6 @@ type Options struct {
 	// ValueLogGCInterval is how often Badger's value-log GC runs
 	// (RunValueLogGC(0.5) until there is nothing to rewrite). Default 10m.
 	ValueLogGCInterval time.Duration
-	// Observer, if not nil, hears about index changes.
-	Observer Observer
 	// ScrubInterval is how often the background scrub re-hashes every
 	// blob (see VerifyAll), so that a file damaged on disk is found and
 	// fetched again instead of served. 0: no scrub (the default).
@@ -54,16 +52,6 @@ type Options struct {
 	// ScrubTrigger, if not nil, starts a scrub pass whenever it delivers,
 	// instead of a ticker of ScrubInterval (tests drive the scrub with it).
 	ScrubTrigger <-chan time.Time
-}
-
-// Observer hears about index changes; eviction is wired to it by main. Its
-// methods are called outside Store locks, from the goroutine that made the
-// change, and must be cheap. Blobs already present at Open are not
-// announced: use Walk.
-type Observer interface {
-	BlobAdded(BlobInfo)
-	BlobAccessed(d digest.Digest, at time.Time)
-	BlobRemoved(d digest.Digest)
 }
 
 // BlobInfo describes one indexed blob.
@@ -89,7 +77,7 @@ type Store struct {
 	blobDir string // dir/blobs/sha256
 	tmpDir  string
 	log     *slog.Logger
-	obs     Observer
+	obs     observers // see Subscribe
 	db      *badger.DB
 	dirLock io.Closer
 
@@ -148,7 +136,6 @@ func Open(opts Options) (*Store, error) {
 		blobDir:    filepath.Join(opts.Dir, "blobs", "sha256"),
 		tmpDir:     filepath.Join(opts.Dir, "tmp"),
 		log:        log,
-		obs:        opts.Observer,
 		flushEvery: opts.AccessFlushInterval,
 		gcEvery:    opts.ValueLogGCInterval,
 		pending:    make(map[digest.Digest]time.Time),
@@ -365,7 +352,7 @@ func (s *Store) withAccess(info BlobInfo) BlobInfo {
 	return info
 }
 
-// recordAccess notes an access in memory and tells the Observer.
+// recordAccess notes an access in memory and tells the observers.
 func (s *Store) recordAccess(d digest.Digest) time.Time {
 	now := s.now().Round(0) // stored without a monotonic reading; return the same
 	s.accessMu.Lock()
@@ -373,9 +360,7 @@ func (s *Store) recordAccess(d digest.Digest) time.Time {
 		s.pending[d] = now
 	}
 	s.accessMu.Unlock()
-	if s.obs != nil {
-		s.obs.BlobAccessed(d, now)
-	}
+	s.obs.accessed(d, now)
 	return now
 }
 
@@ -524,9 +509,7 @@ func (s *Store) dropStale(d digest.Digest, hex, why string) {
 	}
 	s.forgetAccess(d)
 	s.log.Warn("dropped blob record", "digest", d, "reason", why)
-	if s.obs != nil {
-		s.obs.BlobRemoved(d)
-	}
+	s.obs.removed(d)
 }
 
 func (s *Store) forgetAccess(d digest.Digest) {
@@ -566,9 +549,7 @@ func (s *Store) Delete(d digest.Digest) error {
 		return err
 	}
 	s.forgetAccess(d)
-	if s.obs != nil {
-		s.obs.BlobRemoved(d)
-	}
+	s.obs.removed(d)
 	return nil
 }
 

@@ -17,7 +17,8 @@ import (
 
 func TestDeleteWhileReading(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	data, d := blob(500_000, 7)
 	mustPut(t, s, data, d, "x")
 	f, _, err := s.Open(d)
@@ -52,7 +53,8 @@ func TestDeleteWhileReading(t *testing.T) {
 
 func TestOpenDropsRecordWhenFileGone(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	data, d := blob(1000, 8)
 	mustPut(t, s, data, d, "x")
 	os.Remove(blobFile(s, d))
@@ -76,7 +78,8 @@ func TestAccessTimesBatched(t *testing.T) {
 	rec := &recorder{}
 	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
 	dir := t.TempDir()
-	s := openStore(t, dir, func(o *Options) { o.Observer = rec })
+	s := openStore(t, dir)
+	s.Subscribe(rec)
 	s.now = clock.Now
 	data, d := blob(100, 9)
 	created := mustPut(t, s, data, d, "x").LastAccess
@@ -362,7 +365,8 @@ func TestClassify(t *testing.T) {
 // stay right.
 func TestRefillReplacesStaleRecord(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	data, d := blob(4000, 16)
 	mustPut(t, s, data, d, "x")
 	os.Remove(blobFile(s, d))

@@ -214,9 +214,7 @@ func (s *Store) dropCorrupt(d digest.Digest, hx string, fi os.FileInfo) bool {
 	s.log.Error("blob content does not match its digest: removed it; the next request fetches it again", "digest", d)
 	if indexed {
 		s.forgetAccess(d)
-		if s.obs != nil {
-			s.obs.BlobRemoved(d)
-		}
+		s.obs.removed(d)
 	}
 	return true
 }

@@ -36,7 +36,8 @@ func flipByte(t *testing.T, path string, off int64) {
 // intact blobs stay.
 func TestVerifyAllRemovesFlippedByte(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	big, bigD := blob(3*verifyChunk+17, 1) // several chunks
 	small, smallD := blob(100, 2)
 	bad, badD := blob(2*verifyChunk, 3)

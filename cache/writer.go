@@ -133,7 +133,7 @@ func (w *Writer) discard() {
 // the size. On a mismatch the temp file is removed, nothing is indexed, and
 // the error wraps ErrDigestMismatch or ErrSizeMismatch. On a match the file
 // is synced, renamed into blobs/, the directory synced, the record written
-// and the Observer told. If the digest is already stored, the temp file is
+// and the observers told. If the digest is already stored, the temp file is
 // dropped and the existing information returned, so two writers of one
 // digest both succeed. Calling Commit again returns the same result.
 func (w *Writer) Commit(expectedSize int64) (BlobInfo, error) {
@@ -165,13 +165,13 @@ func (w *Writer) Commit(expectedSize int64) (BlobInfo, error) {
 		w.discard()
 		return BlobInfo{}, err
 	}
-	if obs := w.s.obs; obs != nil && added {
+	if added {
 		if replaced {
 			// The stale record's share is retracted first, so an observer
 			// summing sizes stays right.
-			obs.BlobRemoved(w.d)
+			w.s.obs.removed(w.d)
 		}
-		obs.BlobAdded(info)
+		w.s.obs.added(info)
 	}
 	return info, nil
 }

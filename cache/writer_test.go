@@ -14,7 +14,8 @@ import (
 
 func TestWriteCommitOpen(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	var total int64
 	for i, n := range []int{0, 1, 4096, 300_001} {
 		data, d := blob(n, uint64(i))
@@ -81,7 +82,8 @@ func TestCommitMismatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recorder{}
-			s := openStore(t, "", func(o *Options) { o.Observer = rec })
+			s := openStore(t, "")
+			s.Subscribe(rec)
 			w, err := s.Create(tc.d, "x")
 			if err != nil {
 				t.Fatal(err)
@@ -152,7 +154,8 @@ func TestWriterLifecycle(t *testing.T) {
 
 func TestConcurrentWritersOneDigest(t *testing.T) {
 	rec := &recorder{}
-	s := openStore(t, "", func(o *Options) { o.Observer = rec })
+	s := openStore(t, "")
+	s.Subscribe(rec)
 	data, d := blob(200_000, 4)
 	const n = 4
 	var wg sync.WaitGroup
