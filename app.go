@@ -10,13 +10,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/eviction"
+	"github.com/regmirror/regmirror/internal/stack"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
 	"github.com/regmirror/regmirror/watch"
@@ -27,7 +27,7 @@ import (
 type app struct {
 	cfg   config
 	log   *slog.Logger
-	cache *cacheStack
+	cache *stack.Stack
 	proxy *proxy.Server
 	ln    net.Listener
 	// starting answers on ln until Run hands it to the proxy.
@@ -59,7 +59,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		}
 	}()
 	a.ln, a.starting = ln, starting
-	a.cache, err = openCacheStackWith(cfg, log, true)
+	a.cache, err = stack.Open(cfg.stackOptions(log, true))
 	if err != nil {
 		return nil, err
 	}
@@ -74,6 +74,9 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		return nil, err
 	}
 	a.token = token
+	if err := admin.WriteServerURL(cfg.DataDir, a.url()); err != nil {
+		return nil, err
+	}
 	ups, aliases, err := buildUpstreams(cfg, log)
 	if err != nil {
 		return nil, err
@@ -89,7 +92,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
-	registerVerifyMetrics(metrics, a.cache.store)
+	registerVerifyMetrics(metrics, a.cache.Store)
 	minRate, err := cfg.Server.minUpstreamRate()
 	if err != nil {
 		return nil, err
@@ -98,9 +101,9 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 		Registries:          ups,
 		DefaultRegistry:     cfg.DefaultRegistry,
 		HostAliases:         aliases,
-		Store:               a.cache.store,
-		Hooks:               fillHooks{a.cache.evictor},
-		Admin:               admin.Handler(a.cache.ops, token),
+		Store:               a.cache.Store,
+		Hooks:               stack.FillHooks{Evictor: a.cache.Evictor},
+		Admin:               admin.Handler(a.cache.Ops, token),
 		TagTTL:              cfg.TagTTL.Duration,
 		TagPolicy:           policy,
 		Offline:             cfg.Offline,
@@ -126,7 +129,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	if ac != nil {
 		popts.Access = ac
-		popts.AdminOpen = admin.OpenHandler(a.cache.ops)
+		popts.AdminOpen = admin.OpenHandler(a.cache.Ops)
 		popts.ClientCAFile = cfg.Auth.ClientCAFile
 		popts.InternalToken = token
 	}
@@ -212,24 +215,10 @@ func buildFailover(cfg config, r registryConfig, primary *upstream.Registry, log
 	}), nil
 }
 
-// fillHooks lets eviction protect fills and make room when the disk fills.
-type fillHooks struct{ evictor *eviction.Evictor }
-
-func (h fillHooks) Hold(d digest.Digest) func() { return h.evictor.Hold(d.String()) }
-
-// CanFit is the proxy's cannot-fit question, answered by eviction before a
-// fill writes a byte.
-func (h fillHooks) CanFit(size int64) error { return h.evictor.CanFit(size) }
-
-func (h fillHooks) NoSpace(ctx context.Context, need int64) bool {
-	_, err := h.evictor.EnsureFree(ctx, need)
-	return err == nil
-}
-
 // registerEvictionMetrics exports the evictor's counters, read at scrape time.
-func registerEvictionMetrics(reg *prometheus.Registry, st *cacheStack) {
+func registerEvictionMetrics(reg *prometheus.Registry, st *stack.Stack) {
 	stat := func(f func(eviction.Stats) int64) func() float64 {
-		return func() float64 { return float64(f(st.evictor.Stats())) }
+		return func() float64 { return float64(f(st.Evictor.Stats())) }
 	}
 	gauge := func(name, help string, f func(eviction.Stats) int64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, stat(f)))
@@ -241,7 +230,7 @@ func registerEvictionMetrics(reg *prometheus.Registry, st *cacheStack) {
 	gauge("regmirror_cache_blobs", "Blobs in the cache.", func(s eviction.Stats) int64 { return s.Blobs })
 	gauge("regmirror_cache_pinned_bytes", "Bytes of pinned content.", func(s eviction.Stats) int64 { return s.PinnedBytes })
 	gauge("regmirror_cache_budget_bytes", "The cache's byte budget (0: none).", func(s eviction.Stats) int64 {
-		if s.MaxBytes == noBudget {
+		if s.MaxBytes == stack.NoBudget {
 			return 0
 		}
 		return s.MaxBytes
@@ -252,6 +241,15 @@ func registerEvictionMetrics(reg *prometheus.Registry, st *cacheStack) {
 
 // Addr is the address the mirror listens on.
 func (a *app) Addr() string { return a.ln.Addr().String() }
+
+// url is where the mirror answers on this box.
+func (a *app) url() string {
+	u := serverURL("", a.Addr())
+	if a.cfg.Server.TLSCertFile != "" {
+		u = "https://" + strings.TrimPrefix(u, "http://")
+	}
+	return u
+}
 
 // Run serves until ctx ends, then shuts down gracefully: requests in flight
 // finish (up to the shutdown timeout), fills stop, eviction stops, and the
@@ -265,12 +263,7 @@ func (a *app) Run(ctx context.Context) error {
 		return a.proxy.Serve(a.ln)
 	})
 	g.Go(func() error {
-		select { // passes need the whole picture
-		case <-a.cache.loaded:
-		case <-gctx.Done():
-			return nil
-		}
-		return a.cache.evictor.Run(gctx)
+		return a.cache.RunEviction(gctx)
 	})
 	if len(a.cfg.Pin) > 0 {
 		g.Go(func() error {
@@ -311,7 +304,7 @@ func (a *app) pinConfigured(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		res, err := a.cache.ops.PinRef(ctx, ref.String())
+		res, err := a.cache.Ops.PinRef(ctx, ref.String())
 		switch {
 		case err == nil:
 			a.log.Info("config pin applied", "image", res.Name, "digest", res.Digest, "blobs", res.Blobs, "not_cached", res.Missing)
@@ -325,11 +318,17 @@ func (a *app) pinConfigured(ctx context.Context) {
 		return
 	}
 	plats, _ := choosePlatforms("", false)
-	ep := &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: "the config's pin list", token: a.token}
-	res := preload(ctx, ep, a.cfg.DefaultRegistry, fetch, plats, logWriter{a.log}, io.Discard)
+	res := preload(ctx, a.target(), a.cfg.DefaultRegistry, fetch, plats, logWriter{a.log}, io.Discard)
 	if res.failed > 0 {
 		a.log.Warn("config pins: some images could not be fetched; they are pinned once pulled and the server restarted", "failed", res.failed)
 	}
+}
+
+// target is the running mirror as a command would reach it: its
+// operations, and its URL to pull through.
+func (a *app) target() *target {
+	return &target{Ops: a.cache.Ops, Blobs: admin.Source{Store: a.cache.Store}, Where: "the config's pin list",
+		URL: a.url(), Token: a.token, Stack: a.cache, Config: a.cfg, Log: a.log}
 }
 
 // logWriter turns lines written to it into log records.

@@ -34,7 +34,7 @@ func budgetMirror(t *testing.T, up *testupstream.Server, max string) *mirror {
 
 // cached reports whether the mirror holds d.
 func cached(t *testing.T, m *mirror, d digest.Digest) bool {
-	_, err := m.app.cache.store.Stat(d)
+	_, err := m.app.cache.Store.Stat(d)
 	return err == nil
 }
 
@@ -120,7 +120,7 @@ func TestPinnedIndexSurvivesChurn(t *testing.T) {
 			t.Fatalf("pin covers %d blobs (%d missing), want the whole graph", res.Blobs, res.Missing)
 		}
 	}
-	graph, err := m.app.cache.ops.Closure(context.Background(), testupstream.Digest(t, idx), nil)
+	graph, err := m.app.cache.Ops.Closure(context.Background(), testupstream.Digest(t, idx), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

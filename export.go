@@ -65,8 +65,8 @@ func runExport(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c.Context = ctx
-	return withCache(c, func(ctx context.Context, ca cacheAccess) error {
-		ops, src, where := ca.ops, ca.blobs, ca.where
+	return withTarget(c, reachCache, func(ctx context.Context, ca *target) error {
+		ops, src, where := ca.Ops, ca.Blobs, ca.Where
 		imgs, skipped, err := exportPlan(ctx, ops, src, refs, all)
 		if err != nil {
 			return err

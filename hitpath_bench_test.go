@@ -23,12 +23,12 @@ func BenchmarkHitPath(b *testing.B) {
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
 			var store *cache.Store
 			if eviction {
-				st, err := openCacheStack(cfg, log)
+				st, err := openStack(cfg, log)
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer st.Close()
-				store = st.store
+				store = st.Store
 			} else {
 				s, err := cache.Open(cache.Options{Dir: cfg.DataDir, Logger: log})
 				if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/stack"
 )
 
 // Import reads an OCI image layout archive (regmirror export's, or one
@@ -57,7 +58,7 @@ func runImport(c *cli.Context) error {
 		return fmt.Errorf("import: %w", err)
 	}
 	defer f.Close()
-	st, err := openCacheStack(cfg, log)
+	st, err := openStack(cfg, log)
 	if errors.Is(err, cache.ErrBusy) {
 		return fmt.Errorf("import: the data dir %s is in use by a running regmirror; stop it, run the import, then start it again", cfg.DataDir)
 	}
@@ -77,20 +78,20 @@ func runImport(c *cli.Context) error {
 	b.grow(size)
 	var last int64
 	start := time.Now()
-	imgs, added, stats, err := archive.Read(ctx, f, importSink{st.store}, func(n int64) { b.add(n - last); last = n })
+	imgs, added, stats, err := archive.Read(ctx, f, importSink{st.Store}, func(n int64) { b.add(n - last); last = n })
 	if err == nil {
 		err = recordImported(ctx, st, imgs, c.App.Writer)
 	}
 	if err != nil {
 		b.fail()
 		pg.wait()
-		removed := rollback(st.store, added)
+		removed := rollback(st.Store, added)
 		return fmt.Errorf("import %s refused: %w (the %d blobs it had added were removed; the cache is as it was)", path, err, removed)
 	}
 	b.done()
 	pg.wait()
 	fmt.Fprintf(c.App.Writer, "imported %s into %s: %d images, %d blobs added (%s), %d already cached, %s read in %s\n",
-		path, cfg.DataDir, stats.Images, stats.Blobs, humanize.IBytes(uint64(addedBytes(st.store, added))), stats.SkippedExisting,
+		path, cfg.DataDir, stats.Images, stats.Blobs, humanize.IBytes(uint64(addedBytes(st.Store, added))), stats.SkippedExisting,
 		humanize.IBytes(uint64(stats.Bytes)), time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -131,14 +132,14 @@ func (s importSink) SetMediaType(d digest.Digest, mediaType string) error {
 }
 
 // recordImported tags, links and pins each imported image.
-func recordImported(ctx context.Context, st *cacheStack, imgs []archive.ImportedImage, out io.Writer) error {
+func recordImported(ctx context.Context, st *stack.Stack, imgs []archive.ImportedImage, out io.Writer) error {
 	now := time.Now()
 	for _, img := range imgs {
 		mediaType := img.MediaType
-		if info, err := st.store.Stat(img.Digest); err == nil && mediaType == "" {
+		if info, err := st.Store.Stat(img.Digest); err == nil && mediaType == "" {
 			mediaType = info.MediaType
 		}
-		digests, err := st.ops.Closure(ctx, img.Digest, nil)
+		digests, err := st.Ops.Closure(ctx, img.Digest, nil)
 		if err != nil {
 			return err
 		}
@@ -148,17 +149,17 @@ func recordImported(ctx context.Context, st *cacheStack, imgs []archive.Imported
 			pinName = ref.String()
 			if ref.Tag != "" && ref.Digest == "" {
 				rec := cache.TagRecord{Digest: img.Digest, MediaType: mediaType, CheckedAt: now}
-				if err := st.store.SetTag(ref.Registry, ref.Repo, ref.Tag, rec); err != nil {
+				if err := st.Store.SetTag(ref.Registry, ref.Repo, ref.Tag, rec); err != nil {
 					return err
 				}
 			}
 			for _, d := range digests {
-				if err := st.store.AddLink(ref.Registry, ref.Repo, d); err != nil {
+				if err := st.Store.AddLink(ref.Registry, ref.Repo, d); err != nil {
 					return err
 				}
 			}
 		}
-		if err := st.ops.Pin(ctx, pinName, digests); err != nil {
+		if err := st.Ops.Pin(ctx, pinName, digests); err != nil {
 			return err
 		}
 		note := ""

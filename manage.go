@@ -2,23 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
-	"github.com/regmirror/regmirror/archive"
-	"github.com/regmirror/regmirror/cache"
 )
 
 // serverFlag names the running server to ask when the data dir is busy.
@@ -26,15 +18,6 @@ var serverFlag = &cli.StringFlag{
 	Name:    "server",
 	Usage:   "URL of the regmirror that holds the data dir (default: derived from listen)",
 	EnvVars: []string{"REGMIRROR_SERVER"},
-}
-
-// cacheAccess is the cache as a command reaches it: opened directly when
-// no server holds the data dir, else through the running server's
-// management API.
-type cacheAccess struct {
-	ops   admin.Ops
-	blobs archive.BlobSource
-	where string // the data dir, or the server's URL
 }
 
 // manageFlags are the flags of commands that work on the data dir or
@@ -55,95 +38,6 @@ func remoteFlags() []cli.Flag {
 	}
 }
 
-// remoteClient is the management client for --username or --client-cert,
-// nil when neither is given (then the data dir decides).
-func remoteClient(c *cli.Context) (*admin.Client, error) {
-	user, certFile := c.String("username"), c.String("client-cert")
-	if user == "" && certFile == "" {
-		return nil, nil
-	}
-	server := strings.TrimRight(c.String("server"), "/")
-	if !strings.HasPrefix(server, "https://") {
-		return nil, errors.New("--username and --client-cert need --server https://host:port (credentials only travel over TLS)")
-	}
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile := c.String("ca-file"); caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		tlsConfig.RootCAs = x509.NewCertPool()
-		if !tlsConfig.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
-		}
-	}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, c.String("client-key"))
-		if err != nil {
-			return nil, fmt.Errorf("--client-cert/--client-key: %w", err)
-		}
-		tlsConfig.Certificates = []tls.Certificate{cert}
-	}
-	cl := admin.NewClient(server, "")
-	cl.HTTP.Transport = &http.Transport{TLSClientConfig: tlsConfig, Proxy: http.ProxyFromEnvironment}
-	if user != "" {
-		pwFile := c.String("password-file")
-		if pwFile == "" {
-			return nil, errors.New("--username needs --password-file")
-		}
-		b, err := os.ReadFile(pwFile)
-		if err != nil {
-			return nil, fmt.Errorf("--password-file: %w", err)
-		}
-		cl.Username, cl.Password = user, strings.TrimRight(string(b), "\r\n")
-	}
-	return cl, nil
-}
-
-// withCache runs fn with the cache, reached whichever way it can be.
-func withCache(c *cli.Context, fn func(ctx context.Context, ca cacheAccess) error) error {
-	if cl, err := remoteClient(c); err != nil {
-		return err
-	} else if cl != nil {
-		return fn(c.Context, cacheAccess{ops: cl, blobs: cl.BlobSource(c.Context), where: cl.BaseURL})
-	}
-	cfg, log, err := setup(c)
-	if err != nil {
-		return err
-	}
-	st, err := openCacheStack(cfg, log)
-	switch {
-	case err == nil:
-		defer st.Close()
-		return fn(c.Context, cacheAccess{ops: st.ops, blobs: admin.Source{Store: st.store}, where: cfg.DataDir})
-	case errors.Is(err, cache.ErrBusy):
-		url := serverURL(c.String("server"), cfg.Listen)
-		log.Debug("data dir in use; asking the running server", "server", url)
-		client := admin.NewClient(url, "")
-		if client.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
-			return err
-		}
-		return fn(c.Context, cacheAccess{ops: client, blobs: client.BlobSource(c.Context), where: url})
-	default:
-		return err
-	}
-}
-
-// serverURL is where a local server listening on listen answers.
-func serverURL(explicit, listen string) string {
-	if explicit != "" {
-		return strings.TrimRight(explicit, "/")
-	}
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return "http://" + listen
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	return "http://" + net.JoinHostPort(host, port)
-}
-
 func gcCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "gc",
@@ -154,16 +48,16 @@ func gcCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
-			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
-				res, err := ca.ops.GC(ctx)
+			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
+				res, err := t.Ops.GC(ctx)
 				if err != nil {
 					return err
 				}
-				u, err := ca.ops.Usage(ctx, 0)
+				u, err := t.Ops.Usage(ctx, 0)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), ca.where)
+				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), t.Where)
 				if res.Failed > 0 {
 					fmt.Fprintf(c.App.Writer, "%d blobs could not be deleted (see the log)\n", res.Failed)
 				}
@@ -183,8 +77,8 @@ func duCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
 		),
 		Action: func(c *cli.Context) error {
-			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
-				u, err := ca.ops.Usage(ctx, c.Int("top"))
+			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
+				u, err := t.Ops.Usage(ctx, c.Int("top"))
 				if err != nil {
 					return err
 				}
@@ -205,10 +99,10 @@ func pinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("pin: name at least one image")
 			}
-			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				var failed int
 				for _, ref := range c.Args().Slice() {
-					res, err := ca.ops.PinRef(ctx, ref)
+					res, err := t.Ops.PinRef(ctx, ref)
 					if err != nil {
 						failed++
 						fmt.Fprintf(c.App.ErrWriter, "%s: %v\n", ref, err)
@@ -239,12 +133,12 @@ func unpinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("unpin: name at least one image")
 			}
-			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
+			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				var errs []error
 				for _, arg := range c.Args().Slice() {
 					ref, err := admin.ParseRef(arg)
 					if err == nil {
-						err = ca.ops.Unpin(ctx, ref.String())
+						err = t.Ops.Unpin(ctx, ref.String())
 					}
 					if err != nil {
 						errs = append(errs, fmt.Errorf("%s: %w", arg, err))

@@ -38,28 +38,28 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs testlog.Buffer
-	st, err := openCacheStack(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	st, err := openStack(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("the mirror refused a 64 MiB filesystem: %v", err)
 	}
 	if !strings.Contains(logs.String(), "keeping 10% free instead") {
 		t.Errorf("no warning about the capped min_free:\n%s", logs.String())
 	}
-	if got, want := st.evictor.Stats().MinFree, int64(64<<20)/10; got != want {
+	if got, want := st.Evictor.Stats().MinFree, int64(64<<20)/10; got != want {
 		t.Errorf("min_free applied: %d, want %d (10%% of 64 MiB)", got, want)
 	}
 	for range 4 {
 		data := make([]byte, 1<<20)
 		rand.Read(data)
-		if _, err := st.store.Put(digest.FromBytes(data), "application/octet-stream", data); err != nil {
+		if _, err := st.Store.Put(digest.FromBytes(data), "application/octet-stream", data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	res, err := st.evictor.EvictNow(t.Context())
+	res, err := st.Evictor.EvictNow(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes, blobs := st.store.Usage(); res.Blobs != 0 || blobs != 4 {
+	if bytes, blobs := st.Store.Usage(); res.Blobs != 0 || blobs != 4 {
 		t.Fatalf("eviction on a 64 MiB filesystem with 4 MiB cached: evicted %d blobs, %d left (%d bytes)", res.Blobs, blobs, bytes)
 	}
 	st.Close()
@@ -67,12 +67,12 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	// A min_free the operator chose is kept as given, with a warning.
 	cfg.Cache.MinFree = "32MiB"
 	var logs2 testlog.Buffer
-	st, err = openCacheStack(cfg, slog.New(slog.NewTextHandler(&logs2, nil)))
+	st, err = openStack(cfg, slog.New(slog.NewTextHandler(&logs2, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if got := st.evictor.Stats().MinFree; got != 32<<20 {
+	if got := st.Evictor.Stats().MinFree; got != 32<<20 {
 		t.Errorf("an explicit min_free of 32MiB became %d", got)
 	}
 	if !strings.Contains(logs2.String(), "eviction deletes whatever it must") {

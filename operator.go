@@ -8,6 +8,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/internal/stack"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/status"
 )
@@ -18,8 +19,8 @@ func operatorOptions(cfg config, a *app) proxy.OperatorOptions {
 	pulls, fraction, _ := parseReserve(cfg.Server.RateLimitReserve) // checked by finish
 	return proxy.OperatorOptions{
 		Version:                  buildVersion(),
-		Cache:                    st.figures,
-		Ready:                    st.readiness,
+		Cache:                    func() status.CacheFigures { return cacheFigures(st) },
+		Ready:                    func() []proxy.Check { return readiness(st) },
 		Watch:                    a.watchedForStatus,
 		RateLimitReservePulls:    pulls,
 		RateLimitReserveFraction: fraction,
@@ -68,14 +69,14 @@ func parseReserve(s string) (pulls int, fraction float64, err error) {
 }
 
 // figures are the cache's numbers for the status page.
-func (st *cacheStack) figures() status.CacheFigures {
-	s := st.evictor.Stats()
+func cacheFigures(st *stack.Stack) status.CacheFigures {
+	s := st.Evictor.Stats()
 	f := status.CacheFigures{
 		UsedBytes: s.Bytes, Blobs: s.Blobs, PinnedBytes: s.PinnedBytes, PinnedBlobs: s.PinnedBlobs,
-		MinFree: s.MinFree, FreeBytes: -1, BudgetBytes: st.ops.MaxBytes,
+		MinFree: s.MinFree, FreeBytes: -1, BudgetBytes: st.Ops.MaxBytes,
 	}
-	if st.ops.FreeSpace != nil {
-		if free, err := st.ops.FreeSpace(); err == nil {
+	if st.Ops.FreeSpace != nil {
+		if free, err := st.Ops.FreeSpace(); err == nil {
 			f.FreeBytes = free
 		}
 	}
@@ -84,17 +85,17 @@ func (st *cacheStack) figures() status.CacheFigures {
 
 // readiness is what /readyz checks: the index answers, and the disk has
 // min_free or eviction can still make it.
-func (st *cacheStack) readiness() []proxy.Check {
+func readiness(st *stack.Stack) []proxy.Check {
 	index := proxy.Check{Name: "index", OK: true}
-	if !st.ready.Load() {
+	if !st.Ready() {
 		index = proxy.Check{Name: "index", Reason: "opening and reconciling the cache"}
-	} else if err := st.store.Check(); err != nil {
+	} else if err := st.Store.Check(); err != nil {
 		index = proxy.Check{Name: "index", Reason: "the index is failing: " + err.Error()}
 	}
 	disk := proxy.Check{Name: "disk", OK: true}
-	s := st.evictor.Stats()
-	if st.ops.FreeSpace != nil {
-		free, err := st.ops.FreeSpace()
+	s := st.Evictor.Stats()
+	if st.Ops.FreeSpace != nil {
+		free, err := st.Ops.FreeSpace()
 		switch {
 		case err != nil:
 			disk = proxy.Check{Name: "disk", Reason: "cannot read free space: " + err.Error()}

@@ -225,7 +225,7 @@ func TestReadyzAndHealthcheck(t *testing.T) {
 
 	// A failing index: not ready. (Closing the store under the server is
 	// the failure a test can cause; the server must still answer.)
-	m.app.cache.store.Close()
+	m.app.cache.Store.Close()
 	resp, body = get(t, http.MethodGet, m.url+"/readyz")
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "index is failing") {
 		t.Fatalf("/readyz with the index closed: %d %s", resp.StatusCode, body)

@@ -32,7 +32,6 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
-	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
 )
 
@@ -72,10 +71,6 @@ func preloadCommand() *cli.Command {
 const preloadParallel = 4
 
 func runPreload(c *cli.Context) error {
-	cfg, log, err := setup(c)
-	if err != nil {
-		return err
-	}
 	refs, err := imageArgs(c)
 	if err != nil {
 		return err
@@ -89,22 +84,14 @@ func runPreload(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var ep *endpoint
-	if cl, err := remoteClient(c); err != nil {
-		return err
-	} else if cl != nil {
-		ep = &endpoint{url: cl.BaseURL, ops: cl, where: cl.BaseURL, remote: cl, stop: func() error { return nil }}
-	} else if ep, err = openEndpoint(ctx, cfg, log, c.String("server")); err != nil {
-		return err
-	}
-	res := preload(ctx, ep, cfg.DefaultRegistry, refs, plats, c.App.Writer, c.App.ErrWriter)
-	if err := ep.stop(); err != nil {
-		log.Warn("stopping the preload server", "err", err)
-	}
-	if res.failed > 0 {
-		return fmt.Errorf("preload: %d of %d images failed", res.failed, len(refs))
-	}
-	return nil
+	c.Context = ctx
+	return withTarget(c, reachMirror, func(ctx context.Context, t *target) error {
+		res := preload(ctx, t, t.Config.DefaultRegistry, refs, plats, c.App.Writer, c.App.ErrWriter)
+		if res.failed > 0 {
+			return fmt.Errorf("preload: %d of %d images failed", res.failed, len(refs))
+		}
+		return nil
+	})
 }
 
 // choosePlatforms reads --platform; nil means every platform.
@@ -153,56 +140,6 @@ func platformWanted(plats []v1.Platform, p *v1.Platform) bool {
 	return false
 }
 
-// endpoint is a regmirror to pull through and the management operations
-// on its cache.
-type endpoint struct {
-	url   string // "http://127.0.0.1:5000"
-	ops   admin.Ops
-	where string // for messages: the data dir or the server URL
-	stop  func() error
-	// token is the server's management token, sent with pulls so that
-	// access control lets them through.
-	token string
-	// remote, when set, is a server on another box managed as one of its
-	// auth.admins: pulls go over its TLS with the admin's credentials.
-	remote *admin.Client
-}
-
-// openEndpoint starts a server in this process on loopback if the data
-// dir is free, else uses the running one.
-func openEndpoint(ctx context.Context, cfg config, log *slog.Logger, server string) (*endpoint, error) {
-	local := cfg
-	local.Listen = "127.0.0.1:0"
-	a, err := newApp(local, quietLogger(cfg, log))
-	switch {
-	case err == nil:
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Run(runCtx) }()
-		select { // until Run hands the listener over, the startup server answers 503
-		case <-a.serving:
-		case err := <-done:
-			cancel()
-			return nil, fmt.Errorf("the local server stopped before serving: %v", err)
-		}
-		return &endpoint{url: "http://" + a.Addr(), ops: a.cache.ops, where: cfg.DataDir, token: a.token,
-			stop: func() error { cancel(); return <-done }}, nil
-	case errors.Is(err, cache.ErrBusy):
-		url := serverURL(server, cfg.Listen)
-		cl := admin.NewClient(url, "")
-		if cl.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
-			return nil, err
-		}
-		if _, err := cl.Usage(ctx, 0); err != nil {
-			return nil, fmt.Errorf("the data dir %s is in use, and its server does not answer at %s (set --server): %w", cfg.DataDir, url, err)
-		}
-		log.Debug("data dir in use; working through the running server", "server", url)
-		return &endpoint{url: url, ops: cl, where: url, token: cl.Token, stop: func() error { return nil }}, nil
-	default:
-		return nil, err
-	}
-}
-
 // quietLogger keeps a server started for a command from logging every
 // request at info level over the command's own output.
 func quietLogger(cfg config, log *slog.Logger) *slog.Logger {
@@ -237,22 +174,11 @@ type preloadResult struct {
 	cachedBytes  int64 // read from the cache: already there
 }
 
-func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []admin.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
-	host := strings.TrimPrefix(strings.TrimPrefix(ep.url, "http://"), "https://")
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if ep.remote != nil {
-		if t, ok := ep.remote.HTTP.Transport.(*http.Transport); ok {
-			transport = t.Clone() // the server's CA and the admin's certificate
-		}
-	}
+func preload(ctx context.Context, ep *target, defaultRegistry string, refs []admin.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
+	host := strings.TrimPrefix(strings.TrimPrefix(ep.URL, "http://"), "https://")
+	transport := ep.PullTransport()
 	defer transport.CloseIdleConnections() // the server may be shutting down next
 	var next http.RoundTripper = transport
-	switch {
-	case ep.remote != nil:
-		next = remoteAdmin{cl: ep.remote, next: transport}
-	case ep.token != "":
-		next = bearer{token: ep.token, next: transport}
-	}
 	ob := &observer{next: next}
 	pg := newProgress(barOut)
 	bars := make([]*bar, len(refs))
@@ -265,15 +191,15 @@ func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []a
 	for i, ref := range refs {
 		tr := &tracker{bar: bars[i], total: total}
 		pl := &imagePuller{host: host, defaultRegistry: defaultRegistry, plats: plats, client: &http.Client{Transport: ob}, tr: tr,
-			pin: func(ctx context.Context, ds []digest.Digest) error { return ep.ops.Pin(ctx, ref.String(), ds) }}
+			pin: func(ctx context.Context, ds []digest.Digest) error { return ep.Ops.Pin(ctx, ref.String(), ds) }}
 		start := time.Now()
 		root, digests, err := pl.pull(context.WithValue(ctx, trackerKey{}, tr), ref)
 		if err == nil {
-			err = ep.ops.Pin(ctx, ref.String(), digests)
+			err = ep.Ops.Pin(ctx, ref.String(), digests)
 		} else if len(pl.known()) > 0 {
 			// Pinned piece by piece while it downloaded: an image that did
 			// not arrive whole is not left pinned.
-			if uerr := ep.ops.Unpin(ctx, ref.String()); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
+			if uerr := ep.Ops.Unpin(ctx, ref.String()); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
 				err = errors.Join(err, uerr)
 			}
 		}
@@ -298,7 +224,7 @@ func preload(ctx context.Context, ep *endpoint, defaultRegistry string, refs []a
 		fmt.Fprintln(out, l)
 	}
 	fmt.Fprintf(out, "preloaded %d of %d images into %s: %d blobs fetched (%s), %s already cached\n",
-		res.ok, len(refs), ep.where, res.blobs, humanize.IBytes(uint64(res.fetchedBytes)), humanize.IBytes(uint64(res.cachedBytes)))
+		res.ok, len(refs), ep.Where, res.blobs, humanize.IBytes(uint64(res.fetchedBytes)), humanize.IBytes(uint64(res.cachedBytes)))
 	return res
 }
 
@@ -622,32 +548,4 @@ func platformsString(plats []v1.Platform) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ", ")
-}
-
-// bearer sends the server's management token with every request, which
-// a mirror with access control takes from loopback as its own.
-type bearer struct {
-	token string
-	next  http.RoundTripper
-}
-
-func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	req.Header.Set("Authorization", "Bearer "+b.token)
-	return b.next.RoundTrip(req)
-}
-
-// remoteAdmin pulls through a server on another box as one of its
-// auth.admins: over https always (the registry client would pick plain
-// http for a private or loopback address), with the admin's credentials.
-type remoteAdmin struct {
-	cl   *admin.Client
-	next http.RoundTripper
-}
-
-func (r remoteAdmin) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	req.URL.Scheme = "https"
-	r.cl.Authorize(req)
-	return r.next.RoundTrip(req)
 }

@@ -27,8 +27,8 @@ func purgeCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("purge: name at least one image (or repository, with --all-tags)")
 			}
-			return withCache(c, func(ctx context.Context, ca cacheAccess) error {
-				p, ok := ca.ops.(admin.Purger)
+			return withTarget(c, reachCache, func(ctx context.Context, ca *target) error {
+				p, ok := ca.Ops.(admin.Purger)
 				if !ok {
 					return admin.ErrPurgeUnsupported
 				}

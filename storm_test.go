@@ -30,7 +30,7 @@ func stormMirror(t testing.TB) (m *mirror, up *testupstream.Server, want digest.
 		c.Server.MaxConnectionsPerIP = 4 * stormClients
 	})
 	pullAll(t, m, "library/app:latest")
-	st := m.app.cache.store
+	st := m.app.cache.Store
 	expire = func() {
 		rec, err := st.Tag(dockerHubName, "library/app", "latest")
 		if err != nil {

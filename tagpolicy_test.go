@@ -82,7 +82,7 @@ func TestTagPolicyHEADCounts(t *testing.T) {
 
 	// Its manifest evicted, the immutable tag is fetched again by the
 	// digest recorded, not by tag: the move is not followed.
-	if err := m.app.cache.store.Delete(testupstream.Digest(t, release)); err != nil {
+	if err := m.app.cache.Store.Delete(testupstream.Digest(t, release)); err != nil {
 		t.Fatal(err)
 	}
 	tagPath := "/v2/library/app/manifests/1.2.3"

@@ -40,8 +40,8 @@ func verifyCommand() *cli.Command {
 				return fmt.Errorf("--rate: %w", err)
 			}
 			if !c.Bool("repair") {
-				return withCache(c, func(ctx context.Context, ca cacheAccess) error {
-					res, err := runVerify(ctx, c, ca.ops, ca.where, rate)
+				return withTarget(c, reachCache, func(ctx context.Context, ca *target) error {
+					res, err := runVerify(ctx, c, ca.Ops, ca.Where, rate)
 					if err != nil {
 						return err
 					}
@@ -51,23 +51,20 @@ func verifyCommand() *cli.Command {
 					return nil
 				})
 			}
-			cfg, log, err := setup(c)
+			cfg, _, err := setup(c)
 			if err != nil {
 				return err
 			}
 			if cfg.Offline {
 				return errors.New("verify --repair: the mirror is configured offline; nothing can be fetched again")
 			}
-			ep, err := openEndpoint(c.Context, cfg, log, c.String("server"))
-			if err != nil {
-				return err
-			}
-			defer ep.stop()
-			res, err := runVerify(c.Context, c, ep.ops, ep.where, rate)
-			if err != nil {
-				return err
-			}
-			return repairAll(c.Context, c.App.Writer, ep.url, res.Corrupt)
+			return withTarget(c, reachMirror, func(ctx context.Context, t *target) error {
+				res, err := runVerify(ctx, c, t.Ops, t.Where, rate)
+				if err != nil {
+					return err
+				}
+				return repairAll(ctx, c.App.Writer, t, res.Corrupt)
+			})
 		},
 	}
 }
@@ -119,8 +116,9 @@ func seenIn(cb admin.CorruptBlob) string {
 
 // repairAll fetches every corrupt blob again through the mirror at base:
 // a miss there is an upstream fetch, verified and cached like any pull.
-func repairAll(ctx context.Context, w io.Writer, base string, corrupt []admin.CorruptBlob) error {
-	client := &http.Client{}
+func repairAll(ctx context.Context, w io.Writer, t *target, corrupt []admin.CorruptBlob) error {
+	base := t.URL
+	client := &http.Client{Transport: t.PullTransport()}
 	defer client.CloseIdleConnections()
 	var failed int
 	for _, cb := range corrupt {

@@ -147,12 +147,12 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 	}
 	// The tag was just recorded: read the graph by digest, through the server.
 	tr := &tracker{bar: &bar{}, total: &bar{}}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport := w.a.target().PullTransport() // the token passes access control
 	defer transport.CloseIdleConnections()
 	pl := &imagePuller{host: w.a.Addr(), defaultRegistry: w.a.cfg.DefaultRegistry, plats: plats,
-		client: &http.Client{Transport: &observer{next: bearer{token: w.a.token, next: transport}}}, tr: tr} // the token passes access control
+		client: &http.Client{Transport: &observer{next: transport}}, tr: tr}
 	if t.Pin {
-		pl.pin = func(ctx context.Context, ds []digest.Digest) error { return w.a.cache.ops.Pin(ctx, ref.String(), ds) }
+		pl.pin = func(ctx context.Context, ds []digest.Digest) error { return w.a.cache.Ops.Pin(ctx, ref.String(), ds) }
 	}
 	_, digests, err := pl.pull(context.WithValue(ctx, trackerKey{}, tr), top)
 	res.Fetched += tr.blobs.Load()
@@ -160,7 +160,7 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 		return res, err
 	}
 	if t.Pin {
-		if err := w.a.cache.ops.Pin(ctx, ref.String(), digests); err != nil {
+		if err := w.a.cache.Ops.Pin(ctx, ref.String(), digests); err != nil {
 			return res, err
 		}
 	}

@@ -17,6 +17,11 @@ import (
 // every client look like loopback.
 const TokenFile = "admin-token"
 
+// ServerURLFile is the file in the data dir that holds the URL at which
+// the running server answers on this box, so that commands find a server
+// whatever port it listens on.
+const ServerURLFile = "server-url"
+
 // WriteToken makes a new random token, stores it in dataDir (mode 0600,
 // replaced atomically) and returns it. The server calls it at start.
 func WriteToken(dataDir string) (string, error) {
@@ -25,22 +30,49 @@ func WriteToken(dataDir string) (string, error) {
 		return "", err
 	}
 	token := hex.EncodeToString(b[:])
-	tmp, err := os.CreateTemp(dataDir, TokenFile+".*")
-	if err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(token + "\n"); err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("admin token: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dataDir, TokenFile)); err != nil {
+	if err := writeFile(dataDir, TokenFile, token); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	return token, nil
+}
+
+// WriteServerURL records in dataDir where the server answers (see
+// ServerURLFile). The server calls it once it listens.
+func WriteServerURL(dataDir, url string) error {
+	if err := writeFile(dataDir, ServerURLFile, url); err != nil {
+		return fmt.Errorf("server url: %w", err)
+	}
+	return nil
+}
+
+// ReadServerURL reads the URL the server running on dataDir wrote.
+func ReadServerURL(dataDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, ServerURLFile))
+	if err != nil {
+		return "", err
+	}
+	url := strings.TrimSpace(string(b))
+	if url == "" {
+		return "", fmt.Errorf("%s is empty", ServerURLFile)
+	}
+	return url, nil
+}
+
+// writeFile replaces dataDir/name with content atomically, mode 0600.
+func writeFile(dataDir, name, content string) error {
+	tmp, err := os.CreateTemp(dataDir, name+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(content + "\n"); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dataDir, name))
 }
 
 // ReadToken reads the token the server running on dataDir wrote.
