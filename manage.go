@@ -11,32 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/internal/stack"
 )
-
-// serverFlag names the running server to ask when the data dir is busy.
-var serverFlag = &cli.StringFlag{
-	Name:    "server",
-	Usage:   "URL of the regmirror that holds the data dir (default: derived from listen)",
-	EnvVars: []string{"REGMIRROR_SERVER"},
-}
-
-// manageFlags are the flags of commands that work on the data dir or
-// through a server, local or remote.
-func manageFlags(extra ...cli.Flag) []cli.Flag {
-	return append(append(append(commonFlags(), serverFlag), remoteFlags()...), extra...)
-}
-
-// remoteFlags let a command manage a server on another box, as one of
-// its auth.admins, over TLS.
-func remoteFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "username", Usage: "with --server https://...: manage as this user (one of the server's auth.admins)", EnvVars: []string{"REGMIRROR_USERNAME"}},
-		&cli.StringFlag{Name: "password-file", Usage: "file holding --username's password", EnvVars: []string{"REGMIRROR_PASSWORD_FILE"}},
-		&cli.StringFlag{Name: "client-cert", Usage: "with --server https://...: a client certificate (PEM) whose CN is one of the server's auth.admins", EnvVars: []string{"REGMIRROR_CLIENT_CERT"}},
-		&cli.StringFlag{Name: "client-key", Usage: "the PEM key of --client-cert", EnvVars: []string{"REGMIRROR_CLIENT_KEY"}},
-		&cli.StringFlag{Name: "ca-file", Usage: "CA (PEM) that signed the server's certificate (default: the system's)", EnvVars: []string{"REGMIRROR_CA_FILE"}},
-	}
-}
 
 func gcCommand() *cli.Command {
 	return &cli.Command{
@@ -45,10 +21,13 @@ func gcCommand() *cli.Command {
 		Description: "Works on the data dir directly when no server uses it, " +
 			"else asks the running server (see --server).",
 		Flags: manageFlags(
-			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
+			maxSizeFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
+				if err := sameBudget(ctx, c, t); err != nil {
+					return err
+				}
 				res, err := t.Ops.GC(ctx)
 				if err != nil {
 					return err
@@ -74,10 +53,13 @@ func duCommand() *cli.Command {
 		Usage: "show the cache's size, budget and top repositories",
 		Flags: manageFlags(
 			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many repositories to list"},
-			&cli.StringFlag{Name: "max-size", Usage: `cache byte budget, e.g. "200GiB" or "80%"`, EnvVars: []string{"REGMIRROR_MAX_SIZE"}},
+			maxSizeFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
+				if err := sameBudget(ctx, c, t); err != nil {
+					return err
+				}
 				u, err := t.Ops.Usage(ctx, c.Int("top"))
 				if err != nil {
 					return err
@@ -150,6 +132,40 @@ func unpinCommand() *cli.Command {
 			})
 		},
 	}
+}
+
+// sameBudget refuses --max-size (or REGMIRROR_MAX_SIZE) when the cache is
+// reached through a server whose budget differs: the server evicts to its
+// own budget, and saying otherwise would be a lie. The same value (the
+// server's own environment, say) is fine.
+func sameBudget(ctx context.Context, c *cli.Context, t *target) error {
+	if t.Stack != nil || !c.IsSet("max-size") {
+		return nil
+	}
+	dir := t.Config.DataDir
+	if t.Remote {
+		dir = "" // not this box's filesystem
+	}
+	want, err := stack.Budget(c.String("max-size"), dir)
+	if err != nil {
+		return err
+	}
+	u, err := t.Ops.Usage(ctx, 0)
+	if err != nil {
+		return err
+	}
+	if u.MaxBytes != want {
+		return fmt.Errorf("--max-size %s: the server at %s holds the data dir and evicts to its own budget (%s); set cache.max_size in its config and restart it, or stop it to work on the data dir directly",
+			c.String("max-size"), t.Where, budgetString(u.MaxBytes))
+	}
+	return nil
+}
+
+func budgetString(n int64) string {
+	if n == 0 {
+		return "none"
+	}
+	return humanize.IBytes(uint64(n))
 }
 
 func sizeVsBudget(u admin.Usage) string {

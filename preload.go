@@ -59,10 +59,10 @@ func preloadCommand() *cli.Command {
 			"preload fetches linux/amd64 and the host's own platform (linux/" + runtime.GOARCH + " here): what\n" +
 			"a site usually runs, without the cost of every platform. Works on a free data dir (a\n" +
 			"temporary server on loopback is started) or through the running server (see --server).",
-		Flags: manageFlags(fileFlag,
+		Flags: append(manageFlags(fileFlag,
 			&cli.StringFlag{Name: "platform", Usage: "platforms to fetch of multi-platform images, e.g. linux/amd64,linux/arm64/v8 (default linux/amd64 and the host's)"},
 			&cli.BoolFlag{Name: "all-platforms", Usage: "fetch every platform of multi-platform images"},
-		),
+		), upstreamFlags()...),
 		Action: runPreload,
 	}
 }

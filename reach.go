@@ -108,7 +108,12 @@ func reach(c *cli.Context, mode reachMode) (*target, error) {
 		return &target{Ops: cl, Blobs: cl.BlobSource(c.Context), Where: cl.BaseURL, URL: cl.BaseURL,
 			Client: cl, Remote: true, Config: cfg, Log: log}, nil
 	}
-	return reachLocal(c.Context, cfg, log, mode, c.String("server"))
+	t, err := reachLocal(c.Context, cfg, log, mode, c.String("server"))
+	if err == nil && t.Client != nil && mode == reachMirror &&
+		(c.IsSet("upstream-url") || c.IsSet("upstream-username") || c.IsSet("upstream-password")) {
+		log.Warn("the running server fetches with its own upstream settings; --upstream-* apply when the data dir is free", "server", t.URL)
+	}
+	return t, err
 }
 
 // reachLocal opens the data dir of cfg, or reaches the server holding it.

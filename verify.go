@@ -30,10 +30,10 @@ func verifyCommand() *cli.Command {
 		Description: "Works on the data dir directly when no server uses it, else asks the running server " +
 			"(see --server), which reads at --rate so that it stays fast for its clients. " +
 			"Exits non-zero when a corrupt blob was found and not fetched again.",
-		Flags: manageFlags(
+		Flags: append(manageFlags(
 			&cli.BoolFlag{Name: "repair", Usage: "fetch corrupt blobs again from upstream, through the mirror (verified like any pull)"},
 			&cli.StringFlag{Name: "rate", Value: defaultVerifyRate, Usage: `how fast to read the cache, e.g. "100MiB/s"; "0" for as fast as the disk goes`},
-		),
+		), upstreamFlags()...),
 		Action: func(c *cli.Context) error {
 			rate, err := parseRate(c.String("rate"))
 			if err != nil {

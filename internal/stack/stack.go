@@ -90,11 +90,9 @@ func (st *Stack) startEviction(o Options) error {
 	if err != nil {
 		return fmt.Errorf("data_dir %s: %w", dir, err)
 	}
-	budget := NoBudget
-	if o.MaxSize != "" && o.MaxSize != "0" {
-		if budget, err = eviction.ParseBudget(o.MaxSize, total); err != nil {
-			return err
-		}
+	budget, err := parseBudget(o.MaxSize, total)
+	if err != nil {
+		return err
 	}
 	minFree := o.MinFree
 	// The default adapts to small filesystems; a value the operator chose
@@ -166,6 +164,31 @@ func (st *Stack) startEviction(o Options) error {
 		log.Info("eviction loaded the cache", "blobs", n, "took", time.Since(start).Round(time.Millisecond))
 	}()
 	return nil
+}
+
+// parseBudget reads cache.max_size on a filesystem of total bytes:
+// NoBudget for "" or "0".
+func parseBudget(maxSize string, total int64) (int64, error) {
+	if maxSize == "" || maxSize == "0" {
+		return NoBudget, nil
+	}
+	return eviction.ParseBudget(maxSize, total)
+}
+
+// Budget is the byte budget maxSize (cache.max_size) gives a cache in dir,
+// as Open would apply it; 0 for none.
+func Budget(maxSize, dir string) (int64, error) {
+	total := int64(0)
+	if dir != "" {
+		if _, t, err := diskSpace(dir); err == nil {
+			total = t
+		}
+	}
+	b, err := parseBudget(maxSize, total)
+	if b == NoBudget {
+		b = 0
+	}
+	return b, err
 }
 
 // loadEviction walks the index once and loads every blob into the evictor.

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+func serveCommand() *cli.Command {
+	d := defaultConfig()
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the mirror",
+		Flags: append(append(commonFlags(), upstreamFlags()...),
+			&cli.StringFlag{Name: "listen", Value: d.Listen, Usage: "address to listen on", EnvVars: []string{"REGMIRROR_LISTEN"}},
+			&cli.DurationFlag{Name: "tag-ttl", Value: d.TagTTL.Duration, Usage: "how long a cached tag is served before it is revalidated", EnvVars: []string{"REGMIRROR_TAG_TTL"}},
+			&cli.BoolFlag{Name: "offline", Value: d.Offline, Usage: "never contact upstream; serve only what is cached", EnvVars: []string{"REGMIRROR_OFFLINE"}},
+			&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS with this PEM certificate (chain) file", EnvVars: []string{"REGMIRROR_TLS_CERT"}},
+			&cli.StringFlag{Name: "tls-key", Usage: "the PEM private key for --tls-cert", EnvVars: []string{"REGMIRROR_TLS_KEY"}},
+			maxSizeFlag(),
+		),
+		Action: func(c *cli.Context) error {
+			cfg, log, err := setup(c)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := newApp(cfg, log)
+			if err != nil {
+				return err
+			}
+			go func() { // once the proxy itself answers (the startup server says 503 until then)
+				select {
+				case <-a.serving:
+					log.Info("regmirror serving", "version", buildVersion(), "listen", a.Addr(), "data_dir", cfg.DataDir,
+						"default_registry", cfg.DefaultRegistry, "offline", cfg.Offline)
+				case <-ctx.Done():
+				}
+			}()
+			return a.Run(ctx)
+		},
+	}
+}
