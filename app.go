@@ -16,6 +16,7 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/eviction"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/stack"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
@@ -298,9 +299,9 @@ func (a *app) Run(ctx context.Context) error {
 // preloaded through this server (default platforms) and pinned, unless
 // the mirror is offline. Failures are logged; the server runs on.
 func (a *app) pinConfigured(ctx context.Context) {
-	var fetch []admin.Ref
+	var fetch []imageref.Ref
 	for _, p := range a.cfg.Pin {
-		ref, err := admin.ParseRef(p) // validated with the config
+		ref, err := imageref.Parse(p) // validated with the config
 		if err != nil {
 			continue
 		}

@@ -13,17 +13,17 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/eviction"
 
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
 )
 
 // dockerHub is the registry the Docker daemon's mirror requests mean.
 const (
-	dockerHubName = "docker.io"
-	dockerHubURL  = "https://registry-1.docker.io"
+	dockerHubName = imageref.DockerHub
+	dockerHubURL  = upstream.DefaultDockerHubURL
 )
 
 // config is regmirror's whole configuration. Precedence, lowest first:
@@ -240,6 +240,12 @@ func (c *config) registry(name string) *registryConfig {
 
 // finish fills implied values and checks the whole configuration.
 func (c *config) finish() error {
+	// Registry names are canonical (lowercase; Docker Hub's aliases are
+	// docker.io) before anything looks one up.
+	for i := range c.Registries {
+		c.Registries[i].Name = imageref.CanonicalRegistry(c.Registries[i].Name)
+	}
+	c.DefaultRegistry = imageref.CanonicalRegistry(c.DefaultRegistry)
 	hub := c.registry(dockerHubName)
 	if hub.URL == "" {
 		hub.URL = dockerHubURL
@@ -249,7 +255,6 @@ func (c *config) finish() error {
 	aliasOf := map[string]string{}
 	for i := range c.Registries {
 		r := &c.Registries[i]
-		r.Name = strings.ToLower(r.Name)
 		if r.Name == "" {
 			errs = append(errs, errors.New("registry: an entry has no name"))
 			continue
@@ -279,7 +284,7 @@ func (c *config) finish() error {
 		errs = append(errs, fmt.Errorf("default_registry %q is not a configured registry", c.DefaultRegistry))
 	}
 	for _, p := range c.Pin {
-		if _, err := admin.ParseRef(p); err != nil {
+		if _, err := imageref.Parse(p); err != nil {
 			errs = append(errs, fmt.Errorf("pin %q: %w", p, err))
 		}
 	}

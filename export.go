@@ -18,6 +18,7 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Export writes cached images to an OCI image layout archive (see package
@@ -98,7 +99,7 @@ type exportItem struct {
 
 // exportPlan resolves the images against the cache and checks each graph;
 // skipped says why an image was left out.
-func exportPlan(ctx context.Context, ops admin.Ops, src archive.BlobSource, refs []admin.Ref, all bool) ([]exportItem, []string, error) {
+func exportPlan(ctx context.Context, ops admin.Ops, src archive.BlobSource, refs []imageref.Ref, all bool) ([]exportItem, []string, error) {
 	cached, err := ops.Images(ctx)
 	if err != nil {
 		return nil, nil, err

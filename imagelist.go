@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // fileFlag names a list of images (preload, export).
@@ -26,8 +26,8 @@ var fileFlag = &cli.StringFlag{
 // a comment, on its own line or after a reference (a reference never
 // contains "#"). Every bad line is reported, with its number, in one
 // error. Repeated references are kept once, in first-seen order.
-func parseImageList(r io.Reader, name string) ([]admin.Ref, error) {
-	var refs []admin.Ref
+func parseImageList(r io.Reader, name string) ([]imageref.Ref, error) {
+	var refs []imageref.Ref
 	var errs []error
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(r)
@@ -45,7 +45,7 @@ func parseImageList(r io.Reader, name string) ([]admin.Ref, error) {
 			errs = append(errs, fmt.Errorf("%s:%d: one reference per line, got %q", name, n, line))
 			continue
 		}
-		ref, err := admin.ParseRef(line)
+		ref, err := imageref.Parse(line)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: %v", name, n, err))
 			continue
@@ -62,18 +62,18 @@ func parseImageList(r io.Reader, name string) ([]admin.Ref, error) {
 }
 
 // imageArgs gathers the references given as arguments and with --file.
-func imageArgs(c *cli.Context) ([]admin.Ref, error) {
-	var refs []admin.Ref
+func imageArgs(c *cli.Context) ([]imageref.Ref, error) {
+	var refs []imageref.Ref
 	var errs []error
 	seen := map[string]bool{}
-	add := func(r admin.Ref) {
+	add := func(r imageref.Ref) {
 		if !seen[r.String()] {
 			seen[r.String()] = true
 			refs = append(refs, r)
 		}
 	}
 	for _, a := range c.Args().Slice() {
-		r, err := admin.ParseRef(a)
+		r, err := imageref.Parse(a)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -17,6 +17,7 @@ import (
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/stack"
 )
 
@@ -144,7 +145,7 @@ func recordImported(ctx context.Context, st *stack.Stack, imgs []archive.Importe
 			return err
 		}
 		pinName := img.Digest.String()
-		ref, rerr := admin.ParseRef(img.Ref)
+		ref, rerr := imageref.Parse(img.Ref)
 		if img.Ref != "" && rerr == nil {
 			pinName = ref.String()
 			if ref.Tag != "" && ref.Digest == "" {

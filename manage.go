@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/stack"
 )
 
@@ -118,7 +119,7 @@ func unpinCommand() *cli.Command {
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				var errs []error
 				for _, arg := range c.Args().Slice() {
-					ref, err := admin.ParseRef(arg)
+					ref, err := imageref.Parse(arg)
 					if err == nil {
 						err = t.Ops.Unpin(ctx, ref.String())
 					}

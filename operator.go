@@ -7,7 +7,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/stack"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/status"
@@ -31,7 +31,7 @@ func operatorOptions(cfg config, a *app) proxy.OperatorOptions {
 func (a *app) watchedForStatus() []status.Watched {
 	var out []status.Watched
 	for _, w := range a.watchStatus() {
-		ref, err := admin.ParseRef(w.Image)
+		ref, err := imageref.Parse(w.Image)
 		if err != nil {
 			continue
 		}

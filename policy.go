@@ -8,7 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // policyCommand groups the tag policy's commands: today "explain".
@@ -38,7 +38,7 @@ func policyCommand() *cli.Command {
 // explainPolicy writes, for image, every rule checked in order (each with
 // what did not match) up to the one that applies, then the decision.
 func explainPolicy(w io.Writer, cfg config, image string) error {
-	ref, err := admin.ParseRef(image)
+	ref, err := imageref.Parse(image)
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/archive"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/proxy"
 )
 
@@ -174,7 +175,7 @@ type preloadResult struct {
 	cachedBytes  int64 // read from the cache: already there
 }
 
-func preload(ctx context.Context, ep *target, defaultRegistry string, refs []admin.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
+func preload(ctx context.Context, ep *target, defaultRegistry string, refs []imageref.Ref, plats []v1.Platform, out, barOut io.Writer) preloadResult {
 	host := strings.TrimPrefix(strings.TrimPrefix(ep.URL, "http://"), "https://")
 	transport := ep.PullTransport()
 	defer transport.CloseIdleConnections() // the server may be shutting down next
@@ -316,7 +317,7 @@ func (p *imagePuller) known() []digest.Digest {
 // repository names ref's repository on the mirror: bare for the default
 // registry (as the Docker daemon asks), else with the registry as a path
 // prefix (/v2/ghcr.io/org/app/...), which the proxy routes.
-func (p *imagePuller) repository(ref admin.Ref) (name.Repository, error) {
+func (p *imagePuller) repository(ref imageref.Ref) (name.Repository, error) {
 	path := ref.Repo
 	if ref.Registry != p.defaultRegistry {
 		path = ref.Registry + "/" + ref.Repo
@@ -338,7 +339,7 @@ func (p *imagePuller) add(d digest.Digest, size int64) bool {
 	return true
 }
 
-func (p *imagePuller) pull(ctx context.Context, ref admin.Ref) (digest.Digest, []digest.Digest, error) {
+func (p *imagePuller) pull(ctx context.Context, ref imageref.Ref) (digest.Digest, []digest.Digest, error) {
 	p.seen = map[digest.Digest]bool{}
 	repo, err := p.repository(ref)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/watch"
 )
@@ -34,7 +34,7 @@ func (w *watchConfig) check(i int) error {
 		errs = append(errs, fmt.Errorf("watch[%d]: give images, a file, or both", i))
 	}
 	for _, img := range w.Images {
-		if _, err := admin.ParseRef(img); err != nil {
+		if _, err := imageref.Parse(img); err != nil {
 			errs = append(errs, fmt.Errorf("watch[%d]: image %q: %w", i, img, err))
 		}
 	}
@@ -49,7 +49,7 @@ func (w *watchConfig) check(i int) error {
 	return errors.Join(errs...)
 }
 
-func (w *watchConfig) readFile() ([]admin.Ref, error) {
+func (w *watchConfig) readFile() ([]imageref.Ref, error) {
 	f, err := os.Open(w.File)
 	if err != nil {
 		return nil, err
@@ -69,20 +69,20 @@ func (w *watchConfig) platforms() ([]v1.Platform, error) {
 func (w *watchConfig) targets() ([]watch.Target, error) {
 	var out []watch.Target
 	seen := map[string]bool{}
-	add := func(r admin.Ref) {
+	add := func(r imageref.Ref) {
 		if !seen[r.String()] {
 			seen[r.String()] = true
 			out = append(out, watch.Target{Image: r.String(), Platforms: w.Platforms, Pin: w.Pin})
 		}
 	}
 	for _, img := range w.Images {
-		if r, err := admin.ParseRef(img); err == nil {
+		if r, err := imageref.Parse(img); err == nil {
 			add(r)
 		}
 	}
 	var err error
 	if w.File != "" {
-		var refs []admin.Ref
+		var refs []imageref.Ref
 		refs, err = w.readFile()
 		for _, r := range refs {
 			add(r)
@@ -111,7 +111,7 @@ func (a *app) newWatch() *watch.Scheduler {
 type warmer struct{ a *app }
 
 func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Result, error) {
-	ref, err := admin.ParseRef(t.Image)
+	ref, err := imageref.Parse(t.Image)
 	if err != nil {
 		return watch.Result{}, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/archive"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // BlobOpener is the optional side of Ops that reads cached content by
@@ -33,9 +34,9 @@ func (l *Local) OpenBlob(d digest.Digest) (io.ReadCloser, int64, error) {
 // Flush, so that a layer of many GiB is never held in memory.
 func serveBlob(bo BlobOpener) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		d, err := digest.Parse(r.PathValue("digest"))
-		if err != nil || d.Algorithm() != digest.SHA256 {
-			reply(w, nil, fmt.Errorf("%w: digest %q", ErrInvalidRef, r.PathValue("digest")))
+		d, err := imageref.ParseDigest(r.PathValue("digest"))
+		if err != nil {
+			reply(w, nil, fmt.Errorf("%w: %v", ErrInvalidRef, err))
 			return
 		}
 		rc, size, err := bo.OpenBlob(d)

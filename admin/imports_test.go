@@ -11,10 +11,10 @@ import (
 func TestImports(t *testing.T) {
 	depcheck.Allow(t,
 		"github.com/opencontainers/go-digest",
-		"github.com/google/go-containerregistry/pkg/name",
 		"github.com/google/go-containerregistry/pkg/v1/...",
 		"github.com/regmirror/regmirror/cache",
 		"github.com/regmirror/regmirror/eviction",
 		"github.com/regmirror/regmirror/archive",
+		"github.com/regmirror/regmirror/imageref",
 	)
 }

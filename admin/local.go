@@ -16,6 +16,7 @@ import (
 	"github.com/regmirror/regmirror/archive"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/eviction"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Store is what the operations need from the cache.
@@ -129,7 +130,7 @@ func (l *Local) Images(ctx context.Context) ([]Image, error) {
 	var out []Image
 	err := l.Store.Pins(func(name string, ds []digest.Digest) error {
 		pinned[name] = true
-		if r, err := ParseRef(name); err == nil && r.Digest != "" {
+		if r, err := imageref.Parse(name); err == nil && r.Digest != "" {
 			out = append(out, Image{Ref: name, Registry: r.Registry, Repo: r.Repo, Digest: r.Digest, Pinned: true})
 		}
 		return nil
@@ -138,7 +139,7 @@ func (l *Local) Images(ctx context.Context) ([]Image, error) {
 		return nil, err
 	}
 	err = l.Store.Tags(func(registry, repo, tag string, rec cache.TagRecord) error {
-		ref := Ref{Registry: registry, Repo: repo, Tag: tag}.String()
+		ref := imageref.Ref{Registry: registry, Repo: repo, Tag: tag}.String()
 		out = append(out, Image{Ref: ref, Registry: registry, Repo: repo, Tag: tag, Digest: rec.Digest,
 			MediaType: rec.MediaType, CheckedAt: rec.CheckedAt, Pinned: pinned[ref]})
 		return ctx.Err()
@@ -189,7 +190,7 @@ func (l *Local) pinsBesides(name string) (mine []digest.Digest, others map[diges
 
 // PinRef implements Ops.
 func (l *Local) PinRef(ctx context.Context, s string) (PinResult, error) {
-	ref, err := ParseRef(s)
+	ref, err := imageref.Parse(s)
 	if err != nil {
 		return PinResult{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Ops are the management operations on one mirror's cache.
@@ -28,8 +29,10 @@ type Ops interface {
 // Errors of this package, sent across HTTP by their text and mapped back by
 // the Client.
 var (
-	ErrNotCached    = errors.New("admin: not in the cache")
-	ErrInvalidRef   = errors.New("admin: invalid image reference")
+	ErrNotCached = errors.New("admin: not in the cache")
+	// ErrInvalidRef is imageref.ErrInvalidReference, so that a reference
+	// imageref refuses needs no second wrapping here.
+	ErrInvalidRef   = imageref.ErrInvalidReference
 	ErrNoSuchPin    = errors.New("admin: no such pin")
 	ErrUnavailable  = errors.New("admin: server unavailable")
 	ErrUnauthorized = errors.New("admin: not authorized")

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Purger is the optional side of Ops that throws images out of the cache.
@@ -85,7 +86,7 @@ func (l *Local) Purge(ctx context.Context, req PurgeRequest) (PurgeResult, error
 	}
 	res := PurgeResult{Ref: ref.String(), Tags: []string{}}
 	if req.AllTags {
-		res.Ref = ref.Registry + "/" + ref.Repo
+		res.Ref = ref.Name()
 	}
 	pinned := map[digest.Digest]bool{}
 	if err := l.Store.Pins(func(_ string, ds []digest.Digest) error {
@@ -137,7 +138,7 @@ func (l *Local) Purge(ctx context.Context, req PurgeRequest) (PurgeResult, error
 		if err := ps.DeleteTag(ref.Registry, ref.Repo, tag); err != nil && !errors.Is(err, cache.ErrNotFound) {
 			return res, err
 		}
-		res.Tags = append(res.Tags, Ref{Registry: ref.Registry, Repo: ref.Repo, Tag: tag}.String())
+		res.Tags = append(res.Tags, imageref.Ref{Registry: ref.Registry, Repo: ref.Repo, Tag: tag}.String())
 	}
 	if req.AllTags {
 		if err := ps.DeleteTagList(ref.Registry, ref.Repo); err != nil {
@@ -250,16 +251,16 @@ func (l *Local) stillNeeded(ctx context.Context, ps purgeStore, doomed, pinned m
 
 // parsePurgeRef reads the request's reference: an image, or with AllTags a
 // repository without tag or digest.
-func parsePurgeRef(req PurgeRequest) (Ref, error) {
+func parsePurgeRef(req PurgeRequest) (imageref.Ref, error) {
 	if !req.AllTags {
-		return ParseRef(req.Ref)
+		return imageref.Parse(req.Ref)
 	}
 	s := strings.TrimSpace(req.Ref)
 	last := s[strings.LastIndexByte(s, '/')+1:]
 	if strings.ContainsAny(last, ":@") {
-		return Ref{}, fmt.Errorf("%w: %q: --all-tags takes a repository, without tag or digest", ErrInvalidRef, req.Ref)
+		return imageref.Ref{}, fmt.Errorf("%w: %q: --all-tags takes a repository, without tag or digest", ErrInvalidRef, req.Ref)
 	}
-	return ParseRef(s)
+	return imageref.Parse(s)
 }
 
 // Purge implements Purger.

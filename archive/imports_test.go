@@ -12,5 +12,6 @@ func TestImports(t *testing.T) {
 		"github.com/opencontainers/go-digest",
 		"github.com/google/go-containerregistry/pkg/v1",
 		"github.com/google/go-containerregistry/pkg/v1/types",
+		"github.com/regmirror/regmirror/imageref",
 	)
 }

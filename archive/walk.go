@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Sentinel errors. Every error of this package that is about the content
@@ -249,16 +250,14 @@ func readManifest(src BlobSource, d digest.Digest, wantSize int64) ([]byte, int6
 // checkDigest accepts a well-formed sha256 digest only: blob paths are
 // built from it.
 func checkDigest(d digest.Digest) error {
-	if err := d.Validate(); err != nil {
-		if errors.Is(err, digest.ErrDigestUnsupported) {
-			return fmt.Errorf("%w: digest %q: only sha256 is supported", ErrUnsupported, d)
-		}
-		return fmt.Errorf("%w: digest %q: %v", ErrCorrupt, d, err)
-	}
-	if d.Algorithm() != digest.SHA256 {
+	err := imageref.CheckDigest(d)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, imageref.ErrUnsupportedDigest):
 		return fmt.Errorf("%w: digest %q: only sha256 is supported", ErrUnsupported, d)
 	}
-	return nil
+	return fmt.Errorf("%w: %v", ErrCorrupt, err)
 }
 
 func descDigest(desc v1.Descriptor) (digest.Digest, error) {

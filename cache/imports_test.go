@@ -9,5 +9,6 @@ import (
 // TestImports: storage only; nothing of HTTP, registries or the project.
 // x/time/rate paces verification and the scrub.
 func TestImports(t *testing.T) {
-	depcheck.Allow(t, "github.com/dgraph-io/badger/v4/...", "github.com/opencontainers/go-digest", "golang.org/x/time/rate")
+	depcheck.Allow(t, "github.com/dgraph-io/badger/v4/...", "github.com/opencontainers/go-digest", "golang.org/x/time/rate",
+		"github.com/regmirror/regmirror/imageref")
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Record-type prefix bytes. See doc.go for the full layout.
@@ -37,9 +38,10 @@ const MaxTagListSize = 1 << 20
 var errCorrupt = errors.New("cache: corrupt index record")
 
 // validateDigest accepts only sha256 digests with 64 lowercase hex
-// characters and returns the hex part, the only text allowed into a path.
+// characters (imageref.CheckDigest, checked again here because the hex
+// becomes a path) and returns the hex part, the only text allowed into a path.
 func validateDigest(d digest.Digest) (string, error) {
-	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
+	if err := imageref.CheckDigest(d); err != nil {
 		return "", fmt.Errorf("%w: %q", ErrInvalidDigest, string(d))
 	}
 	hex := d.Encoded()

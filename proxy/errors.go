@@ -14,6 +14,7 @@ import (
 
 	"github.com/regmirror/regmirror/access"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -22,7 +23,7 @@ import (
 var (
 	errNameInvalid        = errors.New("invalid repository name")
 	errReferenceInvalid   = errors.New("invalid tag or digest")
-	errDigestInvalid      = errors.New("invalid digest")
+	errDigestInvalid      = imageref.ErrInvalidDigest // the one digest rule
 	errUnsupportedMethod  = errors.New("this mirror only serves pulls")
 	errUnknownEndpoint    = errors.New("unknown endpoint")
 	errRegistryNotAllowed = errors.New("registry is not configured on this mirror")

@@ -16,6 +16,7 @@ func TestImports(t *testing.T) {
 		"golang.org/x/sync/singleflight",
 		"github.com/regmirror/regmirror/access",
 		"github.com/regmirror/regmirror/cache",
+		"github.com/regmirror/regmirror/imageref",
 		"github.com/regmirror/regmirror/tagpolicy",
 		"github.com/regmirror/regmirror/upstream",
 		"github.com/regmirror/regmirror/status",

@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // endpoint is what a /v2/ path asks for.
@@ -19,18 +19,6 @@ const (
 	endpointUpload                    // /v2/<name>/blobs/uploads/... (pushes)
 	endpointReferrers                 // /v2/<name>/referrers/<digest>
 )
-
-// The distribution reference grammar (distribution/reference/regexp.go),
-// restated: lowercase alphanumeric components joined by separators, split
-// by '/'. Tags are at most 128 word characters, dots and dashes.
-var (
-	pathComponent = `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-	nameRegexp    = regexp.MustCompile(`^` + pathComponent + `(?:/` + pathComponent + `)*$`)
-	tagRegexp     = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
-)
-
-// maxNameLength is distribution's limit on a full repository name.
-const maxNameLength = 255
 
 // parsedPath is a /v2/ path split into its parts; nothing in it has been
 // resolved to a registry yet.
@@ -82,24 +70,19 @@ func parsePath(path string) (parsedPath, error) {
 	return parsedPath{}, errUnknownEndpoint
 }
 
-// validateName checks a repository name (without any registry prefix).
+// validateName checks a repository name (without any registry prefix)
+// against imageref's grammar.
 func validateName(name string) error {
-	if len(name) == 0 || len(name) > maxNameLength || !nameRegexp.MatchString(name) {
+	if !imageref.ValidRepository(name) {
 		return fmt.Errorf("%w: %q", errNameInvalid, name)
 	}
 	return nil
 }
 
 // parseDigest accepts only what the cache can address: sha256 digests.
+// Its errors are errDigestInvalid (imageref.ErrInvalidDigest).
 func parseDigest(s string) (digest.Digest, error) {
-	d, err := digest.Parse(s)
-	if err != nil {
-		return "", fmt.Errorf("%w: %q: %v", errDigestInvalid, s, err)
-	}
-	if d.Algorithm() != digest.SHA256 {
-		return "", fmt.Errorf("%w: %q: only sha256 digests are supported", errDigestInvalid, s)
-	}
-	return d, nil
+	return imageref.ParseDigest(s)
 }
 
 // reference is a validated manifest reference: a tag or a digest.
@@ -123,15 +106,8 @@ func parseReference(s string) (reference, error) {
 		}
 		return reference{digest: d}, nil
 	}
-	if !tagRegexp.MatchString(s) {
+	if !imageref.ValidTag(s) {
 		return reference{}, fmt.Errorf("%w: %q", errReferenceInvalid, s)
 	}
 	return reference{tag: s}, nil
-}
-
-// looksLikeRegistryHost tells whether the first component of a name is meant
-// as a registry host, by the rule Docker's reference parser uses: it has a
-// dot or a port, or it is "localhost".
-func looksLikeRegistryHost(component string) bool {
-	return strings.ContainsAny(component, ".:") || component == "localhost"
 }

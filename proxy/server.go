@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/status"
 	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
@@ -222,7 +223,7 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("proxy: at least one upstream registry is required")
 	}
 	if o.DefaultRegistry == "" {
-		o.DefaultRegistry = "docker.io"
+		o.DefaultRegistry = imageref.DockerHub
 	}
 	setDefault(&o.TagTTL, 5*time.Minute)
 	setDefault(&o.FillTimeout, 2*time.Hour)
@@ -520,12 +521,12 @@ type request struct {
 func (s *Server) resolve(ctx *fasthttp.RequestCtx, p parsedPath) (request, error) {
 	name := p.name
 	var prefix string
-	if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeRegistryHost(first) {
+	if first, rest, ok := strings.Cut(name, "/"); ok && imageref.IsHost(first) {
 		// With ?ns= the query names the registry; a first component is a
 		// prefix only when it says the same (containerd's override_path
 		// sends both), else it is part of the repository name.
 		ns := ctx.QueryArgs().Peek("ns")
-		if len(ns) == 0 || canonicalRegistry(first) == canonicalRegistry(string(ns)) {
+		if len(ns) == 0 || imageref.CanonicalRegistry(first) == imageref.CanonicalRegistry(string(ns)) {
 			prefix, name = strings.ToLower(first), rest
 		}
 	}
@@ -585,25 +586,8 @@ const adminPrefix = "/_regmirror/"
 
 func isLoopback(ip net.IP) bool { return ip != nil && ip.IsLoopback() }
 
-// dockerHubAliases are the other names clients use for Docker Hub.
-var dockerHubAliases = map[string]string{
-	"index.docker.io":         "docker.io",
-	"registry-1.docker.io":    "docker.io",
-	"registry.hub.docker.com": "docker.io",
-}
-
-// canonicalRegistry lowercases a registry name and maps Docker Hub's
-// other names to docker.io.
-func canonicalRegistry(name string) string {
-	name = strings.ToLower(name)
-	if canonical, ok := dockerHubAliases[name]; ok {
-		return canonical
-	}
-	return name
-}
-
 func (s *Server) registryNamed(name string) (Upstream, error) {
-	name = canonicalRegistry(name)
+	name = imageref.CanonicalRegistry(name)
 	if up, ok := s.registries[name]; ok {
 		return up, nil
 	}

@@ -16,5 +16,6 @@ func TestImports(t *testing.T) {
 		"github.com/google/go-containerregistry/pkg/name",
 		"github.com/google/go-containerregistry/pkg/v1/remote/transport",
 		"github.com/opencontainers/go-digest",
+		"github.com/regmirror/regmirror/imageref",
 	)
 }

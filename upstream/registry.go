@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // Defaults for Options fields left zero.
@@ -114,7 +114,7 @@ func New(o Options) (*Registry, error) {
 	if o.Name == "" {
 		return nil, errors.New("upstream: Options.Name is required")
 	}
-	dockerHub := isDockerHub(o.Name)
+	dockerHub := imageref.IsDockerHub(o.Name)
 	if o.URL == "" {
 		if dockerHub {
 			o.URL = DefaultDockerHubURL
@@ -182,7 +182,8 @@ func New(o Options) (*Registry, error) {
 	if o.Username != "" || o.Password != "" {
 		auth = authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password})
 	} else if o.Keychain != nil {
-		target, err := name.NewRegistry(o.Name)
+		// Docker Hub's aliases ask the keychain for Docker Hub's credentials.
+		target, err := name.NewRegistry(imageref.CanonicalRegistry(o.Name))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: name: %w", o.Name, err)
 		}
@@ -203,10 +204,6 @@ func New(o Options) (*Registry, error) {
 		retries:   retries,
 	}
 	return r, nil
-}
-
-func isDockerHub(n string) bool {
-	return n == "docker.io" || n == "index.docker.io" || n == "registry-1.docker.io"
 }
 
 func newTransport(o Options, g *addrGuard) (*http.Transport, error) {
@@ -255,12 +252,12 @@ func (u *userAgent) RoundTrip(req *http.Request) (*http.Response, error) {
 // Name is the registry's name as configured (Options.Name).
 func (r *Registry) Name() string { return r.opts.Name }
 
-// Repository applies Docker Hub defaulting: on docker.io a single-component
-// name gets "library/" ("alpine" → "library/alpine"); other registries'
-// names are unchanged.
+// Repository applies Docker Hub defaulting (imageref.DefaultRepository): on
+// Docker Hub a single-component name gets "library/" ("alpine" →
+// "library/alpine"); other registries' names are unchanged.
 func (r *Registry) Repository(repo string) string {
-	if r.dockerHub && repo != "" && !strings.Contains(repo, "/") {
-		return "library/" + repo
+	if r.dockerHub {
+		return imageref.DefaultRepository(imageref.DockerHub, repo)
 	}
 	return repo
 }
@@ -272,22 +269,18 @@ type Descriptor struct {
 	Size      int64
 }
 
-// Repository path components and tags, per the distribution spec.
-var (
-	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-)
-
-// checkRepo validates and defaults repo.
+// checkRepo validates (imageref's grammar) and defaults repo.
 func (r *Registry) checkRepo(repo string) (string, error) {
 	repo = r.Repository(repo)
-	if len(repo) > 255 || !repoRE.MatchString(repo) {
+	if !imageref.ValidRepository(repo) {
 		return "", fmt.Errorf("%w: repository %q", ErrInvalidName, repo)
 	}
 	return repo, nil
 }
 
-// checkRef validates a tag or digest reference; d is set for a digest.
+// checkRef validates a tag or digest reference; d is set for a digest. A
+// digest of any algorithm go-digest knows is accepted here; the proxy is
+// what narrows to sha256 (imageref.CheckDigest).
 func checkRef(ref string) (d digest.Digest, err error) {
 	if strings.Contains(ref, ":") {
 		d, err := digest.Parse(ref)
@@ -296,7 +289,7 @@ func checkRef(ref string) (d digest.Digest, err error) {
 		}
 		return d, nil
 	}
-	if !tagRE.MatchString(ref) {
+	if !imageref.ValidTag(ref) {
 		return "", fmt.Errorf("%w: tag %q", ErrInvalidName, ref)
 	}
 	return "", nil

@@ -2,6 +2,7 @@ package realclient
 
 import (
 	"encoding/json"
+	"github.com/regmirror/regmirror/imageref"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -197,14 +198,8 @@ func repoOf(ref string) string {
 	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
 		ref = ref[:i]
 	}
-	reg := registryOf(ref)
-	if first, rest, ok := strings.Cut(ref, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		ref = rest
-	}
-	if reg == "docker.io" && !strings.Contains(ref, "/") {
-		ref = "library/" + ref
-	}
-	return reg + "/" + ref
+	reg, repo := imageref.SplitName(ref)
+	return reg + "/" + repo
 }
 
 // ImageID returns the image ID ("sha256:…" of the config) of ref.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/regmirror/regmirror/imageref"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,19 +255,12 @@ func logTail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// registryOf returns the registry domain of an image reference the way the
-// Docker tools see it: the first path component when it looks like a host
-// (has a dot or a colon, or is localhost), else docker.io.
+// registryOf returns the canonical registry of an image reference the way
+// the Docker tools see it (imageref.SplitName): the first path component
+// when it looks like a host, else docker.io.
 func registryOf(ref string) string {
-	ref = strings.TrimPrefix(ref, "docker://")
-	first, _, found := strings.Cut(ref, "/")
-	if found && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		if first == "index.docker.io" || first == "registry-1.docker.io" {
-			return "docker.io"
-		}
-		return first
-	}
-	return "docker.io"
+	reg, _ := imageref.SplitName(strings.TrimPrefix(ref, "docker://"))
+	return reg
 }
 
 // writeFile writes data to path, failing the test on error.

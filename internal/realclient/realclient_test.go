@@ -19,6 +19,8 @@ func TestRegistryOfAndRepoOf(t *testing.T) {
 		{"ghcr.io/org/app:v1", "ghcr.io", "ghcr.io/org/app"},
 		{"127.0.0.1:5000/a/b", "127.0.0.1:5000", "127.0.0.1:5000/a/b"},
 		{"localhost/x:1", "localhost", "localhost/x"},
+		{"registry-1.docker.io/alpine", "docker.io", "docker.io/library/alpine"},
+		{"registry.hub.docker.com/org/app:1", "docker.io", "docker.io/org/app"},
 	} {
 		if got := registryOf(c.ref); got != c.reg {
 			t.Errorf("registryOf(%q) = %q, want %q", c.ref, got, c.reg)
