@@ -134,7 +134,7 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 		return "", classify(ctx, "token", err)
 	}
 	defer e.lock.release()
-	if e.header != "" && e.header != stale && time.Now().Before(e.refreshAt) {
+	if e.header != "" && e.header != stale && r.opts.Now().Before(e.refreshAt) {
 		return e.header, nil
 	}
 	if err := r.checkRealm(ch); err != nil {
@@ -143,7 +143,7 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 		r.log.Warn("upstream token realm refused", "err", err)
 		return "", err
 	}
-	start := time.Now()
+	start := r.opts.Now()
 	var tok *transport.Token
 	err := r.retry(ctx, "token "+scope, func() error {
 		var err error

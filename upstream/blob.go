@@ -69,7 +69,7 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 		}
 		b.Offset, b.Size = start, total
 	default:
-		err := checkResponse(resp, http.StatusOK, http.StatusPartialContent)
+		err := r.checkResponse(resp, http.StatusOK, http.StatusPartialContent)
 		drain(resp)
 		cancel(nil)
 		return nil, err
@@ -94,7 +94,7 @@ func (r *Registry) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 		return 0, err
 	}
 	defer drain(resp)
-	if err := checkResponse(resp, http.StatusOK); err != nil {
+	if err := r.checkResponse(resp, http.StatusOK); err != nil {
 		return 0, err
 	}
 	if hd := resp.Header.Get("Docker-Content-Digest"); hd != "" && hd != d.String() {

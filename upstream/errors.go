@@ -94,7 +94,7 @@ func (e *RateLimitError) Unwrap() error { return ErrRateLimited }
 // checkResponse returns nil if resp's status is one of ok, and otherwise a
 // classified error, having read at most 64 KiB of the error body (the caller
 // still closes resp.Body).
-func checkResponse(resp *http.Response, ok ...int) error {
+func (r *Registry) checkResponse(resp *http.Response, ok ...int) error {
 	err := transport.CheckError(resp, ok...)
 	if err == nil {
 		return nil
@@ -105,7 +105,7 @@ func checkResponse(resp *http.Response, ok ...int) error {
 	}
 	sentinel := classifyStatus(terr)
 	if sentinel == ErrRateLimited {
-		sentinel = &RateLimitError{RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+		sentinel = &RateLimitError{RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), r.opts.Now())}
 	}
 	return fmt.Errorf("%w: %w", sentinel, terr)
 }

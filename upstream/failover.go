@@ -68,7 +68,7 @@ type FailoverOptions struct {
 	// deadline, if it has one).
 	MirrorTimeout time.Duration
 	Logger        *slog.Logger
-	// Now is the clock (tests).
+	// Now is the clock (tests; default the primary's Options.Now).
 	Now func() time.Time
 }
 
@@ -87,7 +87,7 @@ func NewFailover(primary *Registry, mirrors []*Registry, o FailoverOptions) *Fai
 		o.OutageBackoff = 30 * time.Second
 	}
 	if o.Now == nil {
-		o.Now = time.Now
+		o.Now = primary.opts.Now
 	}
 	logger := o.Logger
 	if logger == nil {

@@ -86,6 +86,7 @@ func (k *configKeychain) ResolveContext(_ context.Context, target authn.Resource
 type keychainAuth struct {
 	kc     authn.Keychain
 	target authn.Resource
+	now    func() time.Time
 
 	mu     sync.Mutex
 	cached authn.Authenticator
@@ -99,12 +100,12 @@ func (a *keychainAuth) Authorization() (*authn.AuthConfig, error) {
 func (a *keychainAuth) AuthorizationContext(ctx context.Context) (*authn.AuthConfig, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.cached == nil || time.Since(a.at) > keychainRefresh {
+	if a.cached == nil || a.now().Sub(a.at) > keychainRefresh {
 		auth, err := authn.Resolve(ctx, a.kc, a.target)
 		if err != nil {
 			return nil, fmt.Errorf("%w: credentials for %s: %w", ErrUnauthorized, a.target, err)
 		}
-		a.cached, a.at = auth, time.Now()
+		a.cached, a.at = auth, a.now()
 	}
 	return authn.Authorization(ctx, a.cached)
 }

@@ -53,7 +53,7 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string) (Descript
 		return Descriptor{}, err
 	}
 	defer drain(resp)
-	if err := checkResponse(resp, http.StatusOK); err != nil {
+	if err := r.checkResponse(resp, http.StatusOK); err != nil {
 		return Descriptor{}, err
 	}
 	hd := resp.Header.Get("Docker-Content-Digest")
@@ -145,7 +145,7 @@ func (r *Registry) getSmall(ctx context.Context, req request, max int64, what st
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	if err := checkResponse(resp, http.StatusOK); err != nil {
+	if err := r.checkResponse(resp, http.StatusOK); err != nil {
 		return nil, nil, err
 	}
 	if resp.ContentLength > max {

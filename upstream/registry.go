@@ -81,6 +81,10 @@ type Options struct {
 	// port) besides its own endpoint, which is always allowed: e.g. a token
 	// server or blob store on another host or port of the LAN. See addrGuard.
 	AllowPrivateAddresses []netip.Prefix
+	// Now is the clock of token lifetimes, credential refreshes, rate-limit
+	// figures and Retry-After dates (default time.Now; tests step it).
+	// Timeouts and retry backoff run on real timers.
+	Now func() time.Time
 	// Transport replaces the HTTP transport (tests); DialTimeout,
 	// ResponseHeaderTimeout, the TLS options and the dialer's address guard
 	// are then not applied (the URL checks and the redirect policy are).
@@ -158,6 +162,9 @@ func New(o Options) (*Registry, error) {
 	if o.MaxManifestSize <= 0 {
 		o.MaxManifestSize = DefaultMaxManifestSize
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	logger := o.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -187,7 +194,7 @@ func New(o Options) (*Registry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: name: %w", o.Name, err)
 		}
-		auth = &keychainAuth{kc: o.Keychain, target: target}
+		auth = &keychainAuth{kc: o.Keychain, target: target, now: o.Now}
 	}
 	r := &Registry{
 		opts:      o,
@@ -356,7 +363,7 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 				return err
 			}
 			if resp.StatusCode >= 500 {
-				err := checkResponse(resp)
+				err := r.checkResponse(resp)
 				drain(resp)
 				return err
 			}
@@ -375,7 +382,7 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 			stale = authz
 			continue
 		}
-		r.stats.sawResponse(resp.Header, time.Now())
+		r.stats.sawResponse(resp.Header, r.opts.Now())
 		if resp.StatusCode == http.StatusTooManyRequests {
 			r.log.Info("upstream rate limited", "what", what, "retry_after", resp.Header.Get("Retry-After"))
 		}

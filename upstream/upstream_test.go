@@ -162,16 +162,27 @@ func TestBasicAndNoAuth(t *testing.T) {
 	}
 }
 
+// TestTokenRefresh: a token is reused until its expires_in minus the
+// refresh margin has passed on the registry's clock (Options.Now), then
+// exchanged again; a revoked one costs one 401 and one exchange.
 func TestTokenRefresh(t *testing.T) {
-	up := testupstream.Start(t, testupstream.WithTokenExpiry(time.Second))
+	up := testupstream.Start(t, testupstream.WithTokenExpiry(time.Minute))
 	up.PushRandomImage(t, "a", "v1", 1, 100)
 	up.Reset()
-	r := newReg(t, up, Options{})
+	clock := newFakeClock()
+	r := newReg(t, up, Options{Now: clock.Now})
 	ctx := context.Background()
 	if _, err := r.HeadManifest(ctx, "a", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // past expires_in minus the refresh margin
+	clock.Advance(53 * time.Second) // the refresh margin is a tenth of the life: 54s
+	if _, err := r.HeadManifest(ctx, "a", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := up.TokenRequests(); n != 1 {
+		t.Fatalf("token requests before the refresh point: %d, want 1 (reused)", n)
+	}
+	clock.Advance(time.Second)
 	if _, err := r.HeadManifest(ctx, "a", "v1"); err != nil {
 		t.Fatal(err)
 	}
