@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 )
@@ -33,5 +34,25 @@ func TestDockerHubAliases(t *testing.T) {
 	}
 	if got := r.Repository("alpine"); got != "alpine" {
 		t.Errorf("hub.docker.com is not an alias, yet Repository(alpine) = %q", got)
+	}
+}
+
+// TestWithDefaults: New's first step fills exactly the documented defaults.
+func TestWithDefaults(t *testing.T) {
+	o, retries := withDefaults(Options{Name: "ghcr.io"}, false)
+	if o.URL != "https://ghcr.io" || o.DialTimeout != DefaultDialTimeout || o.ResponseHeaderTimeout != DefaultResponseTimeout ||
+		o.StallTimeout != DefaultStallTimeout || o.RetryBackoff != DefaultRetryBackoff ||
+		o.MaxManifestSize != DefaultMaxManifestSize || o.Now == nil || retries != DefaultRetries {
+		t.Fatalf("defaults: %+v, retries %d", o, retries)
+	}
+	if o, _ := withDefaults(Options{Name: "docker.io"}, true); o.URL != DefaultDockerHubURL {
+		t.Fatalf("Docker Hub URL: %s", o.URL)
+	}
+	if _, retries := withDefaults(Options{Name: "x", Retries: -1}, false); retries != 0 {
+		t.Fatalf("Retries -1: %d retries, want none", retries)
+	}
+	o, retries = withDefaults(Options{Name: "x", URL: "http://h:1", Retries: 5, StallTimeout: time.Second}, false)
+	if o.URL != "http://h:1" || retries != 5 || o.StallTimeout != time.Second {
+		t.Fatalf("set fields overridden: %+v, retries %d", o, retries)
 	}
 }

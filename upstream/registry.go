@@ -119,28 +119,53 @@ func New(o Options) (*Registry, error) {
 		return nil, errors.New("upstream: Options.Name is required")
 	}
 	dockerHub := imageref.IsDockerHub(o.Name)
+	o, retries := withDefaults(o, dockerHub)
+	u, reg, err := parseEndpoint(o)
+	if err != nil {
+		return nil, err
+	}
+	g, err := newAddrGuard(u, o.AllowPrivateAddresses)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: URL %q: %w", o.Name, o.URL, err)
+	}
+	rt, err := roundTripper(o, g)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
+	}
+	auth, err := authenticator(o)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{
+		opts:      o,
+		scheme:    u.Scheme,
+		reg:       reg,
+		auth:      auth,
+		addrs:     g,
+		rt:        rt,
+		client:    &http.Client{Transport: rt, CheckRedirect: checkRedirect},
+		log:       logger.With("upstream", o.Name),
+		dockerHub: dockerHub,
+		pinger:    newLock(),
+		tokens:    newTokenCache(maxTokenScopes),
+		retries:   retries,
+	}, nil
+}
+
+// withDefaults fills o's zero fields with the documented defaults and
+// returns the number of retries (Options.Retries: 0 is the default,
+// negative is none).
+func withDefaults(o Options, dockerHub bool) (Options, int) {
 	if o.URL == "" {
 		if dockerHub {
 			o.URL = DefaultDockerHubURL
 		} else {
 			o.URL = "https://" + o.Name
 		}
-	}
-	u, err := url.Parse(o.URL)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: URL: %w", o.Name, err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
-		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("upstream %s: URL %q: want http(s)://host[:port] with nothing after it", o.Name, o.URL)
-	}
-	var nopts []name.Option
-	if u.Scheme == "http" {
-		nopts = append(nopts, name.Insecure)
-	}
-	reg, err := name.NewRegistry(u.Host, nopts...)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: URL host: %w", o.Name, err)
 	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = DefaultDialTimeout
@@ -155,7 +180,6 @@ func New(o Options) (*Registry, error) {
 	if retries == 0 {
 		retries = DefaultRetries
 	}
-	retries = max(retries, 0)
 	if o.RetryBackoff <= 0 {
 		o.RetryBackoff = DefaultRetryBackoff
 	}
@@ -165,19 +189,39 @@ func New(o Options) (*Registry, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	logger := o.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	g, err := newAddrGuard(u, o.AllowPrivateAddresses)
+	return o, max(retries, 0)
+}
+
+// parseEndpoint checks o.URL (http(s)://host[:port], nothing after it) and
+// returns it with the registry it addresses.
+func parseEndpoint(o Options) (*url.URL, name.Registry, error) {
+	u, err := url.Parse(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: URL %q: %w", o.Name, o.URL, err)
+		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL: %w", o.Name, err)
 	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL %q: want http(s)://host[:port] with nothing after it", o.Name, o.URL)
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL host: %w", o.Name, err)
+	}
+	return u, reg, nil
+}
+
+// roundTripper is the registry's HTTP stack: o.Transport or a new guarded
+// transport, the address guard on every request, the user agent.
+func roundTripper(o Options, g *addrGuard) (http.RoundTripper, error) {
 	rt := o.Transport
 	if rt == nil {
 		tr, err := newTransport(o, g)
 		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
+			return nil, err
 		}
 		rt = tr
 	}
@@ -185,32 +229,24 @@ func New(o Options) (*Registry, error) {
 	if o.UserAgent != "" {
 		rt = &userAgent{inner: rt, ua: o.UserAgent}
 	}
-	auth := authn.Anonymous
-	if o.Username != "" || o.Password != "" {
-		auth = authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password})
-	} else if o.Keychain != nil {
-		// Docker Hub's aliases ask the keychain for Docker Hub's credentials.
+	return rt, nil
+}
+
+// authenticator is where credentials come from: the configured username
+// and password, else the keychain (asked for Docker Hub's key under any of
+// its aliases), else none.
+func authenticator(o Options) (authn.Authenticator, error) {
+	switch {
+	case o.Username != "" || o.Password != "":
+		return authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password}), nil
+	case o.Keychain != nil:
 		target, err := name.NewRegistry(imageref.CanonicalRegistry(o.Name))
 		if err != nil {
-			return nil, fmt.Errorf("upstream %s: name: %w", o.Name, err)
+			return nil, fmt.Errorf("name: %w", err)
 		}
-		auth = &keychainAuth{kc: o.Keychain, target: target, now: o.Now}
+		return &keychainAuth{kc: o.Keychain, target: target, now: o.Now}, nil
 	}
-	r := &Registry{
-		opts:      o,
-		scheme:    u.Scheme,
-		reg:       reg,
-		auth:      auth,
-		addrs:     g,
-		rt:        rt,
-		client:    &http.Client{Transport: rt, CheckRedirect: checkRedirect},
-		log:       logger.With("upstream", o.Name),
-		dockerHub: dockerHub,
-		pinger:    newLock(),
-		tokens:    newTokenCache(maxTokenScopes),
-		retries:   retries,
-	}
-	return r, nil
+	return authn.Anonymous, nil
 }
 
 func newTransport(o Options, g *addrGuard) (*http.Transport, error) {
@@ -347,27 +383,9 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 			return nil, err
 		}
 		var resp *http.Response
-		err = r.retry(ctx, what, func() error {
-			hr, err := http.NewRequestWithContext(ctx, req.method, u.String(), nil)
-			if err != nil {
-				return err
-			}
-			for k, v := range req.header {
-				hr.Header[k] = v
-			}
-			if authz != "" {
-				hr.Header.Set("Authorization", authz)
-			}
-			resp, err = r.client.Do(hr)
-			if err != nil {
-				return err
-			}
-			if resp.StatusCode >= 500 {
-				err := r.checkResponse(resp)
-				drain(resp)
-				return err
-			}
-			return nil
+		err = r.retry(ctx, what, func() (err error) {
+			resp, err = r.send(ctx, req, u.String(), authz)
+			return err
 		})
 		if err != nil {
 			if isRefusal(err) {
@@ -388,6 +406,31 @@ func (r *Registry) do(ctx context.Context, req request) (*http.Response, error) 
 		}
 		return resp, nil
 	}
+}
+
+// send makes one attempt at req: a 5xx answer is drained and returned as
+// its classified error, so that retry can decide on it.
+func (r *Registry) send(ctx context.Context, req request, u, authz string) (*http.Response, error) {
+	hr, err := http.NewRequestWithContext(ctx, req.method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range req.header {
+		hr.Header[k] = v
+	}
+	if authz != "" {
+		hr.Header.Set("Authorization", authz)
+	}
+	resp, err := r.client.Do(hr)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 500 {
+		err := r.checkResponse(resp)
+		drain(resp)
+		return nil, err
+	}
+	return resp, nil
 }
 
 // drain reads a little of an unwanted body, so the connection can be

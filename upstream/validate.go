@@ -63,17 +63,9 @@ type manifestJSON struct {
 // config or layers. Descriptors need a valid digest and a size >= 0.
 // Errors wrap ErrInvalidManifest.
 func validateManifest(contentType string, body []byte) (string, error) {
-	ct, _, err := mime.ParseMediaType(contentType)
+	ct, err := manifestContentType(contentType)
 	if err != nil {
-		ct = ""
-		if contentType != "" {
-			return "", invalidManifest("unparsable Content-Type")
-		}
-	}
-	if !genericType(ct) {
-		if _, ok := knownManifestTypes[ct]; !ok {
-			return "", invalidManifest("Content-Type %q is not a manifest type", ct)
-		}
+		return "", err
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || body[0] != '{' {
@@ -86,51 +78,85 @@ func validateManifest(contentType string, body []byte) (string, error) {
 	if m.SchemaVersion == nil || *m.SchemaVersion != 2 {
 		return "", invalidManifest("schemaVersion is not 2")
 	}
-	mt := ct
+	mt, err := manifestMediaType(ct, m)
+	if err != nil {
+		return "", err
+	}
+	if err := checkShape(mt, m); err != nil {
+		return "", err
+	}
+	return mt, nil
+}
+
+// manifestContentType reads the response's Content-Type: a manifest type,
+// a generic one (JSON, octet-stream), or none ("").
+func manifestContentType(contentType string) (string, error) {
+	ct, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		if contentType != "" {
+			return "", invalidManifest("unparsable Content-Type")
+		}
+		return "", nil
+	}
+	if !genericType(ct) {
+		if _, ok := knownManifestTypes[ct]; !ok {
+			return "", invalidManifest("Content-Type %q is not a manifest type", ct)
+		}
+	}
+	return ct, nil
+}
+
+// manifestMediaType decides the manifest's media type: a specific
+// Content-Type, which the body's mediaType must not contradict; else the
+// body's mediaType; else an OCI index or manifest by shape.
+func manifestMediaType(ct string, m manifestJSON) (string, error) {
 	switch {
 	case !genericType(ct):
 		if m.MediaType != "" && m.MediaType != ct {
 			return "", invalidManifest("mediaType %q contradicts Content-Type %q", m.MediaType, ct)
 		}
+		return ct, nil
 	case m.MediaType != "":
 		if _, ok := knownManifestTypes[m.MediaType]; !ok {
 			return "", invalidManifest("mediaType %q is not a manifest type", m.MediaType)
 		}
-		mt = m.MediaType
+		return m.MediaType, nil
 	case m.Manifests != nil:
-		mt = MediaTypeOCIIndex
-	default:
-		mt = MediaTypeOCIManifest
+		return MediaTypeOCIIndex, nil
 	}
+	return MediaTypeOCIManifest, nil
+}
+
+// checkShape checks that m has the fields its media type mt needs, and
+// that every descriptor in it is sound.
+func checkShape(mt string, m manifestJSON) error {
 	switch knownManifestTypes[mt] {
 	case kindManifest:
 		if m.Config == nil || m.Layers == nil || m.Manifests != nil {
-			return "", invalidManifest("%s needs config and layers and no manifests", mt)
+			return invalidManifest("%s needs config and layers and no manifests", mt)
 		}
 		if err := checkDescriptor("config", *m.Config); err != nil {
-			return "", err
+			return err
 		}
 		for i, l := range *m.Layers {
 			if err := checkDescriptor(fmt.Sprintf("layer %d", i), l); err != nil {
-				return "", err
+				return err
 			}
 		}
 	case kindIndex:
 		if m.Manifests == nil || m.Config != nil || m.Layers != nil {
-			return "", invalidManifest("%s needs manifests and no config or layers", mt)
+			return invalidManifest("%s needs manifests and no config or layers", mt)
 		}
 		for i, c := range *m.Manifests {
 			if err := checkDescriptor(fmt.Sprintf("manifest %d", i), c); err != nil {
-				return "", err
+				return err
 			}
 		}
 	}
 	if m.Subject != nil {
-		if err := checkDescriptor("subject", *m.Subject); err != nil {
-			return "", err
-		}
+		return checkDescriptor("subject", *m.Subject)
 	}
-	return mt, nil
+	return nil
 }
 
 func checkDescriptor(what string, d descriptorJSON) error {
