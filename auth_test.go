@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -74,7 +75,7 @@ func startMirrorLogged(t testing.TB, up *testupstream.Server, buf io.Writer, mut
 	if err := cfg.finish(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	a, err := newApp(cfg, slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelInfo})))
+	a, err := newApp(cfg, testlog.Logger(io.MultiWriter(buf, testlog.To(t)), slog.LevelInfo))
 	if err != nil {
 		t.Fatalf("newApp: %v", err)
 	}

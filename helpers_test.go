@@ -6,11 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -53,7 +52,7 @@ func startMirrorConfig(t testing.TB, cfg config) *mirror {
 	if err := cfg.finish(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	log := testLogger(t, cfg.LogLevel)
+	log := testlog.ForTest(t, cfg.LogLevel)
 	a, err := newApp(cfg, log)
 	if err != nil {
 		t.Fatalf("newApp: %v", err)
@@ -81,22 +80,6 @@ func startMirrorConfig(t testing.TB, cfg config) *mirror {
 	}
 	t.Cleanup(m.stop)
 	return m
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t testing.TB, level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	if os.Getenv("REGMIRROR_TEST_VERBOSE") != "" {
-		l = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: l}))
 }
 
 // ref names an image on the mirror the way the Docker daemon asks for it:

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testlog"
 )
 
 // TestFailedStartReleasesPort: the port is taken before the data dir is
@@ -22,7 +23,7 @@ func TestFailedStartReleasesPort(t *testing.T) {
 
 	cfg := m.cfg
 	cfg.Listen = addr
-	if _, err := newApp(cfg, testLogger(t, "warn")); !errors.Is(err, cache.ErrBusy) {
+	if _, err := newApp(cfg, testlog.ForTest(t, "warn")); !errors.Is(err, cache.ErrBusy) {
 		t.Fatalf("second server on a busy data dir: %v, want cache.ErrBusy", err)
 	}
 	ln, err := net.Listen("tcp", addr)
