@@ -33,6 +33,7 @@ import (
 
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -314,7 +315,7 @@ func runCLIErr(args ...string) (string, error) {
 	return out.String(), err
 }
 
-func runCLI(t *testing.T, args ...string) string {
+func runCLI(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := runCLIErr(args...)
 	if err != nil {
@@ -325,7 +326,7 @@ func runCLI(t *testing.T, args ...string) string {
 
 // writeTestConfig writes a config with dataDir and the test upstream as
 // docker.io.
-func writeTestConfig(t *testing.T, dataDir, upstreamURL string) string {
+func writeTestConfig(t testing.TB, dataDir, upstreamURL string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "regmirror.toml")
 	conf := fmt.Sprintf("data_dir = %q\nlog_level = \"warn\"\n\n[[registry]]\nname = \"docker.io\"\nurl = %q\n", dataDir, upstreamURL)
@@ -352,7 +353,7 @@ func childDigests(t *testing.T, idx v1.ImageIndex) map[string]digest.Digest {
 // cacheState describes a data dir's blobs, tags and pins, for comparing.
 func cacheState(t *testing.T, dir string) string {
 	t.Helper()
-	st, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger(t, "warn")})
+	st, err := cache.Open(cache.Options{Dir: dir, Logger: testlog.ForTest(t, "warn")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,62 +430,74 @@ func skopeoCopyDir(t *testing.T, host, ref, arch string) (digest.Digest, error) 
 	return digest.Digest("sha256:" + hex.EncodeToString(h[:])), nil
 }
 
-// TestAirGapMeasure times preload, export and import of three images that
-// share a base (two layers) and add one layer each, and compares the
-// archive with the blobs it holds. It runs only with
-// REGMIRROR_AIRGAP_MEASURE=<MiB per layer>, e.g.
+// BenchmarkAirGap times preload, export and import of three images that
+// share a base (two layers) and add one layer each, and reports the
+// archive's size against the distinct blobs it holds and the sum over the
+// images. Layers are REGMIRROR_AIRGAP_MIB MiB each (default 2), e.g.
 //
-//	REGMIRROR_AIRGAP_MEASURE=1 go test -run TestAirGapMeasure -v .
-func TestAirGapMeasure(t *testing.T) {
-	mib, _ := strconv.Atoi(os.Getenv("REGMIRROR_AIRGAP_MEASURE"))
-	if mib <= 0 {
-		t.Skip("set REGMIRROR_AIRGAP_MEASURE=<MiB per layer> to measure")
+//	REGMIRROR_AIRGAP_MIB=25 go test -run '^$' -bench BenchmarkAirGap -benchtime 3x .
+func BenchmarkAirGap(b *testing.B) {
+	mib := 2
+	if v, err := strconv.Atoi(os.Getenv("REGMIRROR_AIRGAP_MIB")); err == nil && v > 0 {
+		mib = v
 	}
 	size := int64(mib) << 20
-	up := testupstream.Start(t)
-	base := up.PushRandomImage(t, "org/base", "v1", 2, size)
-	var perImage int64
+	up := testupstream.Start(b)
+	base := up.PushRandomImage(b, "org/base", "v1", 2, size)
+	perImage := imageBytes(b, base)
 	for _, name := range []string{"org/app1", "org/app2"} {
 		l, err := random.Layer(size, types.DockerLayer)
 		if err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
 		img, err := mutate.AppendLayers(base, l)
 		if err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
-		up.Push(t, name, "v1", img)
-		perImage += imageBytes(t, img)
+		up.Push(b, name, "v1", img)
+		perImage += imageBytes(b, img)
 	}
-	perImage += imageBytes(t, base)
-
-	src, dst := t.TempDir(), t.TempDir()
-	conf := writeTestConfig(t, src, up.URL())
 	refs := []string{"org/base:v1", "org/app1:v1", "org/app2:v1"}
-	timed := func(what string, args ...string) {
+	var preload, export, imp time.Duration
+	timed := func(sum *time.Duration, args ...string) {
 		start := time.Now()
-		out := runCLI(t, args...)
-		t.Logf("%s: %v\n%s", what, time.Since(start).Round(time.Millisecond), out)
+		runCLI(b, args...)
+		*sum += time.Since(start)
 	}
-	timed("preload", append([]string{"preload", "--config", conf}, refs...)...)
-	site := filepath.Join(t.TempDir(), "site.tar")
-	timed("export", "export", "--config", conf, "--out", site, "--all")
-	timed("import", "import", "--config", writeTestConfig(t, dst, up.URL()), site)
-	fi, err := os.Stat(site)
-	if err != nil {
-		t.Fatal(err)
+	var archive, unique int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		src, dst := b.TempDir(), b.TempDir()
+		conf := writeTestConfig(b, src, up.URL())
+		site := filepath.Join(b.TempDir(), "site.tar")
+		timed(&preload, append([]string{"preload", "--config", conf}, refs...)...)
+		timed(&export, "export", "--config", conf, "--out", site, "--all")
+		timed(&imp, "import", "--config", writeTestConfig(b, dst, up.URL()), site)
+		fi, err := os.Stat(site)
+		if err != nil {
+			b.Fatal(err)
+		}
+		archive, unique = fi.Size(), 0
+		for f := range blobFiles(b, dst) {
+			st, err := os.Stat(filepath.Join(dst, "blobs", "sha256", f[:2], f))
+			if err != nil {
+				b.Fatal(err)
+			}
+			unique += st.Size()
+		}
 	}
-	var unique int64
-	for f := range blobFiles(t, dst) {
-		st, _ := os.Stat(filepath.Join(dst, "blobs", "sha256", f[:2], f))
-		unique += st.Size()
-	}
-	t.Logf("archive %d bytes; distinct blobs %d bytes (overhead %.2f%%); sum over images %d bytes",
-		fi.Size(), unique, 100*float64(fi.Size()-unique)/float64(unique), perImage)
+	perOp := func(d time.Duration) float64 { return float64(d.Milliseconds()) / float64(b.N) }
+	b.ReportMetric(perOp(preload), "preload-ms/op")
+	b.ReportMetric(perOp(export), "export-ms/op")
+	b.ReportMetric(perOp(imp), "import-ms/op")
+	b.ReportMetric(float64(archive), "archive-B")
+	b.ReportMetric(float64(unique), "distinct-blobs-B")
+	b.ReportMetric(float64(perImage), "sum-over-images-B")
+	b.ReportMetric(100*float64(archive-unique)/float64(unique), "overhead-%")
 }
 
 // imageBytes sums an image's manifest, config and layers.
-func imageBytes(t *testing.T, img v1.Image) int64 {
+func imageBytes(t testing.TB, img v1.Image) int64 {
 	t.Helper()
 	m, _ := img.RawManifest()
 	c, _ := img.RawConfigFile()
