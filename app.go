@@ -40,6 +40,8 @@ type app struct {
 	// token is the management token; it also lets the mirror's own
 	// preloads through access control.
 	token string
+	// scale is the cluster in front of the upstreams (scaleout.go).
+	scale *scaleOut
 }
 
 // newApp opens the cache, builds every component and listens; Run serves.
@@ -98,8 +100,13 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	a.scale, err = newScaleOut(cfg, ups, metrics, log)
+	if err != nil {
+		return nil, err
+	}
 	popts := proxy.Options{
-		Registries:          ups,
+		Registries:          a.scale.ups,
+		Peers:               a.scale.peers,
 		DefaultRegistry:     cfg.DefaultRegistry,
 		HostAliases:         aliases,
 		Store:               a.cache.Store,
@@ -275,6 +282,7 @@ func (a *app) Run(ctx context.Context) error {
 	if a.watch != nil {
 		g.Go(func() error { return a.watch.Run(gctx) })
 	}
+	g.Go(func() error { return a.scale.run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := withTimeout(a.cfg.Server.ShutdownTimeout.Duration)

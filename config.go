@@ -46,6 +46,8 @@ type config struct {
 	Watch           []watchConfig     `toml:"watch"`
 	// Auth is nil without an [auth] section: everyone may pull everything.
 	Auth *authConfig `toml:"auth"`
+	// Cluster is nil without a [cluster] section: a single node.
+	Cluster *clusterConfig `toml:"cluster"`
 }
 
 // watchConfig is one [[watch]] entry (README "Watch list").
@@ -308,6 +310,9 @@ func (c *config) finish() error {
 	}
 	if c.Auth != nil {
 		errs = append(errs, c.Auth.check(c.Server))
+	}
+	if c.Cluster != nil {
+		errs = append(errs, c.Cluster.check())
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))

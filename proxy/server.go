@@ -142,6 +142,9 @@ type Options struct {
 	// InternalToken, sent as "Authorization: Bearer <token>" from
 	// loopback, passes access control (the mirror's own preloads).
 	InternalToken string
+	// Peers, when set, checks requests signed by the other nodes of a
+	// cluster (peer.go); nil: a single node.
+	Peers Peers
 	// Metrics receives the proxy's Prometheus collectors; nil disables
 	// /metrics.
 	Metrics *prometheus.Registry
@@ -423,6 +426,9 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 		ctx.SetBodyString("ok\n")
 		return false
 	}
+	if s.servePeerPing(ctx, ex) {
+		return false
+	}
 	if strings.HasPrefix(ex.path, adminPrefix) && s.adminHandler != nil {
 		ex.endpoint = "admin"
 		s.serveAdmin(ctx, ex)
@@ -469,7 +475,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool
 	ex.registry = rq.up.Name()
 	ex.repo, ex.ref = rq.repo, rq.ref.String()
 	ex.endpoint = endpointName(p.endpoint)
-	if s.refused(ctx, ex, rq.registry, rq.repo) {
+	if s.peerRefused(ctx, ex, rq, p.endpoint) || s.refused(ctx, ex, rq.registry, rq.repo) {
 		return false
 	}
 	switch p.endpoint {

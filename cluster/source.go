@@ -1,0 +1,224 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// Upstream is what the peer source decorates: one registry's client, with
+// the method set the proxy asks of it.
+type Upstream interface {
+	Name() string
+	Repository(name string) string
+	HeadManifest(ctx context.Context, repo, ref string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo, ref string) ([]byte, upstream.Descriptor, error)
+	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
+	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error)
+	ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error)
+}
+
+// The optional methods a decorated upstream keeps (the proxy finds them by
+// type assertion).
+type (
+	referrers interface {
+		Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, upstream.Descriptor, error)
+	}
+	stats   interface{ Stats() upstream.Stats }
+	sources interface{ Sources() []upstream.SourceState }
+)
+
+// Wrap returns up with the owner peer in front of it for blob downloads:
+// GetBlob asks the digest's owner when that is another node, and up
+// otherwise or when the owner does not answer. Everything else is up's.
+func (n *Node) Wrap(up Upstream) Upstream {
+	s := &source{Upstream: up, n: n}
+	if r, ok := up.(referrers); ok {
+		return &referrerSource{source: s, r: r}
+	}
+	return s
+}
+
+type source struct {
+	Upstream
+	n *Node
+}
+
+type referrerSource struct {
+	*source
+	r referrers
+}
+
+func (s *referrerSource) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, upstream.Descriptor, error) {
+	return s.r.Referrers(ctx, repo, d, artifactType)
+}
+
+// Stats is the inner upstream's.
+func (s *source) Stats() upstream.Stats {
+	if st, ok := s.Upstream.(stats); ok {
+		return st.Stats()
+	}
+	return upstream.Stats{}
+}
+
+// Sources is the inner upstream's (nil when it has a single source).
+func (s *source) Sources() []upstream.SourceState {
+	if so, ok := s.Upstream.(sources); ok {
+		return so.Sources()
+	}
+	return nil
+}
+
+// GetBlob asks d's owner when that is another node; if it does not answer,
+// the node's own sources.
+func (s *source) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
+	if owner := s.n.forwardTo(d); owner != "" {
+		blob, err := s.n.fetch(ctx, owner, s.Name(), repo, d, offset)
+		if err == nil {
+			s.n.forwarded.Add(1)
+			return blob, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: GET blob %s from peer %s: %w", upstream.ErrUnavailable, d, owner, ctx.Err())
+		}
+		s.n.fallbacks.Add(1)
+		s.n.log.Warn("owner did not answer: downloading from this node's own sources", "peer", owner, "digest", d, "offset", offset, "err", err)
+	}
+	return s.Upstream.GetBlob(ctx, repo, d, offset)
+}
+
+// fetch starts a blob download from peer, as a signed GET of the peer's
+// own /v2/ endpoint (the registry named by ?ns=). Any answer but the
+// expected 200 or 206 is an error, and so is a connection error; a 5xx or
+// a connection error marks the peer down.
+func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
+	uri := "/v2/" + repo + "/blobs/" + d.String() + "?ns=" + url.QueryEscape(registry)
+	fctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(fctx, http.MethodGet, peer+uri, nil)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	req.Header.Set(Header, n.signer.sign(http.MethodGet, uri))
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	}
+	f := &forward{cancel: cancel}
+	n.track(d, f)
+	fail := func(err error, down bool) (*upstream.Blob, error) {
+		n.untrack(d, f)
+		cancel(nil)
+		if down {
+			n.markDown(peer, err)
+		}
+		return nil, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return fail(err, ctx.Err() == nil && !errors.Is(context.Cause(fctx), errAskedByPeer))
+	}
+	b := &upstream.Blob{Size: -1}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		b.Size = resp.ContentLength
+		if b.Size < 0 {
+			b.Size = -1
+		}
+	case http.StatusPartialContent:
+		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != offset {
+			resp.Body.Close()
+			return fail(fmt.Errorf("peer %s: asked for bytes %d-, got Content-Range %q", peer, offset, resp.Header.Get("Content-Range")), false)
+		}
+		b.Offset, b.Size = start, total
+	default:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		return fail(fmt.Errorf("peer %s answered %s", peer, resp.Status), resp.StatusCode >= 500 || resp.StatusCode == http.StatusUnauthorized)
+	}
+	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.String() {
+		resp.Body.Close()
+		return fail(fmt.Errorf("peer %s answered digest %s for %s", peer, got, d), true)
+	}
+	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body}
+	return b, nil
+}
+
+// peerBody is an owner's stream. A read error (the owner died, or cut the
+// body because its fill failed) marks the owner down and is ErrUnavailable,
+// so the fill resumes, from the next owner or this node's own sources.
+type peerBody struct {
+	n      *Node
+	peer   string
+	d      digest.Digest
+	f      *forward
+	ctx    context.Context
+	body   io.ReadCloser
+	closed bool
+}
+
+func (b *peerBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err == nil || err == io.EOF {
+		return n, err
+	}
+	if errors.Is(context.Cause(b.ctx), errAskedByPeer) {
+		return n, fmt.Errorf("%w: %w", upstream.ErrUnavailable, errAskedByPeer)
+	}
+	if b.ctx.Err() == nil {
+		b.n.fallbacks.Add(1)
+		b.n.markDown(b.peer, err)
+	}
+	return n, fmt.Errorf("%w: blob %s from peer %s: %w", upstream.ErrUnavailable, b.d, b.peer, err)
+}
+
+func (b *peerBody) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	b.n.untrack(b.d, b.f)
+	err := b.body.Close()
+	b.f.cancel(nil)
+	return err
+}
+
+// parseContentRange parses "bytes <start>-<end>/<total|*>"; total is -1
+// for "*".
+func parseContentRange(v string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	rng, tot, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	s, e, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(s, 10, 64)
+	end, err2 := strconv.ParseInt(e, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, false
+	}
+	total = -1
+	if tot != "*" {
+		t, err := strconv.ParseInt(tot, 10, 64)
+		if err != nil || t <= end {
+			return 0, 0, false
+		}
+		total = t
+	}
+	return start, total, true
+}

@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/access"
+)
+
+// Peers is what the proxy needs from a cluster of mirrors (package
+// cluster): checking the signature of requests other nodes send, and
+// hearing which blobs they ask for.
+type Peers interface {
+	// Verify checks a request's peer signature; header looks up a request
+	// header. ok is false (err nil) when the request carries none.
+	Verify(method, uri string, header func(name string) string) (ok bool, err error)
+	// Serving tells that a verified peer asked for blob d: this node must
+	// fill d from its own sources, never from another peer.
+	Serving(d digest.Digest)
+}
+
+// peerUser is who a verified peer request is, for access control and logs.
+const peerUser = "regmirror-peer"
+
+// peerPingPath is where the peers' health pings go (cluster.PingPath).
+const peerPingPath = "/_regmirror/peer"
+
+func (s *Server) verifyPeer(ctx *fasthttp.RequestCtx) (bool, error) {
+	return s.opts.Peers.Verify(string(ctx.Method()), string(ctx.RequestURI()), func(name string) string {
+		return string(ctx.Request.Header.Peek(name))
+	})
+}
+
+// servePeerPing answers a peer's health ping: 200 when it is signed with
+// the shared key and this node is ready (as /readyz says), 401 or 503
+// otherwise. It reports whether the request was one.
+func (s *Server) servePeerPing(ctx *fasthttp.RequestCtx, ex *exchange) bool {
+	if s.opts.Peers == nil || ex.path != peerPingPath {
+		return false
+	}
+	ex.endpoint = "health"
+	ok, err := s.verifyPeer(ctx)
+	if !ok {
+		if err == nil {
+			err = fmt.Errorf("%w: a peer ping must be signed", access.ErrUnauthenticated)
+		}
+		writeError(ctx, fmt.Errorf("%w: %w", access.ErrUnauthenticated, err), resourceNone)
+		return true
+	}
+	ex.user = peerUser
+	if s.opts.Operator.Ready != nil {
+		for _, c := range s.opts.Operator.Ready() {
+			if !c.OK {
+				ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+				ctx.SetBodyString("not ready: " + c.Name + ": " + c.Reason + "\n")
+				return true
+			}
+		}
+	}
+	ctx.SetBodyString("ok\n")
+	return true
+}
+
+// peerRefused checks the peer signature of a routed request that carries
+// one. A verified peer passes access control (ex.user = peerUser) and, for
+// a blob GET, makes this node fill the blob itself; a bad signature is
+// refused 401 and answered here.
+func (s *Server) peerRefused(ctx *fasthttp.RequestCtx, ex *exchange, rq request, e endpoint) bool {
+	if s.opts.Peers == nil {
+		return false
+	}
+	ok, err := s.verifyPeer(ctx)
+	if err != nil {
+		writeError(ctx, fmt.Errorf("%w: %w", access.ErrUnauthenticated, err), resourceNone)
+		return true
+	}
+	if ok {
+		ex.user = peerUser
+		if e == endpointBlob && ctx.IsGet() {
+			s.opts.Peers.Serving(rq.ref.digest)
+		}
+	}
+	return false
+}
