@@ -40,8 +40,8 @@ type app struct {
 	// token is the management token; it also lets the mirror's own
 	// preloads through access control.
 	token string
-	// scale is the cluster in front of the upstreams (scaleout.go).
-	scale *scaleOut
+	// tiers are the cluster (and S3) in front of the upstreams (tiers.go).
+	tiers *tiers
 }
 
 // newApp opens the cache, builds every component and listens; Run serves.
@@ -100,13 +100,13 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
-	a.scale, err = newScaleOut(cfg, ups, metrics, log)
+	a.tiers, err = composeTiers(cfg, tierDeps{metrics: metrics, log: log}, ups)
 	if err != nil {
 		return nil, err
 	}
 	popts := proxy.Options{
-		Registries:          a.scale.ups,
-		Peers:               a.scale.peers,
+		Registries:          a.tiers.ups,
+		Peers:               a.tiers.peers,
 		DefaultRegistry:     cfg.DefaultRegistry,
 		HostAliases:         aliases,
 		Store:               a.cache.Store,
@@ -264,6 +264,7 @@ func (a *app) url() string {
 // cache is closed last.
 func (a *app) Run(ctx context.Context) error {
 	defer a.cache.Close()
+	defer a.tiers.close() // after the proxy's shutdown, before the cache closes
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		a.starting.Handover()
@@ -282,7 +283,7 @@ func (a *app) Run(ctx context.Context) error {
 	if a.watch != nil {
 		g.Go(func() error { return a.watch.Run(gctx) })
 	}
-	g.Go(func() error { return a.scale.run(gctx) })
+	g.Go(func() error { return a.tiers.run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := withTimeout(a.cfg.Server.ShutdownTimeout.Duration)

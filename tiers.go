@@ -10,47 +10,47 @@ import (
 	"github.com/regmirror/regmirror/proxy"
 )
 
-// scaleOut is what several nodes share (README "Running several nodes"):
-// the cluster's owner peers, in front of each registry's upstream. Without
-// [cluster] it changes nothing.
-type scaleOut struct {
+// tierDeps is what the tiers in front of the upstreams need from the rest
+// of the app.
+type tierDeps struct {
+	metrics *prometheus.Registry
+	log     *slog.Logger
+}
+
+// tiers is what several nodes share (README "Running several nodes"), in
+// front of each registry's upstream. Without [cluster] it changes nothing.
+type tiers struct {
 	ups   []proxy.Upstream
 	peers proxy.Peers // nil without [cluster]
-	node  *cluster.Node
+	// run keeps the tiers' background work going until ctx ends.
+	run func(ctx context.Context) error
+	// close releases them, after the proxy has shut down.
+	close func()
 }
 
-// newScaleOut composes the tiers in front of each upstream, in the order a
-// fill asks them: (L1 is the cache) → the digest's owner peer → upstream.
-func newScaleOut(cfg config, ups []proxy.Upstream, reg *prometheus.Registry, log *slog.Logger) (*scaleOut, error) {
-	so := &scaleOut{ups: ups}
-	if cfg.Cluster == nil {
-		return so, nil
+// composeTiers puts the tiers in front of each upstream, in the order a
+// fill asks them: (L1, the cache) → the digest's owner peer → upstream.
+func composeTiers(cfg config, d tierDeps, ups []proxy.Upstream) (*tiers, error) {
+	t := &tiers{ups: ups, run: func(context.Context) error { return nil }, close: func() {}}
+	if cfg.Cluster != nil {
+		o, err := cfg.Cluster.options()
+		if err != nil {
+			return nil, err
+		}
+		o.Logger = d.log
+		node, err := cluster.New(o)
+		if err != nil {
+			return nil, err
+		}
+		wrapped := make([]proxy.Upstream, len(t.ups))
+		for i, up := range t.ups {
+			wrapped[i] = node.Wrap(up)
+		}
+		t.ups, t.peers, t.run = wrapped, node, node.Run
+		registerClusterMetrics(d.metrics, node)
+		d.log.Info("cluster member", "self", node.Self(), "peers", len(cfg.Cluster.Peers))
 	}
-	o, err := cfg.Cluster.options()
-	if err != nil {
-		return nil, err
-	}
-	o.Logger = log
-	node, err := cluster.New(o)
-	if err != nil {
-		return nil, err
-	}
-	so.node, so.peers = node, node
-	so.ups = make([]proxy.Upstream, len(ups))
-	for i, up := range ups {
-		so.ups[i] = node.Wrap(up)
-	}
-	registerClusterMetrics(reg, node)
-	log.Info("cluster member", "self", node.Self(), "peers", len(cfg.Cluster.Peers))
-	return so, nil
-}
-
-// run keeps the peers' health checked until ctx ends.
-func (so *scaleOut) run(ctx context.Context) error {
-	if so.node == nil {
-		return nil
-	}
-	return so.node.Run(ctx)
+	return t, nil
 }
 
 // registerClusterMetrics exports the node's counters and peer health, read
