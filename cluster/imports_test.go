@@ -1,0 +1,16 @@
+package cluster
+
+import (
+	"testing"
+
+	"github.com/regmirror/regmirror/internal/depcheck"
+)
+
+// TestImports: the cluster talks to its peers with net/http and hands the
+// proxy upstream's blob type; it knows no proxy, cache or HTTP server.
+func TestImports(t *testing.T) {
+	depcheck.Allow(t,
+		"github.com/opencontainers/go-digest",
+		"github.com/regmirror/regmirror/upstream",
+	)
+}
