@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -122,44 +121,6 @@ func TestAirGapRoundTrip(t *testing.T) {
 	verifyBlobFiles(t, dst)
 }
 
-// TestImportTruncatedArchiveChangesNothing: a cut archive is refused with
-// a clear message, and the cache's blobs, tags and pins are as before.
-func TestImportTruncatedArchiveChangesNothing(t *testing.T) {
-	up := testupstream.Start(t)
-	up.PushRandomOCIImage(t, "org/one", "v1", 2, 64<<10)
-	up.PushRandomImage(t, "org/two", "v1", 3, 64<<10)
-	src := t.TempDir()
-	conf := writeTestConfig(t, src, up.URL())
-	runCLI(t, "preload", "--config", conf, "org/one:v1", "org/two:v1")
-	one := filepath.Join(t.TempDir(), "one.tar")
-	both := filepath.Join(t.TempDir(), "both.tar")
-	runCLI(t, "export", "--config", conf, "--out", one, "org/one:v1")
-	runCLI(t, "export", "--config", conf, "--out", both, "org/one:v1", "org/two:v1")
-
-	dst := t.TempDir()
-	dstConf := writeTestConfig(t, dst, up.URL())
-	runCLI(t, "import", "--config", dstConf, one)
-	before := cacheState(t, dst)
-
-	raw, err := os.ReadFile(both)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inIndex := bytes.LastIndex(raw, []byte(`"manifests"`)) // index.json comes last
-	for _, cut := range []int{len(raw) / 2, inIndex} {
-		cutPath := filepath.Join(t.TempDir(), "cut.tar")
-		os.WriteFile(cutPath, raw[:cut], 0o644)
-		out, err := runCLIErr("import", "--config", dstConf, cutPath)
-		if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "cache is as it was") {
-			t.Fatalf("import of an archive cut at %d/%d: err %v\n%s", cut, len(raw), err, out)
-		}
-		if after := cacheState(t, dst); after != before {
-			t.Fatalf("a refused import changed the cache:\nbefore %s\nafter  %s", before, after)
-		}
-	}
-	verifyBlobFiles(t, dst)
-}
-
 // TestPreloadThroughRunningServer: with a server on the data dir, preload
 // pulls through it and the pins land in it.
 func TestPreloadThroughRunningServer(t *testing.T) {
@@ -253,58 +214,6 @@ func TestOfflineMissNeverDials(t *testing.T) {
 	}
 	if n := accepts.Load(); n != 0 {
 		t.Fatalf("offline mirror connected to upstream %d times", n)
-	}
-}
-
-func TestParseImageList(t *testing.T) {
-	d := "sha256:" + strings.Repeat("c", 64)
-	tests := []struct {
-		name, in string
-		want     []string
-		err      string
-	}{
-		{"empty", "", nil, ""},
-		{"comments and blanks", "# header\n\n  \nalpine\n   # indented comment\n", []string{"docker.io/library/alpine:latest"}, ""},
-		{"trailing comment", "alpine:3.20 # pinned for prod\n", []string{"docker.io/library/alpine:3.20"}, ""},
-		{"digest", "ghcr.io/org/app@" + d + "\n", []string{"ghcr.io/org/app@" + d}, ""},
-		{"tag and digest keeps the digest", "nginx:1.27@" + d, []string{"docker.io/library/nginx@" + d}, ""},
-		{"other registries", "ghcr.io/org/app:v1\nregistry.corp:5000/team/tool:2\nquay.io/x/y", []string{
-			"ghcr.io/org/app:v1", "registry.corp:5000/team/tool:2", "quay.io/x/y:latest"}, ""},
-		{"duplicates once", "alpine\ndocker.io/library/alpine:latest\n", []string{"docker.io/library/alpine:latest"}, ""},
-		{"crlf", "alpine:1\r\nbusybox\r\n", []string{"docker.io/library/alpine:1", "docker.io/library/busybox:latest"}, ""},
-		{"bad line numbered", "alpine\nUPPER/case\n", []string{"docker.io/library/alpine:latest"}, "list.txt:2:"},
-		{"two per line", "alpine busybox\n", nil, "list.txt:1: one reference per line"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			refs, err := parseImageList(strings.NewReader(tt.in), "list.txt")
-			if tt.err == "" && err != nil {
-				t.Fatalf("err %v", err)
-			}
-			if tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
-				t.Fatalf("err %v, want %q", err, tt.err)
-			}
-			var got []string
-			for _, r := range refs {
-				got = append(got, r.String())
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestChoosePlatforms(t *testing.T) {
-	got, err := choosePlatforms("", false)
-	if err != nil || got[0].String() != "linux/amd64" || got[len(got)-1].Architecture != runtime.GOARCH {
-		t.Errorf("default platforms %v, %v", got, err)
-	}
-	if got, err := choosePlatforms("", true); got != nil || err != nil {
-		t.Errorf("--all-platforms: %v, %v", got, err)
-	}
-	if _, err := choosePlatforms("linux", false); err == nil {
-		t.Error("--platform linux accepted")
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/airgap"
 	"github.com/regmirror/regmirror/eviction"
 	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/stack"
@@ -327,10 +327,10 @@ func (a *app) pinConfigured(ctx context.Context) {
 	if len(fetch) == 0 {
 		return
 	}
-	plats, _ := choosePlatforms("", false)
-	res := preload(ctx, a.target(), a.cfg.DefaultRegistry, fetch, plats, logWriter{a.log}, io.Discard)
-	if res.failed > 0 {
-		a.log.Warn("config pins: some images could not be fetched; they are pinned once pulled and the server restarted", "failed", res.failed)
+	plats, _ := airgap.ChoosePlatforms("", false)
+	res, err := preloadThrough(ctx, a.target(), fetch, plats, logWriter{a.log}, nil)
+	if err != nil || res.Failed > 0 {
+		a.log.Warn("config pins: some images could not be fetched; they are pinned once pulled and the server restarted", "failed", res.Failed, "err", err)
 	}
 }
 

@@ -25,6 +25,7 @@ func newCLI(stdout, stderr io.Writer) *cli.App {
 			preloadCommand(),
 			exportCommand(),
 			importCommand(),
+			pushToCommand(),
 			pinCommand(),
 			unpinCommand(),
 			gcCommand(),

@@ -1,68 +1,32 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/regmirror/regmirror/airgap"
 	"github.com/regmirror/regmirror/imageref"
 )
 
-// fileFlag names a list of images (preload, export).
+// fileFlag names a list of images (preload, export, push-to).
 var fileFlag = &cli.StringFlag{
 	Name:    "file",
 	Aliases: []string{"f"},
 	Usage:   "read image references from this file, one per line (# starts a comment; - is stdin)",
 }
 
-// parseImageList reads an image list: one reference per line (a tag or a
-// digest, any configured registry, Docker's defaulting: "alpine" is
-// docker.io/library/alpine:latest); blank lines are skipped and "#" starts
-// a comment, on its own line or after a reference (a reference never
-// contains "#"). Every bad line is reported, with its number, in one
-// error. Repeated references are kept once, in first-seen order.
-func parseImageList(r io.Reader, name string) ([]imageref.Ref, error) {
-	var refs []imageref.Ref
-	var errs []error
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if strings.ContainsAny(line, " \t") {
-			errs = append(errs, fmt.Errorf("%s:%d: one reference per line, got %q", name, n, line))
-			continue
-		}
-		ref, err := imageref.Parse(line)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %v", name, n, err))
-			continue
-		}
-		if !seen[ref.String()] {
-			seen[ref.String()] = true
-			refs = append(refs, ref)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", name, err))
-	}
-	return refs, errors.Join(errs...)
-}
-
 // imageArgs gathers the references given as arguments and with --file.
 func imageArgs(c *cli.Context) ([]imageref.Ref, error) {
+	return imageRefs(c, c.Args().Slice())
+}
+
+// imageRefs gathers the references in args and in --file's list (see
+// airgap.ParseImageList), each once.
+func imageRefs(c *cli.Context, args []string) ([]imageref.Ref, error) {
 	var refs []imageref.Ref
 	var errs []error
 	seen := map[string]bool{}
@@ -72,7 +36,7 @@ func imageArgs(c *cli.Context) ([]imageref.Ref, error) {
 			refs = append(refs, r)
 		}
 	}
-	for _, a := range c.Args().Slice() {
+	for _, a := range args {
 		r, err := imageref.Parse(a)
 		if err != nil {
 			errs = append(errs, err)
@@ -90,7 +54,7 @@ func imageArgs(c *cli.Context) ([]imageref.Ref, error) {
 			defer f.Close()
 			in = f
 		}
-		list, err := parseImageList(in, path)
+		list, err := airgap.ParseImageList(in, path)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -99,4 +63,20 @@ func imageArgs(c *cli.Context) ([]imageref.Ref, error) {
 		}
 	}
 	return refs, errors.Join(errs...)
+}
+
+// imageSelection reads export's choice: named images, or --all.
+func imageSelection(c *cli.Context, cmd string) ([]imageref.Ref, bool, error) {
+	refs, err := imageArgs(c)
+	if err != nil {
+		return nil, false, err
+	}
+	all := c.Bool("all")
+	switch {
+	case all && len(refs) > 0:
+		return nil, false, fmt.Errorf("%s: name images or give --all, not both", cmd)
+	case !all && len(refs) == 0:
+		return nil, false, fmt.Errorf("%s: no images: name them as arguments, with --file, or give --all", cmd)
+	}
+	return refs, all, nil
 }

@@ -4,29 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
-	"github.com/opencontainers/go-digest"
 	"github.com/urfave/cli/v2"
 
-	"github.com/regmirror/regmirror/admin"
-	"github.com/regmirror/regmirror/archive"
-	"github.com/regmirror/regmirror/cache"
-	"github.com/regmirror/regmirror/imageref"
-	"github.com/regmirror/regmirror/internal/stack"
+	"github.com/regmirror/regmirror/airgap"
 )
 
-// Import reads an OCI image layout archive (regmirror export's, or one
-// written by skopeo, crane or docker save since Docker 25) into the cache,
-// verifying every blob as it streams. Tags, repository links and pins are
-// written only after the whole archive has been read and every image's
-// graph checked; a corrupt, truncated or incomplete archive is refused and
-// the blobs this import added are deleted, so the cache is left as it was.
+// importCommand reads an OCI image layout archive (regmirror export's, or
+// one written by skopeo, crane or docker save since Docker 25) into the
+// cache: see airgap.Import.
 //
 // Import works on a free data dir only. A running server holds the data
 // dir; rather than stream a multi-GiB body through it (the proxy caps
@@ -50,26 +41,24 @@ func runImport(c *cli.Context) error {
 		return errors.New("import: name one archive")
 	}
 	path := c.Args().First()
-	cfg, log, err := setup(c)
-	if err != nil {
-		return err
-	}
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	defer f.Close()
-	st, err := openStack(cfg, log)
-	if errors.Is(err, cache.ErrBusy) {
-		return fmt.Errorf("import: the data dir %s is in use by a running regmirror; stop it, run the import, then start it again", cfg.DataDir)
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	c.Context = ctx
+	return withTarget(c, reachDataDir, func(ctx context.Context, t *target) error {
+		// The command prints one line per image; the cache management's
+		// own info line (a "pinned" per image) would say each image twice.
+		t.Stack.Ops.Logger = quietLogger(t.Config, t.Log)
+		return importArchive(ctx, c, t, f, path)
+	})
+}
 
+// importArchive reads f into t's cache and prints what it imported.
+func importArchive(ctx context.Context, c *cli.Context, t *target, f *os.File, path string) error {
 	var size int64
 	if fi, err := f.Stat(); err == nil {
 		size = fi.Size()
@@ -79,119 +68,26 @@ func runImport(c *cli.Context) error {
 	b.grow(size)
 	var last int64
 	start := time.Now()
-	imgs, added, stats, err := archive.Read(ctx, f, importSink{st.Store}, func(n int64) { b.add(n - last); last = n })
-	if err == nil {
-		err = recordImported(ctx, st, imgs, c.App.Writer)
-	}
+	res, err := airgap.Import(ctx, f, t.Stack.Store, t.Stack.Ops, func(n int64) { b.add(n - last); last = n })
 	if err != nil {
 		b.fail()
 		pg.wait()
-		removed := rollback(st.Store, added)
-		return fmt.Errorf("import %s refused: %w (the %d blobs it had added were removed; the cache is as it was)", path, err, removed)
+		return fmt.Errorf("import %s %w", path, err)
 	}
 	b.done()
 	pg.wait()
-	fmt.Fprintf(c.App.Writer, "imported %s into %s: %d images, %d blobs added (%s), %d already cached, %s read in %s\n",
-		path, cfg.DataDir, stats.Images, stats.Blobs, humanize.IBytes(uint64(addedBytes(st.Store, added))), stats.SkippedExisting,
-		humanize.IBytes(uint64(stats.Bytes)), time.Since(start).Round(time.Millisecond))
-	return nil
-}
-
-// importSink stores an archive's blobs in the cache, verified by the
-// cache's writer as well as by archive.Read.
-type importSink struct{ st *cache.Store }
-
-var (
-	_ archive.BlobSink        = importSink{}
-	_ archive.MediaTypeSetter = importSink{}
-)
-
-func (s importSink) Open(d digest.Digest) (io.ReadCloser, int64, error) {
-	return admin.Source{Store: s.st}.Open(d)
-}
-
-func (s importSink) Has(d digest.Digest) bool {
-	_, err := s.st.Stat(d)
-	return err == nil
-}
-
-func (s importSink) Put(d digest.Digest, size int64, mediaType string, r io.Reader) error {
-	w, err := s.st.Create(d, mediaType)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(w, r); err != nil {
-		w.Cancel()
-		return err
-	}
-	_, err = w.Commit(size)
-	return err
-}
-
-func (s importSink) SetMediaType(d digest.Digest, mediaType string) error {
-	return s.st.SetMediaType(d, mediaType)
-}
-
-// recordImported tags, links and pins each imported image.
-func recordImported(ctx context.Context, st *stack.Stack, imgs []archive.ImportedImage, out io.Writer) error {
-	now := time.Now()
-	for _, img := range imgs {
-		mediaType := img.MediaType
-		if info, err := st.Store.Stat(img.Digest); err == nil && mediaType == "" {
-			mediaType = info.MediaType
-		}
-		digests, err := st.Ops.Closure(ctx, img.Digest, nil)
-		if err != nil {
-			return err
-		}
-		pinName := img.Digest.String()
-		ref, rerr := imageref.Parse(img.Ref)
-		if img.Ref != "" && rerr == nil {
-			pinName = ref.String()
-			if ref.Tag != "" && ref.Digest == "" {
-				rec := cache.TagRecord{Digest: img.Digest, MediaType: mediaType, CheckedAt: now}
-				if err := st.Store.SetTag(ref.Registry, ref.Repo, ref.Tag, rec); err != nil {
-					return err
-				}
-			}
-			for _, d := range digests {
-				if err := st.Store.AddLink(ref.Registry, ref.Repo, d); err != nil {
-					return err
-				}
-			}
-		}
-		if err := st.Ops.Pin(ctx, pinName, digests); err != nil {
-			return err
-		}
+	for _, im := range res.Images {
 		note := ""
-		if img.MissingChildren > 0 {
-			note = fmt.Sprintf(" (%d platforms not in the archive)", img.MissingChildren)
+		if im.MissingChildren > 0 {
+			note = fmt.Sprintf(" (%d platforms not in the archive)", im.MissingChildren)
 		}
-		if img.Ref == "" || rerr != nil {
+		if !im.Tagged {
 			note += " (no usable reference name: pinned by digest, not tagged)"
 		}
-		fmt.Fprintf(out, "imported %s %s: %d blobs pinned%s\n", pinName, img.Digest, len(digests), note)
+		fmt.Fprintf(c.App.Writer, "imported %s %s: %d blobs pinned%s\n", im.Name, im.Digest, im.Blobs, note)
 	}
+	fmt.Fprintf(c.App.Writer, "imported %s into %s: %d images, %d blobs added (%s), %d already cached, %s read in %s\n",
+		path, t.Where, res.Stats.Images, res.Stats.Blobs, humanize.IBytes(uint64(res.AddedBytes)), res.Stats.SkippedExisting,
+		humanize.IBytes(uint64(res.Stats.Bytes)), time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-// rollback deletes the blobs an import added; it returns how many.
-func rollback(st *cache.Store, added []digest.Digest) int {
-	n := 0
-	for _, d := range added {
-		if err := st.Delete(d); err == nil {
-			n++
-		}
-	}
-	return n
-}
-
-func addedBytes(st *cache.Store, added []digest.Digest) int64 {
-	var n int64
-	for _, d := range added {
-		if info, err := st.Stat(d); err == nil {
-			n += info.Size
-		}
-	}
-	return n
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
+
+	"github.com/regmirror/regmirror/airgap"
 )
 
 // progress draws byte-count bars (mpb) on a terminal and nothing
@@ -88,3 +90,16 @@ func (b *bar) fail() {
 		b.b.Abort(false)
 	}
 }
+
+// progress and bar draw airgap's progress too.
+var (
+	_ airgap.Progress = (*progress)(nil)
+	_ airgap.Bar      = (*bar)(nil)
+)
+
+func (pr *progress) Bar(name string) airgap.Bar { return pr.bar(name, 0) }
+func (pr *progress) Wait()                      { pr.wait() }
+func (b *bar) Grow(n int64)                     { b.grow(n) }
+func (b *bar) Add(n int64)                      { b.add(n) }
+func (b *bar) Done()                            { b.done() }
+func (b *bar) Fail()                            { b.fail() }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regmirror/regmirror/airgap"
 	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/watch"
@@ -55,13 +55,13 @@ func (w *watchConfig) readFile() ([]imageref.Ref, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return parseImageList(f, w.File)
+	return airgap.ParseImageList(f, w.File)
 }
 
 // platforms: the entry's, else preload's default (linux/amd64 and the
 // host's own).
 func (w *watchConfig) platforms() ([]v1.Platform, error) {
-	return choosePlatforms(strings.Join(w.Platforms, ","), false)
+	return airgap.ChoosePlatforms(strings.Join(w.Platforms, ","), false)
 }
 
 // targets lists the entry's images: the config's, then the file's, read
@@ -115,7 +115,7 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 	if err != nil {
 		return watch.Result{}, err
 	}
-	plats, err := choosePlatforms(strings.Join(t.Platforms, ","), false)
+	plats, err := airgap.ChoosePlatforms(strings.Join(t.Platforms, ","), false)
 	if err != nil {
 		return watch.Result{}, err
 	}
@@ -146,16 +146,18 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 		}
 	}
 	// The tag was just recorded: read the graph by digest, through the server.
-	tr := &tracker{bar: &bar{}, total: &bar{}}
-	transport := w.a.target().PullTransport() // the token passes access control
-	defer transport.CloseIdleConnections()
-	pl := &imagePuller{host: w.a.Addr(), defaultRegistry: w.a.cfg.DefaultRegistry, plats: plats,
-		client: &http.Client{Transport: &observer{next: transport}}, tr: tr}
-	if t.Pin {
-		pl.pin = func(ctx context.Context, ds []digest.Digest) error { return w.a.cache.Ops.Pin(ctx, ref.String(), ds) }
+	p, err := airgap.NewPuller(w.a.target().mirror()) // its transport's token passes access control
+	if err != nil {
+		return res, err
 	}
-	_, digests, err := pl.pull(context.WithValue(ctx, trackerKey{}, tr), top)
-	res.Fetched += tr.blobs.Load()
+	defer p.Close()
+	opts := airgap.PullOptions{Platforms: plats}
+	if t.Pin {
+		opts.Pin = func(ctx context.Context, ds []digest.Digest) error { return w.a.cache.Ops.Pin(ctx, ref.String(), ds) }
+	}
+	pulled, err := p.Pull(ctx, top, opts)
+	res.Fetched += pulled.Fetched
+	digests := pulled.Digests
 	if err != nil {
 		return res, err
 	}

@@ -1,7 +1,8 @@
 // Package archive reads and writes OCI image layout archives: the tar files
-// of `regmirror export` and `regmirror import`, interchangeable with
-// `skopeo copy ... oci-archive:site.tar:<ref>` and with a tarred
-// go-containerregistry/crane layout.
+// of `regmirror export` and `regmirror import`. Read also takes the
+// archives of `skopeo copy ... oci-archive:site.tar:<ref>` and a tarred
+// go-containerregistry/crane layout; go-containerregistry reads every
+// image Write writes, skopeo only those with OCI media types (below).
 //
 // The package is the format layer only. It knows nothing of the cache: it
 // reads content through [BlobSource] and stores content through [BlobSink],
