@@ -241,3 +241,47 @@ func TestWrapKeepsOptionalMethods(t *testing.T) {
 		t.Error("Sources lost")
 	}
 }
+
+// TestServingCutsForward: when a peer asks this node for a digest it is
+// itself forwarding (the two views disagree), the forward is cut so that
+// the fill resumes from the node's own sources, and the peer it was
+// forwarding to is not marked down for it.
+func TestServingCutsForward(t *testing.T) {
+	secret := []byte("0123456789abcdef0123")
+	release := make(chan struct{})
+	defer close(release)
+	owner := newOwner(t, secret, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.Write([]byte("first bytes"))
+		w.(http.Flusher).Flush()
+		select { // a fill that waits on something (in a loop, on us)
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	self := "http://127.0.0.1:1"
+	n, _ := New(Options{Self: self, Peers: []string{owner.URL}, Secret: secret})
+	n.PingAll(context.Background())
+	d := ownedBy(owner.URL, self)
+	own := &fakeUpstream{content: strings.Repeat("x", 100)}
+	b, err := n.Wrap(own).GetBlob(context.Background(), "r", d, 0)
+	if err != nil || own.gets.Load() != 0 {
+		t.Fatalf("forward: %v, own source asked %d times", err, own.gets.Load())
+	}
+	defer b.Body.Close()
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(b.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	n.Serving(d)
+	_, err = io.ReadAll(b.Body)
+	if !errors.Is(err, upstream.ErrUnavailable) || !errors.Is(err, errAskedByPeer) {
+		t.Fatalf("the forward in flight: err %v, want it cut as unavailable", err)
+	}
+	if !n.Stats().Peers[0].Up {
+		t.Fatal("the peer was marked down for a cut this node made")
+	}
+	if _, err := n.Wrap(own).GetBlob(context.Background(), "r", d, 11); err != nil || own.gets.Load() != 1 {
+		t.Fatalf("the resume: %v, own source asked %d times, want 1", err, own.gets.Load())
+	}
+}
