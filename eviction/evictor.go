@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -130,10 +128,10 @@ type Evictor struct {
 
 	mu          sync.Mutex
 	inflightEnd sync.Cond // on mu; broadcast when a Delete returns and Hold waits
-	entries     map[string]*entry
-	lru         lruList
+	arena       arena     // the entries and their LRU list
+	index       keyIndex  // key → slot
 	holds       map[string]int
-	inflight    map[string]*entry   // keys whose Delete is running
+	inflight    map[string]slot     // keys whose Delete is running
 	pendingPins map[string]struct{} // SetPinned(key, true) before the key was added
 	waiters     int                 // Hold calls waiting on inflightEnd
 
@@ -181,9 +179,8 @@ func New(opts Options, d Deleter) (*Evictor, error) {
 		del:         d,
 		kick:        make(chan struct{}, 1),
 		passSem:     make(chan struct{}, 1),
-		entries:     make(map[string]*entry),
 		holds:       make(map[string]int),
-		inflight:    make(map[string]*entry),
+		inflight:    make(map[string]slot),
 		pendingPins: make(map[string]struct{}),
 	}
 	if e.isNotFound == nil {
@@ -195,7 +192,8 @@ func New(opts Options, d Deleter) (*Evictor, error) {
 	if e.log == nil {
 		e.log = slog.Default()
 	}
-	e.lru.init()
+	e.arena.init()
+	e.index.init()
 	e.inflightEnd.L = &e.mu
 	return e, nil
 }
@@ -212,11 +210,17 @@ func nanos(t time.Time, dflt int64) int64 {
 func (e *Evictor) count(x *entry, sign int64) {
 	e.bytes += sign * x.size
 	e.blobs += sign
-	if x.pinned {
+	if x.is(flagPinned) {
 		e.pinnedBytes += sign * x.size
 		e.pinnedBlobs += sign
 	}
 }
+
+// lookup returns key's slot, or 0. The caller holds mu.
+func (e *Evictor) lookup(key string) slot { return e.index.lookup(&e.arena, key) }
+
+// keyOf returns the text of the key of slot i. The caller holds mu.
+func (e *Evictor) keyOf(i slot) string { return e.index.key(&e.arena, i) }
 
 // Load bulk-loads the blobs found at startup. It sorts them by LastAccess
 // once (the package's only sort) and places them behind any entry already
@@ -228,6 +232,8 @@ func (e *Evictor) Load(entries []Entry) {
 		return b.LastAccess.Compare(a.LastAccess) // newest first
 	})
 	e.mu.Lock()
+	e.arena.grow(len(sorted))
+	e.index.reserve(&e.arena, len(sorted))
 	for _, ent := range sorted {
 		e.addLocked(ent, nanos(ent.LastAccess, 0), true)
 	}
@@ -263,39 +269,48 @@ func (e *Evictor) addLocked(ent Entry, last int64, atBack bool) {
 		return
 	}
 	size := max(ent.Size, 0)
-	if x := e.entries[ent.Key]; x != nil && !x.deleting {
+	i := e.lookup(ent.Key)
+	if i != 0 && !e.arena.at(i).is(flagDeleting) {
+		x := e.arena.at(i)
 		if x.size != size {
 			e.count(x, -1)
 			x.size = size
 			e.count(x, 1)
 		}
 		if ent.Pinned {
-			e.setPinnedLocked(x, true)
+			e.setPinnedLocked(i, true)
 		}
 		if last > x.last {
 			x.last = last
 			if !atBack && x.linked() {
-				e.lru.moveToFront(x)
+				e.arena.moveToFront(i)
 			}
 		}
 		return
 	}
-	// New key, or a key whose Delete is in flight (the caller should have
-	// held it; the new entry replaces the doomed one).
-	x := &entry{key: ent.Key, size: size, last: last, pinned: ent.Pinned}
+	if i != 0 {
+		// A key whose Delete is in flight (the caller should have held it):
+		// the new entry replaces the doomed one, whose slot the pass frees.
+		e.index.remove(&e.arena, i)
+		e.arena.at(i).set(flagRemoved, true)
+	}
+	i = e.arena.alloc()
+	e.index.insert(&e.arena, ent.Key, i)
+	x := e.arena.at(i)
+	x.size, x.last = size, last
+	x.set(flagPinned, ent.Pinned)
 	if _, ok := e.pendingPins[ent.Key]; ok {
-		x.pinned = true
+		x.set(flagPinned, true)
 		delete(e.pendingPins, ent.Key)
 	}
-	e.entries[ent.Key] = x
 	e.count(x, 1)
-	if x.pinned {
+	if x.is(flagPinned) {
 		return
 	}
 	if atBack {
-		e.lru.pushBack(x)
+		e.arena.pushBack(i)
 	} else {
-		e.lru.pushFront(x)
+		e.arena.pushFront(i)
 	}
 }
 
@@ -308,10 +323,12 @@ func (e *Evictor) Touch(key string, at time.Time) {
 	}
 	t := at.UnixNano()
 	e.mu.Lock()
-	if x := e.entries[key]; x != nil && t > x.last {
-		x.last = t
-		if x.linked() {
-			e.lru.moveToFront(x)
+	if i := e.lookup(key); i != 0 {
+		if x := e.arena.at(i); t > x.last {
+			x.last = t
+			if x.linked() {
+				e.arena.moveToFront(i)
+			}
 		}
 	}
 	e.mu.Unlock()
@@ -323,22 +340,28 @@ func (e *Evictor) Touch(key string, at time.Time) {
 func (e *Evictor) Remove(key string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	x := e.entries[key]
-	if x == nil {
+	i := e.lookup(key)
+	if i == 0 {
 		return
 	}
-	delete(e.entries, key)
-	if x.pinned {
+	x := e.arena.at(i)
+	e.index.remove(&e.arena, i)
+	if x.is(flagPinned) {
 		e.pendingPins[key] = struct{}{}
 	}
-	if x.deleting { // already uncounted by the pass
+	if x.is(flagDeleting) { // already uncounted; the pass frees the slot
+		x.set(flagRemoved, true)
 		return
 	}
 	e.count(x, -1)
 	if x.linked() {
-		e.lru.remove(x)
+		e.arena.remove(i)
 	}
-	x.parked = false
+	if x.is(flagParked) { // its pass frees the slot
+		x.set(flagRemoved, true)
+		return
+	}
+	e.arena.release(i)
 }
 
 // SetPinned pins or unpins key. Pinned blobs are never evicted. A pin is on
@@ -349,8 +372,8 @@ func (e *Evictor) Remove(key string) {
 func (e *Evictor) SetPinned(key string, pinned bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	x := e.entries[key]
-	if x == nil {
+	i := e.lookup(key)
+	if i == 0 {
 		if pinned {
 			e.pendingPins[key] = struct{}{}
 		} else {
@@ -358,15 +381,16 @@ func (e *Evictor) SetPinned(key string, pinned bool) {
 		}
 		return
 	}
-	e.setPinnedLocked(x, pinned)
+	e.setPinnedLocked(i, pinned)
 }
 
-func (e *Evictor) setPinnedLocked(x *entry, pinned bool) {
-	if x.pinned == pinned {
+func (e *Evictor) setPinnedLocked(i slot, pinned bool) {
+	x := e.arena.at(i)
+	if x.is(flagPinned) == pinned {
 		return
 	}
-	if x.deleting { // uncounted; the pass settles it
-		x.pinned = pinned
+	if x.is(flagDeleting) { // uncounted; the pass settles it
+		x.set(flagPinned, pinned)
 		return
 	}
 	if pinned {
@@ -376,14 +400,14 @@ func (e *Evictor) setPinnedLocked(x *entry, pinned bool) {
 		e.pinnedBytes -= x.size
 		e.pinnedBlobs--
 	}
-	x.pinned = pinned
-	if x.parked { // relinked (or not) when its pass ends
+	x.set(flagPinned, pinned)
+	if x.is(flagParked) { // relinked (or not) when its pass ends
 		return
 	}
 	if pinned {
-		e.lru.remove(x)
+		e.arena.remove(i)
 	} else {
-		e.lru.insertByAge(x)
+		e.arena.insertByAge(i)
 	}
 }
 
@@ -394,7 +418,10 @@ func (e *Evictor) setPinnedLocked(x *entry, pinned bool) {
 // until release. release is idempotent.
 func (e *Evictor) Hold(key string) (release func()) {
 	e.mu.Lock()
-	for e.inflight[key] != nil {
+	for {
+		if _, ok := e.inflight[key]; !ok {
+			break
+		}
 		e.waiters++
 		e.inflightEnd.Wait()
 		e.waiters--
@@ -485,240 +512,4 @@ func (e *Evictor) Stats() Stats {
 		Passes:       e.passes,
 		Stuck:        e.stuck,
 	}
-}
-
-type passKind int
-
-const (
-	passAuto   passKind = iota // Run: only when over the high watermark or under MinFree
-	passNow                    // EvictNow: down to the low watermark
-	passEnsure                 // EnsureFree: make room for need bytes
-)
-
-// parked is an entry whose Delete failed in this pass, and its last access
-// when it was chosen (a Touch since then sends it to the front).
-type parked struct {
-	x    *entry
-	last int64
-}
-
-// pass runs one eviction pass: while usage > limit or fewer than deficit
-// bytes have been freed, delete the least recently used evictable entry.
-func (e *Evictor) pass(ctx context.Context, kind passKind, need int64) (Result, error) {
-	select {
-	case e.passSem <- struct{}{}:
-	case <-ctx.Done():
-		return Result{Remaining: e.Stats().Bytes}, ctx.Err()
-	}
-	defer func() { <-e.passSem }()
-	start := time.Now()
-
-	free, haveFree := e.readFree()
-
-	e.mu.Lock()
-	before := e.bytes
-	e.mu.Unlock()
-
-	limit, deficit := int64(math.MaxInt64), int64(0)
-	var reasons []string
-	gap := e.highBytes - e.lowBytes
-	switch kind {
-	case passAuto:
-		if before > e.highBytes {
-			limit = e.lowBytes
-			reasons = append(reasons, "over high watermark")
-		}
-		if haveFree && free < e.minFree {
-			deficit = e.minFree + gap - free
-			reasons = append(reasons, "under min free")
-		}
-	case passNow:
-		limit = e.lowBytes
-		reasons = append(reasons, "evict now")
-		if haveFree && free < e.minFree {
-			deficit = e.minFree + gap - free
-			reasons = append(reasons, "under min free")
-		}
-	case passEnsure:
-		limit = e.maxBytes - need
-		reasons = append(reasons, "ensure free "+humanize.IBytes(uint64(need)))
-		if haveFree && e.minFree+need > free {
-			deficit = e.minFree + need - free
-		}
-	}
-
-	var (
-		res    Result
-		err    error
-		freed  int64
-		failed []parked
-		stuck  bool
-	)
-	// Never delete toward a target that deleting everything evictable
-	// would not reach (room.go).
-	if limitOK, deficitOK, evictable := e.reachable(limit, deficit); kind == passEnsure && (!limitOK || !deficitOK) {
-		res.Remaining = e.Stats().Bytes
-		return res, fmt.Errorf("%w: need %s; evicting all %s evictable would not make it (usage %s, budget %s, min free %s, free %s)",
-			ErrNoRoom, humanize.IBytes(uint64(need)), humanize.IBytes(uint64(evictable)), humanize.IBytes(uint64(res.Remaining)),
-			humanize.IBytes(uint64(e.maxBytes)), humanize.IBytes(uint64(e.minFree)), humanize.IBytes(uint64(max(free, 0))))
-	} else if !deficitOK {
-		e.log.Warn("eviction: min_free cannot be reached by evicting everything evictable; not evicting for it",
-			"deficit", humanize.IBytes(uint64(deficit)), "evictable", humanize.IBytes(uint64(evictable)))
-		deficit = 0
-		stuck = true
-	}
-	for {
-		if err = ctx.Err(); err != nil {
-			break
-		}
-		e.mu.Lock()
-		if e.bytes <= limit && freed >= deficit {
-			e.mu.Unlock()
-			break
-		}
-		x := e.victimLocked()
-		if x == nil {
-			stuck = true
-			e.mu.Unlock()
-			break
-		}
-		e.lru.remove(x)
-		e.count(x, -1)
-		x.deleting = true
-		e.inflight[x.key] = x
-		chosenLast := x.last
-		e.mu.Unlock()
-
-		derr := e.del.Delete(x.key)
-
-		e.mu.Lock()
-		delete(e.inflight, x.key)
-		x.deleting = false
-		current := e.entries[x.key] == x
-		gone := derr == nil || e.isNotFound(derr)
-		switch {
-		case gone:
-			freed += x.size
-			if current {
-				delete(e.entries, x.key)
-				if x.pinned { // pinned while its Delete ran: keep the wish
-					e.pendingPins[x.key] = struct{}{}
-				}
-			}
-			if derr == nil {
-				res.Blobs++
-				res.Bytes += x.size
-				e.evictedBlobs++
-				e.evictedBytes += x.size
-			} else {
-				e.vanished++
-			}
-		default:
-			res.Failed++
-			e.deleteErrors++
-			if current {
-				e.count(x, 1)
-				x.parked = true
-				failed = append(failed, parked{x, chosenLast})
-			}
-		}
-		if e.waiters > 0 {
-			e.inflightEnd.Broadcast()
-		}
-		e.mu.Unlock()
-
-		switch {
-		case derr == nil:
-		case gone:
-			e.log.Info("eviction: blob already gone", "key", x.key, "err", derr)
-		default:
-			e.log.Error("eviction: delete failed; kept for the next pass", "key", x.key, "err", derr)
-		}
-	}
-
-	e.mu.Lock()
-	// Failed entries go back where they were (least recently used end, in
-	// their order) unless touched meanwhile; the next pass retries them.
-	for i := len(failed) - 1; i >= 0; i-- {
-		x := failed[i].x
-		if e.entries[x.key] != x || !x.parked {
-			continue
-		}
-		x.parked = false
-		if x.pinned {
-			continue
-		}
-		if x.last != failed[i].last {
-			e.lru.pushFront(x)
-		} else {
-			e.lru.pushBack(x)
-		}
-	}
-	res.Remaining = e.bytes
-	wasStuck := e.stuck
-	if err == nil {
-		e.stuck = stuck
-	}
-	e.passes++
-	pinnedBytes := e.pinnedBytes
-	hook := e.onPass
-	e.mu.Unlock()
-
-	e.logPass(kind, reasons, res, before, pinnedBytes, time.Since(start), stuck, wasStuck, err)
-	if hook != nil {
-		hook(res)
-	}
-	if kind == passEnsure && stuck && err == nil {
-		err = fmt.Errorf("%w: everything left is pinned, held or failing to delete (usage %s, budget %s, need %s)",
-			ErrNoRoom, humanize.IBytes(uint64(res.Remaining)), humanize.IBytes(uint64(e.maxBytes)), humanize.IBytes(uint64(need)))
-	}
-	return res, err
-}
-
-// victimLocked returns the least recently used entry that is not held, or
-// nil. Pinned, in-flight and parked entries are not in the list at all; held
-// keys are few (fills in progress), so skipping them is cheap.
-func (e *Evictor) victimLocked() *entry {
-	for x := e.lru.back(); x != nil; x = e.lru.towardFront(x) {
-		if len(e.holds) == 0 || e.holds[x.key] == 0 {
-			return x
-		}
-	}
-	return nil
-}
-
-func (e *Evictor) logPass(kind passKind, reasons []string, res Result, before, pinned int64, d time.Duration, stuck, wasStuck bool, err error) {
-	level := slog.LevelDebug
-	msg := "eviction pass"
-	if res.Blobs > 0 || res.Failed > 0 || kind != passAuto {
-		level = slog.LevelInfo
-	}
-	if stuck && (!wasStuck || kind != passAuto) {
-		level = slog.LevelWarn
-		msg = "eviction pass stopped short: everything left is pinned, held or failing to delete"
-	}
-	if err != nil {
-		msg = "eviction pass interrupted"
-	}
-	if !e.log.Enabled(context.Background(), level) {
-		return
-	}
-	reason := strings.Join(reasons, ", ")
-	if reason == "" {
-		reason = "nothing to do"
-	}
-	e.log.Log(context.Background(), level, msg,
-		"reason", reason,
-		"blobs", res.Blobs,
-		"bytes", humanize.IBytes(uint64(res.Bytes)),
-		"failed", res.Failed,
-		"duration", d,
-		"before", humanize.IBytes(uint64(before)),
-		"after", humanize.IBytes(uint64(res.Remaining)),
-		"budget", humanize.IBytes(uint64(e.maxBytes)),
-		"low", humanize.IBytes(uint64(e.lowBytes)),
-		"high", humanize.IBytes(uint64(e.highBytes)),
-		"pinned", humanize.IBytes(uint64(pinned)),
-		"stuck", stuck,
-	)
 }

@@ -83,23 +83,41 @@ func checkInvariants(t *testing.T, e *Evictor) {
 	defer e.mu.Unlock()
 	var bytes, blobs, pb, pn int64
 	wantLinked := 0
-	for k, x := range e.entries {
-		if x.key != k {
-			t.Errorf("entry %q stored under %q", x.key, k)
+	live := map[slot]string{} // every indexed entry, with its key
+	for k, i := range e.index.raw {
+		live[i] = k
+	}
+	cells := 0
+	for _, i := range e.index.cells {
+		if i != 0 {
+			live[i] = e.keyOf(i)
+			cells++
 		}
-		if x.deleting {
+	}
+	if cells != e.index.n {
+		t.Errorf("key table holds %d cells, counts %d", cells, e.index.n)
+	}
+	for i, k := range live {
+		x := e.arena.at(i)
+		if e.lookup(k) != i {
+			t.Errorf("entry %q in slot %d, lookup says %d", k, i, e.lookup(k))
+		}
+		if x.is(flagRemoved) {
+			t.Errorf("entry %q indexed but removed", k)
+		}
+		if x.is(flagDeleting) {
 			continue
 		}
 		bytes += x.size
 		blobs++
-		if x.pinned {
+		if x.is(flagPinned) {
 			pb += x.size
 			pn++
 		}
-		if x.linked() != (!x.pinned && !x.parked) {
-			t.Errorf("entry %q: linked=%v pinned=%v parked=%v", k, x.linked(), x.pinned, x.parked)
+		if x.linked() != (!x.is(flagPinned) && !x.is(flagParked)) {
+			t.Errorf("entry %q: linked=%v pinned=%v parked=%v", k, x.linked(), x.is(flagPinned), x.is(flagParked))
 		}
-		if !x.pinned && !x.parked {
+		if !x.is(flagPinned) && !x.is(flagParked) {
 			wantLinked++
 		}
 	}
@@ -108,14 +126,22 @@ func checkInvariants(t *testing.T, e *Evictor) {
 			e.bytes, e.blobs, e.pinnedBytes, e.pinnedBlobs, bytes, blobs, pb, pn)
 	}
 	n := 0
-	for x := e.lru.root.next; x != &e.lru.root; x = x.next {
-		if x.next.prev != x || e.entries[x.key] != x {
-			t.Fatalf("list broken at %q", x.key)
+	for i := e.arena.slots[0].next; i != 0; i = e.arena.slots[i].next {
+		if e.arena.slots[e.arena.slots[i].next].prev != i || live[i] == "" {
+			t.Fatalf("list broken at slot %d (%q)", i, live[i])
 		}
 		n++
 	}
-	if n != e.lru.len || n != wantLinked {
-		t.Errorf("list has %d nodes, len %d, want %d", n, e.lru.len, wantLinked)
+	if n != e.arena.len || n != wantLinked {
+		t.Errorf("list has %d nodes, len %d, want %d", n, e.arena.len, wantLinked)
+	}
+	// No slot leaks: every slot is live or free once no pass runs.
+	free := 0
+	for i := e.arena.free; i != 0; i = -2 - e.arena.slots[i].next {
+		free++
+	}
+	if free+len(live)+1 != len(e.arena.slots) {
+		t.Errorf("%d slots: %d live, %d free (+ the sentinel)", len(e.arena.slots), len(live), free)
 	}
 	if len(e.inflight) != 0 {
 		t.Errorf("%d deletes still in flight", len(e.inflight))
@@ -817,8 +843,8 @@ func TestChangesWhileDeleting(t *testing.T) {
 	e.SetPinned("a", false)
 	e.mu.Lock()
 	var order []string
-	for x := e.lru.root.next; x != &e.lru.root; x = x.next {
-		order = append(order, x.key)
+	for i := e.arena.slots[0].next; i != 0; i = e.arena.slots[i].next {
+		order = append(order, e.keyOf(i))
 	}
 	e.mu.Unlock()
 	if want := []string{"a", "b", "y", "x"}; !slices.Equal(order, want) {

@@ -56,8 +56,10 @@ func (e *Evictor) readFree() (int64, bool) {
 func (e *Evictor) evictableLocked() int64 {
 	n := e.bytes - e.pinnedBytes
 	for key := range e.holds {
-		if x := e.entries[key]; x != nil && !x.pinned && !x.deleting {
-			n -= x.size
+		if i := e.lookup(key); i != 0 {
+			if x := e.arena.at(i); !x.is(flagPinned) && !x.is(flagDeleting) {
+				n -= x.size
+			}
 		}
 	}
 	return n
