@@ -18,26 +18,59 @@ type fileEntry struct {
 	mtime time.Time
 }
 
+// reconciliation is one reconcile's findings and counts.
+type reconciliation struct {
+	files     map[string]fileEntry // blob files by hex digest; those with a record are taken out
+	drop      [][]byte             // keys of records to drop
+	kept      int                  // blobs indexed at the end
+	bytes     int64
+	dropped   int
+	reindexed int
+	removed   int // unexpected files removed
+}
+
 // reconcile brings files and index into agreement after an unclean (or
 // clean) shutdown and loads the usage totals. See the package doc for the
 // argument. It runs before the Store is shared, so it takes no locks.
 func (s *Store) reconcile() error {
 	start := time.Now()
-	var kept, dropped, reindexed, removed int
-
 	// Downloads in progress did not survive.
 	temps, err := s.cleanTemp()
 	if err != nil {
 		return err
 	}
-
-	// What is on disk, by hex digest. Anything not named like a blob goes.
-	files := make(map[string]fileEntry)
-	remove := func(path, why string) error {
-		s.log.Warn("removing unexpected file from blob store", "path", path, "reason", why)
-		removed++
-		return os.RemoveAll(path)
+	r := &reconciliation{files: make(map[string]fileEntry)}
+	if err := s.scanBlobFiles(r); err != nil {
+		return err
 	}
+	if err := s.checkRecords(r); err != nil {
+		return err
+	}
+	if err := s.repairIndex(r); err != nil {
+		return err
+	}
+	s.usedBytes.Store(r.bytes)
+	s.usedBlobs.Store(int64(r.kept))
+	s.log.Info("cache reconciled", "dir", s.dir, "blobs", r.kept, "bytes", r.bytes,
+		"dropped_records", r.dropped, "reindexed", r.reindexed, "removed_files", r.removed,
+		"removed_temp", temps, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// removeUnexpected removes a file or directory that has no place under
+// blobs/.
+func (s *Store) removeUnexpected(r *reconciliation, path, why string) error {
+	s.log.Warn("removing unexpected file from blob store", "path", path, "reason", why)
+	r.removed++
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	return nil
+}
+
+// scanBlobFiles lists what is on disk, by hex digest. Anything not named
+// like a blob in its fan-out directory goes.
+func (s *Store) scanBlobFiles(r *reconciliation) error {
 	fanouts, err := os.ReadDir(s.blobDir)
 	if err != nil {
 		return fmt.Errorf("cache: read %s: %w", s.blobDir, err)
@@ -45,8 +78,8 @@ func (s *Store) reconcile() error {
 	for _, fo := range fanouts {
 		sub := filepath.Join(s.blobDir, fo.Name())
 		if !fo.IsDir() || !isFanout(fo.Name()) {
-			if err := remove(sub, "not a fan-out directory"); err != nil {
-				return fmt.Errorf("cache: %w", err)
+			if err := s.removeUnexpected(r, sub, "not a fan-out directory"); err != nil {
+				return err
 			}
 			continue
 		}
@@ -58,8 +91,8 @@ func (s *Store) reconcile() error {
 			path := filepath.Join(sub, b.Name())
 			name := b.Name()
 			if !isHex64(name) || name[:2] != fo.Name() || !b.Type().IsRegular() {
-				if err := remove(path, "name is not a sha256 digest in its fan-out directory, or not a regular file"); err != nil {
-					return fmt.Errorf("cache: %w", err)
+				if err := s.removeUnexpected(r, path, "name is not a sha256 digest in its fan-out directory, or not a regular file"); err != nil {
+					return err
 				}
 				continue
 			}
@@ -67,14 +100,17 @@ func (s *Store) reconcile() error {
 			if err != nil {
 				return fmt.Errorf("cache: stat %s: %w", path, err)
 			}
-			files[name] = fileEntry{size: fi.Size(), mtime: fi.ModTime()}
+			r.files[name] = fileEntry{size: fi.Size(), mtime: fi.ModTime()}
 		}
 	}
+	return nil
+}
 
-	// Records must have their file, of their size.
-	var bytes int64
-	var drop [][]byte
-	err = s.db.View(func(txn *badger.Txn) error {
+// checkRecords reads every blob record: one whose file is there, of its
+// size, is kept (and its file taken out of r.files); any other is to be
+// dropped.
+func (s *Store) checkRecords(r *reconciliation) error {
+	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: blobPrefix(), PrefetchValues: true, PrefetchSize: 100})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -87,7 +123,7 @@ func (s *Store) reconcile() error {
 				return err
 			})
 			why := ""
-			switch f, ok := files[hx]; {
+			switch f, ok := r.files[hx]; {
 			case derr != nil:
 				why = "invalid digest in key"
 			case verr != nil:
@@ -99,38 +135,43 @@ func (s *Store) reconcile() error {
 			}
 			if why != "" {
 				s.log.Warn("dropping blob record", "key", string(d), "reason", why)
-				drop = append(drop, item.KeyCopy(nil))
+				r.drop = append(r.drop, item.KeyCopy(nil))
 				continue
 			}
-			delete(files, hx)
-			kept++
-			bytes += rec.size
+			delete(r.files, hx)
+			r.kept++
+			r.bytes += rec.size
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("cache: reconcile index: %w", err)
 	}
+	return nil
+}
+
+// repairIndex drops the records checkRecords condemned and indexes again
+// the files left without a record, in one write batch. Such a file is
+// left by a crash between rename and index write (or between a Delete's
+// two steps); only verified content is kept.
+func (s *Store) repairIndex(r *reconciliation) error {
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for _, k := range drop {
+	for _, k := range r.drop {
 		if err := wb.Delete(k); err != nil {
 			return fmt.Errorf("cache: reconcile index: %w", classify(err))
 		}
-		dropped++
+		r.dropped++
 	}
-
-	// Files without a record: a crash came between rename and index write
-	// (or between a Delete's two steps). Keep only verified content.
-	for name, f := range files {
+	for name, f := range r.files {
 		path := filepath.Join(s.blobDir, name[:2], name)
 		ok, err := fileHasDigest(path, name)
 		if err != nil {
 			return fmt.Errorf("cache: verify %s: %w", path, err)
 		}
 		if !ok {
-			if err := remove(path, "content does not match its name"); err != nil {
-				return fmt.Errorf("cache: %w", err)
+			if err := s.removeUnexpected(r, path, "content does not match its name"); err != nil {
+				return err
 			}
 			continue
 		}
@@ -139,19 +180,13 @@ func (s *Store) reconcile() error {
 			return fmt.Errorf("cache: reconcile index: %w", classify(err))
 		}
 		s.log.Info("re-indexed blob found without a record", "digest", "sha256:"+name, "size", f.size)
-		reindexed++
-		kept++
-		bytes += f.size
+		r.reindexed++
+		r.kept++
+		r.bytes += f.size
 	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("cache: reconcile index: %w", classify(err))
 	}
-
-	s.usedBytes.Store(bytes)
-	s.usedBlobs.Store(int64(kept))
-	s.log.Info("cache reconciled", "dir", s.dir, "blobs", kept, "bytes", bytes,
-		"dropped_records", dropped, "reindexed", reindexed, "removed_files", removed,
-		"removed_temp", temps, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
