@@ -39,9 +39,9 @@
 //	b 0x00 sha256:<hex>                          blob
 //	t 0x00 <registry> 0x00 <repo> 0x00 <tag>     tag
 //	l 0x00 <registry> 0x00 <repo> 0x00 <digest>  link: the blob was seen in that repository
-//	T 0x00 <registry> 0x00 <repo>                last tags/list answer body (at most MaxTagListSize bytes);
-//	                                             the proxy also keeps referrers answers here, under
-//	                                             the pseudo-repository <repo>@referrers/<digest>
+//	T 0x00 <registry> 0x00 <repo>                last tags/list answer body (at most MaxTagListSize bytes)
+//	R 0x00 <registry> 0x00 <repo> 0x00 <digest>  last referrers answer (an OCI image index, at most
+//	                                             MaxReferrersSize bytes) for the subject <digest>
 //	p 0x00 <name>                                pin: an image ("docker.io/library/alpine:3.20") and
 //	                                             every digest of its graph; eviction spares them
 //
@@ -52,7 +52,16 @@
 //	tag:     ver | checked-at int64 | digest length uint8 | digest | media type (rest)
 //	link:    ver
 //	taglist: ver | body (rest)
+//	referrers: ver | body (rest)
 //	pin:     ver | digest (0x00 digest)*
+//
+// Versions before the R record kept referrers answers in the tag-list record
+// of a pseudo-repository, T 0x00 <registry> 0x00 <repo>@referrers/<digest>.
+// Open moves any such record to its R key (and drops one whose name does not
+// parse) in one batch: they are a cache of upstream's answers, but an
+// offline mirror can never fetch them again, so they are kept, not ignored.
+// The scan reads only the T records (one per listed repository), so it costs
+// next to nothing at every Open once the move is done.
 //
 // Last-access times are recorded in memory on every hit and written to Badger
 // in one transaction every Options.AccessFlushInterval (default 5s), and at

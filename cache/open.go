@@ -114,12 +114,22 @@ func (s *Store) openIndex() error {
 }
 
 // loadState brings files and index into agreement and loads the usage
-// totals: from a trusted clean-shutdown marker, or by the full reconcile.
+// totals (from a trusted clean-shutdown marker, or by the full reconcile),
+// then moves records an older version laid out differently.
 func (s *Store) loadState(clean cleanState, trusted bool) error {
+	var err error
 	if trusted {
-		return s.trustClean(clean)
+		err = s.trustClean(clean)
+	} else {
+		err = s.reconcile()
 	}
-	return s.reconcile()
+	if err != nil {
+		return err
+	}
+	if err := s.migrateReferrers(); err != nil {
+		return fmt.Errorf("cache: moving kept referrers answers: %w", err)
+	}
+	return nil
 }
 
 // abandon releases what a failed Open had taken.

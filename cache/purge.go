@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
 	digest "github.com/opencontainers/go-digest"
@@ -66,16 +65,10 @@ func (s *Store) DeleteTagList(registry, repo string) error {
 }
 
 // Repositories calls fn once for every repository that holds a tag record
-// or a link, ordered by registry and repository. The proxy's referrers
-// records (pseudo-repositories "<repo>@referrers/<digest>") are not
-// repositories and are left out.
+// or a link, ordered by registry and repository.
 func (s *Store) Repositories(fn func(registry, repo string) error) error {
 	seen := map[[2]string]bool{}
-	collect := func(registry, repo string) {
-		if !strings.Contains(repo, "@") {
-			seen[[2]string{registry, repo}] = true
-		}
-	}
+	collect := func(registry, repo string) { seen[[2]string{registry, repo}] = true }
 	if err := s.Tags(func(registry, repo, _ string, _ TagRecord) error { collect(registry, repo); return nil }); err != nil {
 		return err
 	}

@@ -125,8 +125,5 @@ func (s *Store) SetTagList(registry, repo string, body []byte) error {
 	if len(body) > MaxTagListSize {
 		return fmt.Errorf("%w: tag list of %d bytes, limit %d", ErrTooLarge, len(body), MaxTagListSize)
 	}
-	v := make([]byte, 0, 1+len(body))
-	v = append(v, valueVersion)
-	v = append(v, body...)
-	return s.set(makeKey(prefixTagList, registry, repo), v)
+	return s.set(makeKey(prefixTagList, registry, repo), versioned(body))
 }

@@ -13,10 +13,8 @@ import (
 
 // Referrers (GET /v2/<name>/referrers/<digest>, OCI distribution 1.1) are
 // passed through to upstream, unfiltered, and the last answer per subject
-// is kept in the cache's tag-list record under the pseudo repository
-// "<repo>@referrers/<digest>" (a name no real repository can have, so it
-// never collides; it appears in no listing and is not a blob, so eviction
-// does not see it). While upstream is down, or the mirror offline, that
+// is kept in the cache's referrers record (not a blob, so eviction does not
+// see it). While upstream is down, or the mirror offline, that
 // answer is served. An artifactType query is applied here, to the cached
 // or fetched answer, and announced with OCI-Filters-Applied, so one record
 // serves every filter. Upstream's 404 (no referrers API) is passed on;
@@ -30,8 +28,6 @@ type referrersUpstream interface {
 
 const mediaTypeOCIIndex = "application/vnd.oci.image.index.v1+json"
 
-func referrersKey(repo string, d digest.Digest) string { return repo + "@referrers/" + d.String() }
-
 func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 	d := rq.ref.digest
 	ru, ok := rq.up.(referrersUpstream)
@@ -39,7 +35,11 @@ func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq reque
 		writeError(ctx, fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry), resourceManifest)
 		return
 	}
-	body, outcome, err := s.keptAnswer(rq, referrersKey(rq.repo, d), "referrers", true,
+	kept := keptRecord{
+		load: func() ([]byte, error) { return s.store.Referrers(rq.registry, rq.repo, d) },
+		save: func(body []byte) error { return s.store.SetReferrers(rq.registry, rq.repo, d, body) },
+	}
+	body, outcome, err := s.keptAnswer(rq, rq.repo+"@"+d.String(), "referrers", kept, true,
 		func(uctx context.Context) ([]byte, error) {
 			body, _, err := ru.Referrers(uctx, rq.repo, d, "")
 			return body, err

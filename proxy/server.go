@@ -55,6 +55,8 @@ type Store interface {
 	HasLink(registry, repo string, d digest.Digest) (bool, error)
 	TagList(registry, repo string) ([]byte, error)
 	SetTagList(registry, repo string, body []byte) error
+	Referrers(registry, repo string, subject digest.Digest) ([]byte, error)
+	SetReferrers(registry, repo string, subject digest.Digest, body []byte) error
 }
 
 // FillHooks lets the cache's owner hear about fills. Hold is called before a

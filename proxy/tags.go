@@ -22,7 +22,11 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 			query.Set(key, string(v))
 		}
 	}
-	body, outcome, err := s.keptAnswer(rq, rq.repo, "tags", len(query) == 0,
+	kept := keptRecord{
+		load: func() ([]byte, error) { return s.store.TagList(rq.registry, rq.repo) },
+		save: func(body []byte) error { return s.store.SetTagList(rq.registry, rq.repo, body) },
+	}
+	body, outcome, err := s.keptAnswer(rq, rq.repo, "tags", kept, len(query) == 0,
 		func(uctx context.Context) ([]byte, error) { return rq.up.ListTags(uctx, rq.repo, query.Encode()) })
 	ex.outcome = outcome
 	if err != nil {
@@ -32,12 +36,18 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 	writeBody(ctx, "application/json", body)
 }
 
+// keptRecord is the cache record where keptAnswer keeps an answer.
+type keptRecord struct {
+	load func() ([]byte, error)
+	save func(body []byte) error
+}
+
 // keptAnswer gets a small answer (a tag list, a referrers index) from
 // upstream and, when keep is set, stores the last one in the cache's
-// tag-list record under key. When the mirror is offline, or upstream cannot
+// record kept (key names it in logs). When the mirror is offline, or upstream cannot
 // answer (down, 5xx, 429, or marked out after failing), the kept answer is
 // served instead: "hit" offline, "stale" otherwise.
-func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(context.Context) ([]byte, error)) ([]byte, string, error) {
+func (s *Server) keptAnswer(rq request, key, kind string, kept keptRecord, keep bool, fetch func(context.Context) ([]byte, error)) ([]byte, string, error) {
 	var err error
 	switch {
 	case s.opts.Offline:
@@ -50,7 +60,7 @@ func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(
 		cancel()
 		if ferr == nil {
 			if keep {
-				if err := s.store.SetTagList(rq.registry, key, body); err != nil {
+				if err := kept.save(body); err != nil {
 					s.log.Warn("keeping an answer", "kind", kind, "registry", rq.registry, "key", key, "err", err)
 				}
 			}
@@ -64,7 +74,7 @@ func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(
 	if !keep || !(s.opts.Offline || isUpstreamOutage(err)) {
 		return nil, "", err
 	}
-	kept, kerr := s.store.TagList(rq.registry, key)
+	body, kerr := kept.load()
 	if kerr != nil {
 		if !errors.Is(kerr, cache.ErrNotFound) {
 			s.log.Warn("reading a kept answer", "kind", kind, "registry", rq.registry, "key", key, "err", kerr)
@@ -72,9 +82,9 @@ func (s *Server) keptAnswer(rq request, key, kind string, keep bool, fetch func(
 		return nil, "", err
 	}
 	if s.opts.Offline {
-		return kept, "hit", nil
+		return body, "hit", nil
 	}
-	return kept, "stale", nil
+	return body, "stale", nil
 }
 
 // writeBody answers with a small body held in memory (to HEAD, with its
