@@ -10,6 +10,23 @@
 // changes through the Observer each subscribes with Store.Subscribe. The
 // Store owns that list; nothing is wired back into it from outside.
 //
+// # The API, by job
+//
+//   - Blobs (blobs.go, writer.go, verify.go): Stat, Open, ReadAll, Put,
+//     Create (a Writer: Write, OpenReader, Commit, Cancel), Touch, Delete,
+//     SetMediaType, Walk, Usage, OpenVerified.
+//   - Records (tags.go, records.go, referrers.go, purge.go): tags (Tag,
+//     SetTag, DeleteTag, Tags), links (AddLink, HasLink, DeleteLink, Links),
+//     kept answers (TagList, SetTagList, DeleteTagList; Referrers,
+//     SetReferrers), pins (SetPin, DeletePin, Pins), Repositories.
+//   - The store itself (open.go, observe.go, verify.go): Open, Close,
+//     Subscribe, Check, VerifyAll, VerifyStats, Dir.
+//
+// Consumers take the part they use through interfaces they own (proxy's
+// blob, manifest, tag, link and answer stores; admin's); every method above
+// has a consumer outside this package (Touch: the proxy's in-memory
+// metadata cache, which records a hit it answered without Open).
+//
 // # On disk
 //
 //	data_dir/
