@@ -65,6 +65,17 @@ func versioned(body []byte) []byte {
 	return append(v, body...)
 }
 
+// legacyReferrers is a referrers answer kept by an older version in a
+// tag-list record; subject is empty (and the record dropped) if its name
+// does not parse, body nil if its value does not.
+type legacyReferrers struct {
+	key      []byte
+	registry string
+	repo     string
+	subject  digest.Digest
+	body     []byte // versioned value, as stored
+}
+
 // migrateReferrers moves referrers answers that an older version kept in
 // tag-list records under "<repo>@referrers/<digest>" to their own records,
 // in one write batch. They are a cache of upstream's answers, but an
@@ -74,42 +85,7 @@ func versioned(body []byte) []byte {
 // to nothing at every Open once the move is done. It runs before the Store
 // is shared.
 func (s *Store) migrateReferrers() error {
-	type legacy struct {
-		key      []byte
-		registry string
-		repo     string
-		subject  digest.Digest
-		body     []byte
-	}
-	var found []legacy
-	pfx := []byte{prefixTagList, sep}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, PrefetchValues: false})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			parts := strings.Split(string(item.Key()[2:]), string(rune(sep)))
-			if len(parts) != 2 || !strings.Contains(parts[1], legacyReferrersMark) {
-				continue
-			}
-			l := legacy{key: item.KeyCopy(nil), registry: parts[0]}
-			repo, subject, _ := strings.Cut(parts[1], legacyReferrersMark)
-			if validateParts(repo) == nil {
-				if _, err := validateDigest(digest.Digest(subject)); err == nil {
-					l.repo, l.subject = repo, digest.Digest(subject)
-				}
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			if len(v) >= 1 && v[0] == valueVersion {
-				l.body = v
-			}
-			found = append(found, l)
-		}
-		return nil
-	})
+	found, err := s.findLegacyReferrers()
 	if err != nil || len(found) == 0 {
 		return err
 	}
@@ -132,4 +108,39 @@ func (s *Store) migrateReferrers() error {
 	}
 	s.log.Info("moved kept referrers answers to their own index records", "moved", moved, "dropped", len(found)-moved)
 	return nil
+}
+
+// findLegacyReferrers reads the tag-list records named like an older
+// version's referrers records.
+func (s *Store) findLegacyReferrers() ([]legacyReferrers, error) {
+	var found []legacyReferrers
+	pfx := []byte{prefixTagList, sep}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, PrefetchValues: false})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			parts := strings.Split(string(item.Key()[2:]), string(rune(sep)))
+			if len(parts) != 2 || !strings.Contains(parts[1], legacyReferrersMark) {
+				continue
+			}
+			l := legacyReferrers{key: item.KeyCopy(nil), registry: parts[0]}
+			repo, subject, _ := strings.Cut(parts[1], legacyReferrersMark)
+			if validateParts(repo) == nil {
+				if _, err := validateDigest(digest.Digest(subject)); err == nil {
+					l.repo, l.subject = repo, digest.Digest(subject)
+				}
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if len(v) >= 1 && v[0] == valueVersion {
+				l.body = v
+			}
+			found = append(found, l)
+		}
+		return nil
+	})
+	return found, err
 }
