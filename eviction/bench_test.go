@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,13 +18,9 @@ type nopDeleter struct{}
 
 func (nopDeleter) Delete(string) error { return nil }
 
-func benchKeys(n int) []string {
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = "sha256:" + strconv.FormatInt(int64(i)*2654435761, 16)
-	}
-	return keys
-}
+// benchKeys returns n keys of the cache's form (see digestKeys); the cache
+// hands in no other.
+func benchKeys(n int) []string { return digestKeys(n) }
 
 func benchEvictor(b *testing.B, keys []string, opts Options) *Evictor {
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
