@@ -78,6 +78,11 @@ func (a *arena) alloc() slot {
 		a.slots[i] = entry{prev: -1, next: -1}
 		return i
 	}
+	if len(a.slots) == cap(a.slots) {
+		// Grow by an eighth, not append's doubling: at a million entries
+		// a doubling would reserve another 64 MB for the next few adds.
+		a.grow(len(a.slots)/8 + 64)
+	}
 	a.slots = append(a.slots, entry{prev: -1, next: -1})
 	return slot(len(a.slots) - 1)
 }
