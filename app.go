@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,9 +43,23 @@ type app struct {
 	tiers *tiers
 }
 
-// newApp opens the cache, builds every component and listens; Run serves.
+// newApp builds every component, listens and opens the cache; Run serves.
+// Everything that can be checked without the data dir is checked before
+// it is touched.
 func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	a = &app{cfg: cfg, log: log, serving: make(chan struct{})}
+	ups, err := buildUpstreams(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	popts, err := cfg.proxyOptions(log)
+	if err != nil {
+		return nil, err
+	}
+	ac, err := newAccess(cfg.Auth, log)
+	if err != nil {
+		return nil, err
+	}
 	// Listen first: a port in use fails before the disk is touched, and
 	// while the index opens (after a crash the reconcile walks every file)
 	// probes get /readyz 503 and clients a clear 503 instead of a refusal.
@@ -80,61 +93,21 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err := admin.WriteServerURL(cfg.DataDir, a.url()); err != nil {
 		return nil, err
 	}
-	ups, aliases, err := buildUpstreams(cfg, log)
-	if err != nil {
-		return nil, err
-	}
-	policy, err := cfg.tagPolicy()
-	if err != nil {
-		return nil, err
-	}
-	ac, err := newAccess(cfg.Auth, log)
-	if err != nil {
-		return nil, err
-	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEvictionMetrics(metrics, a.cache)
 	registerVerifyMetrics(metrics, a.cache.Store)
-	minRate, err := cfg.Server.minUpstreamRate()
-	if err != nil {
-		return nil, err
-	}
+	// The cluster (and S3) tiers go in front of the upstreams: one call.
 	a.tiers, err = composeTiers(cfg, tierDeps{metrics: metrics, log: log}, ups)
 	if err != nil {
 		return nil, err
 	}
-	popts := proxy.Options{
-		Registries:          a.tiers.ups,
-		Peers:               a.tiers.peers,
-		DefaultRegistry:     cfg.DefaultRegistry,
-		HostAliases:         aliases,
-		Store:               a.cache.Store,
-		Hooks:               stack.FillHooks{Evictor: a.cache.Evictor},
-		Admin:               admin.Handler(a.cache.Ops, token),
-		TagTTL:              cfg.TagTTL.Duration,
-		TagPolicy:           policy,
-		Offline:             cfg.Offline,
-		FillTimeout:         cfg.Server.FillTimeout.Duration,
-		UpstreamTimeout:     cfg.Server.UpstreamTimeout.Duration,
-		RevalidateTimeout:   cfg.Server.RevalidateTimeout.Duration,
-		OutageBackoff:       cfg.Server.OutageBackoff.Duration,
-		ReadTimeout:         cfg.Server.ReadTimeout.Duration,
-		WriteTimeout:        cfg.Server.WriteTimeout.Duration,
-		IdleTimeout:         cfg.Server.IdleTimeout.Duration,
-		TLSCertFile:         cfg.Server.TLSCertFile,
-		TLSKeyFile:          cfg.Server.TLSKeyFile,
-		Metrics:             metrics,
-		Logger:              log,
-		MaxConnections:      cfg.Server.MaxConnections,
-		MaxConnectionsPerIP: cfg.Server.MaxConnectionsPerIP,
-		Operator:            operatorOptions(cfg, a),
-
-		PrivateRegistries: cfg.privateRegistries(),
-
-		MinUpstreamRate:       minRate,
-		MinUpstreamRateWindow: cfg.Server.MinUpstreamRateWindow.Duration,
-	}
+	popts.Registries, popts.Peers = a.tiers.ups, a.tiers.peers
+	popts.Store = a.cache.Store
+	popts.Hooks = stack.FillHooks{Evictor: a.cache.Evictor}
+	popts.Admin = admin.Handler(a.cache.Ops, token)
+	popts.Metrics = metrics
+	popts.Operator = operatorOptions(cfg, a)
 	if ac != nil {
 		popts.Access = ac
 		popts.AdminOpen = admin.OpenHandler(a.cache.Ops)
@@ -156,71 +129,31 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	return a, nil
 }
 
-func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, map[string]string, error) {
+// buildUpstreams makes one registry client per configured registry, put
+// behind its mirrors when it has some (each mirror a client of its own,
+// built by the same constructor, so behind the same connection guard).
+func buildUpstreams(cfg config, log *slog.Logger) ([]proxy.Upstream, error) {
 	var ups []proxy.Upstream
-	aliases := map[string]string{}
-	for _, r := range cfg.Registries {
-		up, err := upstream.New(upstream.Options{
-			Name:               r.Name,
-			URL:                r.URL,
-			Username:           r.Username,
-			Password:           r.Password,
-			Keychain:           r.keychain(),
-			CAFile:             r.CAFile,
-			InsecureSkipVerify: r.InsecureSkipVerify,
-			UserAgent:          "regmirror/" + buildVersion(),
-			Logger:             log.With("registry", r.Name),
-
-			AllowPrivateAddresses: r.allowPrivate,
-		})
+	for _, ro := range cfg.registryOptions(log) {
+		up, err := upstream.New(ro.Primary)
 		if err != nil {
-			return nil, nil, fmt.Errorf("registry %q: %w", r.Name, err)
+			return nil, fmt.Errorf("registry %q: %w", ro.Primary.Name, err)
 		}
-		if len(r.Mirrors) == 0 {
+		if len(ro.Mirrors) == 0 {
 			ups = append(ups, up)
-		} else {
-			fo, err := buildFailover(cfg, r, up, log)
+			continue
+		}
+		var mirrors []*upstream.Registry
+		for _, mo := range ro.Mirrors {
+			mr, err := upstream.New(mo)
 			if err != nil {
-				return nil, nil, err
+				return nil, fmt.Errorf("registry %q: mirror %s: %w", mo.Name, mo.URL, err)
 			}
-			ups = append(ups, fo)
+			mirrors = append(mirrors, mr)
 		}
-		for _, h := range r.HostAliases {
-			aliases[h] = r.Name
-		}
+		ups = append(ups, upstream.NewFailover(up, mirrors, ro.Failover))
 	}
-	return ups, aliases, nil
-}
-
-// buildFailover puts a registry behind its mirrors. Each mirror is a
-// registry client of its own, built by the same constructor (so the same
-// connection guard), with its own credentials only; it does not retry (the
-// next source is the retry) and waits 10s at most for response headers.
-func buildFailover(cfg config, r registryConfig, primary *upstream.Registry, log *slog.Logger) (*upstream.Failover, error) {
-	var mirrors []*upstream.Registry
-	for _, m := range r.Mirrors {
-		mr, err := upstream.New(upstream.Options{
-			Name:                  r.Name,
-			URL:                   m.URL,
-			Username:              m.Username,
-			Password:              m.Password,
-			CAFile:                m.CAFile,
-			InsecureSkipVerify:    m.InsecureSkipVerify,
-			Retries:               -1,
-			ResponseHeaderTimeout: 10 * time.Second,
-			AllowPrivateAddresses: r.allowPrivate,
-			UserAgent:             "regmirror/" + buildVersion(),
-			Logger:                log.With("registry", r.Name, "mirror", m.URL),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("registry %q: mirror %s: %w", r.Name, m.URL, err)
-		}
-		mirrors = append(mirrors, mr)
-	}
-	return upstream.NewFailover(primary, mirrors, upstream.FailoverOptions{
-		OutageBackoff: cfg.Server.OutageBackoff.Duration,
-		Logger:        log.With("registry", r.Name),
-	}), nil
+	return ups, nil
 }
 
 // registerEvictionMetrics exports the evictor's counters, read at scrape time.

@@ -268,6 +268,9 @@ func (c *config) finish() error {
 		if r.URL == "" {
 			r.URL = "https://" + r.Name
 		}
+		if !isBaseURL(r.URL) {
+			errs = append(errs, fmt.Errorf("registry %q: url %q: want http(s)://host[:port] with nothing after it, e.g. https://%s", r.Name, r.URL, strings.TrimPrefix(r.URL, "//")))
+		}
 		if err := r.resolvePassword(); err != nil {
 			errs = append(errs, err)
 		}
@@ -302,12 +305,6 @@ func (c *config) finish() error {
 	if (c.Server.TLSCertFile == "") != (c.Server.TLSKeyFile == "") {
 		errs = append(errs, errors.New("server.tls_cert_file and server.tls_key_file: give both or neither"))
 	}
-	if _, err := parseRate(c.Cache.ScrubRate); err != nil {
-		errs = append(errs, fmt.Errorf("cache.scrub_rate: %w", err))
-	}
-	if c.Cache.ScrubInterval.Duration < 0 {
-		errs = append(errs, errors.New("cache.scrub_interval: must not be negative"))
-	}
 	if c.Auth != nil {
 		errs = append(errs, c.Auth.check(c.Server))
 	}
@@ -317,6 +314,7 @@ func (c *config) finish() error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))
 	}
+	errs = append(errs, c.Cache.check())
 	if _, _, err := parseReserve(c.Server.RateLimitReserve); err != nil {
 		errs = append(errs, err)
 	}
@@ -325,6 +323,40 @@ func (c *config) finish() error {
 	}
 	if c.Server.MinUpstreamRateWindow.Duration < 0 {
 		errs = append(errs, errors.New("server.min_upstream_rate_window: must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// check validates [cache] without the disk: a percentage budget is
+// resolved against the filesystem later, but its syntax is checked here.
+func (c cacheConfig) check() error {
+	var errs []error
+	if c.MaxSize != "" && c.MaxSize != "0" {
+		if _, err := eviction.ParseBudget(c.MaxSize, 1<<50); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := eviction.ParseSize(c.MinFree); err != nil {
+		errs = append(errs, fmt.Errorf("cache.min_free: %w", err))
+	}
+	high, low := c.HighWatermark, c.LowWatermark
+	if high == 0 {
+		high = eviction.DefaultHighWatermark
+	}
+	if low == 0 {
+		low = eviction.DefaultLowWatermark
+	}
+	if !(low > 0 && low < high && high <= 1) {
+		errs = append(errs, fmt.Errorf("cache.low_watermark %v, cache.high_watermark %v: want 0 < low < high ≤ 1", low, high))
+	}
+	if c.EvictInterval.Duration < 0 {
+		errs = append(errs, errors.New("cache.evict_interval: must not be negative"))
+	}
+	if _, err := parseRate(c.ScrubRate); err != nil {
+		errs = append(errs, fmt.Errorf("cache.scrub_rate: %w", err))
+	}
+	if c.ScrubInterval.Duration < 0 {
+		errs = append(errs, errors.New("cache.scrub_interval: must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -372,9 +404,7 @@ func (r *registryConfig) checkMirrors() error {
 	seen := map[string]bool{strings.TrimSuffix(r.URL, "/"): true}
 	for i := range r.Mirrors {
 		m := &r.Mirrors[i]
-		u, err := url.Parse(m.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
-			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		if !isBaseURL(m.URL) {
 			errs = append(errs, fmt.Errorf("registry %q: mirror %q: want http(s)://host[:port] with nothing after it", r.Name, m.URL))
 			continue
 		}
@@ -391,6 +421,14 @@ func (r *registryConfig) checkMirrors() error {
 		m.Password = creds.Password
 	}
 	return errors.Join(errs...)
+}
+
+// isBaseURL: http(s)://host[:port], nothing after it (a registry's or a
+// mirror's url).
+func isBaseURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil &&
+		(u.Path == "" || u.Path == "/") && u.RawQuery == "" && u.Fragment == ""
 }
 
 // parseAllowPrivate reads allow_private_addresses: IP addresses or CIDR

@@ -188,7 +188,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			return fmt.Errorf("%w: %s %s answered %s", ErrUnavailable, method, path, resp.Status)
 		}
 		if sentinel, ok := errorKinds[eb.Kind]; ok {
-			return fmt.Errorf("%w (%s)", sentinel, eb.Error)
+			return kindError{sentinel, eb.Error}
 		}
 		return errors.New(eb.Error)
 	}
@@ -197,6 +197,23 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
+
+// kindError is a server's error as its text says it, matching its
+// sentinel with errors.Is. The server's text already starts with the
+// sentinel's; it is not said twice.
+type kindError struct {
+	sentinel error
+	msg      string
+}
+
+func (e kindError) Error() string {
+	if strings.Contains(e.msg, e.sentinel.Error()) {
+		return e.msg
+	}
+	return e.sentinel.Error() + ": " + e.msg
+}
+
+func (e kindError) Unwrap() error { return e.sentinel }
 
 // Usage implements Ops.
 func (c *Client) Usage(ctx context.Context, top int) (Usage, error) {
