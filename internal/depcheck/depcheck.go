@@ -1,7 +1,8 @@
 // Package depcheck asserts a package's import rule from its own tests: each
 // package of regmirror may import the standard library and a short, named
-// list of others, so that every third-party library stays in one package
-// and the project's packages keep their one job.
+// list of others (Allow), so that every third-party library stays in one
+// package and the project's packages keep their one job; package main,
+// the composition root, names what it must not import instead (Deny).
 package depcheck
 
 import (
@@ -14,10 +15,37 @@ import (
 	"testing"
 )
 
+// Deny fails t if a non-test Go file in the current directory imports a
+// path in denied (an entry ending in "/..." denies that path and everything
+// below): for a package whose rule is what it must leave to others, like
+// package main, which imports nearly everything.
+func Deny(t *testing.T, denied ...string) {
+	t.Helper()
+	each(t, func(name, path string) {
+		if allows(denied, path) {
+			t.Errorf("%s imports %q, which the package's rule leaves to another package", name, path)
+		}
+	})
+}
+
 // Allow fails t if a non-test Go file in the current directory (the package
 // under test) imports anything outside the standard library that is not in
 // allowed. An entry ending in "/..." allows that path and everything below.
 func Allow(t *testing.T, allowed ...string) {
+	t.Helper()
+	each(t, func(name, path string) {
+		if first, _, _ := strings.Cut(path, "/"); !strings.Contains(first, ".") {
+			return // the standard library
+		}
+		if !allows(allowed, path) {
+			t.Errorf("%s imports %q, outside the package's rule %v", name, path, allowed)
+		}
+	})
+}
+
+// each calls fn with every import of every non-test Go file in the current
+// directory.
+func each(t *testing.T, fn func(file, path string)) {
 	t.Helper()
 	files, err := filepath.Glob("*.go")
 	if err != nil {
@@ -40,12 +68,7 @@ func Allow(t *testing.T, allowed ...string) {
 		checked++
 		for _, imp := range f.Imports {
 			path, _ := strconv.Unquote(imp.Path.Value)
-			if first, _, _ := strings.Cut(path, "/"); !strings.Contains(first, ".") {
-				continue // the standard library
-			}
-			if !allows(allowed, path) {
-				t.Errorf("%s imports %q, outside the package's rule %v", name, path, allowed)
-			}
+			fn(name, path)
 		}
 	}
 	if checked == 0 {
