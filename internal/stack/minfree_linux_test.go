@@ -1,4 +1,4 @@
-package main
+package stack
 
 import (
 	"crypto/rand"
@@ -32,13 +32,10 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 
-	cfg := defaultConfig() // min_free = 1GiB, no budget
-	cfg.DataDir = dir
-	if err := cfg.finish(); err != nil {
-		t.Fatal(err)
-	}
+	opts := Options{Dir: dir, MinFree: 1 << 30, MinFreeIsDefault: true} // the default min_free, no budget
 	var logs testlog.Buffer
-	st, err := openStack(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	st, err := Open(opts)
 	if err != nil {
 		t.Fatalf("the mirror refused a 64 MiB filesystem: %v", err)
 	}
@@ -65,9 +62,10 @@ func TestMinFreeCappedOnSmallFilesystem(t *testing.T) {
 	st.Close()
 
 	// A min_free the operator chose is kept as given, with a warning.
-	cfg.Cache.MinFree = "32MiB"
+	opts.MinFree, opts.MinFreeIsDefault = 32<<20, false
 	var logs2 testlog.Buffer
-	st, err = openStack(cfg, slog.New(slog.NewTextHandler(&logs2, nil)))
+	opts.Logger = slog.New(slog.NewTextHandler(&logs2, nil))
+	st, err = Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
