@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -262,4 +263,31 @@ func startDownload(t testing.TB, url string, n int) (*http.Response, []byte) {
 		t.Fatalf("reading the first %d bytes of %s: %v", n, url, err)
 	}
 	return resp, first
+}
+
+// totalBlobGETs sums upstream blob GETs over everything the mirror cached.
+func totalBlobGETs(t testing.TB, up *testupstream.Server, m *mirror) int {
+	n := 0
+	for hexName := range blobFiles(t, m.cfg.DataDir) {
+		n += up.BlobGETs(digest.NewDigestFromEncoded(digest.SHA256, hexName))
+	}
+	return n
+}
+
+type wireErrors struct {
+	Errors []struct{ Code, Message, Detail string } `json:"errors"`
+}
+
+func wantWireError(t *testing.T, resp *http.Response, body []byte, status int, code string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Errorf("status %d, want %d (%s)", resp.StatusCode, status, body)
+	}
+	var we wireErrors
+	if err := json.Unmarshal(body, &we); err != nil || len(we.Errors) != 1 {
+		t.Fatalf("body %q is not a registry error: %v", body, err)
+	}
+	if we.Errors[0].Code != code {
+		t.Errorf("code %q, want %q (%s)", we.Errors[0].Code, code, body)
+	}
 }

@@ -3,23 +3,16 @@ package main
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regmirror/regmirror/internal/realclient"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -35,10 +28,10 @@ const (
 
 // registries is one regmirror in front of three fake registries: Docker Hub
 // (the default), ghcr.io and a private registry.corp:5000 reached through
-// a repoFront.
+// a testupstream.RepoFront.
 type registries struct {
 	hub, ghcr, corp *testupstream.Server
-	front           *repoFront
+	front           *testupstream.RepoFront
 	m               *mirror
 }
 
@@ -49,7 +42,7 @@ func startRegistries(t *testing.T, mutate ...func(*config)) *registries {
 		ghcr: testupstream.Start(t),
 		corp: testupstream.Start(t, testupstream.WithCredentials(corpUser, corpPass)),
 	}
-	r.front = startRepoFront(t, r.corp)
+	r.front = testupstream.StartRepoFront(t, r.corp)
 	r.m = startMirror(t, r.hub, append([]func(*config){func(c *config) {
 		c.Registries = append(c.Registries,
 			registryConfig{Name: ghcrName, URL: r.ghcr.URL(), HostAliases: []string{ghcrAlias}},
@@ -57,84 +50,6 @@ func startRegistries(t *testing.T, mutate ...func(*config)) *registries {
 		)
 	}}, mutate...)...)
 	return r
-}
-
-// repoFront stands before a testupstream and gives it what pkg/registry
-// lacks: blobs that belong to repositories. A blob HEAD or GET in a
-// repository not allowed (allowBlobs) answers 404 BLOB_UNKNOWN, as
-// distribution does for a blob not linked in that repository. down makes
-// every request fail with 503.
-type repoFront struct {
-	*httptest.Server
-	mu      sync.Mutex
-	allowed map[string]bool
-	down    bool
-	counts  map[string]int // "METHOD /v2/<repo>/blobs|manifests" → requests
-}
-
-func startRepoFront(t *testing.T, up *testupstream.Server) *repoFront {
-	t.Helper()
-	target, err := url.Parse(up.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &repoFront{allowed: map[string]bool{}, counts: map[string]int{}}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		repo, kind := splitV2(r.URL.Path)
-		f.mu.Lock()
-		down, allowed := f.down, f.allowed[repo]
-		if repo != "" && r.Header.Get("Authorization") != "" {
-			f.counts[r.Method+" "+repo+" "+kind]++
-		}
-		f.mu.Unlock()
-		switch {
-		case down:
-			http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"down"}]}`, http.StatusServiceUnavailable)
-		case kind == "blobs" && !allowed && r.Header.Get("Authorization") != "":
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			io.WriteString(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`)
-		default:
-			rp.ServeHTTP(w, r)
-		}
-	}))
-	t.Cleanup(f.Close)
-	return f
-}
-
-func (f *repoFront) allowBlobs(repo string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.allowed[repo] = true
-}
-
-func (f *repoFront) setDown(down bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.down = down
-}
-
-// requests counts authorized requests with method for kind ("blobs" or
-// "manifests") in repo.
-func (f *repoFront) requests(method, repo, kind string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.counts[method+" "+repo+" "+kind]
-}
-
-// splitV2 returns the repository and the kind ("blobs", "manifests", ...)
-// of /v2/<repo>/<kind>/<ref>.
-func splitV2(p string) (repo, kind string) {
-	rest, ok := strings.CutPrefix(p, "/v2/")
-	if !ok {
-		return "", ""
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) < 3 {
-		return "", ""
-	}
-	return strings.Join(parts[:len(parts)-2], "/"), parts[len(parts)-2]
 }
 
 // do sends a request with an optional Host header and returns status and
@@ -161,24 +76,6 @@ func do(t *testing.T, method, u, host string) (*http.Response, []byte) {
 	return resp, body
 }
 
-// wantRegistryError checks a registry JSON error answer.
-func wantRegistryError(t *testing.T, what string, resp *http.Response, body []byte, status int, code string) {
-	t.Helper()
-	if resp.StatusCode != status {
-		t.Errorf("%s: status %d, want %d (body %s)", what, resp.StatusCode, status, body)
-		return
-	}
-	if resp.Request.Method == http.MethodHead {
-		return
-	}
-	var e struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || e.Errors[0].Code != code {
-		t.Errorf("%s: body %s, want a registry error %s", what, body, code)
-	}
-}
-
 // wantContent checks a 200 answer whose body (for GET) has digest want.
 func wantContent(t *testing.T, what string, resp *http.Response, body []byte, want digest.Digest) {
 	t.Helper()
@@ -190,292 +87,6 @@ func wantContent(t *testing.T, what string, resp *http.Response, body []byte, wa
 		if got := digest.FromBytes(body); got != want {
 			t.Errorf("%s: body digest %s, want %s", what, got, want)
 		}
-	}
-}
-
-// TestRegistryAddressing: one mirror serves several registries, named the
-// way each client names them: ?ns= (containerd), a path prefix (podman,
-// skopeo, containerd override_path), a Host alias, or nothing (the default,
-// docker.io, as the Docker daemon sends it). /v2/ answers for every form.
-func TestRegistryAddressing(t *testing.T) {
-	r := startRegistries(t)
-	hubImg := r.hub.PushRandomImage(t, "library/alpine", "latest", 2, 4096)
-	ghcrImg := r.ghcr.PushRandomOCIImage(t, "org/app", "v1", 2, 4096)
-	ghcrIdx := r.ghcr.PushRandomIndex(t, "org/multi", "v2",
-		[]v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}, 1, 2048)
-	m := r.m
-
-	for _, c := range []struct {
-		ref  string
-		want digest.Digest
-	}{
-		{"alpine:latest", testupstream.Digest(t, hubImg)},
-		{"docker.io/library/alpine:latest", testupstream.Digest(t, hubImg)},
-		{"index.docker.io/library/alpine:latest", testupstream.Digest(t, hubImg)},
-		{"ghcr.io/org/app:v1", testupstream.Digest(t, ghcrImg)},
-		{"ghcr.io/org/multi:v2", testupstream.Digest(t, ghcrIdx)},
-	} {
-		if got := pullAll(t, m, c.ref); got != c.want {
-			t.Errorf("pull %s: %s, want %s", c.ref, got, c.want)
-		}
-	}
-
-	appDigest := testupstream.Digest(t, ghcrImg)
-	layer := testupstream.LayerDigests(t, ghcrImg)[0]
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		for _, c := range []struct{ what, path, host string }{
-			{"?ns=", "/v2/org/app/manifests/v1?ns=ghcr.io", ""},
-			{"?ns= with the same path prefix (override_path)", "/v2/ghcr.io/org/app/manifests/v1?ns=ghcr.io", ""},
-			{"path prefix", "/v2/ghcr.io/org/app/manifests/v1", ""},
-			{"path prefix, by digest", "/v2/ghcr.io/org/app/manifests/" + appDigest.String(), ""},
-			{"Host alias", "/v2/org/app/manifests/v1", ghcrAlias},
-			{"Host alias with port", "/v2/org/app/manifests/v1", ghcrAlias + ":443"},
-		} {
-			resp, body := do(t, method, m.url+c.path, c.host)
-			wantContent(t, method+" "+c.what, resp, body, appDigest)
-			if got := resp.Header.Get("Docker-Content-Digest"); got != appDigest.String() {
-				t.Errorf("%s %s: Docker-Content-Digest %q, want %s", method, c.what, got, appDigest)
-			}
-		}
-		for _, path := range []string{
-			"/v2/org/app/blobs/" + layer.String() + "?ns=ghcr.io",
-			"/v2/ghcr.io/org/app/blobs/" + layer.String(),
-		} {
-			resp, body := do(t, method, m.url+path, "")
-			wantContent(t, method+" "+path, resp, body, layer)
-		}
-	}
-	// The tag list of the right registry.
-	if resp, body := do(t, http.MethodGet, m.url+"/v2/org/app/tags/list?ns=ghcr.io", ""); resp.StatusCode != 200 || !strings.Contains(string(body), `"v1"`) {
-		t.Errorf("tags/list?ns=ghcr.io: %d %s", resp.StatusCode, body)
-	}
-
-	for _, c := range []struct{ path, host string }{
-		{"/v2/", ""}, {"/v2", ""}, {"/v2/?ns=ghcr.io", ""}, {"/v2/?ns=docker.io", ""},
-		{"/v2/?ns=" + url.QueryEscape(corpName), ""}, {"/v2/", ghcrAlias},
-	} {
-		resp, body := do(t, http.MethodGet, m.url+c.path, c.host)
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
-			t.Errorf("GET %s (Host %q): %d %s, want 200 with Docker-Distribution-API-Version", c.path, c.host, resp.StatusCode, body)
-		}
-	}
-}
-
-// TestRegistryTagsIsolated: the same repository name and tag on two
-// registries are two different images; the cache keys tags and
-// repositories by registry. Blobs stay shared by digest: an image on both
-// registries is fetched once.
-func TestRegistryTagsIsolated(t *testing.T) {
-	r := startRegistries(t)
-	m := r.m
-	hubImg := r.hub.PushRandomImage(t, "org/app", "v1", 1, 2048)
-	ghcrImg := r.ghcr.PushRandomImage(t, "org/app", "v1", 1, 2048)
-	hubWant, ghcrWant := testupstream.Digest(t, hubImg), testupstream.Digest(t, ghcrImg)
-	if hubWant == ghcrWant {
-		t.Fatal("random images collided")
-	}
-	for round := 0; round < 2; round++ { // the second round is served from the cache
-		if got := pullAll(t, m, "org/app:v1"); got != hubWant {
-			t.Errorf("round %d: docker.io org/app:v1 = %s, want %s", round, got, hubWant)
-		}
-		if got := pullAll(t, m, "ghcr.io/org/app:v1"); got != ghcrWant {
-			t.Errorf("round %d: ghcr.io org/app:v1 = %s, want %s", round, got, ghcrWant)
-		}
-		for _, c := range []struct {
-			path string
-			want digest.Digest
-		}{
-			{"/v2/org/app/manifests/v1?ns=ghcr.io", ghcrWant},
-			{"/v2/org/app/manifests/v1?ns=docker.io", hubWant},
-			{"/v2/org/app/manifests/v1", hubWant},
-		} {
-			resp, body := do(t, http.MethodGet, m.url+c.path, "")
-			wantContent(t, c.path, resp, body, c.want)
-		}
-	}
-	// Shared content: the same image pushed to both registries is
-	// downloaded from the first only.
-	img := r.hub.PushRandomImage(t, "team/base", "1", 2, 8192)
-	shared := testupstream.Digest(t, img)
-	r.ghcr.Push(t, "mirror/base", "1", img)
-	pullAll(t, m, "team/base:1")
-	ghcrBlobGETs := 0
-	for _, l := range testupstream.LayerDigests(t, img) {
-		ghcrBlobGETs += r.ghcr.BlobGETs(l)
-	}
-	if got := pullAll(t, m, "ghcr.io/mirror/base:1"); got != shared {
-		t.Errorf("ghcr.io mirror/base:1 = %s, want %s", got, shared)
-	}
-	for _, l := range testupstream.LayerDigests(t, img) {
-		ghcrBlobGETs -= r.ghcr.BlobGETs(l)
-	}
-	if ghcrBlobGETs != 0 {
-		t.Errorf("layers cached from docker.io were fetched again from ghcr.io (%d GETs)", -ghcrBlobGETs)
-	}
-}
-
-// evilListener counts the connections anyone makes to it.
-type evilListener struct {
-	ln      net.Listener
-	accepts atomic.Int64
-}
-
-func startEvil(t *testing.T) *evilListener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &evilListener{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.accepts.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return e
-}
-
-// TestUnconfiguredRegistryRefused: a request naming a registry that is not
-// configured, in any form, is refused with a registry error and dials
-// nothing: the mirror is not an open proxy. A Host header that is not an
-// alias means the default registry, never the Host.
-func TestUnconfiguredRegistryRefused(t *testing.T) {
-	r := startRegistries(t)
-	m := r.m
-	hubImg := r.hub.PushRandomImage(t, "library/alpine", "latest", 1, 1024)
-	evil := startEvil(t)
-	host := evil.ln.Addr().String()
-	port := host[strings.LastIndexByte(host, ':')+1:]
-	d := digest.FromString("x").String()
-
-	for _, evilName := range []string{host, "localhost:" + port, "evil.example:" + port} {
-		q := url.QueryEscape(evilName)
-		for _, method := range []string{http.MethodGet, http.MethodHead} {
-			for _, c := range []struct {
-				path   string
-				status int
-				code   string
-			}{
-				{"/v2/?ns=" + q, http.StatusForbidden, "DENIED"},
-				{"/v2/x/manifests/latest?ns=" + q, http.StatusForbidden, "DENIED"},
-				{"/v2/x/blobs/" + d + "?ns=" + q, http.StatusForbidden, "DENIED"},
-				{"/v2/x/tags/list?ns=" + q, http.StatusForbidden, "DENIED"},
-				{"/v2/ghcr.io/x/manifests/latest?ns=" + q, http.StatusForbidden, "DENIED"},
-				{"/v2/" + evilName + "/x/manifests/latest", http.StatusForbidden, "DENIED"},
-				{"/v2/" + evilName + "/x/blobs/" + d, http.StatusForbidden, "DENIED"},
-				{"/v2/" + evilName + "/x/tags/list", http.StatusForbidden, "DENIED"},
-				// ?ns= names the registry; a host-like first component that
-				// differs is part of the name, and ':' is not allowed there.
-				{"/v2/" + evilName + "/x/manifests/latest?ns=ghcr.io", http.StatusBadRequest, "NAME_INVALID"},
-			} {
-				resp, body := do(t, method, m.url+c.path, "")
-				wantRegistryError(t, method+" "+c.path, resp, body, c.status, c.code)
-			}
-			// An unknown Host is not a registry: the default answers.
-			resp, body := do(t, method, m.url+"/v2/library/alpine/manifests/latest", evilName)
-			wantContent(t, method+" with Host "+evilName, resp, body, testupstream.Digest(t, hubImg))
-		}
-	}
-	if n := evil.accepts.Load(); n != 0 {
-		t.Fatalf("the mirror connected to an unconfigured registry %d times", n)
-	}
-}
-
-// TestPrivateRegistryScopesCache: content cached from a private registry is
-// served to a repository only if it was fetched for it or upstream confirms
-// it there; unconfirmed requests are refused, even while upstream is down.
-func TestPrivateRegistryScopesCache(t *testing.T) {
-	r := startRegistries(t)
-	m := r.m
-	img := r.corp.PushRandomImage(t, "team/a", "v1", 2, 4096)
-	want := testupstream.Digest(t, img)
-	layers := testupstream.LayerDigests(t, img)
-	r.front.allowBlobs("team/a")
-
-	// A registry name with a port cannot be a path prefix in an image
-	// reference (':' is not allowed there), so clients name it with ?ns=.
-	if got := pullNS(t, m, corpName, "team/a", "v1"); got != want {
-		t.Fatalf("pull %s/team/a:v1 = %s, want %s", corpName, got, want)
-	}
-	blobGETs := totalBlobGETs(t, r.corp, m)
-	paths := func(repo string) []string {
-		p := []string{"/v2/" + corpName + "/" + repo + "/manifests/" + want.String()}
-		for _, l := range layers {
-			p = append(p, "/v2/"+corpName+"/"+repo+"/blobs/"+l.String())
-		}
-		return p
-	}
-
-	// team/b does not have the image upstream: refused, by either form.
-	for _, method := range []string{http.MethodHead, http.MethodGet} {
-		for i, p := range paths("team/b") {
-			code := "BLOB_UNKNOWN"
-			if i == 0 {
-				code = "MANIFEST_UNKNOWN"
-			}
-			resp, body := do(t, method, m.url+p, "")
-			wantRegistryError(t, method+" "+p, resp, body, http.StatusNotFound, code)
-		}
-		p := "/v2/team/b/blobs/" + layers[0].String() + "?ns=" + url.QueryEscape(corpName)
-		resp, body := do(t, method, m.url+p, "")
-		wantRegistryError(t, method+" "+p, resp, body, http.StatusNotFound, "BLOB_UNKNOWN")
-	}
-	// Nor through a public registry's name: blobs are shared by digest, so
-	// a public repository must not become a way around the private one.
-	for i, p := range paths("team/b") {
-		public := strings.Replace(p, "/v2/"+corpName+"/team/b/", "/v2/library/x/", 1)
-		code := "BLOB_UNKNOWN"
-		if i == 0 {
-			code = "MANIFEST_UNKNOWN"
-		}
-		resp, body := do(t, http.MethodGet, m.url+public, "")
-		wantRegistryError(t, "public name for private content: GET "+public, resp, body, http.StatusNotFound, code)
-	}
-	if n := r.front.requests(http.MethodGet, "team/b", "blobs"); n != 0 {
-		t.Errorf("refusing team/b's blobs took %d upstream GETs; a HEAD is enough", n)
-	}
-
-	// Once upstream has the image in team/b, the cache serves it there,
-	// after one HEAD per digest.
-	r.corp.Push(t, "team/b", "v1", img)
-	r.front.allowBlobs("team/b")
-	var heads int
-	for round := 0; round < 2; round++ {
-		for _, p := range paths("team/b") {
-			resp, body := do(t, http.MethodGet, m.url+p, "")
-			wantContent(t, "GET "+p, resp, body, lastDigest(p))
-		}
-		n := r.front.requests(http.MethodHead, "team/b", "blobs") + r.front.requests(http.MethodHead, "team/b", "manifests")
-		if round == 1 && n != heads {
-			t.Errorf("confirmed digests were asked again: %d upstream HEADs, was %d", n, heads)
-		}
-		heads = n
-	}
-	if got := totalBlobGETs(t, r.corp, m); got != blobGETs {
-		t.Errorf("serving team/b fetched blobs upstream again (%d GETs, was %d)", got, blobGETs)
-	}
-
-	// Upstream down: linked content is still served (team/a), unlinked
-	// content is refused (team/c), not leaked.
-	r.corp.Push(t, "team/c", "v1", img)
-	r.front.allowBlobs("team/c")
-	r.front.setDown(true)
-	for _, p := range paths("team/a") {
-		resp, body := do(t, http.MethodGet, m.url+p, "")
-		wantContent(t, "upstream down: GET "+p, resp, body, lastDigest(p))
-	}
-	if resp, body := do(t, http.MethodGet, m.url+"/v2/"+corpName+"/team/a/manifests/v1", ""); resp.StatusCode != http.StatusOK || digest.FromBytes(body) != want {
-		t.Errorf("upstream down: team/a:v1 = %d, want the cached manifest", resp.StatusCode)
-	}
-	for _, p := range paths("team/c")[:2] { // a manifest and a layer: each waits out the upstream retries
-		resp, body := do(t, http.MethodGet, m.url+p, "")
-		wantRegistryError(t, "upstream down: GET "+p, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")
 	}
 }
 
@@ -578,83 +189,6 @@ password = "p"
 }
 
 var tomlKey = regexp.MustCompile(`^[a-z_]+ = `)
-
-// TestRealClientsPullFromSeveralRegistries: dockerd, containerd, podman and
-// skopeo pull docker.io, ghcr.io and private images through one mirror,
-// each addressing it its own way; every digest is checked.
-func TestRealClientsPullFromSeveralRegistries(t *testing.T) {
-	r := startRegistries(t)
-	m := r.m
-	hubImg := r.hub.PushRandomImage(t, "library/alpine", "latest", 2, 16<<10)
-	ghcrIdx := r.ghcr.PushRandomIndex(t, "org/app", "v1",
-		[]v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}, 1, 8<<10)
-	ghcrImg := r.ghcr.PushRandomImage(t, "org/tool", "v2", 1, 8<<10)
-	corpImg := r.corp.PushRandomImage(t, "team/a", "v1", 1, 8<<10)
-	r.front.allowBlobs("team/a")
-	hubWant := testupstream.Digest(t, hubImg).String()
-	ghcrIdxWant := testupstream.Digest(t, ghcrIdx).String()
-	ghcrWant := testupstream.Digest(t, ghcrImg).String()
-	corpWant := testupstream.Digest(t, corpImg).String()
-
-	t.Run("dockerd", func(t *testing.T) {
-		d := realclient.StartDockerd(t, m.url)
-		d.Pull(t, "alpine")
-		if got := d.RepoDigest(t, "alpine"); got != hubWant {
-			t.Errorf("docker pull alpine: %s, want %s", got, hubWant)
-		}
-	})
-	t.Run("containerd", func(t *testing.T) {
-		c := realclient.StartContainerd(t)
-		hosts := realclient.WriteHostsDir(t, m.url) // _default: requests carry ?ns=
-		for _, p := range []struct{ ref, want string }{
-			{"docker.io/library/alpine:latest", hubWant},
-			{"ghcr.io/org/app:v1", ghcrIdxWant},
-			{corpName + "/team/a:v1", corpWant},
-		} {
-			if got := c.PullWithHostsDir(t, p.ref, hosts); got != p.want {
-				t.Errorf("ctr pull %s: %s, want %s", p.ref, got, p.want)
-			}
-		}
-		// override_path: the mirror URL carries the registry as a path.
-		dir := t.TempDir()
-		realclient.WriteHostsFile(t, dir, realclient.HostsConfig{Registry: ghcrName, Mirror: m.url + "/v2/" + ghcrName, OverridePath: true})
-		if got := c.PullWithHostsDir(t, "ghcr.io/org/tool:v2", dir); got != ghcrWant {
-			t.Errorf("ctr pull ghcr.io/org/tool:v2 (override_path): %s, want %s", got, ghcrWant)
-		}
-	})
-	t.Run("podman", func(t *testing.T) {
-		conf := realclient.WriteRegistriesConf(t,
-			realclient.PathPrefixMirror("docker.io", m.host),
-			realclient.PathPrefixMirror(ghcrName, m.host),
-		)
-		p := realclient.NewPodman(t)
-		for _, c := range []struct{ ref, want string }{
-			{"docker.io/library/alpine:latest", hubWant},
-			{"ghcr.io/org/tool:v2", ghcrWant},
-		} {
-			if got := p.Pull(t, conf, c.ref); got != c.want {
-				t.Errorf("podman pull %s: %s, want %s", c.ref, got, c.want)
-			}
-		}
-	})
-	t.Run("skopeo", func(t *testing.T) {
-		for _, c := range []struct{ registry, ref, want string }{
-			{ghcrName, "ghcr.io/org/app:v1", ghcrIdxWant},
-			{"docker.io", "docker.io/library/alpine:latest", hubWant},
-		} {
-			conf := realclient.WriteRegistriesConf(t, realclient.PathPrefixMirror(c.registry, m.host))
-			if got := realclient.SkopeoCopyWithConf(t, conf, c.ref, t.TempDir()); got != c.want {
-				t.Errorf("skopeo copy %s: %s, want %s", c.ref, got, c.want)
-			}
-		}
-	})
-	verifyBlobFiles(t, m.cfg.DataDir)
-}
-
-// lastDigest is the digest at the end of a /v2/ path.
-func lastDigest(p string) digest.Digest {
-	return digest.Digest(p[strings.LastIndexByte(p, '/')+1:])
-}
 
 // pullNS pulls repo:tag of registry through the mirror the way containerd
 // asks (bare paths with ?ns=), reading the manifest, config and every layer

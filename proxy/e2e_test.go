@@ -1,10 +1,9 @@
-package main
+package proxy
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,18 +54,9 @@ func TestPullImagesThroughMirror(t *testing.T) {
 	if got := up.ManifestRequests(http.MethodGet); got != manifestGETs {
 		t.Errorf("second pull fetched manifests upstream: %d GETs, before %d", got, manifestGETs)
 	}
-	if n := verifyBlobFiles(t, m.cfg.DataDir); n == 0 {
+	if n := verifyBlobFiles(t, m.dataDir); n == 0 {
 		t.Fatal("nothing cached")
 	}
-}
-
-// totalBlobGETs sums upstream blob GETs over everything the mirror cached.
-func totalBlobGETs(t testing.TB, up *testupstream.Server, m *mirror) int {
-	n := 0
-	for hexName := range blobFiles(t, m.cfg.DataDir) {
-		n += up.BlobGETs(digest.NewDigestFromEncoded(digest.SHA256, hexName))
-	}
-	return n
 }
 
 func TestManifestHeaders(t *testing.T) {
@@ -77,7 +67,7 @@ func TestManifestHeaders(t *testing.T) {
 	raw := testupstream.RawManifest(t, img)
 	for _, method := range []string{http.MethodHead, http.MethodGet} {
 		for _, ref := range []string{"3.20", want.String()} {
-			resp, body := get(t, method, m.url+"/v2/library/alpine/manifests/"+ref,
+			resp, body := send(t, method, m.url+"/v2/library/alpine/manifests/"+ref,
 				"Accept", "application/vnd.docker.distribution.manifest.v2+json")
 			if resp.StatusCode != 200 {
 				t.Fatalf("%s %s: status %d: %s", method, ref, resp.StatusCode, body)
@@ -99,28 +89,16 @@ func TestManifestHeaders(t *testing.T) {
 			}
 		}
 	}
-	resp, _ := get(t, http.MethodGet, m.url+"/v2/")
+	resp, _ := send(t, http.MethodGet, m.url+"/v2/")
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
 		t.Errorf("/v2/: %d %v", resp.StatusCode, resp.Header)
 	}
 }
 
-type wireErrors struct {
-	Errors []struct{ Code, Message, Detail string } `json:"errors"`
-}
-
+// wantWireError checks that body is one registry error with code.
 func wantWireError(t *testing.T, resp *http.Response, body []byte, status int, code string) {
 	t.Helper()
-	if resp.StatusCode != status {
-		t.Errorf("status %d, want %d (%s)", resp.StatusCode, status, body)
-	}
-	var we wireErrors
-	if err := json.Unmarshal(body, &we); err != nil || len(we.Errors) != 1 {
-		t.Fatalf("body %q is not a registry error: %v", body, err)
-	}
-	if we.Errors[0].Code != code {
-		t.Errorf("code %q, want %q (%s)", we.Errors[0].Code, code, body)
-	}
+	wantJSONError(t, resp.Request.Method+" "+resp.Request.URL.String(), resp, body, status, code)
 }
 
 func TestErrors(t *testing.T) {
@@ -151,7 +129,7 @@ func TestErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.path, func(t *testing.T) {
-			resp, body := get(t, c.method, m.url+c.path)
+			resp, body := send(t, c.method, m.url+c.path)
 			if c.method == "HEAD" {
 				if resp.StatusCode != c.status {
 					t.Errorf("status %d, want %d", resp.StatusCode, c.status)
@@ -167,7 +145,7 @@ func TestRateLimitPassedOn(t *testing.T) {
 	up := testupstream.Start(t)
 	m := startMirror(t, up)
 	up.SetStatus(http.StatusTooManyRequests, "42")
-	resp, body := get(t, "GET", m.url+"/v2/library/alpine/manifests/latest")
+	resp, body := send(t, "GET", m.url+"/v2/library/alpine/manifests/latest")
 	wantWireError(t, resp, body, 429, "TOOMANYREQUESTS")
 	if got := resp.Header.Get("Retry-After"); got != "42" {
 		t.Errorf("Retry-After %q, want 42", got)
@@ -186,7 +164,7 @@ func TestBlobRangeAndHead(t *testing.T) {
 	}
 
 	// HEAD on a missing blob answers from upstream without downloading it.
-	resp, _ := get(t, http.MethodHead, blobURL)
+	resp, _ := send(t, http.MethodHead, blobURL)
 	if resp.StatusCode != 200 || resp.ContentLength != 3<<20 || resp.Header.Get("Docker-Content-Digest") != big.String() {
 		t.Fatalf("HEAD: %d len %d %v", resp.StatusCode, resp.ContentLength, resp.Header)
 	}
@@ -195,14 +173,14 @@ func TestBlobRangeAndHead(t *testing.T) {
 	}
 
 	// A Range request on a missing blob is served from the fill.
-	resp, body := get(t, http.MethodGet, blobURL, "Range", "bytes=1048576-1048675")
+	resp, body := send(t, http.MethodGet, blobURL, "Range", "bytes=1048576-1048675")
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, want[1<<20:1<<20+100]) {
 		t.Fatalf("range on a miss: %d, %d bytes", resp.StatusCode, len(body))
 	}
 	if got := resp.Header.Get("Content-Range"); got != fmt.Sprintf("bytes 1048576-1048675/%d", 3<<20) {
 		t.Errorf("Content-Range %q", got)
 	}
-	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.cfg.DataDir)[big.Encoded()] })
+	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.dataDir)[big.Encoded()] })
 
 	// Ranges on a hit.
 	for _, c := range []struct {
@@ -210,12 +188,12 @@ func TestBlobRangeAndHead(t *testing.T) {
 		from   int
 		to     int
 	}{{"bytes=0-0", 0, 1}, {"bytes=100-", 100, 3 << 20}, {"bytes=-10", 3<<20 - 10, 3 << 20}} {
-		resp, body := get(t, http.MethodGet, blobURL, "Range", c.header)
+		resp, body := send(t, http.MethodGet, blobURL, "Range", c.header)
 		if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, want[c.from:c.to]) {
 			t.Errorf("%s: status %d, %d bytes", c.header, resp.StatusCode, len(body))
 		}
 	}
-	resp, _ = get(t, http.MethodGet, blobURL, "Range", fmt.Sprintf("bytes=%d-", 3<<20))
+	resp, _ = send(t, http.MethodGet, blobURL, "Range", fmt.Sprintf("bytes=%d-", 3<<20))
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
 		t.Errorf("unsatisfiable range: status %d", resp.StatusCode)
 	}
@@ -282,8 +260,8 @@ func TestConcurrentColdBlob(t *testing.T) {
 	if n := up.BlobGETs(big); n != 1 {
 		t.Errorf("upstream blob GETs = %d, want exactly 1", n)
 	}
-	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.cfg.DataDir)[big.Encoded()] })
-	verifyBlobFiles(t, m.cfg.DataDir)
+	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.dataDir)[big.Encoded()] })
+	verifyBlobFiles(t, m.dataDir)
 }
 
 // TestClientDisconnectDoesNotCancelFill: the first client leaves mid-blob;
@@ -311,7 +289,7 @@ func TestClientDisconnectDoesNotCancelFill(t *testing.T) {
 	if n := up.BlobGETs(big); n != 1 {
 		t.Errorf("upstream blob GETs = %d, want 1", n)
 	}
-	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.cfg.DataDir)[big.Encoded()] })
+	eventually(t, "the fill to commit", func() bool { return blobFiles(t, m.dataDir)[big.Encoded()] })
 }
 
 // TestCutUpstreamResumes: upstream cuts every body after 1 MiB; the fill
@@ -322,7 +300,7 @@ func TestCutUpstreamResumes(t *testing.T) {
 	_, big := up.PushLargeBlobImage(t, "library/big", "latest", size)
 	m := startMirror(t, up)
 	up.CutBlobsAfter(1 << 20)
-	resp, body := get(t, http.MethodGet, m.url+"/v2/library/big/blobs/"+big.String())
+	resp, body := send(t, http.MethodGet, m.url+"/v2/library/big/blobs/"+big.String())
 	if resp.StatusCode != 200 || digest.FromBytes(body) != big {
 		t.Fatalf("status %d, %d bytes, digest %s", resp.StatusCode, len(body), digest.FromBytes(body))
 	}
@@ -351,12 +329,12 @@ func TestCutUpstreamFails(t *testing.T) {
 	if err == nil {
 		t.Fatal("the client received a complete body from a failed download")
 	}
-	eventually(t, "the failed fill to clean up", func() bool { return len(tmpFiles(t, m.cfg.DataDir)) == 0 })
-	if blobFiles(t, m.cfg.DataDir)[big.Encoded()] {
+	eventually(t, "the failed fill to clean up", func() bool { return len(tmpFiles(t, m.dataDir)) == 0 })
+	if blobFiles(t, m.dataDir)[big.Encoded()] {
 		t.Fatal("a cut download was cached")
 	}
 	up.ClearFaults()
-	resp2, body := get(t, http.MethodGet, url)
+	resp2, body := send(t, http.MethodGet, url)
 	if resp2.StatusCode != 200 || digest.FromBytes(body) != big {
 		t.Fatalf("pull after recovery: %d, digest %s", resp2.StatusCode, digest.FromBytes(body))
 	}
@@ -384,16 +362,16 @@ func TestCorruptUpstreamNeverServedWhole(t *testing.T) {
 	if len(body) >= size {
 		t.Fatalf("client received %d bytes of a %d-byte corrupt blob", len(body), size)
 	}
-	eventually(t, "the failed fill to clean up", func() bool { return len(tmpFiles(t, m.cfg.DataDir)) == 0 })
-	if blobFiles(t, m.cfg.DataDir)[big.Encoded()] {
+	eventually(t, "the failed fill to clean up", func() bool { return len(tmpFiles(t, m.dataDir)) == 0 })
+	if blobFiles(t, m.dataDir)[big.Encoded()] {
 		t.Fatal("corrupt content was cached")
 	}
 	up.CorruptBlobs(false)
-	resp2, body := get(t, http.MethodGet, url)
+	resp2, body := send(t, http.MethodGet, url)
 	if resp2.StatusCode != 200 || digest.FromBytes(body) != big {
 		t.Fatalf("pull after recovery: %d, digest %s", resp2.StatusCode, digest.FromBytes(body))
 	}
-	verifyBlobFiles(t, m.cfg.DataDir)
+	verifyBlobFiles(t, m.dataDir)
 }
 
 func TestTagRevalidation(t *testing.T) {
@@ -401,7 +379,7 @@ func TestTagRevalidation(t *testing.T) {
 	first := up.PushRandomImage(t, "library/app", "latest", 1, 512)
 
 	t.Run("fresh tags are not revalidated", func(t *testing.T) {
-		m := startMirror(t, up, func(c *config) { c.TagTTL = duration{time.Hour} })
+		m := startMirror(t, up, func(c *mirrorSetup) { c.TagTTL = time.Hour })
 		pullAll(t, m, "library/app:latest")
 		heads := up.ManifestRequests(http.MethodHead)
 		gets := up.ManifestRequests(http.MethodGet)
@@ -412,7 +390,7 @@ func TestTagRevalidation(t *testing.T) {
 	})
 
 	t.Run("a moved tag is seen after the TTL", func(t *testing.T) {
-		m := startMirror(t, up, func(c *config) { c.TagTTL = duration{time.Nanosecond} })
+		m := startMirror(t, up, func(c *mirrorSetup) { c.TagTTL = time.Nanosecond })
 		if got := pullAll(t, m, "library/app:latest"); got != testupstream.Digest(t, first) {
 			t.Fatalf("first pull %s", got)
 		}
@@ -434,13 +412,13 @@ func TestUpstreamDownServesCache(t *testing.T) {
 	up := testupstream.Start(t)
 	img := up.PushRandomImage(t, "library/alpine", "latest", 2, 2048)
 	idx := up.PushRandomIndex(t, "library/multi", "1", []v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}, 1, 1024)
-	m := startMirror(t, up, func(c *config) {
-		c.TagTTL = duration{time.Nanosecond}
-		c.Server.UpstreamTimeout = duration{5 * time.Second}
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.TagTTL = time.Nanosecond
+		c.UpstreamTimeout = 5 * time.Second
 	})
 	pullAll(t, m, "library/alpine:latest")
 	pullAll(t, m, "library/multi:1")
-	get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 
 	for _, fault := range []struct {
 		name string
@@ -459,11 +437,11 @@ func TestUpstreamDownServesCache(t *testing.T) {
 			if got := pullAll(t, m, "library/multi:1"); got != testupstream.Digest(t, idx) {
 				t.Errorf("stale index pull: %s", got)
 			}
-			resp, body := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+			resp, body := send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 			if resp.StatusCode != 200 || !strings.Contains(string(body), "latest") {
 				t.Errorf("tags/list while upstream is %s: %d %s", fault.name, resp.StatusCode, body)
 			}
-			resp, body = get(t, http.MethodGet, m.url+"/v2/library/never-pulled/manifests/latest")
+			resp, body = send(t, http.MethodGet, m.url+"/v2/library/never-pulled/manifests/latest")
 			if resp.StatusCode < 429 {
 				t.Errorf("uncached manifest while upstream is %s: %d %s", fault.name, resp.StatusCode, body)
 			}
@@ -477,17 +455,17 @@ func TestUpstreamDownServesCache(t *testing.T) {
 func TestOutageServesStaleFast(t *testing.T) {
 	up := testupstream.Start(t)
 	img := up.PushRandomImage(t, "library/alpine", "latest", 1, 1024)
-	m := startMirror(t, up, func(c *config) {
-		c.TagTTL = duration{time.Nanosecond}
-		c.Server.RevalidateTimeout = duration{300 * time.Millisecond}
-		c.Server.OutageBackoff = duration{time.Hour}
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.TagTTL = time.Nanosecond
+		c.RevalidateTimeout = 300 * time.Millisecond
+		c.OutageBackoff = time.Hour
 	})
 	pullAll(t, m, "library/alpine:latest")
-	get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 	up.SetLatency(time.Minute) // a black hole: nothing answers
 	defer up.ClearFaults()
 
-	resp, _ := get(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/latest")
+	resp, _ := send(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/latest")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Regmirror-Cache") != "stale" {
 		t.Fatalf("first pull during the outage: %d, cache %q", resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"))
 	}
@@ -497,7 +475,7 @@ func TestOutageServesStaleFast(t *testing.T) {
 		if got := pullAll(t, m, "library/alpine:latest"); got != testupstream.Digest(t, img) {
 			t.Fatalf("stale pull: %s", got)
 		}
-		resp, _ := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+		resp, _ := send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 		if resp.StatusCode != 200 {
 			t.Fatalf("tags/list during the outage: %d", resp.StatusCode)
 		}
@@ -516,17 +494,17 @@ func TestOfflineTagList(t *testing.T) {
 	up := testupstream.Start(t)
 	up.PushRandomImage(t, "library/alpine", "3.20", 1, 512)
 	dataDir := t.TempDir()
-	m := startMirror(t, up, func(c *config) { c.DataDir = dataDir })
-	_, want := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	m := startMirror(t, up, func(c *mirrorSetup) { c.DataDir = dataDir })
+	_, want := send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 	m.stop()
 
-	m = startMirror(t, up, func(c *config) { c.DataDir = dataDir; c.Offline = true })
+	m = startMirror(t, up, func(c *mirrorSetup) { c.DataDir = dataDir; c.Offline = true })
 	before := up.Count(http.MethodGet, "/v2/library/alpine/tags/list")
-	resp, body := get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
+	resp, body := send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list")
 	if resp.StatusCode != 200 || !bytes.Equal(body, want) || resp.Header.Get("X-Regmirror-Cache") != "hit" {
 		t.Fatalf("offline tags/list: %d %q %s", resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"), body)
 	}
-	resp, body = get(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list?n=1")
+	resp, body = send(t, http.MethodGet, m.url+"/v2/library/alpine/tags/list?n=1")
 	wantWireError(t, resp, body, http.StatusNotFound, "NAME_UNKNOWN")
 	if !strings.Contains(string(body), "offline") {
 		t.Errorf("the refusal does not say the mirror is offline: %s", body)
