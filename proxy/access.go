@@ -94,16 +94,16 @@ func accessClient(ctx *fasthttp.RequestCtx) access.Client {
 	return c
 }
 
-// refused checks access for a request (repo empty: identity only) and, when
-// it is refused, answers it and returns true. Without access control
-// everyone may pull everything.
-func (s *Server) refused(ctx *fasthttp.RequestCtx, ex *exchange, registry, repo string) bool {
+// authorize checks access for a request (repo empty: identity only) and
+// returns why it is refused, or nil. Without access control everyone may
+// pull everything.
+func (s *Server) authorize(ctx *fasthttp.RequestCtx, ex *exchange, registry, repo string) error {
 	if s.opts.Access == nil || ex.user == peerUser {
-		return false
+		return nil
 	}
 	if s.internalClient(ctx) {
 		ex.user = internalUser
-		return false
+		return nil
 	}
 	var user string
 	var err error
@@ -113,15 +113,10 @@ func (s *Server) refused(ctx *fasthttp.RequestCtx, ex *exchange, registry, repo 
 		user, err = s.opts.Access.Authorize(accessClient(ctx), registry, repo)
 	}
 	ex.user = user
-	if err == nil {
-		return false
+	if err != nil {
+		s.accessMetrics.denied.WithLabelValues(refusalReason(err)).Inc()
 	}
-	s.accessMetrics.denied.WithLabelValues(refusalReason(err)).Inc()
-	writeError(ctx, err, resourceNone)
-	if errors.Is(err, access.ErrUnauthenticated) {
-		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Basic realm="regmirror"`)
-	}
-	return true
+	return withChallenge(err)
 }
 
 // internalUser is who a request with the internal token is.
@@ -153,22 +148,22 @@ func refusalReason(err error) string {
 // serveAdmin answers management requests: from loopback with the token (as
 // without access control), or from anywhere over TLS for a user that access
 // control names an admin (by password or certificate).
-func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, ex *exchange) {
+func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
 	if s.opts.Access != nil && s.opts.TLSCertFile != "" && s.adminOpenHandler != nil {
 		if user, err := s.opts.Access.Identify(accessClient(ctx)); err == nil && s.opts.Access.IsAdmin(user) {
 			ex.user = user
 			s.adminOpenHandler(ctx)
-			return
+			return delegated, nil
 		}
 	}
 	if !isLoopback(ctx.RemoteIP()) {
 		if s.opts.Access != nil {
 			s.accessMetrics.denied.WithLabelValues("not_admin").Inc()
 		}
-		writeError(ctx, fmt.Errorf("%w: management is for loopback clients with the token, or admins over TLS", errForbidden), resourceNone)
-		return
+		return reply{}, fmt.Errorf("%w: management is for loopback clients with the token, or admins over TLS", errForbidden)
 	}
 	s.adminHandler(ctx)
+	return delegated, nil
 }
 
 // clientCertConfig is the TLS configuration that asks clients for a

@@ -17,101 +17,126 @@ import (
 
 const blobContentType = "application/octet-stream"
 
-// serveBlob answers GET and HEAD of /v2/<name>/blobs/<digest>. It reports
-// whether the response body is a stream whose Close logs the exchange.
-func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) bool {
+// serveBlob answers GET and HEAD of /v2/<name>/blobs/<digest>: from the
+// cache; else, for a HEAD, from upstream's HEAD; else from the shared
+// download of the digest (a fill, or a pass-through when the cache cannot
+// take it).
+func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	d := rq.ref.digest
 	for attempt := 0; attempt < 2; attempt++ {
-		file, info, err := s.store.Open(d)
-		if err == nil {
-			if err := s.confirmInRepo(rq, d, resourceBlob); err != nil {
-				file.Close()
-				writeError(ctx, err, resourceBlob)
-				return false
-			}
-			ex.outcome = "hit"
-			return s.serveFile(ctx, ex, file, info)
-		}
-		if !errors.Is(err, cache.ErrNotFound) {
-			writeError(ctx, err, resourceBlob)
-			return false
+		if r, ok, err := s.cachedBlob(ctx, ex, rq); ok || err != nil {
+			return r, err
 		}
 		if s.opts.Offline {
-			writeError(ctx, fmt.Errorf("%w: %s", errOffline, d), resourceBlob)
-			return false
+			return reply{}, fmt.Errorf("%w: %s", errOffline, d)
 		}
 		if ctx.IsHead() {
-			ex.outcome = "miss"
-			s.headBlobUpstream(ctx, rq)
-			return false
+			ex.outcome = OutcomeMiss
+			return s.headBlobUpstream(ctx, rq)
 		}
-		if reason, ok := s.passes.joinable(d); ok {
-			return s.servePassThrough(ctx, ex, rq, reason)
+		r, ok, err := s.blobDownload(ctx, ex, rq)
+		if ok || err != nil {
+			return r, err
 		}
-		if s.diskFull() {
-			return s.servePassThrough(ctx, ex, rq, reasonDiskFull)
-		}
-		f, joined, err := s.joinFill(rq)
-		if isNoSpace(err) {
-			return s.servePassThrough(ctx, ex, rq, reasonDiskFull)
-		}
-		if err != nil {
-			writeError(ctx, err, resourceBlob)
-			return false
-		}
-		if f == nil {
-			continue // the blob reached the cache meanwhile
-		}
-		ex.outcome = "miss"
-		if joined {
-			ex.outcome = "join"
-		}
-		if f.request.registry != rq.registry || f.request.repo != rq.repo {
-			// A fill started for another repository: for a private
-			// registry, upstream must show the blob in this one too.
-			if err := s.confirmInRepo(rq, d, resourceBlob); err != nil {
-				writeError(ctx, err, resourceBlob)
-				return false
-			}
-		}
-		return s.serveFill(ctx, ex, rq, f)
+		// The blob reached the cache meanwhile: serve it from there.
 	}
-	writeError(ctx, fmt.Errorf("%w: %s vanished from the cache", errNotCached, d), resourceBlob)
-	return false
+	return reply{}, fmt.Errorf("%w: %s vanished from the cache", errNotCached, d)
+}
+
+// cachedBlob answers from the cache; ok is false when the blob is not
+// cached.
+func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
+	d := rq.ref.digest
+	file, info, err := s.blobs.Open(d)
+	if errors.Is(err, cache.ErrNotFound) {
+		return reply{}, false, nil
+	}
+	if err != nil {
+		return reply{}, true, err
+	}
+	if err := s.confirmInRepo(rq, d, resourceBlob); err != nil {
+		file.Close()
+		return reply{}, true, err
+	}
+	ex.outcome = OutcomeHit
+	r, err = s.serveFile(ctx, ex, file, info)
+	return r, true, err
+}
+
+// blobDownload answers a GET of a blob that is not cached from the one
+// upstream download of its digest: a pass-through already running, else a
+// fill (started or joined), else a pass-through when the disk is full. ok
+// is false when the fill found the blob cached after all.
+func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
+	if reason, ok := s.passes.joinable(rq.ref.digest); ok {
+		r, err := s.servePassThrough(ctx, ex, rq, reason)
+		return r, true, err
+	}
+	if s.diskFull() {
+		r, err := s.servePassThrough(ctx, ex, rq, reasonDiskFull)
+		return r, true, err
+	}
+	f, joined, err := s.joinFill(rq)
+	switch {
+	case isNoSpace(err):
+		r, err := s.servePassThrough(ctx, ex, rq, reasonDiskFull)
+		return r, true, err
+	case err != nil:
+		return reply{}, true, err
+	case f == nil:
+		return reply{}, false, nil
+	}
+	ex.outcome = OutcomeMiss.Joined(joined)
+	if f.request.registry != rq.registry || f.request.repo != rq.repo {
+		// A fill started for another repository: for a private
+		// registry, upstream must show the blob in this one too.
+		if err := s.confirmInRepo(rq, rq.ref.digest, resourceBlob); err != nil {
+			return reply{}, true, err
+		}
+	}
+	r, err = s.serveFill(ctx, ex, rq, f)
+	return r, true, err
 }
 
 // headBlobUpstream answers a HEAD for a blob that is not cached without
 // downloading it: from a fill in progress, else from upstream's HEAD.
-func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) {
-	d := rq.ref.digest
-	size := int64(-1)
-	if f := s.fills.get(d); f != nil && len(s.opts.PrivateRegistries) == 0 {
-		if n, err := f.startResult(); err == nil {
-			size = n
-		}
-	}
-	if size < 0 {
-		uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
-		defer cancel()
-		n, err := rq.up.HeadBlob(uctx, rq.repo, d)
-		if err == nil {
-			err = s.checkAnnouncedSize(rq, d, n) // a lying length is a 502 here too
-		}
-		if err != nil {
-			writeError(ctx, err, resourceBlob)
-			return
-		}
-		size = s.expectedSize(rq, d, n)
+func (s *Server) headBlobUpstream(ctx *fasthttp.RequestCtx, rq request) (reply, error) {
+	size, err := s.uncachedBlobSize(rq)
+	if err != nil {
+		return reply{}, err
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
-	rng, ok := applyRange(ctx, size)
-	if !ok {
-		return
+	rng, status, err := applyRange(ctx, size)
+	if err != nil {
+		return reply{}, err
 	}
 	if size < 0 {
 		rng.end = -1 // unknown length: no Content-Length to promise
 	}
-	ctx.Response.Header.SetContentLength(int(rng.end - rng.start))
+	return headReply(status, int(rng.end-rng.start)), nil
+}
+
+// uncachedBlobSize is the size of a blob that is not cached: a fill's in
+// progress (without private registries, whose upstream must be asked per
+// repository), else upstream's HEAD, checked against what manifests served
+// said; -1 when nobody says.
+func (s *Server) uncachedBlobSize(rq request) (int64, error) {
+	d := rq.ref.digest
+	if f := s.fills.get(d); f != nil && len(s.opts.PrivateRegistries) == 0 {
+		if n, err := f.startResult(); err == nil {
+			return n, nil
+		}
+	}
+	uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
+	defer cancel()
+	n, err := rq.up.HeadBlob(uctx, rq.repo, d)
+	if err == nil {
+		err = s.checkAnnouncedSize(rq, d, n) // a lying length is a 502 here too
+	}
+	if err != nil {
+		return 0, err
+	}
+	return s.expectedSize(rq, d, n), nil
 }
 
 func setBlobHeaders(ctx *fasthttp.RequestCtx, d string) {
@@ -130,6 +155,20 @@ var (
 	errRangeNotSatisfiable = errors.New("range not satisfiable")
 	errRangeInvalid        = errors.New("malformed byte range")
 )
+
+// rangeError is a Range header refused for a body of size bytes; the error
+// writer answers it with Content-Range: bytes */<size>.
+type rangeError struct {
+	err    error // errRangeNotSatisfiable or errRangeInvalid
+	header string
+	size   int64
+}
+
+func (e *rangeError) Error() string {
+	return fmt.Sprintf("%v: %q for %d bytes", e.err, e.header, e.size)
+}
+
+func (e *rangeError) Unwrap() error { return e.err }
 
 // maxRanges bounds how many ranges of one header are looked at; a longer
 // list is malformed (no registry client sends more than one).
@@ -249,57 +288,51 @@ func parsePos(s string) (int64, error) {
 	return n, nil
 }
 
-// applyRange sets status and Content-Range for a body of size bytes and
-// returns the part to send; ok is false when it has written a 416 (a
-// registry error with Content-Range: bytes */size). A body of unknown size
-// (size < 0) is always sent whole.
-func applyRange(ctx *fasthttp.RequestCtx, size int64) (r byteRange, ok bool) {
+// applyRange picks the part of a body of size bytes the request's Range
+// asks for, and the status to answer with: 200 for the whole body, 206
+// (with Content-Range set) for a part. An unsatisfiable or malformed range
+// is a *rangeError (416). A body of unknown size (size < 0) is always sent
+// whole.
+func applyRange(ctx *fasthttp.RequestCtx, size int64) (byteRange, int, error) {
 	full := byteRange{0, max(size, 0)}
 	header := ctx.Request.Header.Peek("Range")
 	if len(header) == 0 || size < 0 {
-		return full, true
+		return full, http.StatusOK, nil
 	}
 	rng, err := parseRange(string(header), size)
 	if err != nil {
-		writeError(ctx, fmt.Errorf("%w: %q for %d bytes", err, header, size), resourceBlob)
-		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-		return byteRange{}, false
+		return byteRange{}, 0, &rangeError{err: err, header: string(header), size: size}
 	}
 	if rng == nil {
-		return full, true
+		return full, http.StatusOK, nil
 	}
-	ctx.SetStatusCode(http.StatusPartialContent)
 	ctx.Response.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, rng.end-1, size))
-	return *rng, true
+	return *rng, http.StatusPartialContent, nil
 }
 
 // serveFile streams a cached blob. A whole file goes out by sendfile; so
 // does a range, as a LimitedReader over the file (fasthttp keeps both on
-// its zero-copy path).
-func (s *Server) serveFile(ctx *fasthttp.RequestCtx, ex *exchange, file *os.File, info cache.BlobInfo) bool {
+// its zero-copy path). The reply owns file: its Close closes it.
+func (s *Server) serveFile(ctx *fasthttp.RequestCtx, ex *exchange, file *os.File, info cache.BlobInfo) (reply, error) {
 	setBlobHeaders(ctx, info.Digest.String())
-	rng, ok := applyRange(ctx, info.Size)
-	if !ok {
+	rng, status, err := applyRange(ctx, info.Size)
+	if err != nil {
 		file.Close()
-		return false
+		return reply{}, err
 	}
 	if ctx.IsHead() {
 		file.Close()
-		ctx.Response.Header.SetContentLength(int(rng.end - rng.start))
-		return false
+		return headReply(status, int(rng.end-rng.start)), nil
 	}
 	body := &fileBody{file: file, ex: ex}
 	if rng.start > 0 || rng.end < info.Size {
 		if _, err := file.Seek(rng.start, io.SeekStart); err != nil {
 			file.Close()
-			writeError(ctx, err, resourceBlob)
-			return false
+			return reply{}, err
 		}
 		body.limit = &io.LimitedReader{R: file, N: rng.end - rng.start}
 	}
-	ex.status = ctx.Response.StatusCode()
-	s.setBodyStream(ctx, ex, body, int(rng.end-rng.start))
-	return true
+	return streamReply(status, body, int(rng.end-rng.start), false), nil
 }
 
 // fileBody is a cached blob on its way to a client. WriteTo hands the file
@@ -353,9 +386,9 @@ func (b *fileBody) Close() error {
 
 // serveFill answers a client from a fill in progress, once upstream has
 // answered: the client gets bytes as they arrive, Range included. The
-// status line and headers go out at once (ImmediateHeaderFlush), not when
-// the first few KiB of a slow body have filled fasthttp's write buffer.
-func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f *fill) bool {
+// status line and headers go out at once (flush), not when the first few
+// KiB of a slow body have filled fasthttp's write buffer.
+func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f *fill) (reply, error) {
 	ticket := f.enter()
 	size, err := f.startResult()
 	if errors.Is(err, errCannotFit) {
@@ -363,31 +396,51 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f
 		return s.servePassThroughVia(ctx, ex, rq, reasonCannotFit, share, reserved)
 	}
 	if err != nil {
-		writeError(ctx, err, resourceBlob)
-		return false
+		return reply{}, err
 	}
 	file, err := f.writer.OpenReader()
 	if err != nil {
-		// The fill ended between the start and now: answer with how.
-		if ferr := f.wait(); ferr != nil {
-			writeError(ctx, ferr, resourceBlob)
-			return false
-		}
-		cached, info, err := s.store.Open(f.digest)
-		if err != nil {
-			writeError(ctx, err, resourceBlob)
-			return false
-		}
-		return s.serveFile(ctx, ex, cached, info)
+		return s.serveEndedFill(ctx, ex, f)
 	}
 	setBlobHeaders(ctx, f.digest.String())
-	rng, ok := applyRange(ctx, size)
-	if !ok {
+	rng, status, err := applyRange(ctx, size)
+	if err != nil {
 		file.Close()
-		return false
+		return reply{}, err
 	}
 	r := &follower{fill: f, file: file, off: rng.start, end: rng.end}
-	r.fallback = func(prefix io.ReaderAt, prefixEnd, off, end int64) (*passReader, error) {
+	r.fallback = s.fillFallback(f, size)
+	length := rng.end - rng.start
+	if size < 0 {
+		r.end, length = -1, -1 // chunked: the client sees the end only when the digest checked out
+	}
+	f.followers.Add(1)
+	r.onClose = func(sent int64, err error) {
+		f.followers.Add(-1)
+		ex.done(sent, err)
+	}
+	return streamReply(status, r, int(length), true), nil
+}
+
+// serveEndedFill answers a client that came as the fill ended, with how it
+// ended: its error, or the blob now cached.
+func (s *Server) serveEndedFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) (reply, error) {
+	if err := f.wait(); err != nil {
+		return reply{}, err
+	}
+	cached, info, err := s.blobs.Open(f.digest)
+	if err != nil {
+		return reply{}, err
+	}
+	return s.serveFile(ctx, ex, cached, info)
+}
+
+// fillFallback is how a follower of f (whose blob has size bytes) goes on
+// when the fill fails for lack of disk space: it streams the rest from the
+// shared pass-through of the digest, whose bytes before its offset come
+// from the fill's temp file.
+func (s *Server) fillFallback(f *fill, size int64) func(prefix io.ReaderAt, prefixEnd, off, end int64) (*passReader, error) {
+	return func(prefix io.ReaderAt, prefixEnd, off, end int64) (*passReader, error) {
 		s.log.Warn("disk full: streaming the rest from upstream without caching", "digest", f.digest, "offset", off)
 		pr := s.joinPass(f.request, reasonDiskFull, prefix, prefixEnd, off, end)
 		n, err := pr.p.startResult()
@@ -401,53 +454,36 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f
 		pr.seek(off, end)
 		return pr, nil
 	}
-	length := rng.end - rng.start
-	if size < 0 {
-		r.end, length = -1, -1 // chunked: the client sees the end only when the digest checked out
-	}
-	ex.status = ctx.Response.StatusCode()
-	f.followers.Add(1)
-	r.onClose = func(sent int64, err error) {
-		f.followers.Add(-1)
-		ex.done(sent, err)
-	}
-	ctx.Response.ImmediateHeaderFlush = true
-	s.setBodyStream(ctx, ex, r, int(length))
-	return true
 }
 
 // servePassThrough answers a blob GET from the shared upstream download of
 // its digest, without caching (see passthrough.go): the disk is full, or
 // the blob cannot fit in the cache.
-func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string) bool {
+func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string) (reply, error) {
 	return s.servePassThroughVia(ctx, ex, rq, reason, nil, false)
 }
 
 // servePassThroughVia is servePassThrough for a client of a fill that handed
 // its body to share (holding a place for it when reserved).
-func (s *Server) servePassThroughVia(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string, share *passShare, reserved bool) bool {
-	ex.outcome = "bypass"
+func (s *Server) servePassThroughVia(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string, share *passShare, reserved bool) (reply, error) {
+	ex.outcome = OutcomeBypass
 	r := s.joinPassVia(share, reserved, rq, reason, nil, 0, 0, -1)
 	size, err := r.p.startResult()
 	if err != nil {
 		r.Close()
-		writeError(ctx, err, resourceBlob)
-		return false
+		return reply{}, err
 	}
 	setBlobHeaders(ctx, rq.ref.digest.String())
-	rng, ok := applyRange(ctx, size)
-	if !ok {
+	rng, status, err := applyRange(ctx, size)
+	if err != nil {
 		r.Close()
-		return false
+		return reply{}, err
 	}
 	end, length := rng.end, rng.end-rng.start
 	if size < 0 {
 		end, length = -1, -1
 	}
 	r.seek(rng.start, end)
-	ex.status = ctx.Response.StatusCode()
 	r.onClose = func(sent int64, err error) { ex.done(sent, err) }
-	ctx.Response.ImmediateHeaderFlush = true
-	s.setBodyStream(ctx, ex, r, int(length))
-	return true
+	return streamReply(status, r, int(length), true), nil
 }

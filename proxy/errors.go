@@ -181,18 +181,28 @@ type wireEntry struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// errorCodeKey carries the wire code of an error answer to the request log.
-const errorCodeKey = "regmirror.error"
+// challenge marks an error answered with a Basic challenge: access
+// control's "log in" (peers, which sign requests instead, get none).
+type challenge struct{ err error }
 
-// errorDetailKey carries the whole error (which the client may not see) to
-// the request log.
-const errorDetailKey = "regmirror.error-detail"
+func (c *challenge) Error() string { return c.err.Error() }
+func (c *challenge) Unwrap() error { return c.err }
 
-// writeError is the one place that puts a registry error on the wire.
+// withChallenge asks the client to log in when err says it must.
+func withChallenge(err error) error {
+	if errors.Is(err, access.ErrUnauthenticated) {
+		return &challenge{err}
+	}
+	return err
+}
+
+// writeError is the one place that puts a registry error on the wire (a
+// handler's, through finish; the HTTP layer's; a recovered panic's). Beside
+// the JSON body it sets the headers some errors call for: Retry-After, a
+// Basic challenge for a client that must log in, and Content-Range for an
+// unsatisfiable range.
 func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
 	w := toWire(err, res)
-	ctx.SetUserValue(errorCodeKey, w.Code)
-	ctx.SetUserValue(errorDetailKey, err.Error())
 	ctx.Response.ResetBody()
 	ctx.SetStatusCode(w.Status)
 	ctx.SetContentType("application/json")
@@ -200,6 +210,15 @@ func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int((w.RetryAfter+time.Second-1)/time.Second)))
 	} else if w.Status == http.StatusTooManyRequests {
 		ctx.Response.Header.Set("Retry-After", "60")
+	}
+	var c *challenge
+	if errors.As(err, &c) {
+		// A browser (the status page) or client then asks for the login.
+		ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Basic realm="regmirror"`)
+	}
+	var re *rangeError
+	if errors.As(err, &re) {
+		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(re.size, 10))
 	}
 	body, _ := json.Marshal(wireBody{Errors: []wireEntry{{Code: w.Code, Message: w.Message, Detail: w.Detail}}})
 	if ctx.IsHead() {

@@ -297,7 +297,7 @@ func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
 		if f := s.fills.get(d); f != nil {
 			return f, nil
 		}
-		if _, err := s.store.Stat(d); err == nil {
+		if _, err := s.blobs.Stat(d); err == nil {
 			return (*fill)(nil), nil
 		}
 		return s.startFill(rq)
@@ -310,9 +310,9 @@ func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
 
 func (s *Server) startFill(rq request) (*fill, error) {
 	d := rq.ref.digest
-	w, err := s.store.Create(d, "application/octet-stream")
+	w, err := s.blobs.Create(d, "application/octet-stream")
 	if isNoSpace(err) && s.makeRoom(createRoom) {
-		w, err = s.store.Create(d, "application/octet-stream")
+		w, err = s.blobs.Create(d, "application/octet-stream")
 	}
 	if err != nil {
 		return nil, err
@@ -419,7 +419,7 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 	if _, err := f.writer.Commit(f.size); err != nil {
 		return err
 	}
-	if err := s.store.AddLink(rq.registry, rq.repo, f.digest); err != nil {
+	if err := s.links.AddLink(rq.registry, rq.repo, f.digest); err != nil {
 		s.log.Warn("recording repository link", "digest", f.digest, "err", err)
 	}
 	return nil

@@ -25,7 +25,7 @@ type manifest struct {
 // serveManifest answers GET and HEAD of /v2/<name>/manifests/<reference>.
 // Digests are local-first and never expire; tags are remote-first once
 // their TTL has passed, with the cache as the fallback.
-func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
+func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	var m manifest
 	var err error
 	if rq.ref.digest != "" {
@@ -34,8 +34,7 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 		m, ex.outcome, err = s.manifestByTag(rq)
 	}
 	if err != nil {
-		writeError(ctx, err, resourceManifest)
-		return
+		return reply{}, err
 	}
 	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
 	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
@@ -45,11 +44,11 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 		// hands over none, and is not worth a parse.
 		s.sizes.note(rq.registry, rq.repo, m.body)
 	}
-	writeBody(ctx, m.info.MediaType, m.body)
+	return bodyReply(m.info.MediaType, m.body), nil
 }
 
 func (s *Server) cachedManifest(d digest.Digest) (manifest, error) {
-	body, info, err := s.store.ReadAll(d, s.opts.MaxManifestSize)
+	body, info, err := s.manifests.ReadAll(d, s.opts.MaxManifestSize)
 	return manifest{body, info}, err
 }
 
@@ -58,20 +57,20 @@ func (s *Server) upstreamContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
 }
 
-func (s *Server) manifestByDigest(rq request) (manifest, string, error) {
+func (s *Server) manifestByDigest(rq request) (manifest, Outcome, error) {
 	d := rq.ref.digest
 	m, err := s.cachedManifest(d)
 	if err == nil {
 		if err := s.confirmInRepo(rq, d, resourceManifest); err != nil {
-			return manifest{}, "", err
+			return manifest{}, OutcomeNone, err
 		}
-		return m, "hit", nil
+		return m, OutcomeHit, nil
 	}
 	if !errors.Is(err, cache.ErrNotFound) {
-		return manifest{}, "", err
+		return manifest{}, OutcomeNone, err
 	}
 	if s.opts.Offline {
-		return manifest{}, "", fmt.Errorf("%w: %s", errOffline, d)
+		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s", errOffline, d)
 	}
 	v, err, shared := s.flights.Do("manifest\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
 		if m, err := s.cachedManifest(d); err == nil && s.linked(rq, d) {
@@ -82,16 +81,9 @@ func (s *Server) manifestByDigest(rq request) (manifest, string, error) {
 		return s.fetchManifest(ctx, rq, d.String(), d)
 	})
 	if err != nil {
-		return manifest{}, "", err
+		return manifest{}, OutcomeNone, err
 	}
-	return v.(manifest), outcome("miss", shared), nil
-}
-
-func outcome(base string, shared bool) string {
-	if shared {
-		return "join"
-	}
-	return base
+	return v.(manifest), OutcomeMiss.Joined(shared), nil
 }
 
 // fetchManifest gets a manifest from upstream, checks it against want (when
@@ -107,11 +99,11 @@ func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want
 		return manifest{}, fmt.Errorf("%w: asked for %s, got %s", errUpstreamCorrupt, want, got)
 	}
 	mediaType := manifestMediaType(desc.MediaType, body)
-	info, err := s.store.Put(got, mediaType, body)
+	info, err := s.manifests.Put(got, mediaType, body)
 	if err != nil {
 		s.log.Error("caching manifest", "registry", rq.registry, "repo", rq.repo, "digest", got, "err", err)
 		info = cache.BlobInfo{Digest: got, Size: int64(len(body)), MediaType: mediaType}
-	} else if err := s.store.AddLink(rq.registry, rq.repo, got); err != nil {
+	} else if err := s.links.AddLink(rq.registry, rq.repo, got); err != nil {
 		s.log.Warn("recording repository link", "digest", got, "err", err)
 	}
 	return manifest{body, info}, nil
@@ -137,10 +129,10 @@ func manifestMediaType(contentType string, body []byte) string {
 	return "application/vnd.oci.image.manifest.v1+json"
 }
 
-func (s *Server) manifestByTag(rq request) (manifest, string, error) {
+func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	tag := rq.ref.tag
 	pol := s.tagPolicy(rq) // [[tag_policy]]: ttl, immutable, stale_while_revalidate
-	rec, err := s.store.Tag(rq.registry, rq.repo, tag)
+	rec, err := s.tags.Tag(rq.registry, rq.repo, tag)
 	switch {
 	case err == nil:
 		fresh := pol.Fresh(rec.CheckedAt, s.opts.Now())
@@ -151,25 +143,25 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 				if !fresh && !s.opts.Offline {
 					s.revalidateInBackground(rq, rec, pol)
 				}
-				return m, "hit", nil
+				return m, OutcomeHit, nil
 			}
 			// The manifest was evicted; the tag alone cannot be served.
 		}
 	case !errors.Is(err, cache.ErrNotFound):
-		return manifest{}, "", err
+		return manifest{}, OutcomeNone, err
 	}
 	if s.opts.Offline {
-		return manifest{}, "", fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
+		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
 	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
 		// Re-check inside the flight: a request that read the stale
 		// record just before another flight refreshed it must not send
 		// upstream a second HEAD (a storm of clients on one expired tag
 		// causes one).
-		if now, err := s.store.Tag(rq.registry, rq.repo, tag); err == nil && now.CheckedAt.After(rec.CheckedAt) &&
+		if now, err := s.tags.Tag(rq.registry, rq.repo, tag); err == nil && now.CheckedAt.After(rec.CheckedAt) &&
 			pol.Fresh(now.CheckedAt, s.opts.Now()) && s.linked(rq, now.Digest) {
 			if m, err := s.cachedManifest(now.Digest); err == nil {
-				return tagResult{m, "hit"}, nil
+				return tagResult{m, OutcomeHit}, nil
 			}
 		}
 		ctx, cancel := s.upstreamContext()
@@ -178,13 +170,10 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 		return tagResult{m, how}, err
 	})
 	if err != nil {
-		return manifest{}, "", err
+		return manifest{}, OutcomeNone, err
 	}
 	r := v.(tagResult)
-	if shared {
-		return r.m, "join", nil
-	}
-	return r.m, r.outcome, nil
+	return r.m, r.outcome.Joined(shared), nil
 }
 
 // refreshTag asks upstream what the tag points to now. With a cached record
@@ -192,25 +181,25 @@ func (s *Server) manifestByTag(rq request) (manifest, string, error) {
 // fetches the manifest only when the digest moved. When upstream cannot
 // answer (down, 5xx, rate limited) the cached manifest is served stale. An
 // immutable tag (pol) keeps its digest: see immutableTag.
-func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord, pol tagpolicy.Decision) (manifest, string, error) {
+func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord, pol tagpolicy.Decision) (manifest, Outcome, error) {
 	tag := rq.ref.tag
 	if pol.Immutable {
 		if m, ok := s.immutableTag(ctx, rq, rec); ok {
-			return m, "miss", nil
+			return m, OutcomeMiss, nil
 		}
 	}
 	if rec.Digest == "" {
 		m, err := s.fetchManifest(ctx, rq, tag, "")
 		if err != nil {
-			return manifest{}, "", err
+			return manifest{}, OutcomeNone, err
 		}
 		s.saveTag(rq, m)
-		return m, "miss", nil
+		return m, OutcomeMiss, nil
 	}
 	if s.health.out(rq.registry, s.opts.Now()) || s.shielded(rq.registry) {
 		if m, ok := s.staleManifest(rq, rec); ok {
 			s.log.Debug("serving stale tag: upstream marked out or its pull budget low", "registry", rq.registry, "repo", rq.repo, "tag", tag)
-			return m, "stale", nil
+			return m, OutcomeStale, nil
 		}
 	}
 	// A revalidation has the cached manifest to fall back on, so it waits
@@ -220,36 +209,36 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 	cancel()
 	if err != nil {
 		if !isUpstreamOutage(err) {
-			return manifest{}, "", err
+			return manifest{}, OutcomeNone, err
 		}
 		until := s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
 		m, ok := s.staleManifest(rq, rec)
 		if !ok {
-			return manifest{}, "", err
+			return manifest{}, OutcomeNone, err
 		}
 		s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", tag,
 			"digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second), "err", err,
 			"stale_until", until.Format(time.RFC3339))
-		return m, "stale", nil
+		return m, OutcomeStale, nil
 	}
 	s.health.answered(rq.registry)
 	if pol.Immutable && desc.Digest != rec.Digest {
 		if m, ok := s.immutableMoved(rq, rec, desc.Digest, pol); ok {
-			return m, "hit", nil
+			return m, OutcomeHit, nil
 		}
 	}
 	if desc.Digest == rec.Digest {
 		if m, err := s.cachedManifest(rec.Digest); err == nil {
 			rec.CheckedAt = s.opts.Now()
-			if err := s.store.SetTag(rq.registry, rq.repo, tag, rec); err != nil {
+			if err := s.tags.SetTag(rq.registry, rq.repo, tag, rec); err != nil {
 				s.log.Warn("recording tag", "tag", tag, "err", err)
 			}
 			if !s.linked(rq, rec.Digest) { // upstream just showed it in this repository
-				if err := s.store.AddLink(rq.registry, rq.repo, rec.Digest); err != nil {
+				if err := s.links.AddLink(rq.registry, rq.repo, rec.Digest); err != nil {
 					s.log.Warn("recording repository link", "digest", rec.Digest, "err", err)
 				}
 			}
-			return m, "revalidated", nil
+			return m, OutcomeRevalidated, nil
 		}
 	}
 	ref, want := tag, desc.Digest
@@ -258,13 +247,13 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 	}
 	m, err := s.fetchManifest(ctx, rq, ref, want)
 	if err != nil {
-		return manifest{}, "", err
+		return manifest{}, OutcomeNone, err
 	}
 	s.saveTag(rq, m)
 	if rec.Digest != m.info.Digest {
 		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", tag, "from", rec.Digest, "to", m.info.Digest)
 	}
-	return m, "miss", nil
+	return m, OutcomeMiss, nil
 }
 
 // staleManifest is the cached manifest a tag record points to, when it may
@@ -279,7 +268,7 @@ func (s *Server) staleManifest(rq request, rec cache.TagRecord) (manifest, bool)
 
 func (s *Server) saveTag(rq request, m manifest) {
 	rec := cache.TagRecord{Digest: m.info.Digest, MediaType: m.info.MediaType, CheckedAt: s.opts.Now()}
-	if err := s.store.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
+	if err := s.tags.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
 		s.log.Warn("recording tag", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "err", err)
 	}
 }

@@ -89,28 +89,29 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 }
 
 // request counts a finished client request.
-func (m *metrics) request(endpoint, outcome, registry string, status int, bytes int64, d time.Duration) {
-	if outcome == "" {
-		outcome = "none"
+func (m *metrics) request(endpoint string, outcome Outcome, registry string, status int, bytes int64, d time.Duration) {
+	label := string(outcome)
+	if outcome == OutcomeNone {
+		label = "none"
 	}
-	m.requests.WithLabelValues(endpoint, outcome, strconv.Itoa(status), registry).Inc()
+	m.requests.WithLabelValues(endpoint, label, strconv.Itoa(status), registry).Inc()
 	m.requestDuration.WithLabelValues(endpoint, registry).Observe(d.Seconds())
-	if outcome == "stale" {
+	if outcome == OutcomeStale {
 		m.staleServed.WithLabelValues(registry).Inc()
 	}
 	if bytes <= 0 || (endpoint != "manifest" && endpoint != "blob") {
 		return
 	}
 	source := ""
-	switch outcome {
-	case "hit", "revalidated", "stale":
+	switch {
+	case outcome.FromCache():
 		source = "cache"
-	case "miss", "join":
+	case outcome == OutcomeMiss, outcome == OutcomeJoin:
 		source = "upstream"
 		if endpoint == "blob" {
 			source = "fill"
 		}
-	case "bypass":
+	case outcome == OutcomeBypass:
 		source = "upstream"
 	default:
 		return

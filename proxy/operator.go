@@ -124,44 +124,36 @@ func (s *Server) recordExchange(e *exchange, bytes int64) {
 	s.metrics.request(e.endpoint, e.outcome, e.registry, e.status, bytes, time.Since(e.start))
 	s.status.Request(status.Event{
 		Time: s.opts.Now(), Client: e.client, Registry: e.registry, Repo: e.repo, Ref: e.ref,
-		Endpoint: e.endpoint, Outcome: e.outcome, Status: e.status, Bytes: bytes,
+		Endpoint: e.endpoint, Outcome: string(e.outcome), FromCache: e.outcome.FromCache(), Status: e.status, Bytes: bytes,
 	})
 }
 
-// serveOperator answers the operator views; it reports whether it did.
-func (s *Server) serveOperator(ctx *fasthttp.RequestCtx, ex *exchange) bool {
-	switch ex.path {
+// operatorView is the handler of an operator view at path, or nil.
+func (s *Server) operatorView(path string) handlerFunc {
+	switch path {
 	case "/readyz":
-		ex.endpoint = "health"
-		s.serveReady(ctx)
-		return true
+		return s.serveReady
 	case catalogPath:
-		ex.endpoint = "catalog"
-		ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
-		if !ctx.IsGet() && !ctx.IsHead() {
-			writeError(ctx, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path), resourceNone)
-			return true
-		}
-		s.serveCatalog(ctx)
-		return true
+		return s.serveCatalog
 	case "/", "/index.html", adminPrefix + "status.css", adminPrefix + "status.js", statusPath:
-	default:
-		return false
+		return s.serveStatus
 	}
+	return nil
+}
+
+// serveStatus answers the status page, its assets and its JSON, for whoever
+// may pull something.
+func (s *Server) serveStatus(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
 	ex.endpoint = "status"
 	if !ctx.IsGet() && !ctx.IsHead() {
-		writeError(ctx, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path), resourceNone)
-		return true
+		return reply{}, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path)
 	}
 	if !s.maySeeStatus(ctx) {
 		if c, ok := s.opts.Operator.PullPolicy.(challenger); ok && c.Unidentified(ctx) {
-			// A browser asks for the login on a Basic challenge.
-			writeError(ctx, fmt.Errorf("%w: log in to see the status page", access.ErrUnauthenticated), resourceNone)
-			ctx.Response.Header.Set(fasthttp.HeaderWWWAuthenticate, `Basic realm="regmirror"`)
-			return true
+			// Answered with a Basic challenge: a browser asks for the login.
+			return reply{}, withChallenge(fmt.Errorf("%w: log in to see the status page", access.ErrUnauthenticated))
 		}
-		writeError(ctx, fmt.Errorf("%w: the status page is for clients that may pull", errForbidden), resourceNone)
-		return true
+		return reply{}, fmt.Errorf("%w: the status page is for clients that may pull", errForbidden)
 	}
 	// The page loads nothing from elsewhere and runs no inline code.
 	ctx.Response.Header.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -171,11 +163,9 @@ func (s *Server) serveOperator(ctx *fasthttp.RequestCtx, ex *exchange) bool {
 		m := s.status.Model(func(registry, repo string) bool { return s.mayPull(ctx, registry, repo) })
 		body, err := json.Marshal(m)
 		if err != nil {
-			writeError(ctx, err, resourceNone)
-			return true
+			return reply{}, err
 		}
-		writeBody(ctx, "application/json", body)
-		return true
+		return bodyReply("application/json", body), nil
 	}
 	name := strings.TrimPrefix(ex.path, adminPrefix)
 	if name == "/" {
@@ -184,11 +174,9 @@ func (s *Server) serveOperator(ctx *fasthttp.RequestCtx, ex *exchange) bool {
 	name = strings.TrimPrefix(name, "/")
 	a, ok := status.Page(name)
 	if !ok {
-		writeError(ctx, fmt.Errorf("%w: %s", errUnknownEndpoint, ex.path), resourceNone)
-		return true
+		return reply{}, fmt.Errorf("%w: %s", errUnknownEndpoint, ex.path)
 	}
-	writeBody(ctx, a.ContentType, a.Body)
-	return true
+	return bodyReply(a.ContentType, a.Body), nil
 }
 
 func (s *Server) mayPull(ctx *fasthttp.RequestCtx, registry, repo string) bool {
@@ -221,20 +209,30 @@ type readyBody struct {
 	Checks []Check `json:"checks"`
 }
 
-func (s *Server) serveReady(ctx *fasthttp.RequestCtx) {
+func (s *Server) serveReady(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
+	ex.endpoint = "health"
+	r := bodyReply("application/json", nil)
+	r.body, r.status = readyAnswer(s.opts.Operator.Ready)
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	return r, nil
+}
+
+// readyAnswer is /readyz's body and status (200 or 503) for the checks
+// ready reports (nil: none, ready).
+func readyAnswer(ready func() []Check) ([]byte, int) {
 	b := readyBody{Ready: true, Checks: []Check{}}
-	if s.opts.Operator.Ready != nil {
-		b.Checks = s.opts.Operator.Ready()
+	if ready != nil {
+		b.Checks = ready()
 	}
 	for _, c := range b.Checks {
 		b.Ready = b.Ready && c.OK
 	}
+	status := http.StatusOK
 	if !b.Ready {
-		ctx.SetStatusCode(http.StatusServiceUnavailable)
+		status = http.StatusServiceUnavailable
 	}
 	body, _ := json.Marshal(b)
-	ctx.Response.Header.Set("Cache-Control", "no-store")
-	writeBody(ctx, "application/json", body)
+	return body, status
 }
 
 // serveCatalog answers GET /v2/_catalog: the repositories the cache holds
@@ -244,14 +242,18 @@ func (s *Server) serveReady(ctx *fasthttp.RequestCtx) {
 // repositories by their bare names; otherwise the default registry's bare
 // and every other registry's prefixed with its name, the way the path
 // prefix addressing pulls them.
-func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx) {
+func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
+	ex.endpoint = "catalog"
+	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !ctx.IsGet() && !ctx.IsHead() {
+		return reply{}, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path)
+	}
 	args := ctx.QueryArgs()
 	n := defaultCatalogPage
 	if v := args.Peek("n"); len(v) > 0 {
 		var err error
 		if n, err = strconv.Atoi(string(v)); err != nil || n < 0 {
-			writeError(ctx, fmt.Errorf("%w: n=%q", errPaginationInvalid, v), resourceNone)
-			return
+			return reply{}, fmt.Errorf("%w: n=%q", errPaginationInvalid, v)
 		}
 		n = min(n, maxCatalogPage)
 	}
@@ -260,8 +262,7 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx) {
 	if len(args.Peek("ns")) > 0 || s.hostAliased(ctx) {
 		up, err := s.resolveRegistry(ctx, "")
 		if err != nil {
-			writeError(ctx, err, resourceNone)
-			return
+			return reply{}, err
 		}
 		only = up.Name()
 	}
@@ -282,8 +283,7 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx) {
 			return nil
 		})
 		if err != nil {
-			writeError(ctx, err, resourceNone)
-			return
+			return reply{}, err
 		}
 	}
 	sort.Strings(names)
@@ -301,7 +301,7 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx) {
 	body, _ := json.Marshal(struct {
 		Repositories []string `json:"repositories"`
 	}{names})
-	writeBody(ctx, "application/json", body)
+	return bodyReply("application/json", body), nil
 }
 
 // hostAliased reports whether the request's Host names a registry.

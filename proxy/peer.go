@@ -35,46 +35,38 @@ func (s *Server) verifyPeer(ctx *fasthttp.RequestCtx) (bool, error) {
 
 // servePeerPing answers a peer's health ping: 200 when it is signed with
 // the shared key and this node is ready (as /readyz says), 401 or 503
-// otherwise. It reports whether the request was one.
-func (s *Server) servePeerPing(ctx *fasthttp.RequestCtx, ex *exchange) bool {
-	if s.opts.Peers == nil || ex.path != peerPingPath {
-		return false
-	}
+// otherwise.
+func (s *Server) servePeerPing(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
 	ex.endpoint = "health"
 	ok, err := s.verifyPeer(ctx)
 	if !ok {
 		if err == nil {
 			err = fmt.Errorf("%w: a peer ping must be signed", access.ErrUnauthenticated)
 		}
-		writeError(ctx, fmt.Errorf("%w: %w", access.ErrUnauthenticated, err), resourceNone)
-		return true
+		return reply{}, fmt.Errorf("%w: %w", access.ErrUnauthenticated, err)
 	}
 	ex.user = peerUser
 	if s.opts.Operator.Ready != nil {
 		for _, c := range s.opts.Operator.Ready() {
 			if !c.OK {
-				ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-				ctx.SetBodyString("not ready: " + c.Name + ": " + c.Reason + "\n")
-				return true
+				return reply{status: fasthttp.StatusServiceUnavailable, body: []byte("not ready: " + c.Name + ": " + c.Reason + "\n")}, nil
 			}
 		}
 	}
-	ctx.SetBodyString("ok\n")
-	return true
+	return reply{body: []byte("ok\n")}, nil
 }
 
-// peerRefused checks the peer signature of a routed request that carries
+// checkPeer checks the peer signature of a routed request that carries
 // one. A verified peer passes access control (ex.user = peerUser) and, for
 // a blob GET, makes this node fill the blob itself; a bad signature is
-// refused 401 and answered here.
-func (s *Server) peerRefused(ctx *fasthttp.RequestCtx, ex *exchange, rq request, e endpoint) bool {
+// refused (401).
+func (s *Server) checkPeer(ctx *fasthttp.RequestCtx, ex *exchange, rq request, e endpoint) error {
 	if s.opts.Peers == nil {
-		return false
+		return nil
 	}
 	ok, err := s.verifyPeer(ctx)
 	if err != nil {
-		writeError(ctx, fmt.Errorf("%w: %w", access.ErrUnauthenticated, err), resourceNone)
-		return true
+		return fmt.Errorf("%w: %w", access.ErrUnauthenticated, err)
 	}
 	if ok {
 		ex.user = peerUser
@@ -82,5 +74,5 @@ func (s *Server) peerRefused(ctx *fasthttp.RequestCtx, ex *exchange, rq request,
 			s.opts.Peers.Serving(rq.ref.digest)
 		}
 	}
-	return false
+	return nil
 }

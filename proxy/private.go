@@ -36,7 +36,7 @@ func (s *Server) linked(rq request, d digest.Digest) bool {
 	if len(s.opts.PrivateRegistries) == 0 {
 		return true
 	}
-	ok, err := s.store.HasLink(rq.registry, rq.repo, d)
+	ok, err := s.links.HasLink(rq.registry, rq.repo, d)
 	if err != nil {
 		s.log.Warn("reading repository link", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
 	}
@@ -76,7 +76,7 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 		if err != nil {
 			return nil, err
 		}
-		if err := s.store.AddLink(rq.registry, rq.repo, d); err != nil {
+		if err := s.links.AddLink(rq.registry, rq.repo, d); err != nil {
 			s.log.Warn("recording repository link", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
 		}
 		return nil, nil

@@ -28,16 +28,15 @@ type referrersUpstream interface {
 
 const mediaTypeOCIIndex = "application/vnd.oci.image.index.v1+json"
 
-func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
+func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	d := rq.ref.digest
 	ru, ok := rq.up.(referrersUpstream)
 	if !ok && !s.opts.Offline {
-		writeError(ctx, fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry), resourceManifest)
-		return
+		return reply{}, fmt.Errorf("%w: the referrers API is not mirrored for %s", errUnknownEndpoint, rq.registry)
 	}
 	kept := keptRecord{
-		load: func() ([]byte, error) { return s.store.Referrers(rq.registry, rq.repo, d) },
-		save: func(body []byte) error { return s.store.SetReferrers(rq.registry, rq.repo, d, body) },
+		load: func() ([]byte, error) { return s.answers.Referrers(rq.registry, rq.repo, d) },
+		save: func(body []byte) error { return s.answers.SetReferrers(rq.registry, rq.repo, d, body) },
 	}
 	body, outcome, err := s.keptAnswer(rq, rq.repo+"@"+d.String(), "referrers", kept, true,
 		func(uctx context.Context) ([]byte, error) {
@@ -46,19 +45,17 @@ func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq reque
 		})
 	ex.outcome = outcome
 	if err != nil {
-		writeError(ctx, err, resourceManifest)
-		return
+		return reply{}, err
 	}
 	if at := ctx.QueryArgs().Peek("artifactType"); len(at) > 0 {
 		filtered, ferr := filterReferrers(body, string(at))
 		if ferr != nil {
-			writeError(ctx, fmt.Errorf("%w: referrers index: %v", errUpstreamCorrupt, ferr), resourceManifest)
-			return
+			return reply{}, fmt.Errorf("%w: referrers index: %v", errUpstreamCorrupt, ferr)
 		}
 		body = filtered
 		ctx.Response.Header.Set("OCI-Filters-Applied", "artifactType")
 	}
-	writeBody(ctx, mediaTypeOCIIndex, body)
+	return bodyReply(mediaTypeOCIIndex, body), nil
 }
 
 // filterReferrers keeps the descriptors of a referrers index whose

@@ -21,10 +21,11 @@ type TagCheck struct {
 	Digest digest.Digest
 	// Previous is what the cache recorded before ("" if nothing).
 	Previous digest.Digest
-	// Outcome is how the tag was answered: "revalidated" (unchanged),
-	// "miss" (fetched: new or moved), "hit" (an immutable tag kept although
-	// upstream moved it, see tag_policy), or "stale" (upstream failed).
-	Outcome string
+	// Outcome is how the tag was answered: OutcomeRevalidated (unchanged),
+	// OutcomeMiss (fetched: new or moved), OutcomeHit (an immutable tag
+	// kept although upstream moved it, see tag_policy), or OutcomeStale
+	// (upstream failed).
+	Outcome Outcome
 }
 
 // Moved reports whether the tag now points elsewhere than before.
@@ -54,7 +55,7 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 	if s.health.out(rq.registry, s.opts.Now()) {
 		return TagCheck{}, fmt.Errorf("%w: %s", ErrUpstreamOut, rq.registry)
 	}
-	rec, err := s.store.Tag(rq.registry, rq.repo, tag)
+	rec, err := s.tags.Tag(rq.registry, rq.repo, tag)
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return TagCheck{}, err
 	}

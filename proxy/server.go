@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +20,6 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/status"
 	"github.com/regmirror/regmirror/tagpolicy"
@@ -40,23 +38,6 @@ type Upstream interface {
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error)
 	ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error)
-}
-
-// Store is what the proxy needs from the cache.
-type Store interface {
-	Stat(d digest.Digest) (cache.BlobInfo, error)
-	Open(d digest.Digest) (*os.File, cache.BlobInfo, error)
-	ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error)
-	Put(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error)
-	Create(d digest.Digest, mediaType string) (*cache.Writer, error)
-	Tag(registry, repo, tag string) (cache.TagRecord, error)
-	SetTag(registry, repo, tag string, rec cache.TagRecord) error
-	AddLink(registry, repo string, d digest.Digest) error
-	HasLink(registry, repo string, d digest.Digest) (bool, error)
-	TagList(registry, repo string) ([]byte, error)
-	SetTagList(registry, repo string, body []byte) error
-	Referrers(registry, repo string, subject digest.Digest) ([]byte, error)
-	SetReferrers(registry, repo string, subject digest.Digest, body []byte) error
 }
 
 // FillHooks lets the cache's owner hear about fills. Hold is called before a
@@ -163,11 +144,17 @@ type Server struct {
 	opts       Options
 	log        *slog.Logger
 	registries map[string]Upstream
-	store      Store
-	metrics    *metrics
-	guard      *guardMetrics
-	conns      *connLimiter
-	http       *fasthttp.Server
+	store      Store // whole, for optional sides found by type assertion
+	// The cache as each part uses it (store.go).
+	blobs     blobStore
+	manifests manifestStore
+	tags      tagStore
+	links     linkStore
+	answers   answerStore
+	metrics   *metrics
+	guard     *guardMetrics
+	conns     *connLimiter
+	http      *fasthttp.Server
 
 	// flights collapses concurrent misses of one manifest or tag.
 	flights singleflight.Group
@@ -257,6 +244,11 @@ func New(o Options) (*Server, error) {
 		registries: make(map[string]Upstream, len(o.Registries)),
 		plain:      make(map[string]Upstream, len(o.Registries)),
 		store:      o.Store,
+		blobs:      o.Store,
+		manifests:  o.Store,
+		tags:       o.Store,
+		links:      o.Store,
+		answers:    o.Store,
 	}
 	for _, r := range o.Registries {
 		if _, dup := s.registries[r.Name()]; dup {
@@ -352,7 +344,8 @@ type exchange struct {
 	client    string
 	user      string // who access control says the client is
 	endpoint  string
-	outcome   string // hit, miss, join, stale, revalidated, bypass, or empty
+	outcome   Outcome
+	resource  resource // what the request's "not found" is about
 	status    int
 	errorCode string // the registry error code answered, if any
 	detail    string // the whole error behind it
@@ -374,8 +367,8 @@ func (e *exchange) done(bytes int64, err error) {
 	if e.user != "" {
 		attrs = append(attrs, "user", e.user)
 	}
-	if e.outcome != "" {
-		attrs = append(attrs, "cache", e.outcome)
+	if e.outcome != OutcomeNone {
+		attrs = append(attrs, "cache", string(e.outcome))
 	}
 	if e.errorCode != "" {
 		attrs = append(attrs, "error", e.errorCode, "detail", e.detail)
@@ -394,107 +387,104 @@ func (e *exchange) done(bytes int64, err error) {
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path()), client: ctx.RemoteIP().String()}
 	defer s.recoverPanic(ctx, ex)
-	streamed := s.dispatch(ctx, ex)
-	ex.status = ctx.Response.StatusCode()
-	if code, ok := ctx.UserValue(errorCodeKey).(string); ok {
-		ex.errorCode = code
-		ex.detail, _ = ctx.UserValue(errorDetailKey).(string)
-	}
-	if ex.outcome != "" {
-		// Tells operators (and preload's summary) where an answer came from.
-		ctx.Response.Header.Set(CacheHeader, ex.outcome)
-	}
-	if !streamed {
-		ex.done(int64(len(ctx.Response.Body())), nil)
-	}
+	r, err := s.dispatch(ctx, ex)
+	s.finish(ctx, ex, r, err)
 }
 
-// dispatch answers one request; it reports whether the body is a stream
-// whose Close will log the exchange.
-func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (streamed bool) {
-	if s.serveOperator(ctx, ex) {
-		return false
+// dispatch routes one request to its handler: the operator views, metrics,
+// the health probe, management, else the registry API.
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
+	if h := s.operatorView(ex.path); h != nil {
+		return h(ctx, ex)
 	}
 	switch ex.path {
 	case "/metrics":
 		if s.metricsHandler != nil {
 			ex.endpoint = "metrics"
 			s.metricsHandler(ctx)
-			return false
+			return delegated, nil
 		}
 	case "/healthz":
 		ex.endpoint = "health"
-		ctx.SetContentType("text/plain")
-		ctx.SetBodyString("ok\n")
-		return false
+		return bodyReply("text/plain", []byte("ok\n")), nil
 	}
-	if s.servePeerPing(ctx, ex) {
-		return false
+	if s.opts.Peers != nil && ex.path == peerPingPath {
+		return s.servePeerPing(ctx, ex)
 	}
 	if strings.HasPrefix(ex.path, adminPrefix) && s.adminHandler != nil {
 		ex.endpoint = "admin"
-		s.serveAdmin(ctx, ex)
-		return false
+		return s.serveAdmin(ctx, ex)
 	}
+	return s.serveRegistry(ctx, ex)
+}
+
+// serveRegistry answers the registry API (/v2/): it parses and resolves
+// the request, asks access control, then hands it to the endpoint's
+// handler.
+func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	p, err := parsePath(ex.path)
 	if err != nil {
 		ex.endpoint = "unknown"
-		writeError(ctx, err, resourceNone)
-		return false
+		return reply{}, err
 	}
 	if !ctx.IsGet() && !ctx.IsHead() {
 		ex.endpoint = "write"
-		writeError(ctx, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path), resourceNone)
-		return false
+		return reply{}, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path)
 	}
+	ex.endpoint, ex.resource = endpointName(p.endpoint), resourceOf(p.endpoint)
 	switch p.endpoint {
 	case endpointBase:
-		ex.endpoint = "base"
-		if _, err := s.resolveRegistry(ctx, ""); err != nil {
-			writeError(ctx, err, resourceNone)
-			return false
-		}
-		if s.refused(ctx, ex, "", "") {
-			return false
-		}
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString("{}")
-		return false
+		return s.serveBase(ctx, ex)
 	case endpointUpload:
-		ex.endpoint = "write"
-		writeError(ctx, fmt.Errorf("%w: uploads", errUnsupportedMethod), resourceNone)
-		return false
+		return reply{}, fmt.Errorf("%w: uploads", errUnsupportedMethod)
 	}
 	rq, err := s.resolve(ctx, p)
 	if err != nil {
-		ex.endpoint = endpointName(p.endpoint)
-		if !s.refused(ctx, ex, "", "") {
-			writeError(ctx, err, resourceOf(p.endpoint))
+		// Who may not pull learns nothing more than that.
+		if aerr := s.authorize(ctx, ex, "", ""); aerr != nil {
+			return reply{}, aerr
 		}
-		return false
+		return reply{}, err
 	}
 	ex.registry = rq.up.Name()
 	ex.repo, ex.ref = rq.repo, rq.ref.String()
-	ex.endpoint = endpointName(p.endpoint)
-	if s.peerRefused(ctx, ex, rq, p.endpoint) || s.refused(ctx, ex, rq.registry, rq.repo) {
-		return false
+	if err := s.checkPeer(ctx, ex, rq, p.endpoint); err != nil {
+		return reply{}, err
+	}
+	if err := s.authorize(ctx, ex, rq.registry, rq.repo); err != nil {
+		return reply{}, err
 	}
 	switch p.endpoint {
 	case endpointManifest:
-		s.serveManifest(ctx, ex, rq)
+		return s.serveManifest(ctx, ex, rq)
 	case endpointBlob:
 		return s.serveBlob(ctx, ex, rq)
 	case endpointTags:
-		s.serveTags(ctx, ex, rq)
-	case endpointReferrers:
-		s.serveReferrers(ctx, ex, rq)
+		return s.serveTags(ctx, ex, rq)
+	default: // endpointReferrers
+		return s.serveReferrers(ctx, ex, rq)
 	}
-	return false
+}
+
+// serveBase answers /v2/, the API version check, for whoever may pull from
+// the registry the request names.
+func (s *Server) serveBase(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
+	if _, err := s.resolveRegistry(ctx, ""); err != nil {
+		return reply{}, err
+	}
+	if err := s.authorize(ctx, ex, "", ""); err != nil {
+		return reply{}, err
+	}
+	return bodyReply("application/json", []byte("{}")), nil
 }
 
 func endpointName(e endpoint) string {
 	switch e {
+	case endpointBase:
+		return "base"
+	case endpointUpload:
+		return "write"
 	case endpointManifest:
 		return "manifest"
 	case endpointBlob:
@@ -507,14 +497,18 @@ func endpointName(e endpoint) string {
 	return "other"
 }
 
+// resourceOf is what an endpoint's "not found" is about: a referrers
+// subject is a manifest.
 func resourceOf(e endpoint) resource {
 	switch e {
-	case endpointManifest:
+	case endpointManifest, endpointReferrers:
 		return resourceManifest
 	case endpointBlob:
 		return resourceBlob
+	case endpointTags:
+		return resourceRepository
 	}
-	return resourceRepository
+	return resourceNone
 }
 
 // request is a validated pull request resolved to one configured upstream.
@@ -583,11 +577,6 @@ func (s *Server) resolveRegistry(ctx *fasthttp.RequestCtx, pathPrefix string) (U
 	}
 	return s.registryNamed(s.opts.DefaultRegistry)
 }
-
-// CacheHeader names the response header that says how the cache answered:
-// hit, miss (fetched now), join (joined a fetch in progress), revalidated,
-// stale (upstream could not answer) or bypass (disk full, not cached).
-const CacheHeader = "X-Regmirror-Cache"
 
 // adminPrefix is where management requests go (see package admin).
 const adminPrefix = "/_regmirror/"

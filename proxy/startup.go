@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,11 +87,11 @@ func serveStarting(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	switch string(ctx.Path()) {
 	case "/healthz":
-		writeBody(ctx, "text/plain; charset=utf-8", []byte("ok\n"))
+		writeReply(ctx, bodyReply("text/plain; charset=utf-8", []byte("ok\n")))
 	case "/readyz":
-		ctx.SetStatusCode(http.StatusServiceUnavailable)
-		body, _ := json.Marshal(readyBody{Checks: []Check{{Name: "index", OK: false, Reason: errStarting.Error()}}})
-		writeBody(ctx, "application/json", body)
+		r := bodyReply("application/json", nil)
+		r.body, r.status = readyAnswer(func() []Check { return []Check{{Name: "index", OK: false, Reason: errStarting.Error()}} })
+		writeReply(ctx, r)
 	default:
 		writeError(ctx, errStarting, resourceNone)
 	}

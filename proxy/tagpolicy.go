@@ -79,7 +79,7 @@ func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tag
 // tagResult is what a tag flight shares with everyone who joined it.
 type tagResult struct {
 	m       manifest
-	outcome string
+	outcome Outcome
 }
 
 // immutableTag serves an immutable tag whose cached manifest was evicted:
@@ -91,7 +91,7 @@ func (s *Server) immutableTag(ctx context.Context, rq request, rec cache.TagReco
 	if rec.Digest == "" || !s.linked(rq, rec.Digest) {
 		return manifest{}, false
 	}
-	if _, err := s.store.Stat(rec.Digest); err == nil {
+	if _, err := s.blobs.Stat(rec.Digest); err == nil {
 		return manifest{}, false // cached: the caller is revalidating on purpose (the watch list)
 	}
 	m, err := s.fetchManifest(ctx, rq, rec.Digest.String(), rec.Digest)

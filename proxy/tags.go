@@ -15,7 +15,7 @@ import (
 // serveTags passes /v2/<name>/tags/list through to upstream, and keeps the
 // last full answer to serve while upstream is down or the mirror offline.
 // A page of a paginated listing (n, last) is passed through only.
-func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
+func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	query := url.Values{}
 	for _, key := range []string{"n", "last"} {
 		if v := ctx.QueryArgs().Peek(key); len(v) > 0 {
@@ -23,17 +23,16 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) {
 		}
 	}
 	kept := keptRecord{
-		load: func() ([]byte, error) { return s.store.TagList(rq.registry, rq.repo) },
-		save: func(body []byte) error { return s.store.SetTagList(rq.registry, rq.repo, body) },
+		load: func() ([]byte, error) { return s.answers.TagList(rq.registry, rq.repo) },
+		save: func(body []byte) error { return s.answers.SetTagList(rq.registry, rq.repo, body) },
 	}
 	body, outcome, err := s.keptAnswer(rq, rq.repo, "tags", kept, len(query) == 0,
 		func(uctx context.Context) ([]byte, error) { return rq.up.ListTags(uctx, rq.repo, query.Encode()) })
 	ex.outcome = outcome
 	if err != nil {
-		writeError(ctx, err, resourceRepository)
-		return
+		return reply{}, err
 	}
-	writeBody(ctx, "application/json", body)
+	return bodyReply("application/json", body), nil
 }
 
 // keptRecord is the cache record where keptAnswer keeps an answer.
@@ -46,8 +45,8 @@ type keptRecord struct {
 // upstream and, when keep is set, stores the last one in the cache's
 // record kept (key names it in logs). When the mirror is offline, or upstream cannot
 // answer (down, 5xx, 429, or marked out after failing), the kept answer is
-// served instead: "hit" offline, "stale" otherwise.
-func (s *Server) keptAnswer(rq request, key, kind string, kept keptRecord, keep bool, fetch func(context.Context) ([]byte, error)) ([]byte, string, error) {
+// served instead: OutcomeHit offline, OutcomeStale otherwise.
+func (s *Server) keptAnswer(rq request, key, kind string, kept keptRecord, keep bool, fetch func(context.Context) ([]byte, error)) ([]byte, Outcome, error) {
 	var err error
 	switch {
 	case s.opts.Offline:
@@ -64,7 +63,7 @@ func (s *Server) keptAnswer(rq request, key, kind string, kept keptRecord, keep 
 					s.log.Warn("keeping an answer", "kind", kind, "registry", rq.registry, "key", key, "err", err)
 				}
 			}
-			return body, "miss", nil
+			return body, OutcomeMiss, nil
 		}
 		if isUpstreamOutage(ferr) {
 			s.health.failed(rq.registry, ferr, s.opts.Now(), s.opts.OutageBackoff)
@@ -72,28 +71,17 @@ func (s *Server) keptAnswer(rq request, key, kind string, kept keptRecord, keep 
 		err = ferr
 	}
 	if !keep || !(s.opts.Offline || isUpstreamOutage(err)) {
-		return nil, "", err
+		return nil, OutcomeNone, err
 	}
 	body, kerr := kept.load()
 	if kerr != nil {
 		if !errors.Is(kerr, cache.ErrNotFound) {
 			s.log.Warn("reading a kept answer", "kind", kind, "registry", rq.registry, "key", key, "err", kerr)
 		}
-		return nil, "", err
+		return nil, OutcomeNone, err
 	}
 	if s.opts.Offline {
-		return body, "hit", nil
+		return body, OutcomeHit, nil
 	}
-	return body, "stale", nil
-}
-
-// writeBody answers with a small body held in memory (to HEAD, with its
-// length only).
-func writeBody(ctx *fasthttp.RequestCtx, contentType string, body []byte) {
-	ctx.SetContentType(contentType)
-	if ctx.IsHead() {
-		ctx.Response.Header.SetContentLength(len(body))
-		return
-	}
-	ctx.SetBody(body)
+	return body, OutcomeStale, nil
 }

@@ -14,9 +14,12 @@ type Event struct {
 	Repo     string
 	Ref      string // tag or digest
 	Endpoint string // manifest, blob, tags, referrers, …
-	Outcome  string // hit, miss, join, revalidated, stale, bypass, or ""
-	Status   int
-	Bytes    int64
+	Outcome  string // hit, miss, join, revalidated, stale, bypass, or "" (the proxy's Outcome)
+	// FromCache: the answer came from what the mirror held (hit,
+	// revalidated, stale), not from upstream now; the proxy decides.
+	FromCache bool
+	Status    int
+	Bytes     int64
 }
 
 // Sources are the live readings a Model is built from. Every field may be
@@ -101,24 +104,13 @@ func New(o Options) *Recorder {
 	}
 }
 
-// hitOutcome tells answers from the cache from answers from upstream; ok is
-// false for requests that are neither (errors, non-registry endpoints).
-func hitOutcome(outcome string) (hit, ok bool) {
-	switch outcome {
-	case "hit", "revalidated", "stale":
-		return true, true
-	case "miss", "join", "bypass":
-		return false, true
-	}
-	return false, false
-}
-
 // Request records a finished request.
 func (r *Recorder) Request(ev Event) {
 	if ev.Registry == "" {
 		return
 	}
-	hit, counted := hitOutcome(ev.Outcome)
+	// Only cache answers count: errors and other endpoints have no outcome.
+	hit, counted := ev.FromCache, ev.Outcome != ""
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	reg := r.reg(ev.Registry)

@@ -15,7 +15,7 @@ func TestRatiosSinceStartAndLastHour(t *testing.T) {
 	c := &clock{time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)}
 	r := New(Options{Now: c.now})
 	ev := func(outcome string, bytes int64) {
-		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Endpoint: "blob", Outcome: outcome, Status: 200, Bytes: bytes})
+		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Endpoint: "blob", Outcome: outcome, FromCache: outcome == "hit", Status: 200, Bytes: bytes})
 	}
 	ev("miss", 1000)
 	r.Upstream("docker.io", 1000, false)
@@ -43,8 +43,8 @@ func TestRecentPullsRing(t *testing.T) {
 	c := &clock{time.Unix(0, 0)}
 	r := New(Options{Now: c.now, RecentPulls: 3})
 	for i := range 5 {
-		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Ref: fmt.Sprint(i), Endpoint: "manifest", Outcome: "hit", Status: 200})
-		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Endpoint: "blob", Outcome: "hit", Status: 200})
+		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Ref: fmt.Sprint(i), Endpoint: "manifest", Outcome: "hit", FromCache: true, Status: 200})
+		r.Request(Event{Time: c.t, Registry: "docker.io", Repo: "library/a", Endpoint: "blob", Outcome: "hit", FromCache: true, Status: 200})
 	}
 	got := r.Model(nil).RecentPulls
 	if len(got) != 3 || got[0].Ref != "4" || got[1].Ref != "3" || got[2].Ref != "2" {
@@ -58,10 +58,10 @@ func TestReposBoundedAndTop(t *testing.T) {
 	for i := range 1000 {
 		repo := fmt.Sprintf("r%d", i)
 		for range i % 7 {
-			r.Request(Event{Time: c.t, Registry: "docker.io", Repo: repo, Endpoint: "manifest", Outcome: "hit", Status: 200, Bytes: int64(i)})
+			r.Request(Event{Time: c.t, Registry: "docker.io", Repo: repo, Endpoint: "manifest", Outcome: "hit", FromCache: true, Status: 200, Bytes: int64(i)})
 		}
 		if i%7 == 0 {
-			r.Request(Event{Time: c.t, Registry: "docker.io", Repo: repo, Endpoint: "blob", Outcome: "hit", Status: 200, Bytes: 1})
+			r.Request(Event{Time: c.t, Registry: "docker.io", Repo: repo, Endpoint: "blob", Outcome: "hit", FromCache: true, Status: 200, Bytes: 1})
 		}
 	}
 	if n := len(r.repos); n > 100 {
