@@ -327,38 +327,48 @@ func (s *Server) startFill(rq request) (*fill, error) {
 	s.fills.put(f)
 	s.fillsAlive.Add(1)
 	s.metrics.fillsInProgress.Inc()
-	go func() {
-		defer s.fillsAlive.Done()
-		defer s.metrics.fillsInProgress.Dec()
-		defer release()
-		ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
-		start := time.Now()
-		err := s.runFill(ctx, cancel, f, rq)
-		if !errors.Is(err, errCannotFit) {
-			cancel() // else the pass-through owns ctx, and the body read under it
-		}
-		if err != nil {
-			_ = f.writer.Cancel()
-			if isNoSpace(err) {
-				s.diskFullUntil.Store(s.opts.Now().Add(diskFullBackoff).UnixNano())
-			}
-		}
-		// Leave the group before waking followers: a request that arrives
-		// later finds the blob in the cache, or starts a fresh fill.
-		s.fills.remove(f)
-		f.finish(err)
-		if errors.Is(err, errCannotFit) { // not a failed fill: counted as a pass-through
-			s.log.Warn("blob cannot fit in the cache: streaming it to its clients without caching or evicting anything", "registry", rq.registry, "repo", rq.repo, "digest", d, "err", err)
-			return
-		}
-		s.metrics.fill(rq.registry, err)
-		if err != nil {
-			s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond), "err", err)
-			return
-		}
-		s.log.Info("fill done", "registry", rq.registry, "repo", rq.repo, "digest", d, "bytes", f.written, "duration", time.Since(start).Round(time.Millisecond))
-	}()
+	go s.fillInBackground(f, rq, release)
 	return f, nil
+}
+
+// fillInBackground runs f to its end under its own timeout, detached from
+// every client; then it takes f out of the group, wakes its followers, and
+// logs and counts how it ended.
+func (s *Server) fillInBackground(f *fill, rq request, release func()) {
+	defer s.fillsAlive.Done()
+	defer s.metrics.fillsInProgress.Dec()
+	defer release()
+	ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)
+	start := time.Now()
+	err := s.runFill(ctx, cancel, f, rq)
+	if !errors.Is(err, errCannotFit) {
+		cancel() // else the pass-through owns ctx, and the body read under it
+	}
+	if err != nil {
+		_ = f.writer.Cancel()
+		if isNoSpace(err) {
+			s.diskFullUntil.Store(s.opts.Now().Add(diskFullBackoff).UnixNano())
+		}
+	}
+	// Leave the group before waking followers: a request that arrives
+	// later finds the blob in the cache, or starts a fresh fill.
+	s.fills.remove(f)
+	f.finish(err)
+	s.fillEnded(f, rq, err, time.Since(start))
+}
+
+// fillEnded logs and counts how f ended.
+func (s *Server) fillEnded(f *fill, rq request, err error, took time.Duration) {
+	if errors.Is(err, errCannotFit) { // not a failed fill: counted as a pass-through
+		s.log.Warn("blob cannot fit in the cache: streaming it to its clients without caching or evicting anything", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "err", err)
+		return
+	}
+	s.metrics.fill(rq.registry, err)
+	if err != nil {
+		s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration", took.Round(time.Millisecond), "err", err)
+		return
+	}
+	s.log.Info("fill done", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration", took.Round(time.Millisecond))
 }
 
 // runFill downloads the blob into f's writer, resuming a cut body with a
@@ -376,28 +386,8 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 			}
 			continue
 		}
-		if err := s.checkAnnouncedSize(rq, f.digest, blob.Size); err != nil {
-			blob.Body.Close()
+		if err := s.acceptFillBody(ctx, cancel, f, rq, blob, offset); err != nil {
 			return err
-		}
-		blob.Size = s.expectedSize(rq, f.digest, blob.Size)
-		if offset == 0 {
-			if err := s.canCache(blob.Size); err != nil {
-				// Nothing is written or evicted: the body goes on to a
-				// shared pass-through, which this fill's clients join.
-				s.handOff(ctx, cancel, f, rq, blob, reasonCannotFit)
-				return fmt.Errorf("%w: %w", errCannotFit, err)
-			}
-			f.start(blob.Size)
-		} else if blob.Size >= 0 && f.size >= 0 && blob.Size != f.size {
-			blob.Body.Close()
-			return fmt.Errorf("%w: %d bytes on resume, %d before", errUpstreamLength, blob.Size, f.size)
-		} else if blob.Offset != offset {
-			// The server ignored the Range: skip what we already have.
-			if _, err := io.CopyN(io.Discard, blob.Body, offset-blob.Offset); err != nil || blob.Offset > offset {
-				blob.Body.Close()
-				return fmt.Errorf("%w: resume at %d got a body from %d", upstream.ErrUnavailable, offset, blob.Offset)
-			}
 		}
 		progressed, err := s.copyBody(ctx, f, s.guardRate(blob.Body), buf, &roomMade)
 		blob.Body.Close()
@@ -413,6 +403,45 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		}
 		s.log.Info("fill resuming", "digest", f.digest, "offset", f.writer.Written(), "err", err)
 	}
+	return s.commitFill(f, rq)
+}
+
+// acceptFillBody checks an upstream response for f, asked from offset,
+// against what the fill knows, and skips what a server that ignored the
+// Range sends again. The first response publishes the size; a blob that
+// cannot fit in the cache is then handed, body and all, to a shared
+// pass-through (errCannotFit). A refused body is closed.
+func (s *Server) acceptFillBody(ctx context.Context, cancel context.CancelFunc, f *fill, rq request, blob *upstream.Blob, offset int64) error {
+	if err := s.checkAnnouncedSize(rq, f.digest, blob.Size); err != nil {
+		blob.Body.Close()
+		return err
+	}
+	blob.Size = s.expectedSize(rq, f.digest, blob.Size)
+	switch {
+	case offset == 0:
+		if err := s.canCache(blob.Size); err != nil {
+			// Nothing is written or evicted: the body goes on to a
+			// shared pass-through, which this fill's clients join.
+			s.handOff(ctx, cancel, f, rq, blob, reasonCannotFit)
+			return fmt.Errorf("%w: %w", errCannotFit, err)
+		}
+		f.start(blob.Size)
+	case blob.Size >= 0 && f.size >= 0 && blob.Size != f.size:
+		blob.Body.Close()
+		return fmt.Errorf("%w: %d bytes on resume, %d before", errUpstreamLength, blob.Size, f.size)
+	case blob.Offset != offset:
+		// The server ignored the Range: skip what we already have.
+		if _, err := io.CopyN(io.Discard, blob.Body, offset-blob.Offset); err != nil || blob.Offset > offset {
+			blob.Body.Close()
+			return fmt.Errorf("%w: resume at %d got a body from %d", upstream.ErrUnavailable, offset, blob.Offset)
+		}
+	}
+	return nil
+}
+
+// commitFill checks the size of a complete download, commits it into the
+// cache (the writer checks the digest) and records the repository link.
+func (s *Server) commitFill(f *fill, rq request) error {
 	if f.size >= 0 && f.writer.Written() != f.size {
 		return fmt.Errorf("%w: got %d bytes, upstream announced %d", errUpstreamLength, f.writer.Written(), f.size)
 	}

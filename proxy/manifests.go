@@ -182,44 +182,23 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 // answer (down, 5xx, rate limited) the cached manifest is served stale. An
 // immutable tag (pol) keeps its digest: see immutableTag.
 func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord, pol tagpolicy.Decision) (manifest, Outcome, error) {
-	tag := rq.ref.tag
 	if pol.Immutable {
 		if m, ok := s.immutableTag(ctx, rq, rec); ok {
 			return m, OutcomeMiss, nil
 		}
 	}
 	if rec.Digest == "" {
-		m, err := s.fetchManifest(ctx, rq, tag, "")
-		if err != nil {
-			return manifest{}, OutcomeNone, err
-		}
-		s.saveTag(rq, m)
-		return m, OutcomeMiss, nil
+		return s.fetchTag(ctx, rq, rec, "")
 	}
 	if s.health.out(rq.registry, s.opts.Now()) || s.shielded(rq.registry) {
 		if m, ok := s.staleManifest(rq, rec); ok {
-			s.log.Debug("serving stale tag: upstream marked out or its pull budget low", "registry", rq.registry, "repo", rq.repo, "tag", tag)
+			s.log.Debug("serving stale tag: upstream marked out or its pull budget low", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag)
 			return m, OutcomeStale, nil
 		}
 	}
-	// A revalidation has the cached manifest to fall back on, so it waits
-	// for upstream less than a miss would.
-	hctx, cancel := context.WithTimeout(ctx, s.opts.RevalidateTimeout)
-	desc, err := rq.up.HeadManifest(hctx, rq.repo, tag)
-	cancel()
+	desc, err := s.headTag(ctx, rq)
 	if err != nil {
-		if !isUpstreamOutage(err) {
-			return manifest{}, OutcomeNone, err
-		}
-		until := s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
-		m, ok := s.staleManifest(rq, rec)
-		if !ok {
-			return manifest{}, OutcomeNone, err
-		}
-		s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", tag,
-			"digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second), "err", err,
-			"stale_until", until.Format(time.RFC3339))
-		return m, OutcomeStale, nil
+		return s.staleAfterFailure(rq, rec, err)
 	}
 	s.health.answered(rq.registry)
 	if pol.Immutable && desc.Digest != rec.Digest {
@@ -228,20 +207,63 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		}
 	}
 	if desc.Digest == rec.Digest {
-		if m, err := s.cachedManifest(rec.Digest); err == nil {
-			rec.CheckedAt = s.opts.Now()
-			if err := s.tags.SetTag(rq.registry, rq.repo, tag, rec); err != nil {
-				s.log.Warn("recording tag", "tag", tag, "err", err)
-			}
-			if !s.linked(rq, rec.Digest) { // upstream just showed it in this repository
-				if err := s.links.AddLink(rq.registry, rq.repo, rec.Digest); err != nil {
-					s.log.Warn("recording repository link", "digest", rec.Digest, "err", err)
-				}
-			}
+		if m, ok := s.confirmTag(rq, rec); ok {
 			return m, OutcomeRevalidated, nil
 		}
 	}
-	ref, want := tag, desc.Digest
+	return s.fetchTag(ctx, rq, rec, desc.Digest)
+}
+
+// headTag asks upstream with a HEAD what rq's tag points to. A
+// revalidation has the cached manifest to fall back on, so it waits for
+// upstream less than a miss would.
+func (s *Server) headTag(ctx context.Context, rq request) (upstream.Descriptor, error) {
+	hctx, cancel := context.WithTimeout(ctx, s.opts.RevalidateTimeout)
+	defer cancel()
+	return rq.up.HeadManifest(hctx, rq.repo, rq.ref.tag)
+}
+
+// staleAfterFailure answers a tag whose revalidation failed with err: when
+// upstream could not answer, the registry is marked out for a while and
+// the cached manifest is served stale; any other error is the answer.
+func (s *Server) staleAfterFailure(rq request, rec cache.TagRecord, err error) (manifest, Outcome, error) {
+	if !isUpstreamOutage(err) {
+		return manifest{}, OutcomeNone, err
+	}
+	until := s.health.failed(rq.registry, err, s.opts.Now(), s.opts.OutageBackoff)
+	m, ok := s.staleManifest(rq, rec)
+	if !ok {
+		return manifest{}, OutcomeNone, err
+	}
+	s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag,
+		"digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second), "err", err,
+		"stale_until", until.Format(time.RFC3339))
+	return m, OutcomeStale, nil
+}
+
+// confirmTag records that upstream still has the tag where the cache has
+// it, when that manifest is still cached (ok).
+func (s *Server) confirmTag(rq request, rec cache.TagRecord) (manifest, bool) {
+	m, err := s.cachedManifest(rec.Digest)
+	if err != nil {
+		return manifest{}, false
+	}
+	rec.CheckedAt = s.opts.Now()
+	if err := s.tags.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
+		s.log.Warn("recording tag", "tag", rq.ref.tag, "err", err)
+	}
+	if !s.linked(rq, rec.Digest) { // upstream just showed it in this repository
+		if err := s.links.AddLink(rq.registry, rq.repo, rec.Digest); err != nil {
+			s.log.Warn("recording repository link", "digest", rec.Digest, "err", err)
+		}
+	}
+	return m, true
+}
+
+// fetchTag fetches the manifest rq's tag points to (by want, its digest,
+// when upstream said it) and records the tag; rec is what the cache had.
+func (s *Server) fetchTag(ctx context.Context, rq request, rec cache.TagRecord, want digest.Digest) (manifest, Outcome, error) {
+	ref := rq.ref.tag
 	if want != "" {
 		ref = want.String()
 	}
@@ -250,8 +272,8 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 		return manifest{}, OutcomeNone, err
 	}
 	s.saveTag(rq, m)
-	if rec.Digest != m.info.Digest {
-		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", tag, "from", rec.Digest, "to", m.info.Digest)
+	if rec.Digest != "" && rec.Digest != m.info.Digest {
+		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "from", rec.Digest, "to", m.info.Digest)
 	}
 	return m, OutcomeMiss, nil
 }

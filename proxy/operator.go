@@ -248,52 +248,21 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, er
 	if !ctx.IsGet() && !ctx.IsHead() {
 		return reply{}, fmt.Errorf("%w: %s %s", errUnsupportedMethod, ex.method, ex.path)
 	}
-	args := ctx.QueryArgs()
-	n := defaultCatalogPage
-	if v := args.Peek("n"); len(v) > 0 {
-		var err error
-		if n, err = strconv.Atoi(string(v)); err != nil || n < 0 {
-			return reply{}, fmt.Errorf("%w: n=%q", errPaginationInvalid, v)
-		}
-		n = min(n, maxCatalogPage)
+	q, err := s.catalogQuery(ctx)
+	if err != nil {
+		return reply{}, err
 	}
-	last := string(args.Peek("last"))
-	only := ""
-	if len(args.Peek("ns")) > 0 || s.hostAliased(ctx) {
-		up, err := s.resolveRegistry(ctx, "")
-		if err != nil {
-			return reply{}, err
-		}
-		only = up.Name()
+	names, err := s.catalogNames(ctx, q)
+	if err != nil {
+		return reply{}, err
 	}
-	lister, ok := s.store.(repositoryLister)
-	var names []string
-	if ok {
-		err := lister.Repositories(func(registry, repo string) error {
-			if _, configured := s.plain[registry]; !configured || (only != "" && registry != only) || !s.mayPull(ctx, registry, repo) {
-				return nil
-			}
-			name := repo
-			if only == "" && registry != s.opts.DefaultRegistry {
-				name = registry + "/" + repo
-			}
-			if last == "" || name > last {
-				names = append(names, name)
-			}
-			return nil
-		})
-		if err != nil {
-			return reply{}, err
+	if len(names) > q.n {
+		names = names[:q.n]
+		next := url.Values{"n": {strconv.Itoa(q.n)}, "last": {names[q.n-1]}}
+		if ns := ctx.QueryArgs().Peek("ns"); len(ns) > 0 {
+			next.Set("ns", string(ns))
 		}
-	}
-	sort.Strings(names)
-	if len(names) > n {
-		names = names[:n]
-		q := url.Values{"n": {strconv.Itoa(n)}, "last": {names[n-1]}}
-		if ns := args.Peek("ns"); len(ns) > 0 {
-			q.Set("ns", string(ns))
-		}
-		ctx.Response.Header.Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, catalogPath, q.Encode()))
+		ctx.Response.Header.Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, catalogPath, next.Encode()))
 	}
 	if names == nil {
 		names = []string{}
@@ -302,6 +271,61 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, er
 		Repositories []string `json:"repositories"`
 	}{names})
 	return bodyReply("application/json", body), nil
+}
+
+// catalogPage is what a catalog request asks for.
+type catalogPage struct {
+	n    int    // page size
+	last string // the page starts after this name
+	only string // one registry's repositories, by bare name; "": all
+}
+
+// catalogQuery reads a catalog request's n, last, and ?ns= or Host alias.
+func (s *Server) catalogQuery(ctx *fasthttp.RequestCtx) (catalogPage, error) {
+	args := ctx.QueryArgs()
+	q := catalogPage{n: defaultCatalogPage, last: string(args.Peek("last"))}
+	if v := args.Peek("n"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 0 {
+			return q, fmt.Errorf("%w: n=%q", errPaginationInvalid, v)
+		}
+		q.n = min(n, maxCatalogPage)
+	}
+	if len(args.Peek("ns")) > 0 || s.hostAliased(ctx) {
+		up, err := s.resolveRegistry(ctx, "")
+		if err != nil {
+			return q, err
+		}
+		q.only = up.Name()
+	}
+	return q, nil
+}
+
+// catalogNames lists, sorted, the cached repositories of configured
+// registries the client may pull that come after q.last: the default
+// registry's (or q.only's) by bare name, the others' prefixed with the
+// registry.
+func (s *Server) catalogNames(ctx *fasthttp.RequestCtx, q catalogPage) ([]string, error) {
+	lister, ok := s.store.(repositoryLister)
+	if !ok {
+		return nil, nil
+	}
+	var names []string
+	err := lister.Repositories(func(registry, repo string) error {
+		if _, configured := s.plain[registry]; !configured || (q.only != "" && registry != q.only) || !s.mayPull(ctx, registry, repo) {
+			return nil
+		}
+		name := repo
+		if q.only == "" && registry != s.opts.DefaultRegistry {
+			name = registry + "/" + repo
+		}
+		if q.last == "" || name > q.last {
+			names = append(names, name)
+		}
+		return nil
+	})
+	sort.Strings(names)
+	return names, err
 }
 
 // hostAliased reports whether the request's Host names a registry.

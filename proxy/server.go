@@ -214,6 +214,54 @@ func New(o Options) (*Server, error) {
 	if len(o.Registries) == 0 {
 		return nil, errors.New("proxy: at least one upstream registry is required")
 	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
+	}
+	o = withDefaults(o)
+	s := &Server{
+		opts:       o,
+		log:        o.Logger,
+		registries: make(map[string]Upstream, len(o.Registries)),
+		plain:      make(map[string]Upstream, len(o.Registries)),
+		store:      o.Store,
+		blobs:      o.Store,
+		manifests:  o.Store,
+		tags:       o.Store,
+		links:      o.Store,
+		answers:    o.Store,
+	}
+	for _, r := range o.Registries {
+		if _, dup := s.registries[r.Name()]; dup {
+			return nil, fmt.Errorf("proxy: registry %q configured twice", r.Name())
+		}
+		s.registries[r.Name()] = s.meter(r)
+		s.plain[r.Name()] = r
+	}
+	if _, ok := s.registries[o.DefaultRegistry]; !ok {
+		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
+	}
+	s.metrics = newMetrics(o.Metrics)
+	s.guard = newGuardMetrics(o.Metrics)
+	s.initOperator()
+	if o.Metrics != nil {
+		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
+	}
+	if o.Admin != nil {
+		s.adminHandler = fasthttpadaptor.NewFastHTTPHandler(o.Admin)
+	}
+	maxConns, perIP := connCaps(o.MaxConnections, o.MaxConnectionsPerIP, descriptorLimit())
+	s.conns = newConnLimiter(maxConns, perIP, o.TLSCertFile != "", o.Logger, s.guard)
+	s.fillCtx, s.stopFills = context.WithCancel(context.Background())
+	s.fills.fills = make(map[digest.Digest]*fill)
+	s.http = s.newHTTPServer()
+	if err := s.setupAccess(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// withDefaults fills in the defaults Options documents.
+func withDefaults(o Options) Options {
 	if o.DefaultRegistry == "" {
 		o.DefaultRegistry = imageref.DockerHub
 	}
@@ -238,45 +286,13 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{
-		opts:       o,
-		log:        o.Logger,
-		registries: make(map[string]Upstream, len(o.Registries)),
-		plain:      make(map[string]Upstream, len(o.Registries)),
-		store:      o.Store,
-		blobs:      o.Store,
-		manifests:  o.Store,
-		tags:       o.Store,
-		links:      o.Store,
-		answers:    o.Store,
-	}
-	for _, r := range o.Registries {
-		if _, dup := s.registries[r.Name()]; dup {
-			return nil, fmt.Errorf("proxy: registry %q configured twice", r.Name())
-		}
-		s.registries[r.Name()] = s.meter(r)
-		s.plain[r.Name()] = r
-	}
-	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
-		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
-	}
-	if _, ok := s.registries[o.DefaultRegistry]; !ok {
-		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
-	}
-	s.metrics = newMetrics(o.Metrics)
-	s.guard = newGuardMetrics(o.Metrics)
-	s.initOperator()
-	if o.Metrics != nil {
-		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
-	}
-	if o.Admin != nil {
-		s.adminHandler = fasthttpadaptor.NewFastHTTPHandler(o.Admin)
-	}
-	maxConns, perIP := connCaps(o.MaxConnections, o.MaxConnectionsPerIP, descriptorLimit())
-	s.conns = newConnLimiter(maxConns, perIP, o.TLSCertFile != "", o.Logger, s.guard)
-	s.fillCtx, s.stopFills = context.WithCancel(context.Background())
-	s.fills.fills = make(map[digest.Digest]*fill)
-	s.http = &fasthttp.Server{
+	return o
+}
+
+// newHTTPServer is the fasthttp server that answers through s.handle.
+func (s *Server) newHTTPServer() *fasthttp.Server {
+	o := s.opts
+	return &fasthttp.Server{
 		Handler:                       s.handle,
 		Name:                          "regmirror",
 		ReadTimeout:                   o.ReadTimeout,
@@ -291,10 +307,6 @@ func New(o Options) (*Server, error) {
 		CloseOnShutdown:               true,
 		Logger:                        fasthttpLogger{o.Logger},
 	}
-	if err := s.setupAccess(); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 func setDefault(d *time.Duration, def time.Duration) {
