@@ -1,4 +1,4 @@
-package main
+package proxy
 
 import (
 	"bytes"
@@ -25,16 +25,16 @@ func TestHostileClients(t *testing.T) {
 	_, filling := up.PushLargeBlobImage(t, "library/filling", "latest", size+1)
 	_, headOnly := up.PushLargeBlobImage(t, "library/head", "latest", size+2)
 	const perIP = 64
-	m := startMirror(t, up, func(c *config) { c.Server.MaxConnectionsPerIP = perIP })
+	m := startMirror(t, up, func(c *mirrorSetup) { c.MaxConnectionsPerIP = perIP })
 	hitURL := m.url + "/v2/library/hit/blobs/" + hit.String()
 	wantHit, _ := io.ReadAll(testupstream.LargeBlobReader("library/hit:latest", size))
-	get(t, http.MethodGet, hitURL)
-	eventually(t, "the blob to be cached", func() bool { return blobFiles(t, m.cfg.DataDir)[hit.Encoded()] })
+	send(t, http.MethodGet, hitURL)
+	eventually(t, "the blob to be cached", func() bool { return blobFiles(t, m.dataDir)[hit.Encoded()] })
 
 	alive := func(t *testing.T) {
 		t.Helper()
 		http.DefaultClient.CloseIdleConnections()
-		resp, body := get(t, http.MethodGet, hitURL, "Range", "bytes=0-9")
+		resp, body := send(t, http.MethodGet, hitURL, "Range", "bytes=0-9")
 		if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, wantHit[:10]) {
 			t.Fatalf("the mirror no longer serves: %d %q", resp.StatusCode, body)
 		}
@@ -65,7 +65,7 @@ func TestHostileClients(t *testing.T) {
 		}
 		check := func(t *testing.T, method, url string, size int64, want []byte, c rangeCase) {
 			t.Helper()
-			resp, body := get(t, method, url, "Range", c.header)
+			resp, body := send(t, method, url, "Range", c.header)
 			what := fmt.Sprintf("%s %q", method, c.header)
 			if resp.StatusCode != c.status {
 				t.Errorf("%s: status %d, want %d (%s)", what, resp.StatusCode, c.status, body)
@@ -203,14 +203,14 @@ func TestUpstreamTimeoutsAnswer504(t *testing.T) {
 	img := up.PushRandomImage(t, "library/slow", "latest", 1, 1024)
 	d := testupstream.Digest(t, img)
 	layer := testupstream.LayerDigests(t, img)[0]
-	m := startMirror(t, up, func(c *config) {
+	m := startMirror(t, up, func(c *mirrorSetup) {
 		// Long enough for the upstream client's retries of a 5xx
 		// (0.2s+0.4s+0.8s, with jitter) to end before it.
-		c.Server.UpstreamTimeout.Duration = 3 * time.Second
-		c.Server.FillTimeout.Duration = 3 * time.Second
-		c.Server.RevalidateTimeout.Duration = 3 * time.Second
+		c.UpstreamTimeout = 3 * time.Second
+		c.FillTimeout = 3 * time.Second
+		c.RevalidateTimeout = 3 * time.Second
 		// No outage memory: each path asks upstream itself.
-		c.Server.OutageBackoff.Duration = time.Nanosecond
+		c.OutageBackoff = time.Nanosecond
 	})
 	paths := []struct{ method, path string }{
 		{http.MethodGet, "/v2/library/slow/manifests/latest"},
@@ -229,7 +229,7 @@ func TestUpstreamTimeoutsAnswer504(t *testing.T) {
 			wg.Add(1)
 			go func() { // in parallel: each waits out the timeout
 				defer wg.Done()
-				resp, body := get(t, p.method, m.url+p.path)
+				resp, body := send(t, p.method, m.url+p.path)
 				if resp.StatusCode != status {
 					t.Errorf("%s %s: status %d, want %d (%s)", p.method, p.path, resp.StatusCode, status, body)
 					return

@@ -1,7 +1,8 @@
-package main
+package proxy
 
 import (
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -48,15 +49,14 @@ func TestHostileManifestRedirect(t *testing.T) {
 	up := testupstream.Start(t, testupstream.WithCredentials("mirror", "hub-secret"), testupstream.WithBasicChallenge())
 	img := up.PushRandomImage(t, "library/alpine", "3.20", 1, 512)
 	want := testupstream.Digest(t, img)
-	m := startMirror(t, up, func(c *config) {
-		r := c.registry(dockerHubName)
-		r.Username, r.Password = "mirror", "hub-secret"
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.Upstreams[0].Username, c.Upstreams[0].Password = "mirror", "hub-secret"
 	})
 	path := m.url + "/v2/library/alpine/manifests/3.20"
 	for _, c := range hostileCanaries(t) {
 		up.RedirectManifests(c.URL() + "/latest/meta-data")
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
-			resp, body := get(t, method, path)
+			resp, body := send(t, method, path)
 			if resp.StatusCode == http.StatusOK {
 				t.Fatalf("%s via a redirect to %s: 200 %q", method, c.Host(), body)
 			}
@@ -68,7 +68,7 @@ func TestHostileManifestRedirect(t *testing.T) {
 		wantCanaryUntouched(t, c)
 	}
 	up.RedirectManifests("")
-	resp, _ := get(t, http.MethodGet, path)
+	resp, _ := send(t, http.MethodGet, path)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != want.String() {
 		t.Fatalf("after the redirect is gone: %d %s, want %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), want)
 	}
@@ -81,15 +81,14 @@ func TestHostileManifestRedirect(t *testing.T) {
 func TestHostileForeignRealm(t *testing.T) {
 	up := testupstream.Start(t, testupstream.WithCredentials("mirror", "hub-secret"))
 	up.PushRandomImage(t, "library/alpine", "3.20", 1, 512)
-	m := startMirror(t, up, func(c *config) {
-		r := c.registry(dockerHubName)
-		r.Username, r.Password = "mirror", "hub-secret"
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.Upstreams[0].Username, c.Upstreams[0].Password = "mirror", "hub-secret"
 	})
 	cs := hostileCanaries(t)
 	port := cs[0].Host()[strings.LastIndexByte(cs[0].Host(), ':')+1:]
 	for i, realm := range []string{"http://localhost:" + port + "/token", cs[1].URL() + "/token"} {
 		up.SetRealm(realm)
-		resp, body := get(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/3.20")
+		resp, body := send(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/3.20")
 		if resp.StatusCode == http.StatusOK {
 			t.Fatalf("realm %s: 200", realm)
 		}
@@ -113,12 +112,12 @@ func TestHostileInvalidManifest(t *testing.T) {
 		{"application/vnd.oci.image.manifest.v1+json", `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`},
 	} {
 		up.ServeManifestBody([]byte(tc.body), tc.ct)
-		resp, body := get(t, http.MethodGet, path)
+		resp, body := send(t, http.MethodGet, path)
 		wantWireError(t, resp, body, http.StatusBadGateway, "MANIFEST_INVALID")
 		wantNothingLeaked(t, body, "internal-page")
 	}
 	up.ServeManifestBody(nil, "")
-	resp, _ := get(t, http.MethodGet, path)
+	resp, _ := send(t, http.MethodGet, path)
 	if got := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != http.StatusOK || got != want.String() {
 		t.Fatalf("after upstream behaves: %d %s, want %s", resp.StatusCode, got, want)
 	}
@@ -131,7 +130,7 @@ func TestHostileErrorDetail(t *testing.T) {
 	up.PushRandomImage(t, "library/alpine", "3.20", 1, 512)
 	m := startMirror(t, up)
 	up.SetStatus(http.StatusInternalServerError, "")
-	resp, body := get(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/3.20")
+	resp, body := send(t, http.MethodGet, m.url+"/v2/library/alpine/manifests/3.20")
 	wantWireError(t, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")
 	wantNothingLeaked(t, body, "injected fault", up.Host(), "/v2/library")
 	if !strings.Contains(string(body), "500") {
@@ -148,8 +147,8 @@ func TestHostileBlobRedirect(t *testing.T) {
 	img := up.PushRandomImage(t, "library/alpine", "3.20", 2, 4096)
 	cdn := up.StartCDN(t, "127.0.0.3:0")
 	up.RedirectBlobs(cdn.URL())
-	m := startMirror(t, up, func(c *config) {
-		c.registry(dockerHubName).AllowPrivateAddresses = []string{"127.0.0.3"}
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.Upstreams[0].AllowPrivateAddresses = []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}
 	})
 	if got := pullAll(t, m, "library/alpine:3.20"); got != testupstream.Digest(t, img) {
 		t.Fatalf("pulled %s", got)
@@ -165,7 +164,7 @@ func TestHostileBlobRedirect(t *testing.T) {
 	c := testupstream.StartCanary(t, "127.0.0.2:0")
 	up.RedirectBlobs(c.URL())
 	layer := testupstream.LayerDigests(t, other)[0]
-	resp, body := get(t, http.MethodGet, m.url+"/v2/library/busybox/blobs/"+layer.String())
+	resp, body := send(t, http.MethodGet, m.url+"/v2/library/busybox/blobs/"+layer.String())
 	if resp.StatusCode == http.StatusOK {
 		t.Fatalf("blob redirected to %s: 200", c.Host())
 	}

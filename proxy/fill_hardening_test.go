@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// Issue 8, items 6 and 9: fills against a hostile or merely unlucky
+// upstream (moved from package main: they prove proxy behaviour only).
+
+func blobURL(m *testMirror, repo string, d digest.Digest) string {
+	return m.url + "/v2/" + repo + "/blobs/" + d.String()
+}
+
+// cached reports whether the mirror holds d.
+func cached(t *testing.T, m *testMirror, d digest.Digest) bool {
+	_, err := m.store.Stat(d)
+	return err == nil
+}
+
+// registryError decodes a registry JSON error body; it fails the test on
+// anything else.
+func registryError(t *testing.T, body []byte) string {
+	t.Helper()
+	var e struct {
+		Errors []struct{ Code string } `json:"errors"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
+		t.Fatalf("not a registry error body: %q", body)
+	}
+	return e.Errors[0].Code
+}
+
+// TestLyingContentLength (item 6): an upstream announcing Content-Length 0
+// for a non-empty blob gives every client a 502 registry error, never a
+// clean empty 200 or a 500, and caches nothing; the empty blob itself,
+// whose length is 0, still works.
+func TestLyingContentLength(t *testing.T) {
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/liar", "latest", 300<<10)
+	_, empty := up.PushLargeBlobImage(t, "library/empty", "latest", 0)
+	if empty != digest.FromBytes(nil) {
+		t.Fatalf("empty layer digest %s", empty)
+	}
+	m := startMirror(t, up)
+	up.LieBlobLength(0)
+
+	const clients = 8
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	answers := make([]answer, clients)
+	var wg sync.WaitGroup
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(blobURL(m, "library/liar", d))
+			if err != nil {
+				answers[i].err = err
+				return
+			}
+			defer resp.Body.Close()
+			answers[i].status = resp.StatusCode
+			answers[i].body, answers[i].err = io.ReadAll(resp.Body)
+		}()
+	}
+	wg.Wait()
+	for i, a := range answers {
+		if a.err != nil {
+			t.Fatalf("client %d: %v", i, a.err)
+		}
+		if a.status != http.StatusBadGateway {
+			t.Fatalf("client %d: status %d, %d bytes (%q); want 502", i, a.status, len(a.body), a.body)
+		}
+		if code := registryError(t, a.body); code != "UNAVAILABLE" {
+			t.Fatalf("client %d: code %s", i, code)
+		}
+	}
+	if cached(t, m, d) {
+		t.Fatal("a blob with a lying length was cached")
+	}
+
+	// The empty blob announces 0 and is 0: served and cached.
+	resp, body := send(t, http.MethodGet, blobURL(m, "library/empty", empty))
+	if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("Docker-Content-Digest") != empty.String() {
+		t.Fatalf("empty blob: status %d, %d bytes, digest header %q", resp.StatusCode, len(body), resp.Header.Get("Docker-Content-Digest"))
+	}
+	eventually(t, "the empty blob to be cached", func() bool { return cached(t, m, empty) })
+
+	// A length of 0 for the empty blob is the truth; any other is a lie too.
+	up.LieBlobLength(-1)
+	resp, body = send(t, http.MethodGet, blobURL(m, "library/liar", d))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+		t.Fatalf("honest again: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+// TestLyingLengthsNeverCompleteAWrongBody (item 6): lengths shorter or
+// longer than the blob end every client's body short (or answer 502): no
+// client receives a complete body that is not the blob.
+func TestLyingLengthsNeverCompleteAWrongBody(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 200 << 10
+	_, d := up.PushLargeBlobImage(t, "library/liar", "latest", size)
+	m := startMirror(t, up)
+	for _, lie := range []int64{size - 1000, size + 1000, 1} {
+		up.LieBlobLength(lie)
+		for i := 0; i < 3; i++ {
+			resp, err := http.Get(blobURL(m, "library/liar", d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, rerr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode >= 500 && resp.StatusCode != http.StatusBadGateway && resp.StatusCode != http.StatusServiceUnavailable:
+				t.Fatalf("lie %d: status %d %q", lie, resp.StatusCode, body)
+			case resp.StatusCode == http.StatusOK && rerr == nil:
+				t.Fatalf("lie %d: a complete 200 of %d bytes (digest %s)", lie, len(body), digest.FromBytes(body))
+			}
+		}
+		if cached(t, m, d) {
+			t.Fatalf("lie %d: cached", lie)
+		}
+	}
+}
+
+// TestLyingLengthAgainstDescriptor (item 6): once a client has pulled the
+// manifest, an upstream announcing another length for one of its layers is
+// answered 502 to every client at once, not streamed and cut.
+func TestLyingLengthAgainstDescriptor(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 200 << 10
+	img, d := up.PushLargeBlobImage(t, "library/liar", "latest", size)
+	m := startMirror(t, up)
+	resp, _ := send(t, http.MethodGet, m.url+"/v2/library/liar/manifests/"+testupstream.Digest(t, img).String(),
+		"Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest: %d", resp.StatusCode)
+	}
+	up.LieBlobLength(size - 1000)
+	for i := 0; i < 3; i++ {
+		resp, body := send(t, http.MethodGet, blobURL(m, "library/liar", d))
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("status %d, %d bytes; want 502", resp.StatusCode, len(body))
+		}
+		if code := registryError(t, body); code != "UNAVAILABLE" {
+			t.Fatalf("code %s", code)
+		}
+	}
+	up.LieBlobLength(-1)
+	resp, body := send(t, http.MethodGet, blobURL(m, "library/liar", d))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
+		t.Fatalf("honest again: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+// TestSlowUpstreamResumedThenGivenUp (item 9): a body trickling below
+// server.min_upstream_rate is dropped once the window is spent and resumed
+// with a Range request; a resumed body at full speed completes the fill,
+// and an upstream that trickles every time is given up after the resume
+// limit, with an error to the client and nothing cached.
+func TestSlowUpstreamResumedThenGivenUp(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 256 << 10
+	_, once := up.PushLargeBlobImage(t, "library/once", "latest", size)
+	_, always := up.PushLargeBlobImage(t, "library/always", "latest", size)
+	m := startMirror(t, up, func(c *mirrorSetup) {
+		c.MinUpstreamRate = 64 << 10                     // the trickle below is 50 KiB/s
+		c.MinUpstreamRateWindow = 150 * time.Millisecond // small, so the test takes a second
+	})
+
+	up.TrickleBlobs(512, 10*time.Millisecond, 1) // the first response only
+	resp, body := send(t, http.MethodGet, blobURL(m, "library/once", once))
+	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != once {
+		t.Fatalf("status %d, %d bytes, digest %s", resp.StatusCode, len(body), digest.FromBytes(body))
+	}
+	if n := up.BlobGETs(once); n != 2 {
+		t.Fatalf("%d upstream GETs; want the slow one and its resumption", n)
+	}
+	eventually(t, "the resumed fill to be cached", func() bool { return cached(t, m, once) })
+
+	up.TrickleBlobs(512, 10*time.Millisecond, 0) // every response
+	start := time.Now()
+	resp, err := http.Get(blobURL(m, "library/always", always))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && rerr == nil {
+		t.Fatalf("a trickling upstream gave a complete body of %d bytes", len(body))
+	}
+	if n := up.BlobGETs(always); n != 4 {
+		t.Fatalf("%d upstream GETs; want 1 + 3 resumptions", n)
+	}
+	if cached(t, m, always) {
+		t.Fatal("cached")
+	}
+	t.Logf("given up after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestHeadersBeforeSlowBody (item 9): the status line and headers reach the
+// client as soon as upstream has said the size, not once a write buffer's
+// worth of a slow body has arrived.
+func TestHeadersBeforeSlowBody(t *testing.T) {
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/slow", "latest", 100<<10)
+	gate := up.Gate(d).SetHeadBytes(10) // headers and 10 bytes, then nothing
+	m := startMirror(t, up)
+	got := make(chan *http.Response, 1)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(blobURL(m, "library/slow", d))
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- resp
+	}()
+	var resp *http.Response
+	select {
+	case resp = <-got:
+	case err := <-errc:
+		t.Fatal(err)
+	case <-time.After(15 * time.Second): // only reached when the headers are stuck
+		gate.Open()
+		t.Fatal("no status line while upstream holds the body")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != 100<<10 {
+		t.Fatalf("status %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+	gate.Open()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || digest.FromBytes(body) != d {
+		t.Fatalf("%d bytes, %v", len(body), err)
+	}
+}
