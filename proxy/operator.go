@@ -291,8 +291,9 @@ func (s *Server) catalogQuery(ctx *fasthttp.RequestCtx) (catalogPage, error) {
 		}
 		q.n = min(n, maxCatalogPage)
 	}
-	if len(args.Peek("ns")) > 0 || s.hostAliased(ctx) {
-		up, err := s.resolveRegistry(ctx, "")
+	ns, host := string(args.Peek("ns")), string(ctx.Host())
+	if _, aliased := s.routes.alias(host); ns != "" || aliased {
+		up, err := s.routes.registry(ns, "", host)
 		if err != nil {
 			return q, err
 		}
@@ -326,22 +327,6 @@ func (s *Server) catalogNames(ctx *fasthttp.RequestCtx, q catalogPage) ([]string
 	})
 	sort.Strings(names)
 	return names, err
-}
-
-// hostAliased reports whether the request's Host names a registry.
-func (s *Server) hostAliased(ctx *fasthttp.RequestCtx) bool {
-	if len(s.opts.HostAliases) == 0 {
-		return false
-	}
-	host := strings.ToLower(string(ctx.Host()))
-	if _, ok := s.opts.HostAliases[host]; ok {
-		return true
-	}
-	if i := strings.LastIndexByte(host, ':'); i > 0 {
-		_, ok := s.opts.HostAliases[host[:i]]
-		return ok
-	}
-	return false
 }
 
 // downloads lists the fills in progress for the page.

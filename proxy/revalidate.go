@@ -40,7 +40,7 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 	if s.opts.Offline {
 		return TagCheck{}, fmt.Errorf("%w: %s/%s:%s", errOffline, registry, repo, tag)
 	}
-	up, err := s.registryNamed(registry)
+	up, err := s.routes.named(registry)
 	if err != nil {
 		return TagCheck{}, err
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -110,4 +111,99 @@ func parseReference(s string) (reference, error) {
 		return reference{}, fmt.Errorf("%w: %q", errReferenceInvalid, s)
 	}
 	return reference{tag: s}, nil
+}
+
+
+// request is a validated pull request resolved to one configured upstream.
+type request struct {
+	up       Upstream // never dialled in offline mode
+	registry string
+	repo     string // normalised for the upstream ("library/alpine")
+	ref      reference
+}
+
+// router resolves what a request names to one of the configured upstreams.
+// Only those are ever dialled: a request that names another registry, in
+// any addressing form, is refused.
+type router struct {
+	registries      map[string]Upstream // by canonical name
+	defaultRegistry string
+	// hostAliases maps a lowercase Host (with its port, or without) to a
+	// registry name.
+	hostAliases map[string]string
+}
+
+// resolve chooses the upstream of a parsed /v2/ path, given the request's
+// ?ns= query and Host header, and validates the name and reference.
+func (r *router) resolve(p parsedPath, ns, host string) (request, error) {
+	name := p.name
+	var prefix string
+	if first, rest, ok := strings.Cut(name, "/"); ok && imageref.IsHost(first) {
+		// With ?ns= the query names the registry; a first component is a
+		// prefix only when it says the same (containerd's override_path
+		// sends both), else it is part of the repository name.
+		if ns == "" || imageref.CanonicalRegistry(first) == imageref.CanonicalRegistry(ns) {
+			prefix, name = strings.ToLower(first), rest
+		}
+	}
+	up, err := r.registry(ns, prefix, host)
+	if err != nil {
+		return request{}, err
+	}
+	if err := validateName(name); err != nil {
+		return request{}, err
+	}
+	rq := request{up: up, registry: up.Name(), repo: up.Repository(name)}
+	switch p.endpoint {
+	case endpointManifest:
+		rq.ref, err = parseReference(p.ref)
+	case endpointBlob, endpointReferrers:
+		var d digest.Digest
+		d, err = parseDigest(p.ref)
+		rq.ref = reference{digest: d}
+	}
+	return rq, err
+}
+
+// registry picks the upstream a request names, in the order: the ?ns=
+// query (containerd), a registry host as the first path component (podman
+// and containerd override_path), a Host alias, the default.
+func (r *router) registry(ns, pathPrefix, host string) (Upstream, error) {
+	switch {
+	case ns != "":
+		return r.named(ns)
+	case pathPrefix != "":
+		return r.named(pathPrefix)
+	}
+	if name, ok := r.alias(host); ok {
+		return r.named(name)
+	}
+	return r.named(r.defaultRegistry)
+}
+
+// alias is the registry a Host header names, if any. An alias may be
+// written with its port or without.
+func (r *router) alias(host string) (string, bool) {
+	if len(r.hostAliases) == 0 {
+		return "", false
+	}
+	host = strings.ToLower(host)
+	if name, ok := r.hostAliases[host]; ok {
+		return name, true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	name, ok := r.hostAliases[host]
+	return name, ok
+}
+
+// named is the configured upstream called name (any of Docker Hub's
+// names means docker.io).
+func (r *router) named(name string) (Upstream, error) {
+	name = imageref.CanonicalRegistry(name)
+	if up, ok := r.registries[name]; ok {
+		return up, nil
+	}
+	return nil, fmt.Errorf("%w: %q", errRegistryNotAllowed, name)
 }

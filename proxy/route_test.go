@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/upstream"
 )
 
 func TestParsePath(t *testing.T) {
@@ -128,4 +130,65 @@ func FuzzParseReference(f *testing.F) {
 			t.Fatalf("unsafe tag %q accepted", r.tag)
 		}
 	})
+}
+
+// TestRouterResolve: the router alone (no server, no request) decides
+// which configured registry every addressing form names, and refuses the
+// others.
+func TestRouterResolve(t *testing.T) {
+	hub, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := router{
+		registries: map[string]Upstream{
+			"docker.io":          hub,
+			"ghcr.io":            stubUpstream{"ghcr.io"},
+			"registry.corp:5000": stubUpstream{"registry.corp:5000"},
+		},
+		defaultRegistry: "docker.io",
+		hostAliases:     map[string]string{"ghcr.mirror.lan": "ghcr.io", "corp.mirror.lan:8443": "registry.corp:5000"},
+	}
+	manifest := func(name string) parsedPath {
+		return parsedPath{endpoint: endpointManifest, name: name, ref: "latest"}
+	}
+	for _, c := range []struct {
+		what      string
+		p         parsedPath
+		ns, host  string
+		registry  string
+		repo      string
+		wantError error
+	}{
+		{"bare: the default, with Docker Hub's defaulting", manifest("alpine"), "", "mirror:5000", "docker.io", "library/alpine", nil},
+		{"?ns=", manifest("org/app"), "ghcr.io", "", "ghcr.io", "org/app", nil},
+		{"?ns= with a port", manifest("team/a"), "registry.corp:5000", "", "registry.corp:5000", "team/a", nil},
+		{"?ns= names Docker Hub by another name", manifest("alpine"), "registry-1.docker.io", "", "docker.io", "library/alpine", nil},
+		{"path prefix", manifest("ghcr.io/org/app"), "", "", "ghcr.io", "org/app", nil},
+		{"path prefix, Docker Hub alias, any case", manifest("Index.Docker.IO/alpine"), "", "", "docker.io", "library/alpine", nil},
+		{"path prefix and the same ?ns= (override_path)", manifest("ghcr.io/org/app"), "ghcr.io", "", "ghcr.io", "org/app", nil},
+		{"a host-like first component ?ns= does not name is part of the name", manifest("ghcr.io/org/app"), "docker.io", "", "docker.io", "ghcr.io/org/app", nil},
+		{"where a port is not allowed", manifest("localhost:5000/x"), "ghcr.io", "", "", "", errNameInvalid},
+		{"Host alias", manifest("org/app"), "", "ghcr.mirror.lan", "ghcr.io", "org/app", nil},
+		{"Host alias with a port it was not written with", manifest("org/app"), "", "GHCR.mirror.lan:443", "ghcr.io", "org/app", nil},
+		{"Host alias written with its port", manifest("team/a"), "", "corp.mirror.lan:8443", "registry.corp:5000", "team/a", nil},
+		{"?ns= wins over a Host alias", manifest("alpine"), "docker.io", "ghcr.mirror.lan", "docker.io", "library/alpine", nil},
+		{"an unknown Host is the default", manifest("alpine"), "", "evil.example:80", "docker.io", "library/alpine", nil},
+		{"unconfigured ?ns=", manifest("x"), "evil.example", "", "", "", errRegistryNotAllowed},
+		{"unconfigured path prefix", manifest("evil.example/x"), "", "", "", "", errRegistryNotAllowed},
+		{"invalid name", manifest("Library/Alpine"), "", "", "", "", errNameInvalid},
+		{"invalid tag", parsedPath{endpoint: endpointManifest, name: "alpine", ref: "-bad"}, "", "", "", "", errReferenceInvalid},
+		{"invalid digest", parsedPath{endpoint: endpointBlob, name: "alpine", ref: "md5:abc"}, "", "", "", "", errDigestInvalid},
+	} {
+		rq, err := r.resolve(c.p, c.ns, c.host)
+		if c.wantError != nil {
+			if !errors.Is(err, c.wantError) {
+				t.Errorf("%s: err %v, want %v", c.what, err, c.wantError)
+			}
+			continue
+		}
+		if err != nil || rq.registry != c.registry || rq.repo != c.repo || rq.up.Name() != c.registry {
+			t.Errorf("%s: %s/%s (%v), want %s/%s", c.what, rq.registry, rq.repo, err, c.registry, c.repo)
+		}
+	}
 }

@@ -144,7 +144,8 @@ type Server struct {
 	opts       Options
 	log        *slog.Logger
 	registries map[string]Upstream
-	store      Store // whole, for optional sides found by type assertion
+	routes     router // resolves requests to registries (route.go)
+	store      Store  // whole, for optional sides found by type assertion
 	// The cache as each part uses it (store.go).
 	blobs     blobStore
 	manifests manifestStore
@@ -240,6 +241,7 @@ func New(o Options) (*Server, error) {
 	if _, ok := s.registries[o.DefaultRegistry]; !ok {
 		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
 	}
+	s.routes = router{registries: s.registries, defaultRegistry: o.DefaultRegistry, hostAliases: o.HostAliases}
 	s.metrics = newMetrics(o.Metrics)
 	s.guard = newGuardMetrics(o.Metrics)
 	s.initOperator()
@@ -451,7 +453,7 @@ func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, e
 	case endpointUpload:
 		return reply{}, fmt.Errorf("%w: uploads", errUnsupportedMethod)
 	}
-	rq, err := s.resolve(ctx, p)
+	rq, err := s.routes.resolve(p, string(ctx.QueryArgs().Peek("ns")), string(ctx.Host()))
 	if err != nil {
 		// Who may not pull learns nothing more than that.
 		if aerr := s.authorize(ctx, ex, "", ""); aerr != nil {
@@ -482,7 +484,7 @@ func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, e
 // serveBase answers /v2/, the API version check, for whoever may pull from
 // the registry the request names.
 func (s *Server) serveBase(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
-	if _, err := s.resolveRegistry(ctx, ""); err != nil {
+	if _, err := s.routes.registry(string(ctx.QueryArgs().Peek("ns")), "", string(ctx.Host())); err != nil {
 		return reply{}, err
 	}
 	if err := s.authorize(ctx, ex, "", ""); err != nil {
@@ -523,85 +525,10 @@ func resourceOf(e endpoint) resource {
 	return resourceNone
 }
 
-// request is a validated pull request resolved to one configured upstream.
-type request struct {
-	up       Upstream // never dialled in offline mode
-	registry string
-	repo     string // normalised for the upstream ("library/alpine")
-	ref      reference
-}
-
-// resolve chooses the upstream and validates the name and reference.
-func (s *Server) resolve(ctx *fasthttp.RequestCtx, p parsedPath) (request, error) {
-	name := p.name
-	var prefix string
-	if first, rest, ok := strings.Cut(name, "/"); ok && imageref.IsHost(first) {
-		// With ?ns= the query names the registry; a first component is a
-		// prefix only when it says the same (containerd's override_path
-		// sends both), else it is part of the repository name.
-		ns := ctx.QueryArgs().Peek("ns")
-		if len(ns) == 0 || imageref.CanonicalRegistry(first) == imageref.CanonicalRegistry(string(ns)) {
-			prefix, name = strings.ToLower(first), rest
-		}
-	}
-	up, err := s.resolveRegistry(ctx, prefix)
-	if err != nil {
-		return request{}, err
-	}
-	if err := validateName(name); err != nil {
-		return request{}, err
-	}
-	rq := request{up: up, registry: up.Name(), repo: up.Repository(name)}
-	switch p.endpoint {
-	case endpointManifest:
-		rq.ref, err = parseReference(p.ref)
-	case endpointBlob, endpointReferrers:
-		var d digest.Digest
-		d, err = parseDigest(p.ref)
-		rq.ref = reference{digest: d}
-	}
-	return rq, err
-}
-
-// resolveRegistry picks the upstream a request names, in the order: the
-// ?ns= query (containerd), a registry host as the first path component
-// (podman and containerd override_path), a Host alias, the default. A name
-// that is not configured is refused: this is not an open proxy.
-func (s *Server) resolveRegistry(ctx *fasthttp.RequestCtx, pathPrefix string) (Upstream, error) {
-	if ns := ctx.QueryArgs().Peek("ns"); len(ns) > 0 {
-		return s.registryNamed(string(ns))
-	}
-	if pathPrefix != "" {
-		return s.registryNamed(pathPrefix)
-	}
-	if len(s.opts.HostAliases) > 0 {
-		// An alias may be written with its port or without.
-		host := strings.ToLower(string(ctx.Host()))
-		if name, ok := s.opts.HostAliases[host]; ok {
-			return s.registryNamed(name)
-		}
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		if name, ok := s.opts.HostAliases[host]; ok {
-			return s.registryNamed(name)
-		}
-	}
-	return s.registryNamed(s.opts.DefaultRegistry)
-}
-
 // adminPrefix is where management requests go (see package admin).
 const adminPrefix = "/_regmirror/"
 
 func isLoopback(ip net.IP) bool { return ip != nil && ip.IsLoopback() }
-
-func (s *Server) registryNamed(name string) (Upstream, error) {
-	name = imageref.CanonicalRegistry(name)
-	if up, ok := s.registries[name]; ok {
-		return up, nil
-	}
-	return nil, fmt.Errorf("%w: %q", errRegistryNotAllowed, name)
-}
 
 // Streamed bodies release their descriptors in Close, which fasthttp calls
 // when the response ends or the client goes away.
