@@ -1,4 +1,4 @@
-package main
+package proxy
 
 import (
 	"io"
@@ -26,7 +26,7 @@ func TestDisconnectsReleaseDescriptors(t *testing.T) {
 	_, cold := up.PushLargeBlobImage(t, "library/cold", "latest", size)
 	gate := up.Gate(cold).SetHeadBytes(1 << 20)
 	m := startMirror(t, up)
-	get(t, http.MethodGet, m.url+"/v2/library/warm/blobs/"+warm.String())
+	send(t, http.MethodGet, m.url+"/v2/library/warm/blobs/"+warm.String())
 
 	leave := func(url string) {
 		tr := &http.Transport{DisableKeepAlives: true}
