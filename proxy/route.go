@@ -113,7 +113,6 @@ func parseReference(s string) (reference, error) {
 	return reference{tag: s}, nil
 }
 
-
 // request is a validated pull request resolved to one configured upstream.
 type request struct {
 	up       Upstream // never dialled in offline mode
