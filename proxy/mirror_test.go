@@ -6,12 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -59,7 +58,7 @@ func startMirror(t testing.TB, up *testupstream.Server, mutate ...func(*mirrorSe
 	for _, m := range mutate {
 		m(st)
 	}
-	log := testLogger(t)
+	log := testlog.ForTest(t, "warn")
 	for _, uo := range st.Upstreams {
 		uo.Logger = log.With("registry", uo.Name)
 		reg, err := upstream.New(uo)
@@ -109,23 +108,6 @@ func startMirror(t testing.TB, up *testupstream.Server, mutate ...func(*mirrorSe
 	}
 	t.Cleanup(m.stop)
 	return m
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// testLogger logs warnings and errors to the test's log (everything with
-// REGMIRROR_TEST_VERBOSE set).
-func testLogger(t testing.TB) *slog.Logger {
-	l := slog.LevelWarn
-	if os.Getenv("REGMIRROR_TEST_VERBOSE") != "" {
-		l = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: l}))
 }
 
 // ref names an image on the mirror the way the Docker daemon asks for it:
