@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,19 +21,6 @@ import (
 
 func blobURL(m *mirror, repo string, d digest.Digest) string {
 	return m.url + "/v2/" + repo + "/blobs/" + d.String()
-}
-
-// registryError decodes a registry JSON error body; it fails the test on
-// anything else.
-func registryError(t *testing.T, body []byte) string {
-	t.Helper()
-	var e struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
-		t.Fatalf("not a registry error body: %q", body)
-	}
-	return e.Errors[0].Code
 }
 
 // TestBlobLargerThanBudget (item 4): with a byte budget, a blob larger than
