@@ -18,6 +18,14 @@
 //   - turning errors into registry wire codes: this is the only package that
 //     knows them (see errors.go).
 //
+// Where things live: route.go parses /v2/ paths and resolves them (router)
+// to one configured upstream; handlers (blobs.go, manifests.go, tags.go,
+// referrers.go, operator.go) return a reply or an error and never write
+// the response: finish (reply.go) is the one step that does, errors through
+// writeError and toWire. How the cache answered is an Outcome (outcome.go),
+// sent in the X-Regmirror-Cache header. The cache is used through small
+// interfaces, one per job (store.go).
+//
 // The fill (fill.go) is the heart: one upstream GET per digest at a time,
 // detached from every client's lifetime, written to a temp file through the
 // cache's hashing writer. Every client follows the growing temp file, and
