@@ -98,7 +98,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	registerEvictionMetrics(metrics, a.cache)
 	registerVerifyMetrics(metrics, a.cache.Store)
 	// The cluster (and S3) tiers go in front of the upstreams: one call.
-	a.tiers, err = composeTiers(cfg, tierDeps{metrics: metrics, log: log}, ups)
+	a.tiers, err = composeTiers(cfg, tierDeps{metrics: metrics, log: log, store: a.cache.Store, hold: stack.FillHooks{Evictor: a.cache.Evictor}.Hold}, ups)
 	if err != nil {
 		return nil, err
 	}

@@ -23,8 +23,13 @@ func gcCommand() *cli.Command {
 			"else asks the running server (see --server).",
 		Flags: manageFlags(
 			maxSizeFlag(),
+			&cli.BoolFlag{Name: "s3", Usage: "instead: delete objects of the [s3] bucket written longer ago than --older-than"},
+			&cli.StringFlag{Name: "older-than", Usage: `with --s3: age, e.g. "30d" or "720h"`},
 		),
 		Action: func(c *cli.Context) error {
+			if c.Bool("s3") {
+				return gcS3(c)
+			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				if err := sameBudget(ctx, c, t); err != nil {
 					return err

@@ -48,6 +48,8 @@ type config struct {
 	Auth *authConfig `toml:"auth"`
 	// Cluster is nil without a [cluster] section: a single node.
 	Cluster *clusterConfig `toml:"cluster"`
+	// S3 is nil without an [s3] section: no shared tier (s3config.go).
+	S3 *s3Config `toml:"s3"`
 }
 
 // watchConfig is one [[watch]] entry (README "Watch list").

@@ -4,10 +4,13 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/cluster"
 	"github.com/regmirror/regmirror/proxy"
+	"github.com/regmirror/regmirror/s3tier"
 )
 
 // tierDeps is what the tiers in front of the upstreams need from the rest
@@ -15,6 +18,10 @@ import (
 type tierDeps struct {
 	metrics *prometheus.Registry
 	log     *slog.Logger
+	// store is the cache (L1) whose commits the S3 tier uploads; hold
+	// protects a digest from eviction until its upload is done.
+	store *cache.Store
+	hold  func(d digest.Digest) (release func())
 }
 
 // tiers is what several nodes share (README "Running several nodes"), in
@@ -29,9 +36,17 @@ type tiers struct {
 }
 
 // composeTiers puts the tiers in front of each upstream, in the order a
-// fill asks them: (L1, the cache) → the digest's owner peer → upstream.
+// fill asks them: (L1, the cache) → L2, the S3 bucket ([s3]) → the digest's
+// owner peer ([cluster]) → upstream. Private registries are not read
+// through L2: their content is served to a repository only once upstream
+// confirmed it there.
 func composeTiers(cfg config, d tierDeps, ups []proxy.Upstream) (*tiers, error) {
-	t := &tiers{ups: ups, run: func(context.Context) error { return nil }, close: func() {}}
+	var closers []func()
+	t := &tiers{ups: ups, run: func(context.Context) error { return nil }, close: func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}}
 	if cfg.Cluster != nil {
 		o, err := cfg.Cluster.options()
 		if err != nil {
@@ -49,6 +64,25 @@ func composeTiers(cfg config, d tierDeps, ups []proxy.Upstream) (*tiers, error) 
 		t.ups, t.peers, t.run = wrapped, node, node.Run
 		registerClusterMetrics(d.metrics, node)
 		d.log.Info("cluster member", "self", node.Self(), "peers", len(cfg.Cluster.Peers))
+	}
+	if cfg.S3 != nil {
+		l2, err := openS3(cfg, d.store, d.hold, d.log)
+		if err != nil {
+			t.close()
+			return nil, err
+		}
+		unsubscribe := d.store.Subscribe(l2)
+		closers = append(closers, func() { unsubscribe(); l2.Close() })
+		registerS3Metrics(d.metrics, l2)
+		private := cfg.privateRegistries()
+		wrapped := make([]proxy.Upstream, len(t.ups))
+		for i, up := range t.ups {
+			wrapped[i] = up
+			if !private[up.Name()] {
+				wrapped[i] = l2.Wrap(up)
+			}
+		}
+		t.ups = wrapped
 	}
 	return t, nil
 }
@@ -86,4 +120,41 @@ func (c peerCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(peerUpDesc, prometheus.GaugeValue, v, p.URL)
 	}
+}
+
+// registerS3Metrics exports the tier's figures, read at scrape time.
+func registerS3Metrics(reg *prometheus.Registry, t *s3tier.Tier) {
+	if reg == nil {
+		return
+	}
+	stat := func(f func(s3tier.Stats) int64) func() float64 {
+		return func() float64 { return float64(f(t.Stats())) }
+	}
+	gauge := func(name, help string, f func(s3tier.Stats) int64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, stat(f)))
+	}
+	counter := func(name, help string, f func(s3tier.Stats) int64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, stat(f)))
+	}
+	gauge("regmirror_s3_upload_backlog", "Blobs and tag records waiting to be uploaded to S3.", func(s s3tier.Stats) int64 { return s.Backlog })
+	gauge("regmirror_s3_down", "1 while S3 is skipped after a failure.", func(s s3tier.Stats) int64 {
+		if s.Down {
+			return 1
+		}
+		return 0
+	})
+	counter("regmirror_s3_uploads_total", "Objects uploaded to S3.", func(s s3tier.Stats) int64 { return s.Uploads })
+	counter("regmirror_s3_uploaded_bytes_total", "Bytes of blobs uploaded to S3.", func(s s3tier.Stats) int64 { return s.UploadedBytes })
+	counter("regmirror_s3_upload_already_total", "Uploads found present in S3 (another node made them).", func(s s3tier.Stats) int64 { return s.Already })
+	counter("regmirror_s3_upload_failures_total", "Upload attempts that failed (retried when S3 is back).", func(s s3tier.Stats) int64 { return s.Failures })
+	counter("regmirror_s3_upload_dropped_total", "Commits not uploaded: queue full, or evicted before their turn.", func(s s3tier.Stats) int64 { return s.Dropped })
+	counter("regmirror_s3_hits_total", "Blobs and manifests read from S3.", func(s s3tier.Stats) int64 { return s.Hits })
+	counter("regmirror_s3_hit_bytes_total", "Bytes read from S3.", func(s s3tier.Stats) int64 { return s.HitBytes })
+	counter("regmirror_s3_misses_total", "Objects asked of S3 and absent.", func(s s3tier.Stats) int64 { return s.Misses })
+	counter("regmirror_s3_errors_total", "S3 requests that failed.", func(s s3tier.Stats) int64 { return s.Errors })
+	counter("regmirror_s3_corrupt_total", "S3 objects that did not match their digest (deleted).", func(s s3tier.Stats) int64 { return s.Corrupt })
+	counter("regmirror_s3_tag_hits_total", "Tags answered from a fresh S3 record.", func(s s3tier.Stats) int64 { return s.TagHits })
+	counter("regmirror_s3_stale_tags_total", "Tags answered from an old S3 record while upstream was down.", func(s s3tier.Stats) int64 { return s.StaleTags })
+	counter("regmirror_s3_redirects_total", "Blob requests redirected to a presigned S3 URL.", func(s s3tier.Stats) int64 { return s.Redirects })
+	counter("regmirror_s3_breaker_opens_total", "Times S3 was marked down.", func(s s3tier.Stats) int64 { return s.BreakerOpens })
 }

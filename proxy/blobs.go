@@ -34,6 +34,9 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 			ex.outcome = OutcomeMiss
 			return s.headBlobUpstream(ctx, rq)
 		}
+		if r, ok := s.redirectBlob(ctx, ex, rq); ok {
+			return r, nil
+		}
 		r, ok, err := s.blobDownload(ctx, ex, rq)
 		if ok || err != nil {
 			return r, err

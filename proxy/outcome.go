@@ -37,7 +37,7 @@ const (
 // no outcome (an empty header included).
 func ParseOutcome(s string) (o Outcome, ok bool) {
 	switch o := Outcome(s); o {
-	case OutcomeHit, OutcomeMiss, OutcomeJoin, OutcomeRevalidated, OutcomeStale, OutcomeBypass:
+	case OutcomeHit, OutcomeMiss, OutcomeJoin, OutcomeRevalidated, OutcomeStale, OutcomeBypass, OutcomeRedirect:
 		return o, true
 	}
 	return OutcomeNone, false

@@ -54,6 +54,17 @@ fi
 section "go version"
 go version
 
+section "versitygw (the real S3 server of the s3tier tests)"
+# Installed like the clients when missing; without it those tests skip, or
+# fail with REGMIRROR_REQUIRE_CLIENTS=1.
+if command -v versitygw >/dev/null 2>&1 || [ -x "$(go env GOPATH)/bin/versitygw" ]; then
+	echo "present"
+else
+	echo "installing: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0 (about a minute)"
+	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0 ||
+		echo "WARNING: installing versitygw failed; the s3tier tests will skip or fail" >&2
+fi
+
 section "go vet ./..."
 go vet ./...
 

@@ -1,0 +1,51 @@
+// Package s3tier is the shared second tier (L2) of several regmirror nodes:
+// an S3-compatible bucket that holds verified content by digest and the
+// tags the nodes have resolved, so that a blob any node has verified is
+// fetched from upstream once for all of them. minio-go stays in this
+// package.
+//
+// # Object layout (under Options.Prefix, e.g. "site-a/")
+//
+//	blobs/sha256/<ab>/<hex>          a layer, config or manifest, exactly the
+//	                                 bytes of that digest; its media type in
+//	                                 the object's metadata (x-amz-meta-media-type)
+//	tags/<registry>/<repo>/<tag>     a tag record, JSON:
+//	                                 {"digest","mediaType","size","checkedAt"}
+//
+// Only content a node has verified is written: an object is uploaded from a
+// committed L1 file (the cache checked its digest), never from a body in
+// flight. The PUT carries If-None-Match: * so an object is written once; a
+// 412 means another node has it already, and counts as success. A tag record
+// is rewritten only by a check newer than the one it holds (the newer
+// checked-at wins; two nodes writing within the same instant may race, and
+// either answer is one upstream gave).
+//
+// # Reading (Source, a decorator of the proxy's upstream)
+//
+// A blob or manifest by digest is asked of L2 first, then of the next source
+// (the owner peer, then upstream). A blob body from L2 goes through the
+// proxy's fill like any upstream body (hashing writer, last byte held back);
+// read from offset 0 it is also hashed here, and an object whose content is
+// not its digest is deleted and the download refused (ErrCorrupt), also on
+// resume, so no client receives it whole and the next fill goes upstream.
+// A cut body resumes (GetBlob with an offset, a ranged GET) from whichever
+// source answers first. A tag is answered from its record while the record is
+// younger than TagTTL, else by the next source (which refreshes the record),
+// else, when that source is unavailable, from the record whatever its age.
+//
+// # Outages
+//
+// Every request to the store waits at most Options.Timeout for an answer's
+// headers. A store that fails (connection error, timeout, 5xx) opens a
+// breaker: reads skip L2 for Options.Backoff, so misses go straight to the
+// next source and cache hits, which never touch L2, are not slowed. Uploads
+// wait in a bounded queue and drain when the store answers again; each
+// queued blob holds its L1 file against eviction until it is uploaded (or
+// dropped when the queue is full). L1 eviction never deletes from the
+// bucket: the bucket is bounded by its lifecycle rules, or by GC (regmirror
+// gc --s3 --older-than).
+//
+// The upload backlog is kept in memory: blobs committed but not yet
+// uploaded when the process stops are not uploaded later (another node's
+// commit of them still is).
+package s3tier

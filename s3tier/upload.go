@@ -1,0 +1,279 @@
+package s3tier
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/cache"
+)
+
+// job is one upload: a committed blob (held against eviction until done),
+// or a tag record.
+type job struct {
+	d    digest.Digest
+	hold func()
+
+	tagKey string
+	tag    tagRecord
+}
+
+func (j job) release() {
+	if j.hold != nil {
+		j.hold()
+	}
+}
+
+// BlobAdded queues a blob the cache just committed (verified) for upload;
+// it never blocks. Subscribe the Tier to the cache's commits.
+func (t *Tier) BlobAdded(info cache.BlobInfo) {
+	if t.o.Files == nil || !usableDigest(info.Digest) || t.isKnown(info.Digest) {
+		return
+	}
+	release := func() {}
+	if t.o.Hold != nil {
+		release = t.o.Hold(info.Digest)
+	}
+	t.enqueue(job{d: info.Digest, hold: release})
+}
+
+// BlobAccessed is part of cache.Observer; accesses do not concern L2.
+func (t *Tier) BlobAccessed(digest.Digest, time.Time) {}
+
+// BlobRemoved is part of cache.Observer: L1 eviction never deletes from L2.
+func (t *Tier) BlobRemoved(digest.Digest) {}
+
+// recordTag queues a tag record for writing.
+func (t *Tier) recordTag(registry, repo, tag string, rec tagRecord) {
+	t.enqueue(job{tagKey: t.tagKey(registry, repo, tag), tag: rec})
+}
+
+func (t *Tier) enqueue(j job) {
+	select {
+	case <-t.stop:
+		j.release()
+		return
+	default:
+	}
+	t.stats.backlog.Add(1)
+	select {
+	case t.queue <- j:
+	default:
+		t.stats.backlog.Add(-1)
+		t.stats.dropped.Add(1)
+		j.release()
+		t.log.Warn("s3 upload queue full: not uploading", "digest", j.d, "tag", j.tagKey, "queue", t.o.QueueSize)
+	}
+}
+
+// work uploads queued jobs, one at a time; while the store is down it waits
+// for the breaker's back-off, then retries the same job.
+func (t *Tier) work() {
+	defer t.workers.Done()
+	for {
+		var j job
+		select {
+		case <-t.stop:
+			return
+		case j = <-t.queue:
+		}
+		for {
+			if wait := t.downFor(); wait > 0 {
+				timer := time.NewTimer(wait)
+				select {
+				case <-t.stop:
+					timer.Stop()
+					t.stats.backlog.Add(-1)
+					j.release()
+					return
+				case <-timer.C:
+				}
+				continue
+			}
+			err := t.upload(j)
+			if err == nil || !isOutage(err) {
+				if err != nil {
+					t.log.Warn("s3 upload failed; not retried", "digest", j.d, "tag", j.tagKey, "err", err)
+				}
+				break
+			}
+			// Down: the breaker is open now; wait for it and retry.
+		}
+		t.stats.backlog.Add(-1)
+		j.release()
+	}
+}
+
+func (t *Tier) upload(j job) error {
+	if j.tagKey != "" {
+		return t.putTag(j.tagKey, j.tag)
+	}
+	return t.putBlob(j.d)
+}
+
+// putBlob uploads d's committed L1 file, unless L2 has it already.
+func (t *Tier) putBlob(d digest.Digest) error {
+	ctx, cancel := context.WithTimeout(t.ctx, t.o.UploadTimeout)
+	defer cancel()
+	if _, ok := t.statBlob(ctx, d); ok {
+		t.stats.already.Add(1)
+		t.remember(d)
+		return nil
+	}
+	if !t.usable() {
+		return errDown
+	}
+	f, info, err := t.o.Files.Open(d)
+	if err != nil {
+		if errors.Is(err, cache.ErrNotFound) {
+			t.stats.dropped.Add(1) // evicted or purged before its turn
+			return nil
+		}
+		t.stats.failures.Add(1)
+		return err
+	}
+	defer f.Close()
+	opts := minio.PutObjectOptions{
+		ContentType:  "application/octet-stream",
+		UserMetadata: map[string]string{mediaTypeMeta: info.MediaType},
+		PartSize:     t.o.PartSize,
+	}
+	if info.MediaType != "" {
+		opts.ContentType = info.MediaType
+	}
+	if info.Size > int64(t.o.PartSize) {
+		err = t.putMultipart(ctx, t.blobKey(d), f, info.Size, opts)
+	} else {
+		opts.SetMatchETagExcept("*")
+		_, err = t.client.PutObject(ctx, t.o.Bucket, t.blobKey(d), f, info.Size, opts)
+	}
+	switch {
+	case err == nil:
+		t.answered()
+		t.stats.uploads.Add(1)
+		t.stats.uploadedBytes.Add(info.Size)
+		t.remember(d)
+		return nil
+	case isPreconditionFailed(err):
+		t.answered()
+		t.stats.already.Add(1)
+		t.remember(d)
+		return nil
+	}
+	t.stats.failures.Add(1)
+	t.failed("PUT "+d.String(), err)
+	return err
+}
+
+// errDown: the breaker opened before the upload could start.
+var errDown = errors.New("s3tier: store unavailable")
+
+// putTag writes a tag record unless the stored one was checked later.
+func (t *Tier) putTag(key string, rec tagRecord) error {
+	if !t.usable() {
+		return errDown
+	}
+	ctx, cancel := t.smallContext(t.ctx)
+	defer cancel()
+	body, _, _, err := t.core.GetObject(ctx, t.o.Bucket, key, minio.GetObjectOptions{})
+	if err == nil {
+		var old tagRecord
+		data, rerr := io.ReadAll(io.LimitReader(body, 64<<10))
+		body.Close()
+		if rerr == nil && json.Unmarshal(data, &old) == nil && !old.CheckedAt.Before(rec.CheckedAt) {
+			return nil // the newer check wins
+		}
+	} else if !isNotFound(err) {
+		t.stats.failures.Add(1)
+		t.failed("GET "+key, err)
+		return err
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	_, err = t.client.PutObject(ctx, t.o.Bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{ContentType: "application/json"})
+	if err != nil {
+		t.stats.failures.Add(1)
+		t.failed("PUT "+key, err)
+		return err
+	}
+	t.answered()
+	t.stats.uploads.Add(1)
+	return nil
+}
+
+// uploadThreads is how many parts of one multipart upload are sent at once.
+const uploadThreads = 4
+
+// putMultipart uploads size bytes of f as PartSize parts read with ReadAt
+// (parallel, nothing buffered beyond the transport's), and completes the
+// upload with If-None-Match: * (minio-go's PutObject drops that header on
+// the completion, so the parts are driven here). A failure aborts it.
+func (t *Tier) putMultipart(ctx context.Context, key string, f io.ReaderAt, size int64, opts minio.PutObjectOptions) error {
+	id, err := t.core.NewMultipartUpload(ctx, t.o.Bucket, key, opts)
+	if err != nil {
+		return err
+	}
+	partSize := int64(t.o.PartSize)
+	n := int((size + partSize - 1) / partSize)
+	parts := make([]minio.CompletePart, n)
+	errs := make(chan error, n)
+	next := make(chan int)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range min(uploadThreads, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				off := int64(i) * partSize
+				length := min(partSize, size-off)
+				p, err := t.core.PutObjectPart(pctx, t.o.Bucket, key, id, i+1, io.NewSectionReader(f, off, length), length, minio.PutObjectPartOptions{})
+				if err != nil {
+					errs <- err
+					cancel()
+					continue
+				}
+				parts[i] = minio.CompletePart{PartNumber: i + 1, ETag: p.ETag}
+			}
+		}()
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-pctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err = <-errs:
+	default:
+		err = pctx.Err()
+	}
+	if err == nil {
+		var done minio.PutObjectOptions
+		done.SetMatchETagExcept("*")
+		_, err = t.core.CompleteMultipartUpload(ctx, t.o.Bucket, key, id, parts, done)
+		if err == nil {
+			return nil
+		}
+	}
+	actx, acancel := context.WithTimeout(context.Background(), t.o.Timeout)
+	defer acancel()
+	if aerr := t.core.AbortMultipartUpload(actx, t.o.Bucket, key, id); aerr != nil {
+		t.log.Info("aborting an s3 multipart upload", "key", key, "err", aerr)
+	}
+	return err
+}
