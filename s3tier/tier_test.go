@@ -104,9 +104,9 @@ func (f *failingNext) ListTags(context.Context, string, string) ([]byte, error) 
 
 // TestUploadIfNoneMatchAndRangedRead: a committed blob (small: one PUT;
 // large: multipart with PartSize parts) is uploaded once with its media
-// type; a second tier's upload of the same content finds it (412 or
-// present: success, no second write); reads from offset 0 and from the
-// middle return the right bytes.
+// type; a conditional PUT of the same content over it gets 412 (which an
+// upload counts as done); reads from offset 0 and from the middle return
+// the right bytes; deleting the blob from L1 (eviction) leaves the object.
 func TestUploadIfNoneMatchAndRangedRead(t *testing.T) {
 	s := sharedStore(t)
 	for _, size := range []int{1000, 6<<20 + 1} {
@@ -156,6 +156,13 @@ func TestUploadIfNoneMatchAndRangedRead(t *testing.T) {
 		}
 		if next.calls != 0 {
 			t.Errorf("next asked %d times", next.calls)
+		}
+		// L1 eviction (a delete from the cache) leaves the object alone.
+		if err := st.Delete(d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tier.client.StatObject(context.Background(), "regmirror", tier.blobKey(d), minio.StatObjectOptions{}); err != nil {
+			t.Errorf("size %d: object gone after an L1 delete: %v", size, err)
 		}
 	}
 }
