@@ -99,21 +99,23 @@ func reach(c *cli.Context, mode reachMode) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
+	var t *target
 	if cl, err := remoteClient(c); err != nil {
 		return nil, err
 	} else if cl != nil {
 		if mode == reachDataDir {
 			return nil, errors.New("this command works on a local data dir only; --username and --client-cert do not apply")
 		}
-		return &target{Ops: cl, Blobs: cl.BlobSource(c.Context), Where: cl.BaseURL, URL: cl.BaseURL,
-			Client: cl, Remote: true, Config: cfg, Log: log}, nil
+		t = &target{Ops: cl, Blobs: cl.BlobSource(c.Context), Where: cl.BaseURL, URL: cl.BaseURL,
+			Client: cl, Remote: true, Config: cfg, Log: log}
+	} else if t, err = reachLocal(c.Context, cfg, log, mode, c.String("server")); err != nil {
+		return nil, err
 	}
-	t, err := reachLocal(c.Context, cfg, log, mode, c.String("server"))
-	if err == nil && t.Client != nil && mode == reachMirror &&
+	if t.Client != nil && mode == reachMirror &&
 		(c.IsSet("upstream-url") || c.IsSet("upstream-username") || c.IsSet("upstream-password")) {
 		log.Warn("the running server fetches with its own upstream settings; --upstream-* apply when the data dir is free", "server", t.URL)
 	}
-	return t, err
+	return t, nil
 }
 
 // reachLocal opens the data dir of cfg, or reaches the server holding it.
