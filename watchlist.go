@@ -128,11 +128,11 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 			return res, fmt.Errorf("%w: %v", watch.ErrDeferred, err)
 		case err != nil:
 			return res, err
-		case check.Outcome == "stale":
+		case check.Outcome == proxy.OutcomeStale:
 			return res, fmt.Errorf("%s: upstream did not answer; the cached tag stays", ref)
 		}
 		res.Digest, res.Moved = check.Digest.String(), check.Moved() && check.Previous != ""
-		if check.Outcome == "miss" {
+		if check.Outcome == proxy.OutcomeMiss {
 			res.Fetched++ // the new manifest
 		}
 		if !check.Moved() && !full {

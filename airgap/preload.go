@@ -241,17 +241,14 @@ func (t *tracker) add(n int64, fetched bool) {
 
 type trackerKey struct{}
 
-// headKey carries a *string that the observer fills with a HEAD's
+// headKey carries a *proxy.Outcome that the observer fills with a HEAD's
 // cache outcome.
 type headKey struct{}
 
-// fromCache: the mirror answered from what it held.
-func fromCache(outcome string) bool {
-	switch outcome {
-	case "hit", "revalidated", "stale":
-		return true
-	}
-	return false
+// outcomeOf is how the mirror says it answered (proxy.CacheHeader).
+func outcomeOf(resp *http.Response) proxy.Outcome {
+	o, _ := proxy.ParseOutcome(resp.Header.Get(proxy.CacheHeader))
+	return o
 }
 
 // observer is the transport under the registry client. From each content
@@ -268,8 +265,8 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	if req.Method == http.MethodHead {
-		if out, ok := req.Context().Value(headKey{}).(*string); ok {
-			*out = resp.Header.Get(proxy.CacheHeader)
+		if out, ok := req.Context().Value(headKey{}).(*proxy.Outcome); ok {
+			*out = outcomeOf(resp)
 		}
 		return resp, nil
 	}
@@ -278,7 +275,7 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		!(strings.Contains(req.URL.Path, "/blobs/") || strings.Contains(req.URL.Path, "/manifests/")) {
 		return resp, nil
 	}
-	fetched := !fromCache(resp.Header.Get(proxy.CacheHeader))
+	fetched := !outcomeOf(resp).FromCache()
 	if fetched {
 		tr.blobs.Add(1)
 	}
@@ -432,11 +429,11 @@ func (g *graph) blob(ctx context.Context, repo string, b v1.Descriptor) error {
 		return fmt.Errorf("blob %q: %w", b.Digest, err)
 	}
 	// A HEAD never makes the mirror download; it says whether it has it.
-	var outcome string
+	var outcome proxy.Outcome
 	if _, err := g.p.reg.HeadBlob(context.WithValue(ctx, headKey{}, &outcome), repo, d); err != nil {
 		return fmt.Errorf("blob %s: %w", d, err)
 	}
-	if outcome == "hit" {
+	if outcome == proxy.OutcomeHit {
 		g.tr.add(b.Size, false)
 		return nil
 	}
