@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// redirecting is an upstream whose blobs are all in a shared store.
+type redirecting struct {
+	*upstream.Registry
+	asked int
+}
+
+func (r *redirecting) BlobRedirect(context.Context, string, digest.Digest) (string, bool) {
+	r.asked++
+	return "http://store.example/b/obj?sig=x", true
+}
+
+// TestBlobRedirect: a blob GET the cache cannot answer is answered 307 to
+// the URL a BlobRedirector offers (outcome "redirect"); a HEAD, a peer's
+// request and the mirror's own pulls (internal token) are not redirected.
+func TestBlobRedirect(t *testing.T) {
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	up := &redirecting{Registry: reg}
+	s, err := New(Options{Registries: []Upstream{up}, Store: store, InternalToken: "tok", Peers: &fakePeers{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := "/v2/library/alpine/blobs/" + digest.FromString("b").String()
+	do := func(method string, ip string, header ...string) *fasthttp.Response {
+		var req fasthttp.Request
+		req.Header.SetMethod(method)
+		req.SetRequestURI(blob)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
+		s.Handler()(&ctx)
+		var resp fasthttp.Response
+		ctx.Response.CopyTo(&resp)
+		return &resp
+	}
+	resp := do("GET", "203.0.113.7")
+	if resp.StatusCode() != 307 || string(resp.Header.Peek("Location")) != "http://store.example/b/obj?sig=x" ||
+		string(resp.Header.Peek(CacheHeader)) != string(OutcomeRedirect) {
+		t.Fatalf("GET: %d Location %q outcome %q", resp.StatusCode(), resp.Header.Peek("Location"), resp.Header.Peek(CacheHeader))
+	}
+	if o, ok := ParseOutcome(string(OutcomeRedirect)); !ok || o != OutcomeRedirect {
+		t.Error("ParseOutcome does not know redirect")
+	}
+	for name, r := range map[string]*fasthttp.Response{
+		"HEAD":           do("HEAD", "203.0.113.7"),
+		"peer":           do("GET", "203.0.113.7", "X-Regmirror-Peer", "good"),
+		"internal token": do("GET", "127.0.0.1", "Authorization", "Bearer tok"),
+	} {
+		if r.StatusCode() == 307 {
+			t.Errorf("%s: redirected", name)
+		}
+	}
+	if up.asked != 1 {
+		t.Errorf("BlobRedirect asked %d times, want 1", up.asked)
+	}
+}
