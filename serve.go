@@ -6,6 +6,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/regmirror/regmirror/internal/logbuf"
 )
 
 func serveCommand() *cli.Command {
@@ -22,7 +24,15 @@ func serveCommand() *cli.Command {
 			maxSizeFlag(),
 		),
 		Action: func(c *cli.Context) error {
-			cfg, log, err := setup(c)
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			// Log lines are written in batches, off the requests' path;
+			// Close writes the last ones when serve returns.
+			logw := logbuf.New(c.App.ErrWriter, logbuf.Options{})
+			defer logw.Close()
+			log, err := newLogger(cfg, logw)
 			if err != nil {
 				return err
 			}

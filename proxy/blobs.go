@@ -50,6 +50,9 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 // cached.
 func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
 	d := rq.ref.digest
+	if r, ok, err := s.serveHotHead(ctx, ex, rq); ok {
+		return r, true, err
+	}
 	file, info, err := s.blobs.Open(d)
 	if errors.Is(err, cache.ErrNotFound) {
 		return reply{}, false, nil
@@ -144,10 +147,9 @@ func (s *Server) uncachedBlobSize(rq request) (int64, error) {
 
 func setBlobHeaders(ctx *fasthttp.RequestCtx, d string) {
 	ctx.SetContentType(blobContentType)
-	ctx.Response.Header.Set("Docker-Content-Digest", d)
-	ctx.Response.Header.Set("ETag", `"`+d+`"`)
-	ctx.Response.Header.Set("Accept-Ranges", "bytes")
-	ctx.Response.Header.Set("Cache-Control", "max-age=31536000")
+	setDigestHeaders(ctx, d)
+	ctx.Response.Header.SetCanonical(hdrAcceptRanges, valBytes)
+	ctx.Response.Header.SetCanonical(hdrCacheControl, valMaxAge)
 }
 
 // byteRange is one satisfiable range of a body: [start, end).

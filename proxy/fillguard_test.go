@@ -164,7 +164,7 @@ func TestDescriptorSizes(t *testing.T) {
 	rq := request{registry: "docker.io", repo: "library/a"}
 	other := request{registry: "docker.io", repo: "someone/else"}
 	layer, config := digest.FromString("layer"), digest.FromString("config")
-	s.sizes.note(rq.registry, rq.repo, []byte(`{"schemaVersion":2,"config":{"digest":"`+config.String()+`","size":6},`+
+	s.sizes.note(rq.registry, rq.repo, digest.FromString("manifest"), []byte(`{"schemaVersion":2,"config":{"digest":"`+config.String()+`","size":6},`+
 		`"layers":[{"digest":"`+layer.String()+`","size":100}]}`))
 	if err := s.checkAnnouncedSize(rq, layer, 99); !errors.Is(err, errUpstreamLength) {
 		t.Fatalf("99 bytes for a 100-byte descriptor: %v", err)
@@ -179,5 +179,5 @@ func TestDescriptorSizes(t *testing.T) {
 	if err := s.checkAnnouncedSize(other, layer, 99); err != nil {
 		t.Fatalf("a descriptor of library/a judged someone/else: %v", err)
 	}
-	s.sizes.note(rq.registry, rq.repo, []byte(`not json`))
+	s.sizes.note(rq.registry, rq.repo, digest.FromString("not json"), []byte(`not json`))
 }

@@ -36,13 +36,12 @@ func (s *Server) serveManifest(ctx *fasthttp.RequestCtx, ex *exchange, rq reques
 	if err != nil {
 		return reply{}, err
 	}
-	ctx.Response.Header.Set("Docker-Content-Digest", m.info.Digest.String())
-	ctx.Response.Header.Set("ETag", `"`+m.info.Digest.String()+`"`)
+	setDigestHeaders(ctx, m.info.Digest.String())
 	if !ctx.IsHead() {
 		// A body served hands the client its descriptors: remember their
 		// sizes so that a blob fill can refuse a lying length. A HEAD
 		// hands over none, and is not worth a parse.
-		s.sizes.note(rq.registry, rq.repo, m.body)
+		s.sizes.note(rq.registry, rq.repo, m.info.Digest, m.body)
 	}
 	return bodyReply(m.info.MediaType, m.body), nil
 }
@@ -236,7 +235,7 @@ func (s *Server) staleAfterFailure(rq request, rec cache.TagRecord, err error) (
 		return manifest{}, OutcomeNone, err
 	}
 	s.log.Warn("serving stale tag: upstream could not revalidate it", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag,
-		"digest", rec.Digest, "age", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second), "err", err,
+		"digest", rec.Digest, "age_s", s.opts.Now().Sub(rec.CheckedAt).Round(time.Second).Seconds(), "err", err,
 		"stale_until", until.Format(time.RFC3339))
 	return m, OutcomeStale, nil
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"runtime"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,7 +93,7 @@ func (m *metrics) request(endpoint string, outcome Outcome, registry string, sta
 	if outcome == OutcomeNone {
 		label = "none"
 	}
-	m.requests.WithLabelValues(endpoint, label, strconv.Itoa(status), registry).Inc()
+	m.requests.WithLabelValues(endpoint, label, statusLabel(status), registry).Inc()
 	m.requestDuration.WithLabelValues(endpoint, registry).Observe(d.Seconds())
 	if outcome == OutcomeStale {
 		m.staleServed.WithLabelValues(registry).Inc()

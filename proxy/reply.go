@@ -64,12 +64,15 @@ var delegated = reply{delegated: true}
 func (s *Server) finish(ctx *fasthttp.RequestCtx, ex *exchange, r reply, err error) {
 	if ex.outcome != OutcomeNone {
 		// Tells operators (and preload's summary) where an answer came from.
-		ctx.Response.Header.Set(CacheHeader, string(ex.outcome))
+		setHeader(ctx, hdrCache, string(ex.outcome))
 	}
 	switch {
 	case err != nil:
 		w := writeError(ctx, err, ex.resource)
 		ex.errorCode, ex.detail = w.Code, err.Error()
+		if ex.registry == "" {
+			ex.asked = askedRegistry(ctx, ex.path)
+		}
 	case r.delegated:
 	case r.stream != nil:
 		writeHead(ctx, r)

@@ -99,6 +99,10 @@ type Options struct {
 	OutageBackoff time.Duration
 	// MaxManifestSize caps manifests read into memory. Default 4 MiB.
 	MaxManifestSize int64
+	// HotCacheBytes bounds the in-memory cache of hot manifests and blob
+	// information in front of the Store (hot.go). Default (0)
+	// DefaultHotCacheBytes; negative: none.
+	HotCacheBytes int64
 	// ReadTimeout, WriteTimeout and IdleTimeout configure the HTTP server.
 	// Defaults 1m, 1h (a layer of many GiB to a slow client), 2m.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
@@ -219,14 +223,15 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("proxy: TLS needs both a certificate and a key file")
 	}
 	o = withDefaults(o)
+	hot := newHotStore(o.Store, o.HotCacheBytes)
 	s := &Server{
 		opts:       o,
 		log:        o.Logger,
 		registries: make(map[string]Upstream, len(o.Registries)),
 		plain:      make(map[string]Upstream, len(o.Registries)),
 		store:      o.Store,
-		blobs:      o.Store,
-		manifests:  o.Store,
+		blobs:      hot,
+		manifests:  hot,
 		tags:       o.Store,
 		links:      o.Store,
 		answers:    o.Store,
@@ -356,6 +361,8 @@ type exchange struct {
 	repo      string
 	ref       string
 	client    string
+	userAgent string
+	asked     string // the registry a request named that none answered (refused)
 	user      string // who access control says the client is
 	endpoint  string
 	outcome   Outcome
@@ -366,40 +373,17 @@ type exchange struct {
 	logged    atomic.Bool
 }
 
-// done logs and counts the exchange, once.
+// done logs and counts the exchange, once (requestlog.go writes the line).
 func (e *exchange) done(bytes int64, err error) {
 	if e.logged.Swap(true) {
 		return
 	}
-	attrs := []any{
-		"method", e.method, "path", e.path, "status", e.status,
-		"bytes", bytes, "duration", time.Since(e.start).Round(time.Microsecond),
-	}
-	if e.registry != "" {
-		attrs = append(attrs, "registry", e.registry)
-	}
-	if e.user != "" {
-		attrs = append(attrs, "user", e.user)
-	}
-	if e.outcome != OutcomeNone {
-		attrs = append(attrs, "cache", string(e.outcome))
-	}
-	if e.errorCode != "" {
-		attrs = append(attrs, "error", e.errorCode, "detail", e.detail)
-	}
-	if err != nil {
-		attrs = append(attrs, "err", err)
-	}
-	level := slog.LevelInfo
-	if e.endpoint == "metrics" || e.endpoint == "health" {
-		level = slog.LevelDebug // scrapes and probes would drown the pulls
-	}
-	e.s.log.Log(context.Background(), level, "request", attrs...)
+	e.s.logRequest(e, bytes, err)
 	e.s.recordExchange(e, bytes)
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
-	ex := &exchange{s: s, start: time.Now(), method: string(ctx.Method()), path: string(ctx.Path()), client: ctx.RemoteIP().String()}
+	ex := newExchange(s, ctx)
 	defer s.recoverPanic(ctx, ex)
 	r, err := s.dispatch(ctx, ex)
 	s.finish(ctx, ex, r, err)
@@ -436,7 +420,7 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error)
 // the request, asks access control, then hands it to the endpoint's
 // handler.
 func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
-	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
+	ctx.Response.Header.SetCanonical(hdrAPIVersion, valRegistryV2)
 	p, err := parsePath(ex.path)
 	if err != nil {
 		ex.endpoint = "unknown"

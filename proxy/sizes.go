@@ -22,6 +22,10 @@ const maxKnownSizes = 1 << 16
 type knownSizes struct {
 	mu    sync.Mutex
 	sizes map[sizeKey]int64
+	// noted are the manifests (by digest, per repository) already read
+	// into sizes: a manifest is immutable, so a hot one is parsed once.
+	// Cleared whenever sizes forgets an entry.
+	noted map[sizeKey]struct{}
 }
 
 type sizeKey struct {
@@ -29,9 +33,17 @@ type sizeKey struct {
 	digest         digest.Digest
 }
 
-// note records the descriptor sizes of a manifest body; anything that does
-// not parse is ignored (manifests are validated elsewhere).
-func (k *knownSizes) note(registry, repo string, body []byte) {
+// note records the descriptor sizes of manifest body (whose digest is
+// manifest); anything that does not parse is ignored (manifests are
+// validated elsewhere).
+func (k *knownSizes) note(registry, repo string, manifest digest.Digest, body []byte) {
+	seen := sizeKey{registry, repo, manifest}
+	k.mu.Lock()
+	_, done := k.noted[seen]
+	k.mu.Unlock()
+	if done {
+		return
+	}
 	type desc struct {
 		Digest digest.Digest `json:"digest"`
 		Size   int64         `json:"size"`
@@ -52,6 +64,7 @@ func (k *knownSizes) note(registry, repo string, body []byte) {
 	defer k.mu.Unlock()
 	if k.sizes == nil {
 		k.sizes = make(map[sizeKey]int64)
+		k.noted = make(map[sizeKey]struct{})
 	}
 	for _, d := range all {
 		if d.Digest.Validate() != nil || d.Size < 0 {
@@ -63,8 +76,12 @@ func (k *knownSizes) note(registry, repo string, body []byte) {
 				delete(k.sizes, old)
 				break
 			}
+			clear(k.noted)
 		}
 		k.sizes[key] = d.Size
+	}
+	if len(k.noted) < maxKnownSizes {
+		k.noted[seen] = struct{}{}
 	}
 }
 

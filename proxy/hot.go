@@ -1,0 +1,263 @@
+package proxy
+
+import (
+	"container/list"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/cache"
+)
+
+// DefaultHotCacheBytes is the default memory the hot cache may hold:
+// manifest bodies plus about hotEntryOverhead per entry.
+const DefaultHotCacheBytes = 32 << 20
+
+// hotEntryOverhead is what one entry costs besides its body (the map slot,
+// the list element, the BlobInfo and its strings), rounded up.
+const hotEntryOverhead = 320
+
+// subscriber is the optional side of a Store that announces index changes
+// (cache.Store.Subscribe). Without it the hot cache cannot learn of
+// evictions and purges, so it stays off.
+type subscriber interface {
+	Subscribe(cache.Observer) (unsubscribe func())
+}
+
+// toucher is the optional side of a Store that records an access without
+// reading anything (cache.Store.Touch): a hit answered from memory still
+// counts for eviction's least-recently-used order.
+type toucher interface {
+	Touch(d digest.Digest)
+}
+
+// hotStore is the proxy's Store with a bounded in-memory cache in front of
+// the hit path: the verified bodies of recently served manifests and the
+// index information (size, media type) of recently served blobs, so that a
+// warm manifest GET or blob HEAD does no index read, no file open and no
+// re-hash. Content is immutable by digest, so the only way an entry goes
+// stale is its blob leaving the cache: the Store announces every removal
+// (eviction, purge, a damaged file dropped) through its observer list, and
+// the entry goes with it. Tag records are not kept here: they change
+// upstream and through the management API, and are read from the index on
+// every request.
+type hotStore struct {
+	Store
+	touch func(digest.Digest) // nil when the Store cannot record accesses apart
+
+	mu       sync.Mutex
+	entries  map[digest.Digest]*list.Element // of *hotEntry
+	lru      list.List                       // front: most recently used
+	bytes    int64
+	maxBytes int64
+	// removals counts blobs removed since start. A read from the Store
+	// that saw a removal happen meanwhile does not fill an entry: what it
+	// read may be the removed blob.
+	removals uint64
+}
+
+type hotEntry struct {
+	info cache.BlobInfo
+	body []byte // nil: metadata only (a blob, or a manifest not read yet)
+	// touched is when a hit on the entry was last passed on to the Store
+	// (Unix nanoseconds).
+	touched int64
+}
+
+// hotTouchEvery is how often hits on one entry are passed on to the Store
+// as accesses: eviction's least-recently-used order needs to know that a
+// blob is in use, not each of thousands of hits a second on it.
+const hotTouchEvery = time.Second
+
+func (e *hotEntry) cost() int64 { return hotEntryOverhead + int64(len(e.body)) }
+
+// newHotStore wraps st; it returns st itself when maxBytes < 0 or when st
+// does not announce removals.
+func newHotStore(st Store, maxBytes int64) Store {
+	sub, ok := st.(subscriber)
+	if maxBytes < 0 || !ok {
+		return st
+	}
+	if maxBytes == 0 {
+		maxBytes = DefaultHotCacheBytes
+	}
+	h := &hotStore{Store: st, maxBytes: maxBytes, entries: make(map[digest.Digest]*list.Element)}
+	if t, ok := st.(toucher); ok {
+		h.touch = t.Touch
+	}
+	sub.Subscribe(hotObserver{h}) // for the Store's life: the Server does not outlive it
+	return h
+}
+
+// get returns d's entry, marking it used. When hit is set, the use is a
+// hit to pass on to the Store (at most once per hotTouchEvery).
+func (h *hotStore) get(d digest.Digest, hit bool) (cache.BlobInfo, []byte, bool) {
+	var now int64
+	if hit && h.touch != nil {
+		now = time.Now().UnixNano()
+	}
+	h.mu.Lock()
+	el, ok := h.entries[d]
+	if !ok {
+		h.mu.Unlock()
+		return cache.BlobInfo{}, nil, false
+	}
+	h.lru.MoveToFront(el)
+	e := el.Value.(*hotEntry)
+	info, body := e.info, e.body
+	touch := now-e.touched >= int64(hotTouchEvery)
+	if touch {
+		e.touched = now
+	}
+	h.mu.Unlock()
+	if hit && touch && h.touch != nil {
+		h.touch(d)
+	}
+	return info, body, true
+}
+
+// generation is read before a Store read whose result may fill an entry.
+func (h *hotStore) generation() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.removals
+}
+
+// put remembers info (and body, if not nil) for d, unless a blob was
+// removed since gen or the entry would take more than an eighth of the
+// budget. A body is never replaced by metadata only.
+func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
+	e := &hotEntry{info: info, body: body}
+	if e.cost() > h.maxBytes/8 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.removals {
+		return
+	}
+	if el, ok := h.entries[info.Digest]; ok {
+		old := el.Value.(*hotEntry)
+		h.lru.MoveToFront(el)
+		if old.body != nil || body == nil {
+			return
+		}
+		h.bytes += e.cost() - old.cost()
+		el.Value = e
+	} else {
+		h.entries[info.Digest] = h.lru.PushFront(e)
+		h.bytes += e.cost()
+	}
+	for h.bytes > h.maxBytes {
+		last := h.lru.Back()
+		old := last.Value.(*hotEntry)
+		h.lru.Remove(last)
+		delete(h.entries, old.info.Digest)
+		h.bytes -= old.cost()
+	}
+}
+
+// removed drops d: the Store no longer holds it.
+func (h *hotStore) removed(d digest.Digest) {
+	h.mu.Lock()
+	h.removals++
+	if el, ok := h.entries[d]; ok {
+		h.lru.Remove(el)
+		delete(h.entries, d)
+		h.bytes -= el.Value.(*hotEntry).cost()
+	}
+	h.mu.Unlock()
+}
+
+// Stat answers from memory when it can.
+func (h *hotStore) Stat(d digest.Digest) (cache.BlobInfo, error) {
+	if info, _, ok := h.get(d, false); ok {
+		return info, nil
+	}
+	gen := h.generation()
+	info, err := h.Store.Stat(d)
+	if err == nil {
+		h.put(gen, info, nil)
+	}
+	return info, err
+}
+
+// Open opens the file as the Store does (a GET streams it) and remembers
+// the blob's information for the HEADs that follow.
+func (h *hotStore) Open(d digest.Digest) (*os.File, cache.BlobInfo, error) {
+	gen := h.generation()
+	f, info, err := h.Store.Open(d)
+	if err == nil {
+		h.put(gen, info, nil)
+	}
+	return f, info, err
+}
+
+// ReadAll answers a manifest from memory when it can; the body was checked
+// against its digest when it was read or stored. Callers must not modify
+// the body returned.
+func (h *hotStore) ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error) {
+	if info, body, ok := h.get(d, true); ok && body != nil {
+		if info.Size > max {
+			return nil, info, fmt.Errorf("%w: blob %s is %d bytes, limit %d", cache.ErrTooLarge, d, info.Size, max)
+		}
+		return body, info, nil
+	}
+	gen := h.generation()
+	body, info, err := h.Store.ReadAll(d, max)
+	if err == nil {
+		h.put(gen, info, body)
+	}
+	return body, info, err
+}
+
+// Put stores a verified manifest and keeps it hot: it was just fetched
+// because a client asked for it.
+func (h *hotStore) Put(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error) {
+	gen := h.generation()
+	info, err := h.Store.Put(d, mediaType, data)
+	if err == nil && info.Size == int64(len(data)) {
+		h.put(gen, info, data)
+	}
+	return info, err
+}
+
+// headInfo is the information for a blob HEAD answered from memory: no
+// index read, no file opened. ok is false when d is not hot.
+func (h *hotStore) headInfo(d digest.Digest) (cache.BlobInfo, bool) {
+	info, _, ok := h.get(d, true)
+	return info, ok
+}
+
+// hotObserver hears the Store's index changes. Only removals matter:
+// content never changes under a digest.
+type hotObserver struct{ h *hotStore }
+
+func (o hotObserver) BlobAdded(cache.BlobInfo)              {}
+func (o hotObserver) BlobAccessed(digest.Digest, time.Time) {}
+func (o hotObserver) BlobRemoved(d digest.Digest)           { o.h.removed(d) }
+
+// serveHotHead answers a blob HEAD from the hot cache, if the blob is hot
+// (and no private registry asks for links to be checked); ok reports
+// whether it answered.
+func (s *Server) serveHotHead(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
+	h, isHot := s.blobs.(*hotStore)
+	if !isHot || !ctx.IsHead() || len(s.opts.PrivateRegistries) > 0 {
+		return reply{}, false, nil // private registries confirm links on the ordinary path
+	}
+	info, hit := h.headInfo(rq.ref.digest)
+	if !hit {
+		return reply{}, false, nil
+	}
+	ex.outcome = OutcomeHit
+	setBlobHeaders(ctx, info.Digest.String())
+	rng, status, err := applyRange(ctx, info.Size)
+	if err != nil {
+		return reply{}, true, err
+	}
+	return headReply(status, int(rng.end-rng.start)), true, nil
+}

@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testupstream"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// countingStore is the real cache counting the reads the proxy asks of it.
+type countingStore struct {
+	*cache.Store
+	readAlls, opens, stats atomic.Int64
+}
+
+func (c *countingStore) ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error) {
+	c.readAlls.Add(1)
+	return c.Store.ReadAll(d, max)
+}
+
+func (c *countingStore) Open(d digest.Digest) (*os.File, cache.BlobInfo, error) {
+	c.opens.Add(1)
+	return c.Store.Open(d)
+}
+
+func (c *countingStore) Stat(d digest.Digest) (cache.BlobInfo, error) {
+	c.stats.Add(1)
+	return c.Store.Stat(d)
+}
+
+// hotMirror is a Server over a real cache and testupstream, on loopback.
+type hotMirror struct {
+	*Server
+	url   string
+	store *countingStore
+	up    *testupstream.Server
+	clock *testClock
+}
+
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func startHotMirror(t *testing.T, mutate ...func(*Options)) *hotMirror {
+	t.Helper()
+	up := testupstream.Start(t)
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &countingStore{Store: st}
+	clock := &testClock{now: time.Now()}
+	o := Options{Registries: []Upstream{reg}, Store: store, Now: clock.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, m := range mutate {
+		m(&o)
+	}
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		ln.Close()
+		<-done
+		st.Close()
+	})
+	return &hotMirror{Server: s, url: "http://" + ln.Addr().String(), store: store, up: up, clock: clock}
+}
+
+// ask sends method to path and returns the status, the cache header and
+// the body's digest.
+func (m *hotMirror) ask(t *testing.T, method, path string) (int, string, digest.Digest) {
+	t.Helper()
+	req, _ := http.NewRequest(method, m.url+path, nil)
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header.Get(CacheHeader), digest.FromBytes(body)
+}
+
+// TestHotHitsReadNothing: once a manifest was served and a blob's HEAD
+// answered, further manifest GETs and blob HEADs are answered from memory,
+// with no index read or file open, and still count as accesses.
+func TestHotHitsReadNothing(t *testing.T) {
+	m := startHotMirror(t)
+	img := m.up.PushRandomImage(t, "library/hot", "latest", 1, 1024)
+	md := testupstream.Digest(t, img)
+	layer := testupstream.LayerDigests(t, img)[0]
+	mpath, bpath := "/v2/library/hot/manifests/"+md.String(), "/v2/library/hot/blobs/"+layer.String()
+	if code, how, got := m.ask(t, http.MethodGet, mpath); code != 200 || how != "miss" || got != md {
+		t.Fatalf("first manifest GET: %d %s %s", code, how, got)
+	}
+	if code, _, _ := m.ask(t, http.MethodGet, bpath); code != 200 {
+		t.Fatalf("blob GET: %d", code)
+	}
+	if code, how, _ := m.ask(t, http.MethodHead, bpath); code != 200 || how != "hit" {
+		t.Fatalf("first blob HEAD: %d %s", code, how)
+	}
+	reads, opens, stats := m.store.readAlls.Load(), m.store.opens.Load(), m.store.stats.Load()
+	for range 20 {
+		if code, how, got := m.ask(t, http.MethodGet, mpath); code != 200 || how != "hit" || got != md {
+			t.Fatalf("manifest GET: %d %s %s", code, how, got)
+		}
+		if code, how, _ := m.ask(t, http.MethodHead, bpath); code != 200 || how != "hit" {
+			t.Fatalf("blob HEAD: %d %s", code, how)
+		}
+	}
+	if r, o, s := m.store.readAlls.Load()-reads, m.store.opens.Load()-opens, m.store.stats.Load()-stats; r+o+s != 0 {
+		t.Errorf("20 hot manifest GETs and blob HEADs read the store: %d ReadAll, %d Open, %d Stat; want none", r, o, s)
+	}
+	info, err := m.store.Store.Stat(md)
+	if err != nil || info.LastAccess.IsZero() {
+		t.Errorf("the hot manifest's access was not recorded: %v %v", info.LastAccess, err)
+	}
+}
+
+// evictAndAsk removes the manifest and the layer from the cache with
+// remove, then asks for both with upstream down: neither may come from
+// memory.
+func evictAndAsk(t *testing.T, remove func(m *hotMirror, manifest, layer digest.Digest)) {
+	m := startHotMirror(t)
+	img := m.up.PushRandomImage(t, "library/hot", "1", 1, 1024)
+	md := testupstream.Digest(t, img)
+	layer := testupstream.LayerDigests(t, img)[0]
+	mpath, bpath := "/v2/library/hot/manifests/"+md.String(), "/v2/library/hot/blobs/"+layer.String()
+	m.ask(t, http.MethodGet, "/v2/library/hot/manifests/1")
+	m.ask(t, http.MethodGet, bpath)
+	for range 2 { // the second answer is from memory
+		if code, how, _ := m.ask(t, http.MethodGet, mpath); code != 200 || how != "hit" {
+			t.Fatalf("manifest GET before: %d %s", code, how)
+		}
+		if code, how, _ := m.ask(t, http.MethodHead, bpath); code != 200 || how != "hit" {
+			t.Fatalf("blob HEAD before: %d %s", code, how)
+		}
+	}
+	remove(m, md, layer)
+	m.up.SetDown(true)
+	if code, how, _ := m.ask(t, http.MethodGet, mpath); code == 200 {
+		t.Errorf("a removed manifest was served (%s) with upstream down", how)
+	}
+	if code, how, _ := m.ask(t, http.MethodHead, bpath); code == 200 {
+		t.Errorf("a removed blob's HEAD was answered 200 (%s) with upstream down", how)
+	}
+	m.up.SetDown(false)
+	gets := m.up.ManifestRequests(http.MethodGet)
+	if code, how, got := m.ask(t, http.MethodGet, mpath); code != 200 || how != "miss" || got != md {
+		t.Errorf("manifest after removal, upstream back: %d %s %s; want a miss", code, how, got)
+	}
+	if n := m.up.ManifestRequests(http.MethodGet) - gets; n != 1 {
+		t.Errorf("upstream manifest GETs = %d, want 1", n)
+	}
+}
+
+// TestHotCacheForgetsEvicted: a blob eviction deletes (cache.Store.Delete)
+// is not answered from the hot cache afterwards.
+func TestHotCacheForgetsEvicted(t *testing.T) {
+	evictAndAsk(t, func(m *hotMirror, manifest, layer digest.Digest) {
+		for _, d := range []digest.Digest{manifest, layer} {
+			if err := m.store.Delete(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestHotCacheForgetsPurged: an image purged through the management API
+// is not answered from the hot cache afterwards.
+func TestHotCacheForgetsPurged(t *testing.T) {
+	evictAndAsk(t, func(m *hotMirror, manifest, layer digest.Digest) {
+		ops := &admin.Local{Store: m.store.Store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		res, err := ops.Purge(context.Background(), admin.PurgeRequest{Ref: "library/hot:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Blobs < 2 {
+			t.Fatalf("purge removed %d blobs, want the manifest, config and layer", res.Blobs)
+		}
+	})
+}
+
+// TestHotCacheSeesTagChange: a tag that moved upstream is answered with
+// its new manifest once it is revalidated, though the old one is hot.
+func TestHotCacheSeesTagChange(t *testing.T) {
+	m := startHotMirror(t, func(o *Options) { o.TagTTL = time.Minute })
+	first := testupstream.Digest(t, m.up.PushRandomImage(t, "library/moving", "latest", 1, 256))
+	for range 2 {
+		if code, _, got := m.ask(t, http.MethodGet, "/v2/library/moving/manifests/latest"); code != 200 || got != first {
+			t.Fatalf("tag before the move: %d %s, want %s", code, got, first)
+		}
+	}
+	second := testupstream.Digest(t, m.up.PushRandomImage(t, "library/moving", "latest", 1, 256))
+	m.clock.advance(2 * time.Minute)
+	if code, how, got := m.ask(t, http.MethodGet, "/v2/library/moving/manifests/latest"); code != 200 || got != second {
+		t.Fatalf("tag after the move: %d %s %s, want %s", code, how, got, second)
+	}
+	if code, _, got := m.ask(t, http.MethodGet, "/v2/library/moving/manifests/latest"); code != 200 || got != second {
+		t.Fatalf("tag after the move, again: %d %s, want %s", code, got, second)
+	}
+	if code, how, got := m.ask(t, http.MethodGet, "/v2/library/moving/manifests/"+first.String()); code != 200 || how != "hit" || got != first {
+		t.Fatalf("the old manifest by digest: %d %s %s", code, how, got)
+	}
+}
+
+// TestHotStoreRemovalDuringRead: what a read returned is not kept when a
+// removal happened while it ran (it may be the removed blob); entries stay
+// within the byte budget, oldest out first.
+func TestHotStoreRemovalDuringRead(t *testing.T) {
+	h := &hotStore{maxBytes: 10 * (hotEntryOverhead + 100), entries: map[digest.Digest]*list.Element{}}
+	d := digest.FromString("a")
+	gen := h.generation()
+	h.removed(d) // the Store removed d while the read ran
+	h.put(gen, cache.BlobInfo{Digest: d, Size: 1}, []byte("a"))
+	if _, _, ok := h.get(d, false); ok {
+		t.Fatal("an entry read before a removal was kept")
+	}
+	var ds []digest.Digest
+	for i := range 30 {
+		di := digest.FromString(fmt.Sprint(i))
+		ds = append(ds, di)
+		h.put(h.generation(), cache.BlobInfo{Digest: di, Size: 100}, make([]byte, 100))
+		h.get(ds[0], false) // the first stays in use
+	}
+	if h.bytes > h.maxBytes || len(h.entries) != 10 {
+		t.Fatalf("%d bytes in %d entries, budget %d", h.bytes, len(h.entries), h.maxBytes)
+	}
+	if _, _, ok := h.get(ds[0], false); !ok {
+		t.Error("the entry in use was dropped")
+	}
+	if _, _, ok := h.get(ds[1], false); ok {
+		t.Error("the oldest unused entry was kept")
+	}
+}
