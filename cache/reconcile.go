@@ -53,7 +53,7 @@ func (s *Store) reconcile() error {
 	s.usedBlobs.Store(int64(r.kept))
 	s.log.Info("cache reconciled", "dir", s.dir, "blobs", r.kept, "bytes", r.bytes,
 		"dropped_records", r.dropped, "reindexed", r.reindexed, "removed_files", r.removed,
-		"removed_temp", temps, "took", time.Since(start).Round(time.Millisecond))
+		"removed_temp", temps, "took_s", time.Since(start).Round(time.Millisecond).Seconds())
 	return nil
 }
 
@@ -203,7 +203,7 @@ func (s *Store) trustClean(c cleanState) error {
 	s.usedBytes.Store(c.bytes)
 	s.usedBlobs.Store(c.blobs)
 	s.log.Info("cache opened after a clean shutdown, reconcile skipped", "dir", s.dir, "blobs", c.blobs, "bytes", c.bytes,
-		"removed_temp", temps, "took", time.Since(start).Round(time.Millisecond))
+		"removed_temp", temps, "took_s", time.Since(start).Round(time.Millisecond).Seconds())
 	return nil
 }
 

@@ -236,7 +236,7 @@ func (s *Store) scrubLoop(trigger <-chan time.Time) {
 			s.log.Warn("cache scrub", "err", err)
 		}
 		s.log.Info("cache scrub pass", "blobs", rep.Blobs, "bytes", rep.Bytes, "corrupt", len(rep.Corrupt),
-			"vanished", rep.Vanished, "took", time.Since(start).Round(time.Millisecond))
+			"vanished", rep.Vanished, "took_s", time.Since(start).Round(time.Millisecond).Seconds())
 	}
 }
 

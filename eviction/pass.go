@@ -304,7 +304,7 @@ func (e *Evictor) logPass(kind passKind, reasons []string, res Result, before, p
 		"blobs", res.Blobs,
 		"bytes", humanize.IBytes(uint64(res.Bytes)),
 		"failed", res.Failed,
-		"duration", d,
+		"duration_s", d.Seconds(),
 		"before", humanize.IBytes(uint64(before)),
 		"after", humanize.IBytes(uint64(res.Remaining)),
 		"budget", humanize.IBytes(uint64(e.maxBytes)),

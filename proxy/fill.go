@@ -365,10 +365,10 @@ func (s *Server) fillEnded(f *fill, rq request, err error, took time.Duration) {
 	}
 	s.metrics.fill(rq.registry, err)
 	if err != nil {
-		s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration", took.Round(time.Millisecond), "err", err)
+		s.log.Warn("fill failed", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration_s", took.Round(time.Millisecond).Seconds(), "err", err)
 		return
 	}
-	s.log.Info("fill done", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration", took.Round(time.Millisecond))
+	s.log.Info("fill done", "registry", rq.registry, "repo", rq.repo, "digest", f.digest, "bytes", f.written, "duration_s", took.Round(time.Millisecond).Seconds())
 }
 
 // runFill downloads the blob into f's writer, resuming a cut body with a

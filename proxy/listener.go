@@ -225,7 +225,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			l.lim.m.acceptBackoff.Set(0)
 			if !l.recovered {
 				l.recovered = true
-				l.lim.log.Info("accepting connections again", "errors", l.burstErrors, "after", l.clock().Sub(l.burstStart).Round(time.Millisecond))
+				l.lim.log.Info("accepting connections again", "errors", l.burstErrors, "after_s", l.clock().Sub(l.burstStart).Round(time.Millisecond).Seconds())
 			}
 		}
 		delay = 0

@@ -258,10 +258,10 @@ func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *pa
 			return
 		}
 		if err != nil {
-			s.log.Warn("pass-through failed", "digest", p.digest, "reason", p.reason, "bytes", p.head, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+			s.log.Warn("pass-through failed", "digest", p.digest, "reason", p.reason, "bytes", p.head, "duration_s", time.Since(start).Round(time.Millisecond).Seconds(), "err", err)
 			return
 		}
-		s.log.Info("pass-through done (not cached)", "digest", p.digest, "reason", p.reason, "bytes", p.head, "duration", time.Since(start).Round(time.Millisecond))
+		s.log.Info("pass-through done (not cached)", "digest", p.digest, "reason", p.reason, "bytes", p.head, "duration_s", time.Since(start).Round(time.Millisecond).Seconds())
 	}()
 }
 

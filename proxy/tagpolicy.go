@@ -72,7 +72,7 @@ func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tag
 			return
 		}
 		s.log.Debug("background revalidation done", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag,
-			"duration", time.Since(start).Round(time.Millisecond))
+			"duration_s", time.Since(start).Round(time.Millisecond).Seconds())
 	}()
 }
 

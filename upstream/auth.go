@@ -166,7 +166,7 @@ func (r *Registry) bearer(ctx context.Context, ch *transport.Challenge, scope, s
 	}
 	e.header = "Bearer " + t
 	e.refreshAt = start.Add(life - min(30*time.Second, life/10))
-	r.log.Debug("upstream token fetched", "scope", scope, "expires_in", life)
+	r.log.Debug("upstream token fetched", "scope", scope, "expires_in_s", life.Seconds())
 	return e.header, nil
 }
 

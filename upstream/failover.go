@@ -326,7 +326,7 @@ func (f *Failover) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 		blob.Body = &verifiedBody{ReadCloser: blob.Body, h: d.Algorithm().Hash(), want: d, onBad: func() {
 			f.markBad(i, d)
 			f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
-				"source", f.labels[i], "digest", d, "for", badDigestFor)
+				"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
 		}}
 	}
 	return blob, nil

@@ -348,7 +348,7 @@ func (r *Registry) retry(ctx context.Context, what string, op func() error) erro
 			return err
 		}
 		d := backoff/2 + rand.N(backoff+1)
-		r.log.Info("upstream request failed, retrying", "what", what, "attempt", attempt+1, "in", d, "err", err)
+		r.log.Info("upstream request failed, retrying", "what", what, "attempt", attempt+1, "in_s", d.Seconds(), "err", err)
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():

@@ -246,7 +246,7 @@ func (s *Scheduler) warm(ctx context.Context, g Group, t Target) {
 		st.Result = "ok"
 	}
 	s.log.Info("watch: warmed", "image", t.Image, "result", st.Result, "digest", res.Digest, "fetched", res.Fetched,
-		"took", st.LastRun.Sub(start).Round(time.Millisecond))
+		"took_s", st.LastRun.Sub(start).Round(time.Millisecond).Seconds())
 }
 
 // Status returns every watched image's state, by image name.

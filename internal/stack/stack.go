@@ -161,7 +161,7 @@ func (st *Stack) startEviction(o Options) error {
 		// The walk's garbage is as large as what it loaded: give it back.
 		debug.FreeOSMemory()
 		_, n := st.Store.Usage()
-		log.Info("eviction loaded the cache", "blobs", n, "took", time.Since(start).Round(time.Millisecond))
+		log.Info("eviction loaded the cache", "blobs", n, "took_s", time.Since(start).Round(time.Millisecond).Seconds())
 	}()
 	return nil
 }
