@@ -1,0 +1,405 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/regmirror/regmirror/internal/testprocess"
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// Small requests (issue 14, goal 3): warm manifest GETs by digest and blob
+// HEADs over smallConns keep-alive connections, against regmirror built at
+// two revisions and against a fasthttp server that does no work at all (the
+// ceiling), each in its own process, measured in the same run by a load
+// generator in this process. bench/smallreq.sh builds the binaries and
+// prints the table.
+//
+//	REGMIRROR_BENCH_BINARIES=before=/tmp/a,after=/tmp/b   the regmirror binaries (default: after = this tree)
+//	REGMIRROR_BENCH_CPUPROFILE=DIR   with binaries built -tags cpuprofile: a CPU profile of each measured load
+const smallConns = 32
+
+// envNoWork makes the test binary a no-work fasthttp server (see TestMain).
+const envNoWork = "REGMIRROR_BENCH_NOWORK"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envNoWork) == "1" {
+		serveNoWork()
+		return
+	}
+	code := m.Run()
+	printSmallTable(os.Stdout)
+	os.Exit(code)
+}
+
+// noWorkBody is about the size of the manifest the benchmark asks for.
+var noWorkBody = bytes.Repeat([]byte("x"), 428)
+
+// serveNoWork answers every request 200 with a fixed body: what fasthttp
+// costs with nothing behind it. It prints its address on stdout.
+func serveNoWork() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("listen=%s\n", ln.Addr())
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/vnd.docker.distribution.manifest.v2+json")
+		ctx.SetBody(noWorkBody)
+	}}
+	if err := srv.Serve(ln); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// target is one server under load.
+type target struct {
+	name, addr string
+	cmd        *exec.Cmd
+	profile    string // where its CPU profile goes, or ""
+}
+
+func (t *target) stop() {
+	if t.cmd != nil && t.cmd.ProcessState == nil {
+		t.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { t.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+var listenRE = regexp.MustCompile(`listen=(\S+)`)
+
+// startProcess runs cmd with its output in logFile and waits for a
+// "listen=ADDR" in it.
+func startProcess(b *testing.B, cmd *exec.Cmd, logFile string) string {
+	f, err := os.Create(logFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		data, _ := os.ReadFile(logFile)
+		for _, line := range strings.Split(string(data), "\n") {
+			if m := listenRE.FindStringSubmatch(line); m != nil && (strings.Contains(line, "serving") || strings.HasPrefix(line, "listen=")) {
+				return m[1]
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	b.Fatalf("%s did not start", cmd.Path)
+	return ""
+}
+
+// binaries are the regmirror builds to measure, by name.
+func binaries(b *testing.B) [][2]string {
+	spec := os.Getenv("REGMIRROR_BENCH_BINARIES")
+	if spec == "" {
+		return [][2]string{{"after", testprocess.Binary(b)}}
+	}
+	var out [][2]string
+	for _, kv := range strings.Split(spec, ",") {
+		name, path, ok := strings.Cut(kv, "=")
+		if !ok {
+			b.Fatalf("REGMIRROR_BENCH_BINARIES: %q is not name=path", kv)
+		}
+		out = append(out, [2]string{name, path})
+	}
+	return out
+}
+
+// smallPaths are the two requests of the mix.
+type smallPaths struct{ manifest, blob string }
+
+// smallResults are req/s by round and target, for the table.
+var smallResults struct {
+	mu     sync.Mutex
+	order  []string
+	rounds []map[string]float64
+}
+
+// envInt reads a positive integer from the environment, or def.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// BenchmarkSmallRequests measures, per target, warm small requests
+// (alternately a manifest GET by digest and a blob HEAD) on 32 keep-alive
+// connections for REGMIRROR_BENCH_SECONDS (default 5) each, in
+// REGMIRROR_BENCH_ROUNDS rounds (default 3); in every round each target is
+// measured once, in a rotating order, so that the machine's load drifts
+// over all of them alike. Run it once (-benchtime 1x); TestMain prints the
+// table with each build's fraction of the ceiling of its own round, and
+// the medians are reported as metrics.
+func BenchmarkSmallRequests(b *testing.B) {
+	rounds := envInt("REGMIRROR_BENCH_ROUNDS", 3)
+	window := time.Duration(envInt("REGMIRROR_BENCH_SECONDS", 5)) * time.Second
+	up := testupstream.Start(b)
+	img := up.PushRandomImage(b, "library/small", "latest", 1, 512)
+	paths := smallPaths{
+		manifest: "/v2/library/small/manifests/" + testupstream.Digest(b, img).String(),
+		blob:     "/v2/library/small/blobs/" + testupstream.LayerDigests(b, img)[0].String(),
+	}
+	dir := b.TempDir()
+
+	nowork := exec.Command(os.Args[0], "-test.run=^$")
+	nowork.Env = append(os.Environ(), envNoWork+"=1")
+	targets := []*target{{name: "nowork", cmd: nowork, addr: startProcess(b, nowork, filepath.Join(dir, "nowork.log"))}}
+	defer targets[0].stop()
+	for _, nb := range binaries(b) {
+		name, bin := nb[0], nb[1]
+		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name), "--upstream-url", up.URL())
+		t := &target{name: name, cmd: cmd}
+		if pd := os.Getenv("REGMIRROR_BENCH_CPUPROFILE"); pd != "" {
+			t.profile = filepath.Join(pd, name+".prof")
+			cmd.Env = append(os.Environ(), "REGMIRROR_CPUPROFILE="+t.profile)
+		}
+		t.addr = startProcess(b, cmd, filepath.Join(dir, name+".log"))
+		defer t.stop()
+		warmSmall(b, t.addr, paths)
+		targets = append(targets, t)
+	}
+	var names []string
+	for _, t := range targets {
+		names = append(names, t.name)
+	}
+	for r := range rounds {
+		round := map[string]float64{}
+		for k := range targets {
+			t := targets[(k+r)%len(targets)]
+			last := r == rounds-1
+			if last && t.profile != "" { // the last round is profiled
+				t.cmd.Process.Signal(syscall.SIGUSR1)
+			}
+			rate, err := smallLoad(t.addr, paths, window)
+			if err != nil {
+				b.Fatalf("%s: %v", t.name, err)
+			}
+			if last && t.profile != "" {
+				t.cmd.Process.Signal(syscall.SIGUSR2)
+				waitFor(b, func() bool { _, err := os.Stat(t.profile + ".done"); return err == nil })
+				os.Remove(t.profile + ".done")
+			}
+			round[t.name] = rate
+		}
+		smallResults.mu.Lock()
+		smallResults.order = names
+		smallResults.rounds = append(smallResults.rounds, round)
+		smallResults.mu.Unlock()
+	}
+	for _, n := range names {
+		var rates, ratios []float64
+		for _, r := range smallResults.rounds {
+			rates = append(rates, r[n])
+			ratios = append(ratios, r[n]/r["nowork"])
+		}
+		b.ReportMetric(median(rates), n+"-req/s")
+		if n != "nowork" {
+			b.ReportMetric(median(ratios), n+"/ceiling")
+		}
+	}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	return xs[len(xs)/2]
+}
+
+// warmSmall fetches the manifest and the blob once, so that the load
+// measures hits, and checks that a second ask is answered from the cache.
+func warmSmall(b *testing.B, addr string, p smallPaths) {
+	for _, path := range []string{p.manifest, p.blob, p.manifest} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("warming %s: status %d", path, resp.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodHead, "http://"+addr+p.blob, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Regmirror-Cache") != "hit" {
+		b.Fatalf("blob HEAD after warming: status %d, cache %q", resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"))
+	}
+}
+
+// smallLoad sends requests over smallConns connections for window and
+// returns the rate. The client is a few lines over a raw connection, so
+// that it costs the shared CPUs as little as possible.
+func smallLoad(addr string, p smallPaths, window time.Duration) (float64, error) {
+	reqs := [2][]byte{
+		[]byte("GET " + p.manifest + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\nAccept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"),
+		[]byte("HEAD " + p.blob + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\n\r\n"),
+	}
+	var stop atomic.Bool
+	var total atomic.Int64
+	errs := make(chan error, smallConns)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := 0; c < smallConns; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			r := bufio.NewReaderSize(conn, 16<<10)
+			n := 0
+			for i := c; !stop.Load(); i++ {
+				if _, err := conn.Write(reqs[i%2]); err != nil {
+					errs <- err
+					return
+				}
+				if err := readResponse(r, i%2 == 1); err != nil {
+					errs <- err
+					return
+				}
+				n++
+			}
+			total.Add(int64(n))
+		}()
+	}
+	time.Sleep(window)
+	stop.Store(true)
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / elapsed.Seconds(), nil
+}
+
+// readResponse reads one response, checking for a 200, and discards it.
+func readResponse(r *bufio.Reader, head bool) error {
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(line, []byte("HTTP/1.1 200 ")) {
+		return fmt.Errorf("response %q", bytes.TrimSpace(line))
+	}
+	length := -1
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			break
+		}
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if ok && strings.EqualFold(string(k), "Content-Length") {
+			if length, err = strconv.Atoi(string(bytes.TrimSpace(v))); err != nil {
+				return err
+			}
+		}
+		if ok && strings.EqualFold(string(k), "Connection") && strings.EqualFold(string(bytes.TrimSpace(v)), "close") {
+			return errors.New("server closed the connection")
+		}
+	}
+	if head {
+		return nil
+	}
+	if length < 0 {
+		return errors.New("no Content-Length")
+	}
+	_, err = r.Discard(length)
+	return err
+}
+
+// printSmallTable prints the rounds of BenchmarkSmallRequests, if any ran,
+// as a Markdown table: req/s of each target and its fraction of the
+// no-work ceiling of the same round, then the medians.
+func printSmallTable(w io.Writer) {
+	smallResults.mu.Lock()
+	defer smallResults.mu.Unlock()
+	if len(smallResults.rounds) == 0 {
+		return
+	}
+	names := smallResults.order
+	fmt.Fprintf(w, "\nsmall requests, %d keep-alive connections (manifest GET by digest / blob HEAD), req/s and fraction of the no-work ceiling of the same round\n\n", smallConns)
+	fmt.Fprint(w, "| round |")
+	for _, n := range names {
+		fmt.Fprintf(w, " %s |", n)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range names {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+	ratios := map[string][]float64{}
+	rates := map[string][]float64{}
+	for i, r := range smallResults.rounds {
+		fmt.Fprintf(w, "| %d |", i+1)
+		for _, n := range names {
+			rates[n] = append(rates[n], r[n])
+			if n == "nowork" || r["nowork"] == 0 {
+				fmt.Fprintf(w, " %.0f |", r[n])
+				continue
+			}
+			ratio := r[n] / r["nowork"]
+			ratios[n] = append(ratios[n], ratio)
+			fmt.Fprintf(w, " %.0f (%.2f) |", r[n], ratio)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprint(w, "| median |")
+	for _, n := range names {
+		if n == "nowork" {
+			fmt.Fprintf(w, " %.0f |", median(rates[n]))
+			continue
+		}
+		fmt.Fprintf(w, " %.0f (%.2f) |", median(rates[n]), median(ratios[n]))
+	}
+	fmt.Fprintln(w)
+}
