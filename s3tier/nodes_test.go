@@ -494,6 +494,10 @@ func TestL2CutResumes(t *testing.T) {
 		if got := up.BlobGETs(big); got != want {
 			t.Errorf("cut, then L2 down %v: %d upstream GETs, want %d", thenDown, got, want)
 		}
+		// serve writes its log in batches (internal/logbuf): wait for the line.
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(n.Logs(), "fill resuming") && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
 		if !strings.Contains(n.Logs(), "fill resuming") {
 			t.Errorf("cut, then L2 down %v: no resume logged", thenDown)
 		}

@@ -302,7 +302,7 @@ func (t *Tier) failed(what string, err error) {
 	t.breakerMu.Unlock()
 	if !wasOpen {
 		t.stats.breakerOpen.Add(1)
-		t.log.Warn("s3 store unavailable: skipping it for a while", "what", what, "backoff", t.o.Backoff, "err", err)
+		t.log.Warn("s3 store unavailable: skipping it for a while", "what", what, "backoff_s", t.o.Backoff.Seconds(), "err", err)
 	}
 }
 
