@@ -52,7 +52,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 	if ok {
 		s.mu.Lock()
 		g := s.tokens[tok]
-		if g != nil && time.Now().After(g.expires) {
+		if g != nil && s.opts.now().After(g.expires) {
 			delete(s.tokens, tok)
 			g = nil
 		}
@@ -135,7 +135,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	g := &grant{repos: map[string]map[string]bool{}, expires: time.Now().Add(s.opts.tokenExpiry)}
+	g := &grant{repos: map[string]map[string]bool{}, expires: s.opts.now().Add(s.opts.tokenExpiry)}
 	for _, sc := range scopes {
 		rest, ok := strings.CutPrefix(sc, "repository:")
 		if !ok {
@@ -158,7 +158,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		"token":        tok,
 		"access_token": tok,
 		"expires_in":   max(1, int((s.opts.tokenExpiry+time.Second-1)/time.Second)),
-		"issued_at":    time.Now().UTC().Format(time.RFC3339Nano),
+		"issued_at":    s.opts.now().UTC().Format(time.RFC3339Nano),
 	}
 	s.mu.Lock()
 	s.tokens[tok] = g

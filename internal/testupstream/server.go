@@ -35,6 +35,7 @@ type options struct {
 	user, pass  string
 	tokenExpiry time.Duration
 	mode        authMode
+	now         func() time.Time
 }
 
 // Option configures a Server.
@@ -52,6 +53,13 @@ func WithCredentials(user, pass string) Option {
 // the server enforces the exact duration.
 func WithTokenExpiry(d time.Duration) Option {
 	return func(o *options) { o.tokenExpiry = d }
+}
+
+// WithClock makes the token server issue and expire tokens by now instead
+// of the real clock, so that a test steps past a token's expiry without
+// sleeping.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.now = now }
 }
 
 // WithBasicChallenge makes the registry answer `WWW-Authenticate: Basic` and
@@ -99,7 +107,7 @@ type Server struct {
 // registers Close with tb.Cleanup.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	o := options{tokenExpiry: DefaultTokenExpiry}
+	o := options{tokenExpiry: DefaultTokenExpiry, now: time.Now}
 	for _, f := range opts {
 		f(&o)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,13 +180,23 @@ func TestChallengeAndScopes(t *testing.T) {
 	}
 }
 
+// TestTokenExpiry: a token is honoured up to its expiry on the server's
+// clock (WithClock) and refused after it.
 func TestTokenExpiry(t *testing.T) {
-	s := Start(t, WithTokenExpiry(50*time.Millisecond))
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := Start(t, WithTokenExpiry(50*time.Millisecond), WithClock(clock))
 	tok, _ := token(t, s, "", "")
 	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusOK {
 		t.Fatalf("fresh token: %d", resp.StatusCode)
 	}
-	time.Sleep(80 * time.Millisecond)
+	advance(50 * time.Millisecond)
+	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusOK {
+		t.Fatalf("token at its expiry instant: %d", resp.StatusCode)
+	}
+	advance(time.Nanosecond)
 	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("expired token: %d", resp.StatusCode)
 	}
