@@ -144,17 +144,27 @@ var errStalled = errors.New("stalled")
 // cancel function) and read errors become ErrUnavailable. Close cancels.
 func (r *Registry) guard(ctx context.Context, cancel context.CancelCauseFunc, body io.ReadCloser, what string) io.ReadCloser {
 	g := &guardedBody{ctx: ctx, cancel: cancel, body: body, stall: r.opts.StallTimeout, what: what}
-	g.timer = time.AfterFunc(time.Hour, func() { cancel(errStalled) })
+	g.timer = r.afterFunc(time.Hour, func() { cancel(errStalled) })
 	g.timer.Stop()
 	return g
 }
+
+// stallTimer is what the stall guard needs of a *time.Timer.
+type stallTimer interface {
+	Reset(time.Duration) bool
+	Stop() bool
+}
+
+// realAfterFunc is time.AfterFunc as a stallTimer maker; tests replace
+// Registry.afterFunc to fire the stall by hand.
+func realAfterFunc(d time.Duration, f func()) stallTimer { return time.AfterFunc(d, f) }
 
 type guardedBody struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	body   io.ReadCloser
 	stall  time.Duration
-	timer  *time.Timer
+	timer  stallTimer
 	what   string
 	once   sync.Once
 }

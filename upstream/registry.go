@@ -111,6 +111,8 @@ type Registry struct {
 	tokens  *tokenCache
 	retries int
 	stats   stats
+
+	afterFunc func(time.Duration, func()) stallTimer // realAfterFunc; tests fire stalls by hand
 }
 
 // New validates o and returns a Registry. It does no network I/O.
@@ -153,6 +155,7 @@ func New(o Options) (*Registry, error) {
 		pinger:    newLock(),
 		tokens:    newTokenCache(maxTokenScopes),
 		retries:   retries,
+		afterFunc: realAfterFunc,
 	}, nil
 }
 
