@@ -8,33 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/regmirror/regmirror/internal/testclock"
 )
-
-// clock is a settable time for tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // htpasswdLines makes bcrypt entries at MinCost for user/password pairs.
 func htpasswdLines(t testing.TB, pairs ...string) string {
@@ -131,7 +112,7 @@ func TestRules(t *testing.T) {
 }
 
 func TestIdentify(t *testing.T) {
-	clk := newClock()
+	clk := testclock.New()
 	c, err := New(Options{
 		HtpasswdFile:    writeHtpasswd(t, "ci", "cipw"),
 		TrustedNetworks: []string{"10.20.0.0/16", "192.168.1.7"},
@@ -202,7 +183,7 @@ func countCompares(t *testing.T) *atomic.Int64 {
 
 func TestCredentialCache(t *testing.T) {
 	n := countCompares(t)
-	clk := newClock()
+	clk := testclock.New()
 	path := writeHtpasswd(t, "ci", "cipw")
 	c, err := New(Options{HtpasswdFile: path, CredentialTTL: time.Minute, Now: clk.Now, Sleep: func(time.Duration) {},
 		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
@@ -229,7 +210,7 @@ func TestCredentialCache(t *testing.T) {
 	if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "cipw2")}); err == nil {
 		t.Fatal("a different password was taken from the cache")
 	}
-	clk.Add(time.Minute + time.Second)
+	clk.Advance(time.Minute + time.Second)
 	if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "cipw")}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +220,7 @@ func TestCredentialCache(t *testing.T) {
 }
 
 func TestHtpasswdReload(t *testing.T) {
-	clk := newClock()
+	clk := testclock.New()
 	path := writeHtpasswd(t, "ci", "old")
 	c, err := New(Options{HtpasswdFile: path, Now: clk.Now, Sleep: func(time.Duration) {},
 		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
@@ -264,7 +245,7 @@ func TestHtpasswdReload(t *testing.T) {
 	if err := id("ci", "old"); err != nil {
 		t.Fatalf("reloaded before a second passed: %v", err)
 	}
-	clk.Add(2 * time.Second)
+	clk.Advance(2 * time.Second)
 	if err := id("ci", "old"); err == nil {
 		t.Fatal("old password still accepted after the file changed (cached credential survived the reload)")
 	}
@@ -276,7 +257,7 @@ func TestHtpasswdReload(t *testing.T) {
 	}
 	// A broken edit keeps the last good table.
 	os.WriteFile(path, []byte("ci:plaintext\n"), 0o600)
-	clk.Add(2 * time.Second)
+	clk.Advance(2 * time.Second)
 	os.Chtimes(path, clk.Now().Add(2*time.Hour), clk.Now().Add(2*time.Hour))
 	if err := id("ci", "new"); err != nil {
 		t.Fatalf("a broken htpasswd file locked out a user: %v", err)
@@ -284,7 +265,7 @@ func TestHtpasswdReload(t *testing.T) {
 }
 
 func TestFailedLoginsSlowDown(t *testing.T) {
-	clk := newClock()
+	clk := testclock.New()
 	var slept []time.Duration
 	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Now: clk.Now,
 		Sleep: func(d time.Duration) { slept = append(slept, d) },
@@ -304,7 +285,7 @@ func TestFailedLoginsSlowDown(t *testing.T) {
 	if _, err := c.Identify(Client{IP: other, Authorization: basic("ci", "cipw")}); err != nil || len(slept) != 0 {
 		t.Fatalf("another address was slowed down (%v) or refused (%v)", slept, err)
 	}
-	clk.Add(failWindow + time.Second)
+	clk.Advance(failWindow + time.Second)
 	c.Identify(Client{IP: attacker, Authorization: basic("ci", "again")})
 	if len(slept) != 0 {
 		t.Fatalf("failures older than the window still slow down: %v", slept)
@@ -312,7 +293,7 @@ func TestFailedLoginsSlowDown(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	clk := newClock()
+	clk := testclock.New()
 	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), TrustedNetworks: []string{"10.0.0.0/8"},
 		RatePerClient: 2, Now: clk.Now, Rules: []Rule{{Users: []string{"ci", "anonymous"}, Allow: []string{"**"}}}})
 	if err != nil {
@@ -343,7 +324,7 @@ func TestRateLimit(t *testing.T) {
 	if _, err := c.Identify(anon1); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("anonymous over its rate: %v", err)
 	}
-	clk.Add(time.Second)
+	clk.Advance(time.Second)
 	if _, err := c.Authorize(ci, "docker.io", "library/alpine"); err != nil {
 		t.Fatalf("after a second: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/internal/testclock"
 	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
@@ -169,7 +170,7 @@ func TestTokenRefresh(t *testing.T) {
 	up := testupstream.Start(t, testupstream.WithTokenExpiry(time.Minute))
 	up.PushRandomImage(t, "a", "v1", 1, 100)
 	up.Reset()
-	clock := newFakeClock()
+	clock := testclock.New()
 	r := newReg(t, up, Options{Now: clock.Now})
 	ctx := context.Background()
 	if _, err := r.HeadManifest(ctx, "a", "v1"); err != nil {

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regmirror/regmirror/internal/testclock"
 )
 
 // token fetches a token from s's token server for scopes.
@@ -183,20 +184,17 @@ func TestChallengeAndScopes(t *testing.T) {
 // TestTokenExpiry: a token is honoured up to its expiry on the server's
 // clock (WithClock) and refused after it.
 func TestTokenExpiry(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	s := Start(t, WithTokenExpiry(50*time.Millisecond), WithClock(clock))
+	clock := testclock.New()
+	s := Start(t, WithTokenExpiry(50*time.Millisecond), WithClock(clock.Now))
 	tok, _ := token(t, s, "", "")
 	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusOK {
 		t.Fatalf("fresh token: %d", resp.StatusCode)
 	}
-	advance(50 * time.Millisecond)
+	clock.Advance(50 * time.Millisecond)
 	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusOK {
 		t.Fatalf("token at its expiry instant: %d", resp.StatusCode)
 	}
-	advance(time.Nanosecond)
+	clock.Advance(time.Nanosecond)
 	if resp := get(t, http.MethodGet, s.URL()+"/v2/", tok); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("expired token: %d", resp.StatusCode)
 	}
