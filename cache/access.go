@@ -46,13 +46,17 @@ func (s *Store) forgetAccess(d digest.Digest) {
 // flushLoop writes access times every flushEvery until Close.
 func (s *Store) flushLoop() {
 	defer s.loops.Done()
-	t := time.NewTicker(s.flushEvery)
-	defer t.Stop()
+	tick := s.flushTick // a test's hand, or the ticker
+	if tick == nil {
+		t := time.NewTicker(s.flushEvery)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-s.stop:
 			return // Close flushes once more
-		case <-t.C:
+		case <-tick:
 			if err := s.rlock(); err != nil {
 				return
 			}

@@ -64,6 +64,7 @@ func newStore(opts Options) *Store {
 		tmpDir:     filepath.Join(opts.Dir, "tmp"),
 		log:        log.With("component", "cache"),
 		flushEvery: opts.AccessFlushInterval,
+		flushTick:  opts.AccessFlushTrigger,
 		gcEvery:    opts.ValueLogGCInterval,
 		pending:    make(map[digest.Digest]time.Time),
 		stop:       make(chan struct{}),

@@ -34,6 +34,10 @@ type Options struct {
 	// AccessFlushInterval is how often in-memory last-access times are
 	// written to Badger, in one transaction. Default 5s.
 	AccessFlushInterval time.Duration
+	// AccessFlushTrigger, if not nil, flushes access times whenever it
+	// delivers, instead of a ticker of AccessFlushInterval (tests drive the
+	// flush with it).
+	AccessFlushTrigger <-chan time.Time
 	// ValueLogGCInterval is how often Badger's value-log GC runs
 	// (RunValueLogGC(0.5) until there is nothing to rewrite). Default 10m.
 	ValueLogGCInterval time.Duration
@@ -77,6 +81,7 @@ type Store struct {
 	dirLock io.Closer
 
 	flushEvery time.Duration
+	flushTick  <-chan time.Time // Options.AccessFlushTrigger
 	gcEvery    time.Duration
 
 	// closeMu is held for reading by every operation that touches the

@@ -144,30 +144,37 @@ func TestAccessTimesBatched(t *testing.T) {
 	}
 }
 
+// TestAccessFlushLoop: the flush loop writes pending access times to the
+// index on its tick, and not before. The tick and the clock are the
+// test's (Options.AccessFlushTrigger, s.now), so nothing waits on time.
 func TestAccessFlushLoop(t *testing.T) {
+	tick := make(chan time.Time)
 	s := openStore(t, "", func(o *Options) {
-		o.AccessFlushInterval = 20 * time.Millisecond
+		o.AccessFlushTrigger = tick
 		o.ValueLogGCInterval = 10 * time.Millisecond // exercise the GC loop too
 	})
+	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s.now = clock.Now
 	data, d := blob(100, 10)
 	before := mustPut(t, s, data, d, "x").LastAccess
-	time.Sleep(2 * time.Millisecond)
+	clock.Advance(time.Minute)
 	s.Touch(d)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	stored := func() time.Time {
 		s.closeMu.RLock()
-		stored, err := s.getBlob(d)
-		s.closeMu.RUnlock()
+		defer s.closeMu.RUnlock()
+		rec, err := s.getBlob(d)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if stored.lastAccess.After(before) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("access time never flushed")
-		}
-		time.Sleep(10 * time.Millisecond)
+		return rec.lastAccess
+	}
+	if got := stored(); !got.Equal(before) {
+		t.Fatalf("before the tick the index has %v, want the commit's %v", got, before)
+	}
+	tick <- time.Time{} // the loop takes this tick and flushes;
+	tick <- time.Time{} // it takes the next only after that flush
+	if got, want := stored(), before.Add(time.Minute); !got.Equal(want) {
+		t.Fatalf("after the tick the index has %v, want %v", got, want)
 	}
 }
 
