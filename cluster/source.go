@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -134,7 +133,7 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 			b.Size = -1
 		}
 	case http.StatusPartialContent:
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		start, total, ok := upstream.ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			resp.Body.Close()
 			return fail(fmt.Errorf("peer %s: asked for bytes %d-, got Content-Range %q", peer, offset, resp.Header.Get("Content-Range")), false)
@@ -190,35 +189,4 @@ func (b *peerBody) Close() error {
 	err := b.body.Close()
 	b.f.cancel(nil)
 	return err
-}
-
-// parseContentRange parses "bytes <start>-<end>/<total|*>"; total is -1
-// for "*".
-func parseContentRange(v string) (start, total int64, ok bool) {
-	rest, found := strings.CutPrefix(v, "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	rng, tot, found := strings.Cut(rest, "/")
-	if !found {
-		return 0, 0, false
-	}
-	s, e, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, false
-	}
-	start, err1 := strconv.ParseInt(s, 10, 64)
-	end, err2 := strconv.ParseInt(e, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, 0, false
-	}
-	total = -1
-	if tot != "*" {
-		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil || t <= end {
-			return 0, 0, false
-		}
-		total = t
-	}
-	return start, total, true
 }

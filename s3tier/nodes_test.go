@@ -316,7 +316,9 @@ func writeTagRecord(t *testing.T, s *tests3.Server, prefix, registry, repo, tag 
 	if err := json.Unmarshal(data, &rec); err != nil {
 		t.Fatal(err)
 	}
-	rec["checkedAt"] = checkedAt.UTC().Format(time.RFC3339Nano)
+	// Whole seconds: the new value is never longer than the old one (which
+	// may have fewer fractional digits than a fresh time.Now would).
+	rec["checkedAt"] = checkedAt.UTC().Truncate(time.Second).Format(time.RFC3339Nano)
 	// The backend serves the file's bytes; keep its length with padding.
 	out, _ := json.Marshal(rec)
 	if len(out) > len(data) {

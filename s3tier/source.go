@@ -8,7 +8,6 @@ import (
 	"hash"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -355,7 +354,7 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 	start := int64(0)
 	if offset > 0 {
 		var ok bool
-		if start, size, ok = contentRange(hdr.Get("Content-Range")); !ok {
+		if start, size, ok = upstream.ParseContentRange(hdr.Get("Content-Range")); !ok || size < 0 {
 			if info.Size >= 0 && hdr.Get("Content-Range") == "" {
 				start, size = 0, info.Size // the whole object: the range was ignored
 			} else {
@@ -374,28 +373,6 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 		}}
 	}
 	return &upstream.Blob{Body: rc, Offset: start, Size: size}, true
-}
-
-// contentRange parses "bytes a-b/total".
-func contentRange(h string) (start, total int64, ok bool) {
-	rest, found := strings.CutPrefix(h, "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	span, tot, found := strings.Cut(rest, "/")
-	if !found {
-		return 0, 0, false
-	}
-	a, _, found := strings.Cut(span, "-")
-	if !found {
-		return 0, 0, false
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	total, err2 := strconv.ParseInt(tot, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || total < start {
-		return 0, 0, false
-	}
-	return start, total, true
 }
 
 type countedBody struct {

@@ -61,7 +61,7 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 			b.Size = resp.ContentLength
 		}
 	case http.StatusPartialContent:
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		start, total, ok := ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			drain(resp)
 			cancel(nil)
@@ -107,8 +107,11 @@ func (r *Registry) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 	return n, nil
 }
 
-// parseContentRange parses "bytes <start>-<end>/<total|*>"; total is -1 for "*".
-func parseContentRange(v string) (start, total int64, ok bool) {
+// ParseContentRange parses a 206 answer's Content-Range, "bytes
+// <start>-<end>/<total|*>"; total is -1 for "*". Every source that resumes
+// a blob with a Range request (upstream, the S3 tier, an owner peer) reads
+// it here.
+func ParseContentRange(v string) (start, total int64, ok bool) {
 	rest, found := strings.CutPrefix(v, "bytes ")
 	if !found {
 		return 0, 0, false

@@ -693,9 +693,9 @@ func TestParseContentRange(t *testing.T) {
 		{"bytes */100", 0, 0, false},
 		{"items 1-2/3", 0, 0, false},
 	} {
-		s, tot, ok := parseContentRange(tc.in)
+		s, tot, ok := ParseContentRange(tc.in)
 		if ok != tc.ok || (ok && (s != tc.start || tot != tc.total)) {
-			t.Errorf("parseContentRange(%q) = %d %d %v", tc.in, s, tot, ok)
+			t.Errorf("ParseContentRange(%q) = %d %d %v", tc.in, s, tot, ok)
 		}
 	}
 }
