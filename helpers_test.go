@@ -2,24 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/internal/testlog"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -94,151 +86,6 @@ func (m *mirror) ref(t testing.TB, s string) name.Reference {
 	return r
 }
 
-// pullAll pulls an image or index through the mirror with
-// go-containerregistry's client, reading and verifying every manifest,
-// config and layer. It returns the top-level digest.
-func pullAll(t testing.TB, m *mirror, s string) digest.Digest {
-	t.Helper()
-	ref := m.ref(t, s)
-	desc, err := remote.Get(ref)
-	if err != nil {
-		t.Fatalf("pull %s: %v", s, err)
-	}
-	if desc.MediaType.IsIndex() {
-		idx, err := desc.ImageIndex()
-		if err != nil {
-			t.Fatal(err)
-		}
-		im, err := idx.IndexManifest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, child := range im.Manifests {
-			img, err := idx.Image(child.Digest)
-			if err != nil {
-				t.Fatalf("child %s: %v", child.Digest, err)
-			}
-			readImage(t, img)
-		}
-	} else {
-		img, err := desc.Image()
-		if err != nil {
-			t.Fatal(err)
-		}
-		readImage(t, img)
-	}
-	return digest.Digest(desc.Digest.String())
-}
-
-func readImage(t testing.TB, img v1.Image) {
-	t.Helper()
-	if _, err := img.RawConfigFile(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range layers {
-		want, _ := l.Digest()
-		rc, err := l.Compressed()
-		if err != nil {
-			t.Fatalf("layer %s: %v", want, err)
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, rc)
-		rc.Close()
-		if err != nil {
-			t.Fatalf("layer %s: %v", want, err)
-		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want.String() {
-			t.Fatalf("layer digest %s, want %s", got, want)
-		}
-	}
-}
-
-// get does a plain HTTP request against the mirror.
-func get(t testing.TB, method, url string, header ...string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Fatalf("%s %s: reading body: %v", method, url, err)
-	}
-	return resp, body
-}
-
-// blobFiles lists the content files under the mirror's data dir.
-func blobFiles(t testing.TB, dataDir string) map[string]bool {
-	t.Helper()
-	files := map[string]bool{}
-	root := filepath.Join(dataDir, "blobs", "sha256")
-	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			files[d.Name()] = true
-		}
-		return nil
-	})
-	return files
-}
-
-// verifyBlobFiles proves invariant 1: each file holds what its name says.
-func verifyBlobFiles(t testing.TB, dataDir string) int {
-	t.Helper()
-	n := 0
-	for hexName := range blobFiles(t, dataDir) {
-		path := filepath.Join(dataDir, "blobs", "sha256", hexName[:2], hexName)
-		f, err := os.Open(path)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // evicted since the listing
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := sha256.New()
-		io.Copy(h, f)
-		f.Close()
-		if got := hex.EncodeToString(h.Sum(nil)); got != hexName {
-			t.Fatalf("blob file %s holds content %s", hexName, got)
-		}
-		n++
-	}
-	return n
-}
-
-func tmpFiles(t testing.TB, dataDir string) []string {
-	entries, _ := os.ReadDir(filepath.Join(dataDir, "tmp"))
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
-// eventually polls cond until it holds; for outcomes that follow a
-// request's end asynchronously (a fill's commit), never for ordering.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // adminClient manages m through its HTTP API, with the token it wrote.
 func adminClient(t testing.TB, m *mirror) *admin.Client {
 	t.Helper()
@@ -247,22 +94,6 @@ func adminClient(t testing.TB, m *mirror) *admin.Client {
 		t.Fatal(err)
 	}
 	return admin.NewClient(m.url, token)
-}
-
-// startDownload GETs url and reads its first n bytes, so the caller holds
-// a download in progress; it returns the response and the bytes read.
-func startDownload(t testing.TB, url string, n int) (*http.Response, []byte) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, n)
-	if _, err := io.ReadFull(resp.Body, first); err != nil {
-		resp.Body.Close()
-		t.Fatalf("reading the first %d bytes of %s: %v", n, url, err)
-	}
-	return resp, first
 }
 
 // totalBlobGETs sums upstream blob GETs over everything the mirror cached.
@@ -290,4 +121,22 @@ func wantWireError(t *testing.T, resp *http.Response, body []byte, status int, c
 	if we.Errors[0].Code != code {
 		t.Errorf("code %q, want %q (%s)", we.Errors[0].Code, code, body)
 	}
+}
+
+// The client side of a pull and the data-dir checks are internal/testpull's.
+var (
+	readImage       = testpull.Image
+	get             = testpull.Send
+	blobFiles       = testpull.BlobFiles
+	verifyBlobFiles = testpull.VerifyBlobFiles
+	tmpFiles        = testpull.TmpFiles
+	eventually      = testpull.Eventually
+	startDownload   = testpull.StartDownload
+)
+
+// pullAll pulls an image or index through m, verifying every byte; it
+// returns the top-level digest.
+func pullAll(t testing.TB, m *mirror, s string) digest.Digest {
+	t.Helper()
+	return testpull.All(t, m.ref(t, s))
 }

@@ -1,0 +1,188 @@
+// Package testpull is the client side of the tests that pull through a
+// mirror: pull an image or index with go-containerregistry's client and
+// verify every byte, plain HTTP requests, and checks on what a mirror left
+// in its data dir (invariant 1: each blob file holds what its name says).
+// Package main's tests and proxy's tests both drive mirrors this way.
+package testpull
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+)
+
+// All pulls an image or index with go-containerregistry's client, reading
+// and verifying every manifest, config and layer. It returns the
+// top-level digest.
+func All(t testing.TB, ref name.Reference) digest.Digest {
+	t.Helper()
+	desc, err := remote.Get(ref)
+	if err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+	if !desc.MediaType.IsIndex() {
+		img, err := desc.Image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		Image(t, img)
+		return digest.Digest(desc.Digest.String())
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, child := range im.Manifests {
+		img, err := idx.Image(child.Digest)
+		if err != nil {
+			t.Fatalf("child %s: %v", child.Digest, err)
+		}
+		Image(t, img)
+	}
+	return digest.Digest(desc.Digest.String())
+}
+
+// Image reads an image's config and every layer, checking each layer's
+// bytes against its digest.
+func Image(t testing.TB, img v1.Image) {
+	t.Helper()
+	if _, err := img.RawConfigFile(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		want, _ := l.Digest()
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatalf("layer %s: %v", want, err)
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("layer %s: %v", want, err)
+		}
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want.String() {
+			t.Fatalf("layer digest %s, want %s", got, want)
+		}
+	}
+}
+
+// Send does a plain HTTP request (header: name, value, ...) and reads the
+// whole body; a body cut short is returned as far as it came.
+func Send(t testing.TB, method, url string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return resp, body
+}
+
+// StartDownload GETs url and reads its first n bytes, so the caller holds
+// a download in progress; it returns the response and the bytes read.
+func StartDownload(t testing.TB, url string, n int) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		resp.Body.Close()
+		t.Fatalf("reading the first %d bytes of %s: %v", n, url, err)
+	}
+	return resp, first
+}
+
+// BlobFiles lists the content files (hex names) under a data dir.
+func BlobFiles(t testing.TB, dataDir string) map[string]bool {
+	t.Helper()
+	files := map[string]bool{}
+	root := filepath.Join(dataDir, "blobs", "sha256")
+	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files[d.Name()] = true
+		}
+		return nil
+	})
+	return files
+}
+
+// VerifyBlobFiles proves invariant 1 over a data dir: each file holds what
+// its name says. It returns how many files it checked.
+func VerifyBlobFiles(t testing.TB, dataDir string) int {
+	t.Helper()
+	n := 0
+	for hexName := range BlobFiles(t, dataDir) {
+		path := filepath.Join(dataDir, "blobs", "sha256", hexName[:2], hexName)
+		f, err := os.Open(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // evicted since the listing
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		io.Copy(h, f)
+		f.Close()
+		if got := hex.EncodeToString(h.Sum(nil)); got != hexName {
+			t.Fatalf("blob file %s holds content %s", hexName, got)
+		}
+		n++
+	}
+	return n
+}
+
+// TmpFiles lists the downloads in progress (or left behind) in a data dir.
+func TmpFiles(t testing.TB, dataDir string) []string {
+	entries, _ := os.ReadDir(filepath.Join(dataDir, "tmp"))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// Eventually polls cond until it holds; for outcomes that follow a
+// request's end asynchronously (a fill's commit), never for ordering.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
