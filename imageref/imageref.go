@@ -84,23 +84,71 @@ func SplitName(name string) (registry, repo string) {
 // restated: lowercase alphanumeric components joined by separators, split
 // by '/'; tags are at most 128 word characters, dots and dashes; a host is
 // DNS labels or a bracketed IPv6 address, with an optional port.
+// Repository names and tags, checked on every request, are matched by hand
+// (validRepo, ValidTag); the grammar's regular expressions are kept in the
+// tests, which prove the hand-written checks equal them
+// (FuzzGrammarMatchesRegexp).
 var (
-	pathComponent = `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-	repoRegexp    = regexp.MustCompile(`^` + pathComponent + `(?:/` + pathComponent + `)*$`)
-	tagRegexp     = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
-	label         = `(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])`
-	hostRegexp    = regexp.MustCompile(`^` + label + `(?:\.` + label + `)*$`)
-	portRegexp    = regexp.MustCompile(`^[0-9]+$`)
+	label      = `(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])`
+	hostRegexp = regexp.MustCompile(`^` + label + `(?:\.` + label + `)*$`)
+	portRegexp = regexp.MustCompile(`^[0-9]+$`)
 )
 
 // ValidRepository tells whether repo (without registry) follows the
 // repository grammar and length limit.
 func ValidRepository(repo string) bool {
-	return len(repo) > 0 && len(repo) <= MaxRepositoryLength && repoRegexp.MatchString(repo)
+	return len(repo) > 0 && len(repo) <= MaxRepositoryLength && validRepo(repo)
 }
 
-// ValidTag tells whether tag follows the tag grammar.
-func ValidTag(tag string) bool { return tagRegexp.MatchString(tag) }
+// validRepo is `^C(?:/C)*$` with C = `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`:
+// components split by '/', each starting and ending with [a-z0-9], and
+// every run of separators inside one is ".", "_", "__" or dashes only.
+func validRepo(s string) bool {
+	prev := byte('/') // the class of the byte before: '/', 'a' (alphanumeric), or the separator
+	run := 0          // length of the current run of separators
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z' || '0' <= c && c <= '9':
+			prev, run = 'a', 0
+		case c == '/':
+			if prev != 'a' {
+				return false
+			}
+			prev = '/'
+		case c == '.' || c == '_' || c == '-':
+			switch {
+			case prev == 'a':
+				prev, run = c, 1
+			case prev == c && (c == '-' || c == '_' && run == 1):
+				run++
+			default:
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return prev == 'a'
+}
+
+// ValidTag tells whether tag follows the tag grammar,
+// `^[\w][\w.-]{0,127}$`.
+func ValidTag(tag string) bool {
+	if len(tag) == 0 || len(tag) > 128 || !isWord(tag[0]) {
+		return false
+	}
+	for i := 1; i < len(tag); i++ {
+		if c := tag[i]; !isWord(c) && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isWord(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_'
+}
 
 // ValidRegistry tells whether host is a registry host[:port]: DNS labels
 // or a bracketed IPv6 address, and an optional numeric port.
@@ -122,6 +170,9 @@ func ValidRegistry(host string) bool {
 // CheckDigest accepts only what the cache can address: a well-formed
 // sha256 digest (64 lowercase hex characters).
 func CheckDigest(d digest.Digest) error {
+	if isSHA256(string(d)) {
+		return nil // the common case, without go-digest's regular expressions
+	}
 	if err := d.Validate(); err != nil {
 		if errors.Is(err, digest.ErrDigestUnsupported) {
 			return fmt.Errorf("%w: %q", ErrUnsupportedDigest, string(d))
@@ -132,6 +183,21 @@ func CheckDigest(d digest.Digest) error {
 		return fmt.Errorf("%w: %q", ErrUnsupportedDigest, string(d))
 	}
 	return nil
+}
+
+// isSHA256 tells whether s is "sha256:" and 64 lowercase hex digits, all
+// of which CheckDigest accepts.
+func isSHA256(s string) bool {
+	hex, ok := strings.CutPrefix(s, "sha256:")
+	if !ok || len(hex) != 64 {
+		return false
+	}
+	for i := 0; i < len(hex); i++ {
+		if c := hex[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseDigest is CheckDigest for text.

@@ -2,6 +2,8 @@ package imageref
 
 import (
 	"errors"
+	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -200,4 +202,62 @@ func FuzzCheckDigest(f *testing.F) {
 			t.Fatalf("ParseDigest(%q) accepted %q", s, d)
 		}
 	})
+}
+
+// The grammar's regular expressions (distribution/reference/regexp.go),
+// which the hand-written checks must equal.
+var (
+	pathComponentRE = `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
+	repoRE          = regexp.MustCompile(`^` + pathComponentRE + `(?:/` + pathComponentRE + `)*$`)
+	tagRE           = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
+)
+
+// checkGrammar fails t if a hand-written check disagrees with its regular
+// expression (or, for digests, with go-digest's Validate) on s.
+func checkGrammar(t *testing.T, s string) {
+	t.Helper()
+	if got, want := validRepo(s), repoRE.MatchString(s); got != want {
+		t.Fatalf("validRepo(%q) = %v, the regexp says %v", s, got, want)
+	}
+	if got, want := ValidTag(s), tagRE.MatchString(s); got != want {
+		t.Fatalf("ValidTag(%q) = %v, the regexp says %v", s, got, want)
+	}
+	d := digest.Digest(s)
+	want := d.Validate() == nil && d.Algorithm() == digest.SHA256
+	if got := CheckDigest(d) == nil; got != want {
+		t.Fatalf("CheckDigest(%q) = %v, go-digest says %v", s, got, want)
+	}
+	if isSHA256(s) && !want {
+		t.Fatalf("isSHA256(%q) accepts what go-digest refuses", s)
+	}
+}
+
+// FuzzGrammarMatchesRegexp: the hand-written name, tag and digest checks
+// accept exactly what the grammar's regular expressions accept.
+func FuzzGrammarMatchesRegexp(f *testing.F) {
+	for _, s := range []string{"alpine", "library/alpine", "a__b", "a___b", "a_-b", "x---y/z", "a..b", "a/", "/a", "v1.2.3-rc_1", ".x", "sha256:" + hex64, "sha256:" + strings.ToUpper(hex64), "sha512:" + strings.Repeat("a", 128)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) { checkGrammar(t, s) })
+}
+
+// TestGrammarMatchesRegexpRandom is the differential check on random
+// strings over the grammar's alphabet, run with every go test.
+func TestGrammarMatchesRegexpRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(14, 3))
+	const alphabet = "ab09Z._-/_-:é"
+	for range 200000 {
+		b := make([]byte, r.IntN(12))
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		checkGrammar(t, string(b))
+	}
+	for range 20000 { // digests: "sha256:" and 64 characters, some off
+		b := []byte("sha256:" + hex64)
+		for range r.IntN(3) {
+			b[r.IntN(len(b))] = "0fgA:/"[r.IntN(6)]
+		}
+		checkGrammar(t, string(b[:len(b)-r.IntN(2)]))
+	}
 }
