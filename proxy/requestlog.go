@@ -46,16 +46,18 @@ func (s *Server) logRequest(e *exchange, bytes int64, err error) {
 		level = slog.LevelDebug // scrapes and probes would drown the pulls
 	}
 	ctx := context.Background()
-	if !s.log.Enabled(ctx, level) {
+	h := s.log.Handler()
+	if !h.Enabled(ctx, level) {
 		return
 	}
+	now := time.Now()
 	var buf [16]slog.Attr
 	attrs := append(buf[:0],
 		slog.String("method", e.method),
 		slog.String("path", e.path),
 		slog.Int("status", e.status),
 		slog.Int64("bytes", bytes),
-		slog.Float64("duration_s", time.Since(e.start).Seconds()),
+		slog.Float64("duration_s", now.Sub(e.start).Seconds()),
 		slog.String("client", e.client),
 	)
 	if e.userAgent != "" {
@@ -78,7 +80,12 @@ func (s *Server) logRequest(e *exchange, bytes int64, err error) {
 	if err != nil {
 		attrs = append(attrs, slog.String("err", err.Error()))
 	}
-	s.log.LogAttrs(ctx, level, "request", attrs...)
+	// The record goes to the handler directly, without a caller's program
+	// counter (no handler here adds the source; Logger.LogAttrs would walk
+	// the stack for it on every request).
+	r := slog.NewRecord(now, level, "request", 0)
+	r.AddAttrs(attrs...)
+	_ = h.Handle(ctx, r)
 }
 
 // askedRegistry is the registry a request named (containerd's ?ns=, or a
