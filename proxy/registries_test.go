@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -70,30 +70,6 @@ func (r *registries) restart(t *testing.T, mutate ...func(*mirrorSetup)) {
 	r.m = startMirror(t, r.hub, append(setup, mutate...)...)
 }
 
-// do sends a request with an optional Host header and returns status and
-// body.
-func do(t *testing.T, method, u, host string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json")
-	if host != "" {
-		req.Host = host
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, u, err)
-	}
-	return resp, body
-}
-
 // wantRegistryError checks a registry JSON error answer.
 func wantRegistryError(t *testing.T, what string, resp *http.Response, body []byte, status int, code string) {
 	t.Helper()
@@ -109,20 +85,6 @@ func wantRegistryError(t *testing.T, what string, resp *http.Response, body []by
 	}
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || e.Errors[0].Code != code {
 		t.Errorf("%s: body %s, want a registry error %s", what, body, code)
-	}
-}
-
-// wantContent checks a 200 answer whose body (for GET) has digest want.
-func wantContent(t *testing.T, what string, resp *http.Response, body []byte, want digest.Digest) {
-	t.Helper()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("%s: status %d, want 200 (body %s)", what, resp.StatusCode, body)
-		return
-	}
-	if resp.Request.Method == http.MethodGet {
-		if got := digest.FromBytes(body); got != want {
-			t.Errorf("%s: body digest %s, want %s", what, got, want)
-		}
 	}
 }
 
@@ -539,30 +501,15 @@ func lastDigest(p string) digest.Digest {
 	return digest.Digest(p[strings.LastIndexByte(p, '/')+1:])
 }
 
-// pullNS pulls repo:tag of registry through the mirror the way containerd
-// asks (bare paths with ?ns=), reading the manifest, config and every layer
-// and checking each digest; it returns the manifest's digest.
+// Registry-style requests and checks are internal/testpull's.
+var (
+	do          = testpull.Do
+	wantContent = testpull.WantContent
+)
+
+// pullNS pulls registry/repo:tag through m the way containerd asks (?ns=),
+// verifying every blob; it returns the manifest's digest.
 func pullNS(t *testing.T, m *testMirror, registry, repo, tag string) digest.Digest {
 	t.Helper()
-	ns := "?ns=" + url.QueryEscape(registry)
-	resp, body := do(t, http.MethodGet, m.url+"/v2/"+repo+"/manifests/"+tag+ns, "")
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s/%s:%s: %d %s", registry, repo, tag, resp.StatusCode, body)
-	}
-	var mf struct {
-		Config struct{ Digest digest.Digest }
-		Layers []struct{ Digest digest.Digest }
-	}
-	if err := json.Unmarshal(body, &mf); err != nil || mf.Config.Digest == "" {
-		t.Fatalf("%s/%s:%s: not an image manifest (%v): %s", registry, repo, tag, err, body)
-	}
-	blobs := []digest.Digest{mf.Config.Digest}
-	for _, l := range mf.Layers {
-		blobs = append(blobs, l.Digest)
-	}
-	for _, d := range blobs {
-		resp, b := do(t, http.MethodGet, m.url+"/v2/"+repo+"/blobs/"+d.String()+ns, "")
-		wantContent(t, "blob "+d.String(), resp, b, d)
-	}
-	return digest.FromBytes(body)
+	return testpull.NS(t, m.url, registry, repo, tag)
 }

@@ -8,9 +8,11 @@ package testpull
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -185,4 +187,74 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// manifestTypes is the Accept header registry clients send for manifests.
+const manifestTypes = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+
+// Do sends a request as registry clients do (accepting every manifest
+// type), with host, if not empty, as its Host header; it returns the
+// response and its whole body.
+func Do(t testing.TB, method, u, host string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", manifestTypes)
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	return resp, body
+}
+
+// WantContent checks a 200 answer whose body (for GET) has digest want.
+func WantContent(t testing.TB, what string, resp *http.Response, body []byte, want digest.Digest) {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("%s: status %d, want 200 (body %s)", what, resp.StatusCode, body)
+		return
+	}
+	if resp.Request.Method == http.MethodGet {
+		if got := digest.FromBytes(body); got != want {
+			t.Errorf("%s: body digest %s, want %s", what, got, want)
+		}
+	}
+}
+
+// NS pulls repo:tag of registry through the mirror at mirrorURL the way
+// containerd asks (bare paths with ?ns=), reading the manifest, config and
+// every layer and checking each digest; it returns the manifest's digest.
+func NS(t testing.TB, mirrorURL, registry, repo, tag string) digest.Digest {
+	t.Helper()
+	ns := "?ns=" + url.QueryEscape(registry)
+	resp, body := Do(t, http.MethodGet, mirrorURL+"/v2/"+repo+"/manifests/"+tag+ns, "")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s/%s:%s: %d %s", registry, repo, tag, resp.StatusCode, body)
+	}
+	var mf struct {
+		Config struct{ Digest digest.Digest }
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal(body, &mf); err != nil || mf.Config.Digest == "" {
+		t.Fatalf("%s/%s:%s: not an image manifest (%v): %s", registry, repo, tag, err, body)
+	}
+	blobs := []digest.Digest{mf.Config.Digest}
+	for _, l := range mf.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	for _, d := range blobs {
+		resp, b := Do(t, http.MethodGet, mirrorURL+"/v2/"+repo+"/blobs/"+d.String()+ns, "")
+		WantContent(t, "blob "+d.String(), resp, b, d)
+	}
+	return digest.FromBytes(body)
 }
