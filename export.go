@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/airgap"
+	"github.com/regmirror/regmirror/imageref"
 )
 
 // exportCommand writes cached images to an OCI image layout archive (see
@@ -46,15 +47,9 @@ func runExport(c *cli.Context) error {
 	defer stop()
 	c.Context = ctx
 	return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
-		items, skipped, err := airgap.Plan(ctx, t.Ops, t.Blobs, refs, all)
+		items, skipped, err := planImages(ctx, c, t, refs, all, "export: nothing to export")
 		if err != nil {
 			return err
-		}
-		for _, s := range skipped {
-			fmt.Fprintf(c.App.Writer, "skipped %s\n", s)
-		}
-		if len(items) == 0 {
-			return errors.New("export: nothing to export")
 		}
 		stats, err := airgap.WriteArchive(ctx, c.String("out"), t.Blobs, items, newProgress(c.App.ErrWriter))
 		if err != nil {
@@ -67,4 +62,21 @@ func runExport(c *cli.Context) error {
 		}
 		return nil
 	})
+}
+
+// planImages plans the cached images a command names (or all), printing
+// those it skips; nothing left to do is an error with the command's
+// message.
+func planImages(ctx context.Context, c *cli.Context, t *target, refs []imageref.Ref, all bool, nothing string) (items []airgap.Item, skipped []string, err error) {
+	items, skipped, err = airgap.Plan(ctx, t.Ops, t.Blobs, refs, all)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(c.App.Writer, "skipped %s\n", s)
+	}
+	if len(items) == 0 {
+		return nil, nil, errors.New(nothing)
+	}
+	return items, skipped, nil
 }

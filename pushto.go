@@ -62,15 +62,9 @@ func runPushTo(c *cli.Context) error {
 	defer stop()
 	c.Context = ctx
 	return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
-		items, skipped, err := airgap.Plan(ctx, t.Ops, t.Blobs, refs, all)
+		items, skipped, err := planImages(ctx, c, t, refs, all, "push-to: nothing to push")
 		if err != nil {
 			return err
-		}
-		for _, s := range skipped {
-			fmt.Fprintf(c.App.Writer, "skipped %s\n", s)
-		}
-		if len(items) == 0 {
-			return errors.New("push-to: nothing to push")
 		}
 		res := airgap.Push(ctx, t.Blobs, items, dest, airgap.PushOptions{DefaultRegistry: t.Config.DefaultRegistry,
 			Out: c.App.Writer, Progress: newProgress(c.App.ErrWriter)})

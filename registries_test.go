@@ -149,12 +149,6 @@ password = "p"
 
 var tomlKey = regexp.MustCompile(`^[a-z_]+ = `)
 
-// Registry-style requests and checks are internal/testpull's.
-var (
-	do          = testpull.Do
-	wantContent = testpull.WantContent
-)
-
 // pullNS pulls registry/repo:tag through m the way containerd asks (?ns=),
 // verifying every blob; it returns the manifest's digest.
 func pullNS(t *testing.T, m *mirror, registry, repo, tag string) digest.Digest {

@@ -125,24 +125,6 @@ func (r *recorder) count(kind string) int {
 
 var _ Observer = (*recorder)(nil)
 
-// fakeClock is advanced by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type badgerTxn = badger.Txn
 
 // simulateCrash makes a closed store look as if its process had died

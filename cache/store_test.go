@@ -13,6 +13,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/internal/testclock"
 )
 
 func TestDeleteWhileReading(t *testing.T) {
@@ -76,7 +77,7 @@ func TestOpenDropsRecordWhenFileGone(t *testing.T) {
 
 func TestAccessTimesBatched(t *testing.T) {
 	rec := &recorder{}
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
 	s := openStore(t, dir)
 	s.Subscribe(rec)
@@ -153,7 +154,7 @@ func TestAccessFlushLoop(t *testing.T) {
 		o.AccessFlushTrigger = tick
 		o.ValueLogGCInterval = 10 * time.Millisecond // exercise the GC loop too
 	})
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	s.now = clock.Now
 	data, d := blob(100, 10)
 	before := mustPut(t, s, data, d, "x").LastAccess

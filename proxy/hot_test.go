@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testclock"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -49,24 +49,7 @@ type hotMirror struct {
 	url   string
 	store *countingStore
 	up    *testupstream.Server
-	clock *testClock
-}
-
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
+	clock *testclock.Clock
 }
 
 func startHotMirror(t *testing.T, mutate ...func(*Options)) *hotMirror {
@@ -81,7 +64,7 @@ func startHotMirror(t *testing.T, mutate ...func(*Options)) *hotMirror {
 		t.Fatal(err)
 	}
 	store := &countingStore{Store: st}
-	clock := &testClock{now: time.Now()}
+	clock := testclock.At(time.Now())
 	o := Options{Registries: []Upstream{reg}, Store: store, Now: clock.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, m := range mutate {
 		m(&o)
@@ -236,7 +219,7 @@ func TestHotCacheSeesTagChange(t *testing.T) {
 		}
 	}
 	second := testupstream.Digest(t, m.up.PushRandomImage(t, "library/moving", "latest", 1, 256))
-	m.clock.advance(2 * time.Minute)
+	m.clock.Advance(2 * time.Minute)
 	if code, how, got := m.ask(t, http.MethodGet, "/v2/library/moving/manifests/latest"); code != 200 || got != second {
 		t.Fatalf("tag after the move: %d %s %s, want %s", code, how, got, second)
 	}

@@ -124,7 +124,6 @@ func totalBlobGETs(t testing.TB, up *testupstream.Server, m *testMirror) int {
 
 // The client side of a pull and the data-dir checks are internal/testpull's.
 var (
-	readImage       = testpull.Image
 	send            = testpull.Send
 	blobFiles       = testpull.BlobFiles
 	verifyBlobFiles = testpull.VerifyBlobFiles

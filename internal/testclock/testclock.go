@@ -19,6 +19,9 @@ type Clock struct {
 // New returns a Clock at 2026-01-01 00:00 UTC.
 func New() *Clock { return &Clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
 
+// At returns a Clock at t.
+func At(t time.Time) *Clock { return &Clock{t: t} }
+
 // Now is the clock's time.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
