@@ -2,14 +2,11 @@ package upstream
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -69,20 +66,8 @@ func NewPusher(o PushOptions) (*Pusher, error) {
 	rt := o.Transport
 	if rt == nil {
 		tr := remote.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: o.InsecureSkipVerify} //nolint:gosec // opt-in by flag
-		if o.CAFile != "" {
-			pem, err := os.ReadFile(o.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("CA file: %w", err)
-			}
-			pool, err := x509.SystemCertPool()
-			if err != nil || pool == nil {
-				pool = x509.NewCertPool()
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s: no PEM certificates", o.CAFile)
-			}
-			tr.TLSClientConfig.RootCAs = pool
+		if tr.TLSClientConfig, err = tlsConfig(o.CAFile, o.InsecureSkipVerify); err != nil {
+			return nil, err
 		}
 		rt = tr
 	}

@@ -252,21 +252,32 @@ func authenticator(o Options) (authn.Authenticator, error) {
 	return authn.Anonymous, nil
 }
 
+// tlsConfig trusts the system's CAs plus those in caFile (PEM), if given;
+// insecure skips verification (an operator's explicit choice).
+func tlsConfig(caFile string, insecure bool) (*tls.Config, error) {
+	conf := &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // opt-in by configuration
+	if caFile == "" {
+		return conf, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s: no PEM certificates", caFile)
+	}
+	conf.RootCAs = pool
+	return conf, nil
+}
+
 func newTransport(o Options, g *addrGuard) (*http.Transport, error) {
-	tlsConf := &tls.Config{InsecureSkipVerify: o.InsecureSkipVerify} //nolint:gosec // opt-in by configuration
-	if o.CAFile != "" {
-		pem, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("CA file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s: no PEM certificates", o.CAFile)
-		}
-		tlsConf.RootCAs = pool
+	tlsConf, err := tlsConfig(o.CAFile, o.InsecureSkipVerify)
+	if err != nil {
+		return nil, err
 	}
 	return &http.Transport{
 		Proxy:                 g.proxy,
