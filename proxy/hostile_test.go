@@ -14,22 +14,6 @@ import (
 // Issue 8 item 3, end to end: a hostile or hijacked upstream, met through
 // requests as clients send them.
 
-// hostileCanaries: one on another port of the upstream's own loopback
-// address, one on another loopback address.
-func hostileCanaries(t *testing.T) []*testupstream.Canary {
-	return []*testupstream.Canary{
-		testupstream.StartCanary(t, "127.0.0.1:0"),
-		testupstream.StartCanary(t, "127.0.0.2:0"),
-	}
-}
-
-func wantCanaryUntouched(t *testing.T, c *testupstream.Canary) {
-	t.Helper()
-	if n := c.Connections(); n != 0 {
-		t.Errorf("canary %s accepted %d connections: requests %v, Authorization %q", c.Host(), n, c.Requests(), c.Authorizations())
-	}
-}
-
 // wantNothingLeaked: a client's answer carries none of these.
 func wantNothingLeaked(t *testing.T, body []byte, forbidden ...string) {
 	t.Helper()
@@ -53,7 +37,7 @@ func TestHostileManifestRedirect(t *testing.T) {
 		c.Upstreams[0].Username, c.Upstreams[0].Password = "mirror", "hub-secret"
 	})
 	path := m.url + "/v2/library/alpine/manifests/3.20"
-	for _, c := range hostileCanaries(t) {
+	for _, c := range testupstream.StartCanaries(t) {
 		up.RedirectManifests(c.URL() + "/latest/meta-data")
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
 			resp, body := send(t, method, path)
@@ -65,7 +49,7 @@ func TestHostileManifestRedirect(t *testing.T) {
 			}
 			wantNothingLeaked(t, body, c.Secret(), c.Host(), "127.0.0.", "meta-data", "hub-secret")
 		}
-		wantCanaryUntouched(t, c)
+		c.WantUntouched(t)
 	}
 	up.RedirectManifests("")
 	resp, _ := send(t, http.MethodGet, path)
@@ -84,7 +68,7 @@ func TestHostileForeignRealm(t *testing.T) {
 	m := startMirror(t, up, func(c *mirrorSetup) {
 		c.Upstreams[0].Username, c.Upstreams[0].Password = "mirror", "hub-secret"
 	})
-	cs := hostileCanaries(t)
+	cs := testupstream.StartCanaries(t)
 	port := cs[0].Host()[strings.LastIndexByte(cs[0].Host(), ':')+1:]
 	for i, realm := range []string{"http://localhost:" + port + "/token", cs[1].URL() + "/token"} {
 		up.SetRealm(realm)
@@ -93,7 +77,7 @@ func TestHostileForeignRealm(t *testing.T) {
 			t.Fatalf("realm %s: 200", realm)
 		}
 		wantNothingLeaked(t, body, cs[i].Secret(), cs[i].Host(), port, "localhost", "hub-secret")
-		wantCanaryUntouched(t, cs[i])
+		cs[i].WantUntouched(t)
 	}
 }
 
@@ -169,7 +153,7 @@ func TestHostileBlobRedirect(t *testing.T) {
 		t.Fatalf("blob redirected to %s: 200", c.Host())
 	}
 	wantNothingLeaked(t, body, c.Secret(), c.Host())
-	wantCanaryUntouched(t, c)
+	c.WantUntouched(t)
 	if digest.FromBytes(body) == layer {
 		t.Fatal("got the layer")
 	}

@@ -19,22 +19,6 @@ import (
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
-// canaries starts a canary on another port of the registry's loopback
-// address and one on another loopback address.
-func canaries(t *testing.T) []*testupstream.Canary {
-	return []*testupstream.Canary{
-		testupstream.StartCanary(t, "127.0.0.1:0"),
-		testupstream.StartCanary(t, "127.0.0.2:0"),
-	}
-}
-
-func assertUntouched(t *testing.T, c *testupstream.Canary) {
-	t.Helper()
-	if n := c.Connections(); n != 0 {
-		t.Errorf("canary %s accepted %d connections (requests %v, Authorization %v)", c.Host(), n, c.Requests(), c.Authorizations())
-	}
-}
-
 // assertClientSafe: what a client may be told carries none of the canary's
 // body, address or the upstream's error text.
 func assertClientSafe(t *testing.T, err error, forbidden ...string) {
@@ -68,7 +52,7 @@ func TestRedirectToCanary(t *testing.T) {
 			up.PushRandomImage(t, "library/alpine", "3.20", 1, 100)
 			r := newReg(t, up, o)
 			ctx := context.Background()
-			for _, c := range canaries(t) {
+			for _, c := range testupstream.StartCanaries(t) {
 				up.RedirectManifests(c.URL() + "/latest/meta-data")
 				body, _, err := r.GetManifest(ctx, "alpine", "3.20")
 				if !errors.Is(err, ErrRefused) {
@@ -78,7 +62,7 @@ func TestRedirectToCanary(t *testing.T) {
 				if _, err := r.HeadManifest(ctx, "alpine", "3.20"); !errors.Is(err, ErrRefused) {
 					t.Fatalf("HEAD redirected to %s: %v, want ErrRefused", c.Host(), err)
 				}
-				assertUntouched(t, c)
+				c.WantUntouched(t)
 			}
 			up.RedirectManifests("")
 			if _, _, err := r.GetManifest(ctx, "alpine", "3.20"); err != nil {
@@ -181,7 +165,7 @@ func TestHTTPSDowngradeRedirect(t *testing.T) {
 	if !errors.Is(err, ErrRefused) {
 		t.Fatalf("https→http redirect: %v, want ErrRefused", err)
 	}
-	assertUntouched(t, c)
+	c.WantUntouched(t)
 }
 
 // TestForeignRealm: a challenge naming a token realm on an internal address
@@ -192,7 +176,7 @@ func TestForeignRealm(t *testing.T) {
 	up := testupstream.Start(t, testupstream.WithCredentials("u", "secret-pass"))
 	up.PushRandomImage(t, "a", "v1", 1, 100)
 	ctx := context.Background()
-	cs := canaries(t)
+	cs := testupstream.StartCanaries(t)
 	port := cs[0].Host()[strings.LastIndexByte(cs[0].Host(), ':')+1:]
 	for _, realm := range []struct {
 		url string
@@ -209,7 +193,7 @@ func TestForeignRealm(t *testing.T) {
 			t.Fatalf("realm %s: %v, want ErrRefused", realm.url, err)
 		}
 		assertClientSafe(t, err, realm.c.Secret(), realm.c.Host(), "localhost", "secret-pass")
-		assertUntouched(t, realm.c)
+		realm.c.WantUntouched(t)
 	}
 	// Even where the dialer may reach the realm, credentials do not travel
 	// in clear to another host.
@@ -219,7 +203,7 @@ func TestForeignRealm(t *testing.T) {
 	if _, _, err := r.GetManifest(ctx, "a", "v1"); !errors.Is(err, ErrRefused) {
 		t.Fatalf("credentials to an http realm on another host: %v, want ErrRefused", err)
 	}
-	assertUntouched(t, cs[0])
+	cs[0].WantUntouched(t)
 	up.SetRealm("")
 	if _, _, err := r.GetManifest(ctx, "a", "v1"); err != nil {
 		t.Fatalf("own realm: %v", err)
@@ -332,7 +316,7 @@ func TestGuardBehindProxy(t *testing.T) {
 	if _, _, err := r.GetManifest(ctx, "a", "v1"); !errors.Is(err, ErrRefused) {
 		t.Fatalf("redirect to %s behind a proxy: %v, want ErrRefused", c.Host(), err)
 	}
-	assertUntouched(t, c)
+	c.WantUntouched(t)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, u := range proxied {
@@ -365,5 +349,5 @@ func TestDialerChecksResolvedAddress(t *testing.T) {
 	if !errors.Is(err, ErrRefused) {
 		t.Fatalf("redirect to %s (%s): %v, want ErrRefused", host, ips[0], err)
 	}
-	assertUntouched(t, c)
+	c.WantUntouched(t)
 }

@@ -182,6 +182,21 @@ func (c *Canary) Requests() []string {
 	return append([]string(nil), c.requests...)
 }
 
+// StartCanaries starts the two canaries every hostile test watches: one on
+// another port of the upstream's own loopback address, one on another
+// loopback address.
+func StartCanaries(tb testing.TB) []*Canary {
+	return []*Canary{StartCanary(tb, "127.0.0.1:0"), StartCanary(tb, "127.0.0.2:0")}
+}
+
+// WantUntouched fails tb if anything connected to the canary.
+func (c *Canary) WantUntouched(tb testing.TB) {
+	tb.Helper()
+	if n := c.Connections(); n != 0 {
+		tb.Errorf("canary %s accepted %d connections: requests %v, Authorization %q", c.Host(), n, c.Requests(), c.Authorizations())
+	}
+}
+
 // Authorizations lists the non-empty Authorization headers received.
 func (c *Canary) Authorizations() []string {
 	c.mu.Lock()
