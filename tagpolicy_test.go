@@ -2,30 +2,17 @@ package main
 
 import (
 	"bytes"
-	"fmt"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/internal/testpull"
 )
 
-// metricValue reads one unlabelled sample (or the sum of a family's
-// samples) from the mirror's /metrics.
+// metricValue reads a sample (or a family's sum) from m's /metrics.
 func metricValue(t testing.TB, m *mirror, name string) float64 {
 	t.Helper()
-	_, body := get(t, http.MethodGet, m.url+"/metrics")
-	var sum float64
-	for _, line := range bytes.Split(body, []byte("\n")) {
-		s := string(line)
-		if !strings.HasPrefix(s, name+" ") && !strings.HasPrefix(s, name+"{") {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(s[strings.LastIndexByte(s, ' ')+1:], &v); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return testpull.Metric(t, m.url, name)
 }
 
 // TestPolicyExplain: the command reads the config only and names the rule

@@ -1,16 +1,14 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/tagpolicy"
 )
@@ -28,23 +26,10 @@ func mustPolicy(defaultTTL time.Duration, rules ...tagpolicy.Rule) *tagpolicy.Po
 	return p
 }
 
-// metricValue reads one unlabelled sample (or the sum of a family's
-// samples) from the mirror's /metrics.
+// metricValue reads a sample (or a family's sum) from m's /metrics.
 func metricValue(t testing.TB, m *testMirror, name string) float64 {
 	t.Helper()
-	_, body := send(t, http.MethodGet, m.url+"/metrics")
-	var sum float64
-	for _, line := range bytes.Split(body, []byte("\n")) {
-		s := string(line)
-		if !strings.HasPrefix(s, name+" ") && !strings.HasPrefix(s, name+"{") {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(s[strings.LastIndexByte(s, ' ')+1:], &v); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return testpull.Metric(t, m.url, name)
 }
 
 // withPolicy configures the three rules (the ghcr one on docker.io's

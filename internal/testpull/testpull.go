@@ -6,15 +6,18 @@
 package testpull
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,4 +260,23 @@ func NS(t testing.TB, mirrorURL, registry, repo, tag string) digest.Digest {
 		WantContent(t, "blob "+d.String(), resp, b, d)
 	}
 	return digest.FromBytes(body)
+}
+
+// Metric reads one unlabelled sample (or the sum of a family's samples)
+// from the Prometheus text at mirrorURL/metrics.
+func Metric(t testing.TB, mirrorURL, name string) float64 {
+	t.Helper()
+	_, body := Send(t, http.MethodGet, mirrorURL+"/metrics")
+	var sum float64
+	for _, line := range bytes.Split(body, []byte("\n")) {
+		s := string(line)
+		if !strings.HasPrefix(s, name+" ") && !strings.HasPrefix(s, name+"{") {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(s[strings.LastIndexByte(s, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
