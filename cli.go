@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/regmirror/regmirror/internal/logline"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -164,12 +166,11 @@ func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return nil, fmt.Errorf("log_level %q: want debug, info, warn or error", cfg.LogLevel)
 	}
-	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(cfg.LogFormat) {
 	case "text", "":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return logline.New(w, logline.Text, level), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return logline.New(w, logline.JSON, level), nil
 	}
 	return nil, fmt.Errorf("log_format %q: want text or json", cfg.LogFormat)
 }

@@ -17,6 +17,7 @@ mkdir "$tmp/src"
 git archive "$before" | tar -x -C "$tmp/src"
 # Both builds carry the profiling hook (inert unless REGMIRROR_CPUPROFILE is set).
 [ -f "$tmp/src/cpuprofile.go" ] || cp cpuprofile.go "$tmp/src/"
+[ -d "$tmp/src/internal/sigprof" ] || cp -r internal/sigprof "$tmp/src/internal/"
 (cd "$tmp/src" && go build -tags cpuprofile -o "$tmp/before" .)
 go build -tags cpuprofile -o "$tmp/after" .
 env=(REGMIRROR_BENCH_BINARIES="before=$tmp/before,after=$tmp/after")
@@ -28,6 +29,8 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 env "${env[@]}" REGMIRROR_BENCH_ROUNDS="$rounds" go test -run '^$' -bench SmallRequests -benchtime 1x -timeout 30m ./bench/
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "${REGMIRROR_BENCH_PROFILES:-}" ]; then
+	echo; echo "CPU profile of the no-work server (last round):"
+	go tool pprof -top -nodecount=25 "$REGMIRROR_BENCH_PROFILES/nowork.prof" 2>/dev/null
 	for v in before after; do
 		echo; echo "CPU profile of $v (last round):"
 		go tool pprof -top -nodecount=25 "$tmp/$v" "$REGMIRROR_BENCH_PROFILES/$v.prof" 2>/dev/null

@@ -23,6 +23,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/regmirror/regmirror/internal/sigprof"
 	"github.com/regmirror/regmirror/internal/testprocess"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
@@ -63,6 +64,7 @@ func serveNoWork() {
 		os.Exit(1)
 	}
 	fmt.Printf("listen=%s\n", ln.Addr())
+	sigprof.Start(os.Getenv("REGMIRROR_CPUPROFILE"))
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("application/vnd.docker.distribution.manifest.v2+json")
 		ctx.SetBody(noWorkBody)
@@ -179,7 +181,13 @@ func BenchmarkSmallRequests(b *testing.B) {
 
 	nowork := exec.Command(os.Args[0], "-test.run=^$")
 	nowork.Env = append(os.Environ(), envNoWork+"=1")
-	targets := []*target{{name: "nowork", cmd: nowork, addr: startProcess(b, nowork, filepath.Join(dir, "nowork.log"))}}
+	noworkTarget := &target{name: "nowork", cmd: nowork}
+	if pd := os.Getenv("REGMIRROR_BENCH_CPUPROFILE"); pd != "" {
+		noworkTarget.profile = filepath.Join(pd, "nowork.prof")
+		nowork.Env = append(nowork.Env, "REGMIRROR_CPUPROFILE="+noworkTarget.profile)
+	}
+	noworkTarget.addr = startProcess(b, nowork, filepath.Join(dir, "nowork.log"))
+	targets := []*target{noworkTarget}
 	defer targets[0].stop()
 	for _, nb := range binaries(b) {
 		name, bin := nb[0], nb[1]
@@ -202,13 +210,18 @@ func BenchmarkSmallRequests(b *testing.B) {
 		round := map[string]float64{}
 		for k := range targets {
 			t := targets[(k+r)%len(targets)]
+			settle(b, targets)
 			last := r == rounds-1
 			if last && t.profile != "" { // the last round is profiled
 				t.cmd.Process.Signal(syscall.SIGUSR1)
 			}
-			rate, err := smallLoad(t.addr, paths, window)
+			cpuBefore := processCPU(t.cmd.Process.Pid)
+			rate, n, err := smallLoad(t.addr, paths, window)
 			if err != nil {
 				b.Fatalf("%s: %v", t.name, err)
+			}
+			if n > 0 {
+				round[t.name+" cpu"] = float64(processCPU(t.cmd.Process.Pid)-cpuBefore) / float64(time.Microsecond) / float64(n)
 			}
 			if last && t.profile != "" {
 				t.cmd.Process.Signal(syscall.SIGUSR2)
@@ -270,9 +283,9 @@ func warmSmall(b *testing.B, addr string, p smallPaths) {
 }
 
 // smallLoad sends requests over smallConns connections for window and
-// returns the rate. The client is a few lines over a raw connection, so
+// returns the rate and the number of requests answered. The client is a few lines over a raw connection, so
 // that it costs the shared CPUs as little as possible.
-func smallLoad(addr string, p smallPaths, window time.Duration) (float64, error) {
+func smallLoad(addr string, p smallPaths, window time.Duration) (float64, int64, error) {
 	reqs := [2][]byte{
 		[]byte("GET " + p.manifest + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\nAccept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"),
 		[]byte("HEAD " + p.blob + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\n\r\n"),
@@ -314,9 +327,9 @@ func smallLoad(addr string, p smallPaths, window time.Duration) (float64, error)
 	elapsed := time.Since(start)
 	close(errs)
 	if err := <-errs; err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(total.Load()) / elapsed.Seconds(), nil
+	return float64(total.Load()) / elapsed.Seconds(), total.Load(), nil
 }
 
 // readResponse reads one response, checking for a 200, and discards it.
@@ -355,6 +368,55 @@ func readResponse(r *bufio.Reader, head bool) error {
 	}
 	_, err = r.Discard(length)
 	return err
+}
+
+// settle waits until no target uses CPU (less than 1 % of a core over a
+// quarter of a second): a server still working off the previous window
+// (flushing access times, collecting garbage, writing its log) would
+// otherwise take the CPU from the next target's window.
+func settle(b *testing.B, targets []*target) {
+	const interval = 250 * time.Millisecond
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		var before time.Duration
+		for _, t := range targets {
+			before += processCPU(t.cmd.Process.Pid)
+		}
+		time.Sleep(interval)
+		var after time.Duration
+		for _, t := range targets {
+			after += processCPU(t.cmd.Process.Pid)
+		}
+		if after-before <= interval/100 {
+			return
+		}
+	}
+	b.Logf("the servers did not settle within a minute")
+}
+
+// processCPU is the CPU time (user and system) process pid has used so
+// far, from /proc/<pid>/stat (in clock ticks of 10 ms, the kernel's
+// USER_HZ on every Linux the benchmark runs on), or 0 if unreadable.
+func processCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 13 { // utime and stime are fields 14 and 15, i.e. 12 and 13 after ")"
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // printSmallTable prints the rounds of BenchmarkSmallRequests, if any ran,
@@ -400,6 +462,30 @@ func printSmallTable(w io.Writer) {
 			continue
 		}
 		fmt.Fprintf(w, " %.0f (%.2f) |", median(rates[n]), median(ratios[n]))
+	}
+	fmt.Fprintln(w)
+
+	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n| round |")
+	for _, n := range names {
+		fmt.Fprintf(w, " %s |", n)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range names {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+	cpus := map[string][]float64{}
+	for i, r := range smallResults.rounds {
+		fmt.Fprintf(w, "| %d |", i+1)
+		for _, n := range names {
+			cpus[n] = append(cpus[n], r[n+" cpu"])
+			fmt.Fprintf(w, " %.1f |", r[n+" cpu"])
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprint(w, "| median |")
+	for _, n := range names {
+		fmt.Fprintf(w, " %.1f |", median(cpus[n]))
 	}
 	fmt.Fprintln(w)
 }

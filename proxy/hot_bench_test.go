@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/logline"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -28,7 +29,7 @@ func BenchmarkSmallHits(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := logline.New(io.Discard, logline.Text, slog.LevelInfo) // serve's logger
 	st, err := cache.Open(cache.Options{Dir: b.TempDir(), Logger: log})
 	if err != nil {
 		b.Fatal(err)

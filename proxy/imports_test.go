@@ -7,7 +7,8 @@ import (
 )
 
 // TestImports: the proxy owns fasthttp and reaches storage and registries
-// only through cache and upstream; the status page's figures live in status.
+// only through cache and upstream; the status page's figures live in status;
+// the request line's fast formatting is the log format's (internal/logline).
 func TestImports(t *testing.T) {
 	depcheck.Allow(t,
 		"github.com/valyala/fasthttp/...",
@@ -20,5 +21,6 @@ func TestImports(t *testing.T) {
 		"github.com/regmirror/regmirror/tagpolicy",
 		"github.com/regmirror/regmirror/upstream",
 		"github.com/regmirror/regmirror/status",
+		"github.com/regmirror/regmirror/internal/logline",
 	)
 }

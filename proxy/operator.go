@@ -120,8 +120,8 @@ func (s *Server) initOperator() {
 
 // recordExchange counts a finished request in the metrics and the status
 // figures.
-func (s *Server) recordExchange(e *exchange, bytes int64) {
-	s.metrics.request(e.endpoint, e.outcome, e.registry, e.status, bytes, time.Since(e.start))
+func (s *Server) recordExchange(e *exchange, now time.Time, bytes int64) {
+	s.metrics.request(e.endpoint, e.outcome, e.registry, e.status, bytes, now.Sub(e.start))
 	s.status.Request(status.Event{
 		Time: s.opts.Now(), Client: e.client, Registry: e.registry, Repo: e.repo, Ref: e.ref,
 		Endpoint: e.endpoint, Outcome: string(e.outcome), FromCache: e.outcome.FromCache(), Status: e.status, Bytes: bytes,

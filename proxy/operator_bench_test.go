@@ -26,7 +26,7 @@ func BenchmarkRecordExchange(b *testing.B) {
 		ex := &exchange{s: s, start: time.Now(), registry: "docker.io", repo: "library/alpine", ref: "3.20",
 			client: "127.0.0.1", endpoint: "blob", outcome: "hit", status: 200}
 		for pb.Next() {
-			s.recordExchange(ex, 4096)
+			s.recordExchange(ex, time.Now(), 4096)
 		}
 	})
 }

@@ -18,20 +18,26 @@ import (
 // name ends in _s ("duration_s=0.000412"), the same in text and JSON, so
 // that a log pipeline reads every one the same way (issue 9, item 9).
 //
-// The line is formatted on the request's goroutine into the handler's
-// buffer and handed to the Logger's writer in one Write; serve's writer
-// gathers lines in memory and writes them in batches from its own
-// goroutine (internal/logbuf), flushed at shutdown, so a request waits on
-// no log write.
+// The line is formatted on the request's goroutine and handed to the
+// Logger's writer in one Write; serve's writer gathers lines in memory and
+// writes them in batches from its own goroutine (internal/logbuf), flushed
+// at shutdown, so a request waits on no log write. serve's logger
+// (internal/logline) formats the line straight into a pooled buffer, in
+// the same bytes its slog handler would write; any other logger gets a
+// slog record.
 
 // maxLoggedText bounds what a client chose (user agent, a registry name it
 // asked for) that goes into a log line.
 const maxLoggedText = 256
 
 func newExchange(s *Server, ctx *fasthttp.RequestCtx) *exchange {
+	start := ctx.Time() // taken by fasthttp just before the handler
+	if start.IsZero() {
+		start = time.Now()
+	}
 	return &exchange{
 		s:         s,
-		start:     time.Now(),
+		start:     start,
 		method:    methodString(ctx),
 		path:      string(ctx.Path()),
 		client:    clientIP(ctx),
@@ -39,8 +45,8 @@ func newExchange(s *Server, ctx *fasthttp.RequestCtx) *exchange {
 	}
 }
 
-// logRequest writes the request line of e.
-func (s *Server) logRequest(e *exchange, bytes int64, err error) {
+// logRequest writes the request line of e, ending at now.
+func (s *Server) logRequest(e *exchange, now time.Time, bytes int64, err error) {
 	level := slog.LevelInfo
 	if e.endpoint == "metrics" || e.endpoint == "health" {
 		level = slog.LevelDebug // scrapes and probes would drown the pulls
@@ -50,36 +56,15 @@ func (s *Server) logRequest(e *exchange, bytes int64, err error) {
 	if !h.Enabled(ctx, level) {
 		return
 	}
-	now := time.Now()
+	if s.lines != nil { // serve's logger: formatted straight into its output
+		l := s.lines.Begin(now, level, "request")
+		e.appendFields(l, now, bytes, err)
+		l.End()
+		return
+	}
 	var buf [16]slog.Attr
-	attrs := append(buf[:0],
-		slog.String("method", e.method),
-		slog.String("path", e.path),
-		slog.Int("status", e.status),
-		slog.Int64("bytes", bytes),
-		slog.Float64("duration_s", now.Sub(e.start).Seconds()),
-		slog.String("client", e.client),
-	)
-	if e.userAgent != "" {
-		attrs = append(attrs, slog.String("user_agent", e.userAgent))
-	}
-	if e.registry != "" {
-		attrs = append(attrs, slog.String("registry", e.registry))
-	} else if e.asked != "" {
-		attrs = append(attrs, slog.String("registry_asked", e.asked))
-	}
-	if e.user != "" {
-		attrs = append(attrs, slog.String("user", e.user))
-	}
-	if e.outcome != OutcomeNone {
-		attrs = append(attrs, slog.String("cache", string(e.outcome)))
-	}
-	if e.errorCode != "" {
-		attrs = append(attrs, slog.String("error", e.errorCode), slog.String("detail", e.detail))
-	}
-	if err != nil {
-		attrs = append(attrs, slog.String("err", err.Error()))
-	}
+	attrs := attrSink(buf[:0])
+	e.appendFields(&attrs, now, bytes, err)
 	// The record goes to the handler directly, without a caller's program
 	// counter (no handler here adds the source; Logger.LogAttrs would walk
 	// the stack for it on every request).
@@ -87,6 +72,52 @@ func (s *Server) logRequest(e *exchange, bytes int64, err error) {
 	r.AddAttrs(attrs...)
 	_ = h.Handle(ctx, r)
 }
+
+// fieldSink takes a request line's attributes: logline's fast path, or
+// slog attributes for any other logger.
+type fieldSink interface {
+	String(k, v string)
+	Int(k string, v int64)
+	Float(k string, v float64)
+}
+
+// appendFields is the request line's one list of attributes.
+func (e *exchange) appendFields(l fieldSink, now time.Time, bytes int64, err error) {
+	l.String("method", e.method)
+	l.String("path", e.path)
+	l.Int("status", int64(e.status))
+	l.Int("bytes", bytes)
+	l.Float("duration_s", now.Sub(e.start).Seconds())
+	l.String("client", e.client)
+	if e.userAgent != "" {
+		l.String("user_agent", e.userAgent)
+	}
+	if e.registry != "" {
+		l.String("registry", e.registry)
+	} else if e.asked != "" {
+		l.String("registry_asked", e.asked)
+	}
+	if e.user != "" {
+		l.String("user", e.user)
+	}
+	if e.outcome != OutcomeNone {
+		l.String("cache", string(e.outcome))
+	}
+	if e.errorCode != "" {
+		l.String("error", e.errorCode)
+		l.String("detail", e.detail)
+	}
+	if err != nil {
+		l.String("err", err.Error())
+	}
+}
+
+// attrSink collects the fields as slog attributes.
+type attrSink []slog.Attr
+
+func (a *attrSink) String(k, v string)        { *a = append(*a, slog.String(k, v)) }
+func (a *attrSink) Int(k string, v int64)     { *a = append(*a, slog.Int64(k, v)) }
+func (a *attrSink) Float(k string, v float64) { *a = append(*a, slog.Float64(k, v)) }
 
 // askedRegistry is the registry a request named (containerd's ?ns=, or a
 // registry host as the first path component) when none of the configured

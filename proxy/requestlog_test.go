@@ -2,11 +2,17 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
+	"time"
+
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/internal/logline"
 )
 
 // requestLines returns the JSON request log lines whose path is path.
@@ -28,7 +34,7 @@ func requestLines(t *testing.T, logs, path string) []map[string]any {
 
 func jsonLogMirror(t *testing.T) (*hotMirror, *logBuffer) {
 	logs := &logBuffer{}
-	m := startHotMirror(t, func(o *Options) { o.Logger = slog.New(slog.NewJSONHandler(logs, nil)) })
+	m := startHotMirror(t, func(o *Options) { o.Logger = logline.New(logs, logline.JSON, slog.LevelInfo) })
 	return m, logs
 }
 
@@ -42,6 +48,44 @@ func askWithAgent(t *testing.T, url, agent string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestRequestLineFastPathMatchesSlog: serve's logger formats the request
+// line itself (internal/logline); for every shape of exchange the bytes
+// equal what the same slog handler writes from the attributes.
+func TestRequestLineFastPathMatchesSlog(t *testing.T) {
+	at := time.Date(2026, 11, 30, 13, 9, 29, 123456789, time.UTC)
+	exchanges := []*exchange{
+		{method: "GET", path: "/v2/library/alpine/manifests/latest", status: 200, client: "127.0.0.1", userAgent: "docker/24.0.7 go/go1.21.4 (linux)", registry: "docker.io", outcome: OutcomeHit},
+		{method: "HEAD", path: "/v2/", status: 401, client: "::1"},
+		{method: "GET", path: "/v2/x/blobs/sha256:00", status: 404, client: "10.0.0.1", asked: "quay.io", user: "ci bot", errorCode: "NAME_UNKNOWN", detail: `refused: "quay.io" = not configured`},
+		{method: "GET", path: "/metrics", status: 200, client: "10.0.0.2", endpoint: "metrics"},
+	}
+	for _, format := range []logline.Format{logline.Text, logline.JSON} {
+		for i, e := range exchanges {
+			e.start = at.Add(-412 * time.Microsecond)
+			var fast, slow bytes.Buffer
+			fs := &Server{log: logline.New(&fast, format, slog.LevelDebug)}
+			fs.lines = logline.LinesOf(fs.log)
+			if fs.lines == nil {
+				t.Fatal("serve's logger has no fast path")
+			}
+			var h slog.Handler = slog.NewTextHandler(&slow, &slog.HandlerOptions{Level: slog.LevelDebug})
+			if format == logline.JSON {
+				h = slog.NewJSONHandler(&slow, &slog.HandlerOptions{Level: slog.LevelDebug})
+			}
+			ss := &Server{log: slog.New(h)}
+			var err error
+			if i == 2 {
+				err = errors.New("upstream: \x00 said no")
+			}
+			fs.logRequest(e, at, 4096, err)
+			ss.logRequest(e, at, 4096, err)
+			if fast.String() != slow.String() || fast.Len() == 0 {
+				t.Errorf("format %d, exchange %d:\nfast: %q\nslog: %q", format, i, fast.String(), slow.String())
+			}
+		}
+	}
 }
 
 // TestRequestLogNamesClient: a request line carries the client's address

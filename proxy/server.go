@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regmirror/regmirror/imageref"
+	"github.com/regmirror/regmirror/internal/logline"
 	"github.com/regmirror/regmirror/status"
 	"github.com/regmirror/regmirror/tagpolicy"
 	"github.com/regmirror/regmirror/upstream"
@@ -147,6 +148,7 @@ type Options struct {
 type Server struct {
 	opts       Options
 	log        *slog.Logger
+	lines      *logline.Writer // log's fast path for the request line, if it has one
 	registries map[string]Upstream
 	routes     router // resolves requests to registries (route.go)
 	store      Store  // whole, for optional sides found by type assertion
@@ -227,6 +229,7 @@ func New(o Options) (*Server, error) {
 	s := &Server{
 		opts:       o,
 		log:        o.Logger,
+		lines:      logline.LinesOf(o.Logger),
 		registries: make(map[string]Upstream, len(o.Registries)),
 		plain:      make(map[string]Upstream, len(o.Registries)),
 		store:      o.Store,
@@ -378,8 +381,9 @@ func (e *exchange) done(bytes int64, err error) {
 	if e.logged.Swap(true) {
 		return
 	}
-	e.s.logRequest(e, bytes, err)
-	e.s.recordExchange(e, bytes)
+	now := time.Now()
+	e.s.logRequest(e, now, bytes, err)
+	e.s.recordExchange(e, now, bytes)
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {

@@ -80,7 +80,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Unlock()
 	if n >= w.opts.Max {
 		w.Flush()
-	} else if n >= w.opts.Kick || time.Now().UnixNano()-w.lastFlush.Load() >= int64(w.opts.Interval) {
+	} else if n >= w.opts.Kick || n == len(p) && time.Now().UnixNano()-w.lastFlush.Load() >= int64(w.opts.Interval) {
+		// Only the first line into an empty buffer asks the clock: any
+		// later one finds that line's kick pending or the ticker due.
 		select {
 		case w.kick <- struct{}{}:
 		default:
