@@ -25,7 +25,12 @@ import (
 // countingStore is the real cache counting the reads the proxy asks of it.
 type countingStore struct {
 	*cache.Store
-	readAlls, opens, stats atomic.Int64
+	readAlls, opens, stats, tags atomic.Int64
+}
+
+func (c *countingStore) Tag(registry, repo, tag string) (cache.TagRecord, error) {
+	c.tags.Add(1)
+	return c.Store.Tag(registry, repo, tag)
 }
 
 func (c *countingStore) ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error) {

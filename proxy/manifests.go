@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -130,6 +132,18 @@ func manifestMediaType(contentType string, body []byte) string {
 
 func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	tag := rq.ref.tag
+	key := "tag\x00" + rq.registry + "\x00" + rq.repo + "\x00" + tag
+	if w := s.tagWaits.find(key); w != nil {
+		// Being revalidated: its answer is at least as fresh as the
+		// record, so a storm of clients on one expired tag reads the
+		// index once, not once per client.
+		w.joined.Add(1)
+		<-w.done
+		if w.err != nil {
+			return manifest{}, OutcomeNone, w.err
+		}
+		return w.r.m, w.r.outcome.Joined(true), nil
+	}
 	pol := s.tagPolicy(rq) // [[tag_policy]]: ttl, immutable, stale_while_revalidate
 	rec, err := s.tags.Tag(rq.registry, rq.repo, tag)
 	switch {
@@ -152,27 +166,86 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	if s.opts.Offline {
 		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
-		// Re-check inside the flight: a request that read the stale
-		// record just before another flight refreshed it must not send
-		// upstream a second HEAD (a storm of clients on one expired tag
-		// causes one).
-		if now, err := s.tags.Tag(rq.registry, rq.repo, tag); err == nil && now.CheckedAt.After(rec.CheckedAt) &&
-			pol.Fresh(now.CheckedAt, s.opts.Now()) && s.linked(rq, now.Digest) {
-			if m, err := s.cachedManifest(now.Digest); err == nil {
-				return tagResult{m, OutcomeHit}, nil
-			}
-		}
-		ctx, cancel := s.upstreamContext()
-		defer cancel()
-		m, how, err := s.refreshTag(ctx, rq, rec, pol)
-		return tagResult{m, how}, err
+	v, err, shared := s.flights.Do(key, func() (any, error) {
+		w := s.tagWaits.start(key)
+		r, err := tagResult{}, error(errTagFlightAborted) // what the joiners get if the flight panics
+		defer func() { s.tagWaits.end(key, w, r, err) }()
+		r, err = s.revalidateTag(rq, rec, pol)
+		return r, err
 	})
 	if err != nil {
 		return manifest{}, OutcomeNone, err
 	}
 	r := v.(tagResult)
 	return r.m, r.outcome.Joined(shared), nil
+}
+
+// revalidateTag is the flight of manifestByTag: one upstream question for
+// every client of the tag.
+func (s *Server) revalidateTag(rq request, rec cache.TagRecord, pol tagpolicy.Decision) (tagResult, error) {
+	// Re-check inside the flight: a request that read the stale record
+	// just before another flight refreshed it must not send upstream a
+	// second HEAD (a storm of clients on one expired tag causes one).
+	if now, err := s.tags.Tag(rq.registry, rq.repo, rq.ref.tag); err == nil && now.CheckedAt.After(rec.CheckedAt) &&
+		pol.Fresh(now.CheckedAt, s.opts.Now()) && s.linked(rq, now.Digest) {
+		if m, err := s.cachedManifest(now.Digest); err == nil {
+			return tagResult{m, OutcomeHit}, nil
+		}
+	}
+	ctx, cancel := s.upstreamContext()
+	defer cancel()
+	m, how, err := s.refreshTag(ctx, rq, rec, pol)
+	return tagResult{m, how}, err
+}
+
+// tagWaits are the foreground tag revalidations running now, by flight
+// key, for requests to join before they read the tag's record. (The
+// singleflight group joins only those that call it; it cannot say whether
+// a flight is running.) Background revalidations are not here: their
+// clients are answered from the cache at once.
+type tagWaits struct {
+	mu      sync.Mutex
+	running map[string]*tagWait
+}
+
+// tagWait is one revalidation's answer, ready when done is closed.
+type tagWait struct {
+	done   chan struct{}
+	r      tagResult
+	err    error
+	joined atomic.Int64 // requests waiting on it (for tests)
+}
+
+func (t *tagWaits) find(key string) *tagWait {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.running[key]
+}
+
+func (t *tagWaits) start(key string) *tagWait {
+	w := &tagWait{done: make(chan struct{})}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.running == nil {
+		t.running = make(map[string]*tagWait)
+	}
+	t.running[key] = w
+	return w
+}
+
+// errTagFlightAborted is the answer of a revalidation that panicked (the
+// panic itself reaches the flight's own caller).
+var errTagFlightAborted = errors.New("proxy: tag revalidation aborted")
+
+// end publishes the answer and lets the joiners go.
+func (t *tagWaits) end(key string, w *tagWait, r tagResult, err error) {
+	w.r, w.err = r, err
+	t.mu.Lock()
+	if t.running[key] == w {
+		delete(t.running, key)
+	}
+	t.mu.Unlock()
+	close(w.done)
 }
 
 // refreshTag asks upstream what the tag points to now. With a cached record

@@ -165,6 +165,9 @@ type Server struct {
 
 	// flights collapses concurrent misses of one manifest or tag.
 	flights singleflight.Group
+	// tagWaits are the tag revalidations running in the foreground now
+	// (manifests.go).
+	tagWaits tagWaits
 	fills   fillGroup
 	passes  passGroup  // blobs streamed without caching (passthrough.go)
 	sizes   knownSizes // descriptor sizes from manifests served (sizes.go)

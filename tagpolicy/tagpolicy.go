@@ -129,7 +129,14 @@ func (p *Policy) Lookup(registry, repo, tag string) Decision {
 	if p == nil {
 		return Decision{Rule: -1}
 	}
-	name := strings.Split(registry+"/"+repo, "/")
+	if len(p.rules) == 0 {
+		return Decision{Rule: -1, TTL: p.defaultTTL}
+	}
+	var parts [16]string // every tag request asks: no allocation for common depths
+	name := append(parts[:0], registry)
+	for c := range strings.SplitSeq(repo, "/") {
+		name = append(name, c)
+	}
 	for i, r := range p.rules {
 		if !matchTag(r.tag, tag) || !matchName(r.name, name) {
 			continue

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/regmirror/regmirror/internal/testupstream"
+)
+
+// TestTagStormJoinsBeforeReadingTheIndex: while an expired tag is being
+// revalidated, the clients that ask for it join the revalidation without
+// reading the tag's record: a storm reads the index a few times, not once
+// per client, and every client gets the revalidated manifest from the one
+// upstream HEAD.
+func TestTagStormJoinsBeforeReadingTheIndex(t *testing.T) {
+	m := startHotMirror(t, func(o *Options) { o.TagTTL = time.Minute })
+	img := m.up.PushRandomImage(t, "library/storm", "latest", 1, 512)
+	want := testupstream.Digest(t, img)
+	const path = "/v2/library/storm/manifests/latest"
+	if code, _, got := m.ask(t, http.MethodGet, path); code != 200 || got != want {
+		t.Fatalf("first GET: %d %s", code, got)
+	}
+	m.clock.Advance(2 * time.Minute) // the tag expires
+	heads := m.up.ManifestRequests(http.MethodHead)
+	gate := m.up.GateManifestHeads()
+	tagsBefore := m.store.tags.Load()
+
+	const joiners = 50
+	type answer struct {
+		code int
+		how  string
+		ok   bool
+	}
+	answers := make(chan answer, joiners+1)
+	ask := func() {
+		code, how, got := m.ask(t, http.MethodGet, path)
+		answers <- answer{code, how, got == want}
+	}
+	go ask() // the leader: reads the record, starts the revalidation
+	<-gate.Arrived()
+	var wg sync.WaitGroup
+	for range joiners {
+		wg.Add(1)
+		go func() { defer wg.Done(); ask() }()
+	}
+	w := m.tagWaits.find("tag\x00docker.io\x00library/storm\x00latest")
+	if w == nil {
+		t.Fatal("the revalidation held at the gate is not joinable")
+	}
+	for deadline := time.Now().Add(10 * time.Second); w.joined.Load() < joiners; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d clients joined the revalidation", w.joined.Load(), joiners)
+		}
+	}
+	gate.Open()
+	wg.Wait()
+	for range joiners + 1 {
+		a := <-answers
+		if a.code != 200 || !a.ok || (a.how != "revalidated" && a.how != "join") {
+			t.Fatalf("answer %+v", a)
+		}
+	}
+	if n := m.up.ManifestRequests(http.MethodHead) - heads; n != 1 {
+		t.Errorf("upstream HEADs = %d, want 1", n)
+	}
+	if n := m.store.tags.Load() - tagsBefore; n > 5 {
+		t.Errorf("%d clients of a tag being revalidated read its record %d times; want a few (the leader's), not one per client", joiners+1, n)
+	}
+}
