@@ -168,10 +168,10 @@ type Server struct {
 	// tagWaits are the tag revalidations running in the foreground now
 	// (manifests.go).
 	tagWaits tagWaits
-	fills   fillGroup
-	passes  passGroup  // blobs streamed without caching (passthrough.go)
-	sizes   knownSizes // descriptor sizes from manifests served (sizes.go)
-	health  upstreamHealth
+	fills    fillGroup
+	passes   passGroup  // blobs streamed without caching (passthrough.go)
+	sizes    knownSizes // descriptor sizes from manifests served (sizes.go)
+	health   upstreamHealth
 	// background runs stale-while-revalidate revalidations (tagpolicy.go).
 	background backgroundRevalidations
 
