@@ -161,6 +161,9 @@ type cacheConfig struct {
 	EvictInterval duration `toml:"evict_interval"`
 	ScrubInterval duration `toml:"scrub_interval"`
 	ScrubRate     string   `toml:"scrub_rate"`
+	// HotSize bounds the memory of the proxy's hot cache (manifest bodies
+	// and blob information of recent hits); "0" turns it off.
+	HotSize string `toml:"hot_size"`
 
 	// scrubTrigger, set by tests only, starts scrub passes instead of
 	// scrub_interval's ticker.
@@ -210,6 +213,7 @@ func defaultConfig() config {
 			MinFree:       "1GiB",
 			EvictInterval: duration{30 * time.Second},
 			ScrubRate:     "10MiB/s",
+			HotSize:       "32MiB",
 		},
 	}
 }
@@ -341,6 +345,9 @@ func (c cacheConfig) check() error {
 	if _, err := eviction.ParseSize(c.MinFree); err != nil {
 		errs = append(errs, fmt.Errorf("cache.min_free: %w", err))
 	}
+	if _, err := c.hotCacheBytes(); err != nil {
+		errs = append(errs, err)
+	}
 	high, low := c.HighWatermark, c.LowWatermark
 	if high == 0 {
 		high = eviction.DefaultHighWatermark
@@ -361,6 +368,22 @@ func (c cacheConfig) check() error {
 		errs = append(errs, errors.New("cache.scrub_interval: must not be negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// hotCacheBytes is cache.hot_size for the proxy's options: -1 (none) for
+// "0", 0 (the default) when empty.
+func (c cacheConfig) hotCacheBytes() (int64, error) {
+	if strings.TrimSpace(c.HotSize) == "" {
+		return 0, nil
+	}
+	n, err := eviction.ParseSize(c.HotSize)
+	if err != nil {
+		return 0, fmt.Errorf("cache.hot_size: %w", err)
+	}
+	if n == 0 {
+		return -1, nil
+	}
+	return n, nil
 }
 
 // minUpstreamRate is server.min_upstream_rate in bytes per second for the

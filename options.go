@@ -112,6 +112,10 @@ func (c config) proxyOptions(log *slog.Logger) (proxy.Options, error) {
 	if err != nil {
 		return proxy.Options{}, err
 	}
+	hot, err := c.Cache.hotCacheBytes()
+	if err != nil {
+		return proxy.Options{}, err
+	}
 	return proxy.Options{
 		DefaultRegistry:     c.DefaultRegistry,
 		HostAliases:         c.hostAliases(),
@@ -135,5 +139,6 @@ func (c config) proxyOptions(log *slog.Logger) (proxy.Options, error) {
 
 		MinUpstreamRate:       minRate,
 		MinUpstreamRateWindow: c.Server.MinUpstreamRateWindow.Duration,
+		HotCacheBytes:         hot,
 	}, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,6 +97,7 @@ func TestProxyOptions(t *testing.T) {
 	c.Offline = true
 	c.TagTTL = duration{time.Minute}
 	c.Server.MinUpstreamRate = "0"
+	c.Cache.HotSize = "64MiB"
 	c.Registries = []registryConfig{{Name: "corp.lan", Private: true, Username: "u"}}
 	if err := c.finish(); err != nil {
 		t.Fatal(err)
@@ -106,10 +108,20 @@ func TestProxyOptions(t *testing.T) {
 	}
 	if !o.Offline || o.TagTTL != time.Minute || o.DefaultRegistry != "docker.io" || o.TagPolicy == nil ||
 		o.ReadTimeout != time.Minute || o.WriteTimeout != time.Hour || o.FillTimeout != 2*time.Hour ||
-		o.MinUpstreamRate != -1 || !o.PrivateRegistries["corp.lan"] || o.PrivateRegistries["docker.io"] {
+		o.MinUpstreamRate != -1 || !o.PrivateRegistries["corp.lan"] || o.PrivateRegistries["docker.io"] || o.HotCacheBytes != 64<<20 {
 		t.Errorf("%+v", o)
 	}
 	if o.Store != nil || o.Registries != nil || o.Admin != nil {
 		t.Error("proxyOptions set components; serve adds those")
+	}
+	for size, want := range map[string]int64{"0": -1, "": 0, "1MiB": 1 << 20} {
+		c.Cache.HotSize = size
+		if o, err := c.proxyOptions(log); err != nil || o.HotCacheBytes != want {
+			t.Errorf("hot_size %q: %d, %v; want %d", size, o.HotCacheBytes, err, want)
+		}
+	}
+	c.Cache.HotSize = "lots"
+	if err := c.finish(); err == nil || !strings.Contains(err.Error(), "cache.hot_size") {
+		t.Errorf("hot_size \"lots\": %v, want an error naming cache.hot_size", err)
 	}
 }

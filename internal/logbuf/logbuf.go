@@ -91,6 +91,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// WritesWhole reports that concurrent Writes are safe and each lands whole
+// and unbroken (internal/logline then takes no lock of its own).
+func (w *Writer) WritesWhole() bool { return true }
+
 // Flush writes everything buffered so far.
 func (w *Writer) Flush() error {
 	w.outMu.Lock()

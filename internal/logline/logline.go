@@ -23,7 +23,10 @@ const (
 // New returns a logger that writes format to w at level and above. Its
 // handler carries a Writer for LinesOf.
 func New(w io.Writer, format Format, level slog.Leveler) *slog.Logger {
-	lw := &lockedWriter{w: w}
+	var lw io.Writer = w
+	if ww, ok := w.(wholeWriter); !ok || !ww.WritesWhole() {
+		lw = &lockedWriter{w: w}
+	}
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler
 	if format == JSON {
@@ -51,7 +54,14 @@ type handler struct {
 	lines *Writer
 }
 
-// lockedWriter serialises the slog handler's writes and the fast path's.
+// wholeWriter is a writer that is safe for concurrent Writes and keeps
+// each whole (internal/logbuf): no lock is needed around it.
+type wholeWriter interface {
+	WritesWhole() bool
+}
+
+// lockedWriter serialises the slog handler's writes and the fast path's
+// over any other writer.
 type lockedWriter struct {
 	mu sync.Mutex
 	w  io.Writer

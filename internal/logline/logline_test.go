@@ -265,3 +265,50 @@ func TestTimeWithinASecond(t *testing.T) {
 		}
 	}
 }
+
+// wholeBuffer is a writer like internal/logbuf's: safe for concurrent
+// writes, each whole.
+type wholeBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *wholeBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *wholeBuffer) WritesWhole() bool { return true }
+
+// TestWholeWriterTakesNoLock: over a writer that keeps concurrent writes
+// whole, lines are written to it directly, and still arrive whole.
+func TestWholeWriterTakesNoLock(t *testing.T) {
+	var out wholeBuffer
+	log := New(&out, Text, slog.LevelInfo)
+	if _, locked := LinesOf(log).out.(*lockedWriter); locked {
+		t.Fatal("a writer that keeps writes whole got a lock of its own")
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				if g%2 == 0 {
+					log.Info("slow", "k", "v")
+				} else {
+					l := LinesOf(log).Begin(time.Now(), slog.LevelInfo, "fast")
+					l.String("k", "v")
+					l.End()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, line := range strings.Split(strings.TrimSuffix(out.buf.String(), "\n"), "\n") {
+		if !strings.HasSuffix(line, " k=v") {
+			t.Fatalf("torn line %q", line)
+		}
+	}
+}
