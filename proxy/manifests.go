@@ -132,8 +132,7 @@ func manifestMediaType(contentType string, body []byte) string {
 
 func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	tag := rq.ref.tag
-	key := "tag\x00" + rq.registry + "\x00" + rq.repo + "\x00" + tag
-	if w := s.tagWaits.find(key); w != nil {
+	if w := s.tagWaits.find(tagKey{rq.registry, rq.repo, tag}); w != nil {
 		// Being revalidated: its answer is at least as fresh as the
 		// record, so a storm of clients on one expired tag reads the
 		// index once, not once per client.
@@ -166,7 +165,8 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	if s.opts.Offline {
 		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	v, err, shared := s.flights.Do(key, func() (any, error) {
+	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
+		key := tagKey{rq.registry, rq.repo, tag}
 		w := s.tagWaits.start(key)
 		r, err := tagResult{}, error(errTagFlightAborted) // what the joiners get if the flight panics
 		defer func() { s.tagWaits.end(key, w, r, err) }()
@@ -205,8 +205,11 @@ func (s *Server) revalidateTag(rq request, rec cache.TagRecord, pol tagpolicy.De
 // clients are answered from the cache at once.
 type tagWaits struct {
 	mu      sync.Mutex
-	running map[string]*tagWait
+	running map[tagKey]*tagWait
 }
+
+// tagKey names a tag; a struct, so that finding a flight allocates nothing.
+type tagKey struct{ registry, repo, tag string }
 
 // tagWait is one revalidation's answer, ready when done is closed.
 type tagWait struct {
@@ -216,18 +219,18 @@ type tagWait struct {
 	joined atomic.Int64 // requests waiting on it (for tests)
 }
 
-func (t *tagWaits) find(key string) *tagWait {
+func (t *tagWaits) find(key tagKey) *tagWait {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.running[key]
 }
 
-func (t *tagWaits) start(key string) *tagWait {
+func (t *tagWaits) start(key tagKey) *tagWait {
 	w := &tagWait{done: make(chan struct{})}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.running == nil {
-		t.running = make(map[string]*tagWait)
+		t.running = make(map[tagKey]*tagWait)
 	}
 	t.running[key] = w
 	return w
@@ -238,7 +241,7 @@ func (t *tagWaits) start(key string) *tagWait {
 var errTagFlightAborted = errors.New("proxy: tag revalidation aborted")
 
 // end publishes the answer and lets the joiners go.
-func (t *tagWaits) end(key string, w *tagWait, r tagResult, err error) {
+func (t *tagWaits) end(key tagKey, w *tagWait, r tagResult, err error) {
 	w.r, w.err = r, err
 	t.mu.Lock()
 	if t.running[key] == w {

@@ -45,7 +45,7 @@ func TestTagStormJoinsBeforeReadingTheIndex(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); ask() }()
 	}
-	w := m.tagWaits.find("tag\x00docker.io\x00library/storm\x00latest")
+	w := m.tagWaits.find(tagKey{"docker.io", "library/storm", "latest"})
 	if w == nil {
 		t.Fatal("the revalidation held at the gate is not joinable")
 	}
