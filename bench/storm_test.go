@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -73,7 +74,7 @@ func BenchmarkTagStorm(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		runStorms(b, up, cmd, profile, func() ([]time.Duration, error) { return rc.ask(req, nil) })
+		runStorms(b, up, cmd, addr, profile, func() ([]time.Duration, error) { return rc.ask(req, nil) })
 	})
 	b.Run("clients=goroutines", func(b *testing.B) {
 		up.SetLatency(0)
@@ -89,13 +90,13 @@ func BenchmarkTagStorm(b *testing.B) {
 				b.Fatalf("connection %d: %v", i, err)
 			}
 		}
-		runStorms(b, up, cmd, "", func() ([]time.Duration, error) { return storm(conns, req) })
+		runStorms(b, up, cmd, addr, "", func() ([]time.Duration, error) { return storm(conns, req) })
 	})
 }
 
 // runStorms runs b.N storms against the server cmd (each once its tag
 // expired) through an upstream with 20 ms of latency, and reports.
-func runStorms(b *testing.B, up *testupstream.Server, cmd *exec.Cmd, profile string, storm func() ([]time.Duration, error)) {
+func runStorms(b *testing.B, up *testupstream.Server, cmd *exec.Cmd, addr, profile string, storm func() ([]time.Duration, error)) {
 	up.SetLatency(20 * time.Millisecond)
 	if profile != "" {
 		cmd.Process.Signal(syscall.SIGUSR1)
@@ -107,6 +108,7 @@ func runStorms(b *testing.B, up *testupstream.Server, cmd *exec.Cmd, profile str
 	var all []time.Duration
 	var serverCPU, clientCPU time.Duration
 	storms, heads := 0, 0
+	gcs := testpull.Metric(b, "http://"+addr, "go_gc_duration_seconds_count")
 	last := time.Now()
 	for b.Loop() {
 		b.StopTimer()
@@ -127,11 +129,13 @@ func runStorms(b *testing.B, up *testupstream.Server, cmd *exec.Cmd, profile str
 		storms++
 		b.StartTimer()
 	}
+	gcs = testpull.Metric(b, "http://"+addr, "go_gc_duration_seconds_count") - gcs
 	slices.Sort(all)
 	q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(float64(heads)/float64(storms), "upstream-HEADs/storm")
 	b.ReportMetric(float64(serverCPU.Microseconds())/1000/float64(storms), "server-cpu-ms/storm")
 	b.ReportMetric(float64(clientCPU.Microseconds())/1000/float64(storms), "clients-cpu-ms/storm")
+	b.ReportMetric(gcs/float64(storms), "server-GCs/storm")
 	b.ReportMetric(q(0.5), "p50-ms")
 	b.ReportMetric(q(0.9), "p90-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
