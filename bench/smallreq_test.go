@@ -419,6 +419,19 @@ func processCPU(pid int) time.Duration {
 	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
+// tableHead writes a Markdown table's head: a round column, then names.
+func tableHead(w io.Writer, names []string) {
+	fmt.Fprint(w, "| round |")
+	for _, n := range names {
+		fmt.Fprintf(w, " %s |", n)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range names {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+}
+
 // printSmallTable prints the rounds of BenchmarkSmallRequests, if any ran,
 // as a Markdown table: req/s of each target and its fraction of the
 // no-work ceiling of the same round, then the medians.
@@ -430,15 +443,7 @@ func printSmallTable(w io.Writer) {
 	}
 	names := smallResults.order
 	fmt.Fprintf(w, "\nsmall requests, %d keep-alive connections (manifest GET by digest / blob HEAD), req/s and fraction of the no-work ceiling of the same round\n\n", smallConns)
-	fmt.Fprint(w, "| round |")
-	for _, n := range names {
-		fmt.Fprintf(w, " %s |", n)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range names {
-		fmt.Fprint(w, "---|")
-	}
-	fmt.Fprintln(w)
+	tableHead(w, names)
 	ratios := map[string][]float64{}
 	rates := map[string][]float64{}
 	for i, r := range smallResults.rounds {
@@ -465,15 +470,8 @@ func printSmallTable(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 
-	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n| round |")
-	for _, n := range names {
-		fmt.Fprintf(w, " %s |", n)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range names {
-		fmt.Fprint(w, "---|")
-	}
-	fmt.Fprintln(w)
+	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n")
+	tableHead(w, names)
 	cpus := map[string][]float64{}
 	for i, r := range smallResults.rounds {
 		fmt.Fprintf(w, "| %d |", i+1)

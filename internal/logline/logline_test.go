@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/regmirror/regmirror/internal/testlog"
 )
 
 // attr is one attribute of a test line, in both forms.
@@ -268,16 +270,7 @@ func TestTimeWithinASecond(t *testing.T) {
 
 // wholeBuffer is a writer like internal/logbuf's: safe for concurrent
 // writes, each whole.
-type wholeBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *wholeBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
+type wholeBuffer struct{ testlog.Buffer }
 
 func (w *wholeBuffer) WritesWhole() bool { return true }
 
@@ -306,7 +299,7 @@ func TestWholeWriterTakesNoLock(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	for _, line := range strings.Split(strings.TrimSuffix(out.buf.String(), "\n"), "\n") {
+	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
 		if !strings.HasSuffix(line, " k=v") {
 			t.Fatalf("torn line %q", line)
 		}
