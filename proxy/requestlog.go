@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -30,19 +31,30 @@ import (
 // asked for) that goes into a log line.
 const maxLoggedText = 256
 
+// exchanges recycles exchanges: one per request, and a request that is
+// answered from memory allocates little else.
+var exchanges = sync.Pool{New: func() any { return new(exchange) }}
+
 func newExchange(s *Server, ctx *fasthttp.RequestCtx) *exchange {
 	start := ctx.Time() // taken by fasthttp just before the handler
 	if start.IsZero() {
 		start = time.Now()
 	}
-	return &exchange{
-		s:         s,
-		start:     start,
-		method:    methodString(ctx),
-		path:      string(ctx.Path()),
-		client:    clientIP(ctx),
-		userAgent: userAgent(ctx),
+	e := exchanges.Get().(*exchange)
+	e.s, e.start = s, start
+	e.method, e.path = methodString(ctx), string(ctx.Path())
+	e.client, e.userAgent = clientIP(ctx), userAgent(ctx)
+	return e
+}
+
+// release returns e to the pool once its line is written, unless a body
+// stream still holds it (the stream's end writes the line, later).
+func (e *exchange) release(r reply) {
+	if r.stream != nil || !e.logged.Load() {
+		return
 	}
+	*e = exchange{}
+	exchanges.Put(e)
 }
 
 // logRequest writes the request line of e, ending at now.

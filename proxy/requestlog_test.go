@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"net"
 	"time"
 
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/logline"
+	"github.com/valyala/fasthttp"
 )
 
 // requestLines returns the JSON request log lines whose path is path.
@@ -131,5 +133,32 @@ func TestRequestLogNamesRefusedRegistry(t *testing.T) {
 		if lines[0]["registry_asked"] != "quay.io" || lines[0]["error"] != "DENIED" {
 			t.Errorf("%s%s logged as %v; want registry_asked=quay.io, error DENIED", tc.path, tc.query, lines[0])
 		}
+	}
+}
+
+// TestRecycledExchangeStartsClean: an exchange back from the pool carries
+// nothing of the request before it, and one a body stream still holds is
+// not recycled (the stream's end writes its line later).
+func TestRecycledExchangeStartsClean(t *testing.T) {
+	s := &Server{}
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&fasthttp.Request{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, nil)
+	ctx.Request.SetRequestURI("/v2/")
+	for range 100 {
+		e := newExchange(s, &ctx)
+		if e.asked != "" || e.user != "" || e.errorCode != "" || e.detail != "" || e.registry != "" ||
+			e.outcome != OutcomeNone || e.status != 0 || e.logged.Load() {
+			t.Fatalf("a new exchange carries an old request's state: %+v", e)
+		}
+		e.asked, e.user, e.errorCode, e.detail, e.registry = "quay.io", "ci", "DENIED", "no", "docker.io"
+		e.outcome, e.status = OutcomeHit, 403
+		e.logged.Store(true)
+		e.release(reply{})
+	}
+	held := newExchange(s, &ctx)
+	held.user = "streaming"
+	held.release(reply{stream: strings.NewReader("body")})
+	if held.user != "streaming" {
+		t.Fatal("an exchange a body stream holds was recycled")
 	}
 }

@@ -394,6 +394,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	defer s.recoverPanic(ctx, ex)
 	r, err := s.dispatch(ctx, ex)
 	s.finish(ctx, ex, r, err)
+	ex.release(r) // not reached on a panic: that exchange is left to the collector
 }
 
 // dispatch routes one request to its handler: the operator views, metrics,
