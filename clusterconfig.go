@@ -19,6 +19,8 @@ type clusterConfig struct {
 	Peers []string `toml:"peers"`
 	// SecretFile holds the shared HMAC key for peer requests.
 	SecretFile string `toml:"secret_file"`
+	// CAFile adds PEM CA certificates for https peers.
+	CAFile string `toml:"ca_file"`
 }
 
 // clusterSelfEnv overrides cluster.self.
@@ -54,7 +56,7 @@ func (c *clusterConfig) options() (cluster.Options, error) {
 		return cluster.Options{}, fmt.Errorf("cluster.secret_file: %w", err)
 	}
 	secret := []byte(strings.TrimSpace(string(b)))
-	o := cluster.Options{Self: c.Self, Peers: c.Peers, Secret: secret}
+	o := cluster.Options{Self: c.Self, Peers: c.Peers, Secret: secret, CAFile: c.CAFile}
 	if _, err := cluster.New(o); err != nil {
 		return cluster.Options{}, fmt.Errorf("[cluster]: %w", err)
 	}

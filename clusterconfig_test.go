@@ -39,6 +39,7 @@ func TestClusterConfig(t *testing.T) {
 		{"no secret", `self = "http://10.0.0.1:5000"` + "\npeers = [\"http://10.0.0.2:5000\"]", "", "cluster.secret_file"},
 		{"short secret", `self = "http://10.0.0.1:5000"` + "\npeers = [\"http://10.0.0.2:5000\"]\nsecret_file = \"" + short + "\"", "", "at least 16 bytes"},
 		{"missing secret file", `self = "http://10.0.0.1:5000"` + "\npeers = [\"http://10.0.0.2:5000\"]\nsecret_file = \"/nonexistent\"", "", "cluster.secret_file"},
+		{"missing ca_file", `self = "https://10.0.0.1:5000"` + "\npeers = [\"https://10.0.0.2:5000\"]\nsecret_file = \"" + good + "\"\nca_file = \"/nonexistent.pem\"", "", "CA file"},
 		{"bad peer URL", `self = "http://10.0.0.1:5000"` + "\npeers = [\"10.0.0.2:5000\"]\nsecret_file = \"" + good + "\"", "", "peer"},
 		{"unknown key", `self = "http://10.0.0.1:5000"` + "\npeers = [\"http://10.0.0.2:5000\"]\nsecret_file = \"" + good + "\"\nping = \"1s\"", "", "unknown keys"},
 	}

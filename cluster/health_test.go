@@ -2,10 +2,14 @@ package cluster
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,5 +105,45 @@ func TestPingMarksPeers(t *testing.T) {
 	n.PingAll(context.Background())
 	if !up()[good.URL] {
 		t.Fatal("the peer answered again but is still down")
+	}
+}
+
+// TestHTTPSPeerWithCAFile: a peer served over https with a certificate the
+// system does not trust is down without ca_file (and says why) and up with
+// its certificate there; a ca_file holding no certificate is refused at
+// New.
+func TestHTTPSPeerWithCAFile(t *testing.T) {
+	peer := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == PingPath && r.Header.Get(Header) != "" {
+			return // 200
+		}
+		http.NotFound(w, r)
+	}))
+	defer peer.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "peers-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: peer.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("a shared secret of the test cluster")
+	stateOf := func(caFile string) PeerState {
+		t.Helper()
+		n, err := New(Options{Self: "https://127.0.0.1:1", Peers: []string{peer.URL}, Secret: secret, CAFile: caFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.PingAll(context.Background())
+		return n.Stats().Peers[0]
+	}
+	if st := stateOf(""); st.Up || !strings.Contains(st.Err, "certificate") {
+		t.Errorf("without ca_file: %+v, want down for its certificate", st)
+	}
+	if st := stateOf(caFile); !st.Up {
+		t.Errorf("with the peer's certificate in ca_file: %+v, want up", st)
+	}
+	junk := filepath.Join(dir, "junk.pem")
+	os.WriteFile(junk, []byte("not a certificate"), 0o600)
+	if _, err := New(Options{Self: "https://127.0.0.1:1", Peers: []string{peer.URL}, Secret: secret, CAFile: junk}); err == nil {
+		t.Error("a ca_file without certificates was accepted")
 	}
 }

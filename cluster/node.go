@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/regmirror/regmirror/upstream"
+
 	"github.com/opencontainers/go-digest"
 )
 
@@ -44,6 +46,9 @@ type Options struct {
 	Logger     *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
+	// CAFile adds PEM CA certificates to the system's for https peers
+	// (a site CA, or the peers' self-signed certificates).
+	CAFile string
 	// Transport, when set, replaces the HTTP transport to peers (tests).
 	Transport http.RoundTripper
 }
@@ -106,7 +111,12 @@ func New(o Options) (*Node, error) {
 	o.Self = self
 	tr := o.Transport
 	if tr == nil {
+		tlsConf, err := upstream.TLSConfig(o.CAFile, false)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 		tr = &http.Transport{
+			TLSClientConfig:       tlsConf,
 			Proxy:                 nil, // peers are reached directly, never through HTTP_PROXY
 			DialContext:           (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConnsPerHost:   64,

@@ -66,7 +66,7 @@ func NewPusher(o PushOptions) (*Pusher, error) {
 	rt := o.Transport
 	if rt == nil {
 		tr := remote.DefaultTransport.(*http.Transport).Clone()
-		if tr.TLSClientConfig, err = tlsConfig(o.CAFile, o.InsecureSkipVerify); err != nil {
+		if tr.TLSClientConfig, err = TLSConfig(o.CAFile, o.InsecureSkipVerify); err != nil {
 			return nil, err
 		}
 		rt = tr

@@ -252,9 +252,10 @@ func authenticator(o Options) (authn.Authenticator, error) {
 	return authn.Anonymous, nil
 }
 
-// tlsConfig trusts the system's CAs plus those in caFile (PEM), if given;
-// insecure skips verification (an operator's explicit choice).
-func tlsConfig(caFile string, insecure bool) (*tls.Config, error) {
+// TLSConfig trusts the system's CAs plus those in caFile (PEM), if given;
+// insecure skips verification (an operator's explicit choice). The
+// registry client, push-to and the cluster's peer client all use it.
+func TLSConfig(caFile string, insecure bool) (*tls.Config, error) {
 	conf := &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // opt-in by configuration
 	if caFile == "" {
 		return conf, nil
@@ -275,7 +276,7 @@ func tlsConfig(caFile string, insecure bool) (*tls.Config, error) {
 }
 
 func newTransport(o Options, g *addrGuard) (*http.Transport, error) {
-	tlsConf, err := tlsConfig(o.CAFile, o.InsecureSkipVerify)
+	tlsConf, err := TLSConfig(o.CAFile, o.InsecureSkipVerify)
 	if err != nil {
 		return nil, err
 	}
