@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -87,6 +88,7 @@ func openS3(cfg config, store *cache.Store, hold func(digest.Digest) func(), log
 		return nil, err
 	}
 	o.Files, o.Hold = store, hold
+	o.PendingDir = filepath.Join(cfg.DataDir, "s3-pending") // uploads to resume after a restart
 	return s3tier.New(o)
 }
 

@@ -82,6 +82,17 @@ func makeBucket(t testing.TB, s *tests3.Server) {
 type node struct {
 	*testprocess.Process
 	dataDir string
+	args    []string // serve's, for restart
+}
+
+// restart stops the node (SIGTERM) and starts it again on the same data
+// dir and config.
+func (n *node) restart(t testing.TB) {
+	t.Helper()
+	if err := n.Stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, n.Logs())
+	}
+	n.Process = testprocess.Serve(t, testing.Verbose(), n.args...)
 }
 
 func startNode(t testing.TB, up *testupstream.Server, s *tests3.Server, prefix, extraS3 string) *node {
@@ -101,8 +112,8 @@ func startNodeAt(t testing.TB, up *testupstream.Server, endpoint, prefix, extraS
 	}
 	t.Setenv("REGMIRROR_TEST_S3_SECRET", tests3.SecretKey)
 	data := filepath.Join(dir, "data")
-	p := testprocess.Serve(t, testing.Verbose(), "--config", cfg, "--data-dir", data, "--upstream-url", up.URL())
-	return &node{Process: p, dataDir: data}
+	args := []string{"--config", cfg, "--data-dir", data, "--upstream-url", up.URL()}
+	return &node{Process: testprocess.Serve(t, testing.Verbose(), args...), dataDir: data, args: args}
 }
 
 // metric reads one unlabelled sample from the node's /metrics.
@@ -424,6 +435,45 @@ func TestS3Down(t *testing.T) {
 	fresh := startNode(t, up, s, prefix, "")
 	if got := pull(t, fresh.URL, "library/two", "v1"); got.manifest != p2.manifest {
 		t.Fatalf("fresh node after the drain: %s, want %s", got.manifest, p2.manifest)
+	}
+}
+
+// TestUploadsResumeAfterRestart: a node stopped while S3 is down, with
+// blobs still waiting to be uploaded, remembers them on disk and uploads
+// them when it starts again; a fresh node then reads the image from the
+// bucket with upstream down.
+func TestUploadsResumeAfterRestart(t *testing.T) {
+	s := tests3.Start(t) // its own: this test stops it
+	makeBucket(t, s)
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/later", "v1", 2, 256<<10)
+	prefix := "t-resume/"
+	a := startNode(t, up, s, prefix, "timeout = \"2s\"\nbackoff = \"2s\"\n")
+
+	s.Pause()
+	p := pull(t, a.URL, "library/later", "v1")
+	if p.manifest != testupstream.Digest(t, img) {
+		t.Fatal("wrong manifest")
+	}
+	if got := a.metric(t, "regmirror_s3_upload_backlog"); got < float64(len(p.blobs)) {
+		t.Fatalf("backlog %v with S3 stopped, want the %d blobs waiting", got, len(p.blobs))
+	}
+	a.restart(t) // stops with the backlog; S3 is still down while it starts
+	marks, err := os.ReadDir(filepath.Join(a.dataDir, "s3-pending"))
+	if err != nil || len(marks) < len(p.blobs) {
+		t.Fatalf("pending uploads on disk after the stop: %d, %v; want at least %d", len(marks), err, len(p.blobs))
+	}
+	s.Resume()
+	a.waitUploaded(t, len(p.blobs)+1) // the blobs and the manifest, by the restarted node
+	if marks, _ := os.ReadDir(filepath.Join(a.dataDir, "s3-pending")); len(marks) != 0 {
+		t.Errorf("%d pending marks left after the uploads", len(marks))
+	}
+
+	up.SetDown(true)
+	fresh := startNode(t, up, s, prefix, "")
+	pull(t, fresh.URL, "library/later", p.manifest.String()) // upstream is down: all from S3
+	if hits := fresh.metric(t, "regmirror_s3_hits_total"); hits < float64(len(p.blobs)+1) {
+		t.Errorf("the fresh node read %v objects from S3, want the manifest and %d blobs", hits, len(p.blobs))
 	}
 }
 

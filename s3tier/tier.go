@@ -70,6 +70,9 @@ type Options struct {
 
 	// Files opens committed L1 files to upload them; nil: no uploads.
 	Files Files
+	// PendingDir remembers the blob uploads queued and not yet done, so
+	// that the next start resumes them (pending.go); "": memory only.
+	PendingDir string
 	// Hold protects a digest from L1 eviction until release is called
 	// (eviction's Hold); nil: no protection.
 	Hold   func(d digest.Digest) (release func())
@@ -89,6 +92,8 @@ type Tier struct {
 
 	breakerMu sync.Mutex
 	openUntil time.Time
+
+	pending pending // queued blob uploads, remembered across restarts
 
 	// ctx is the parent of uploads, cancelled by Close so that shutdown
 	// does not wait for an upload in progress.
@@ -229,12 +234,45 @@ func New(o Options) (*Tier, error) {
 		known:   map[digest.Digest]struct{}{},
 		tainted: map[digest.Digest]bool{},
 	}
+	t.pending = pending{dir: o.PendingDir, log: t.log}
+	if o.PendingDir != "" && o.Files != nil {
+		if err := os.MkdirAll(o.PendingDir, 0o700); err != nil {
+			return nil, fmt.Errorf("s3: upload queue dir: %w", err)
+		}
+	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	for range o.Workers {
 		t.workers.Add(1)
 		go t.work()
 	}
+	t.resume()
 	return t, nil
+}
+
+// resume queues the uploads a previous run left pending, for the blobs
+// still in L1; the others are forgotten.
+func (t *Tier) resume() {
+	if t.o.Files == nil {
+		return
+	}
+	n := 0
+	for _, d := range t.pending.list() {
+		f, _, err := t.o.Files.Open(d)
+		if err != nil {
+			t.pending.done(d) // evicted or damaged since: nothing to upload
+			continue
+		}
+		f.Close()
+		release := func() {}
+		if t.o.Hold != nil {
+			release = t.o.Hold(d)
+		}
+		t.enqueue(job{d: d, hold: release})
+		n++
+	}
+	if n > 0 {
+		t.log.Info("s3: resuming uploads queued before the last stop", "blobs", n)
+	}
 }
 
 func setDefault(d *time.Duration, def time.Duration) {

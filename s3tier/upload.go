@@ -41,6 +41,7 @@ func (t *Tier) BlobAdded(info cache.BlobInfo) {
 	if t.o.Hold != nil {
 		release = t.o.Hold(info.Digest)
 	}
+	t.pending.add(info.Digest)
 	t.enqueue(job{d: info.Digest, hold: release})
 }
 
@@ -69,7 +70,7 @@ func (t *Tier) enqueue(j job) {
 		t.stats.backlog.Add(-1)
 		t.stats.dropped.Add(1)
 		j.release()
-		t.log.Warn("s3 upload queue full: not uploading", "digest", j.d, "tag", j.tagKey, "queue", t.o.QueueSize)
+		t.log.Warn("s3 upload queue full: not uploading now (a blob's is tried again at the next start)", "digest", j.d, "tag", j.tagKey, "queue", t.o.QueueSize)
 	}
 }
 
@@ -98,6 +99,12 @@ func (t *Tier) work() {
 				continue
 			}
 			err := t.upload(j)
+			if err != nil && t.stopping() {
+				// Cut by Close: the mark stays, the next start uploads it.
+				t.stats.backlog.Add(-1)
+				j.release()
+				return
+			}
 			if err == nil || !isOutage(err) {
 				if err != nil {
 					t.log.Warn("s3 upload failed; not retried", "digest", j.d, "tag", j.tagKey, "err", err)
@@ -106,8 +113,20 @@ func (t *Tier) work() {
 			}
 			// Down: the breaker is open now; wait for it and retry.
 		}
+		if j.d != "" {
+			t.pending.done(j.d)
+		}
 		t.stats.backlog.Add(-1)
 		j.release()
+	}
+}
+
+func (t *Tier) stopping() bool {
+	select {
+	case <-t.stop:
+		return true
+	default:
+		return false
 	}
 }
 
