@@ -1,18 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"net/netip"
-	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/regmirror/regmirror/eviction"
 
 	"github.com/regmirror/regmirror/imageref"
@@ -67,68 +62,6 @@ type tagPolicyConfig struct {
 	TTL                  *duration `toml:"ttl"`
 	Immutable            bool      `toml:"immutable"`
 	StaleWhileRevalidate bool      `toml:"stale_while_revalidate"`
-}
-
-type registryConfig struct {
-	Name               string   `toml:"name"`
-	URL                string   `toml:"url"`
-	Username           string   `toml:"username"`
-	Password           string   `toml:"password"`
-	PasswordEnv        string   `toml:"password_env"`
-	PasswordFile       string   `toml:"password_file"`
-	CAFile             string   `toml:"ca_file"`
-	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
-	HostAliases        []string `toml:"host_aliases"`
-	DockerConfig       string   `toml:"docker_config"`
-	Private            bool     `toml:"private"`
-	// Mirrors are tried before URL, in order (README "Upstream failover").
-	Mirrors []mirrorConfig `toml:"mirrors"`
-	// AllowPrivateAddresses: loopback, link-local or private addresses or
-	// CIDR prefixes this registry's connections may reach besides its own
-	// URL's (always allowed): a token server or blob store elsewhere on the LAN.
-	AllowPrivateAddresses []string `toml:"allow_private_addresses"`
-	allowPrivate          []netip.Prefix
-}
-
-// mirrorConfig is one entry of a registry's mirrors: a URL string
-// (anonymous), or a table with the URL and the mirror's own credentials
-// and TLS settings. The registry's credentials are never sent to a mirror.
-type mirrorConfig struct {
-	URL                string `toml:"url"`
-	Username           string `toml:"username"`
-	Password           string `toml:"password"`
-	PasswordEnv        string `toml:"password_env"`
-	PasswordFile       string `toml:"password_file"`
-	CAFile             string `toml:"ca_file"`
-	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
-}
-
-// UnmarshalTOML reads a string or a table; unknown table keys are errors.
-func (m *mirrorConfig) UnmarshalTOML(v any) error {
-	switch v := v.(type) {
-	case string:
-		*m = mirrorConfig{URL: v}
-		return nil
-	case map[string]any:
-		// The table goes through the same decoder as the rest of the
-		// file, so types and unknown keys are checked the usual way.
-		var buf bytes.Buffer
-		if err := toml.NewEncoder(&buf).Encode(v); err != nil {
-			return fmt.Errorf("mirror: %w", err)
-		}
-		type table mirrorConfig // without this method, or decoding recurses
-		var t table
-		md, err := toml.Decode(buf.String(), &t)
-		if err != nil {
-			return fmt.Errorf("mirror: %w", err)
-		}
-		if keys := md.Undecoded(); len(keys) > 0 {
-			return fmt.Errorf("mirror: unknown key %q", keys[0].String())
-		}
-		*m = mirrorConfig(t)
-		return nil
-	}
-	return fmt.Errorf("mirror: want a URL string or a table with url (and credentials), got %T", v)
 }
 
 type serverConfig struct {
@@ -400,119 +333,6 @@ func (s serverConfig) minUpstreamRate() (int64, error) {
 		return -1, nil
 	}
 	return n, nil
-}
-
-func (r *registryConfig) resolvePassword() error {
-	switch {
-	case r.PasswordEnv != "":
-		v, ok := os.LookupEnv(r.PasswordEnv)
-		if !ok {
-			return fmt.Errorf("registry %q: password_env %s is not set", r.Name, r.PasswordEnv)
-		}
-		r.Password = v
-	case r.PasswordFile != "":
-		b, err := os.ReadFile(r.PasswordFile)
-		if err != nil {
-			return fmt.Errorf("registry %q: password_file: %w", r.Name, err)
-		}
-		r.Password = strings.TrimRight(string(b), "\r\n")
-	}
-	if r.Password != "" && r.Username == "" {
-		return fmt.Errorf("registry %q: a password needs a username", r.Name)
-	}
-	return nil
-}
-
-// checkMirrors resolves each mirror's password and checks its URL.
-func (r *registryConfig) checkMirrors() error {
-	var errs []error
-	seen := map[string]bool{strings.TrimSuffix(r.URL, "/"): true}
-	for i := range r.Mirrors {
-		m := &r.Mirrors[i]
-		if !isBaseURL(m.URL) {
-			errs = append(errs, fmt.Errorf("registry %q: mirror %q: want http(s)://host[:port] with nothing after it", r.Name, m.URL))
-			continue
-		}
-		if seen[strings.TrimSuffix(m.URL, "/")] {
-			errs = append(errs, fmt.Errorf("registry %q: mirror %q: listed twice (or is the registry's url)", r.Name, m.URL))
-		}
-		seen[strings.TrimSuffix(m.URL, "/")] = true
-		// The mirror's own credentials, resolved like a registry's.
-		creds := registryConfig{Name: r.Name + " mirror " + m.URL, Username: m.Username, Password: m.Password,
-			PasswordEnv: m.PasswordEnv, PasswordFile: m.PasswordFile}
-		if err := creds.resolvePassword(); err != nil {
-			errs = append(errs, err)
-		}
-		m.Password = creds.Password
-	}
-	return errors.Join(errs...)
-}
-
-// isBaseURL: http(s)://host[:port], nothing after it (a registry's or a
-// mirror's url).
-func isBaseURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil &&
-		(u.Path == "" || u.Path == "/") && u.RawQuery == "" && u.Fragment == ""
-}
-
-// parseAllowPrivate reads allow_private_addresses: IP addresses or CIDR
-// prefixes.
-func (r *registryConfig) parseAllowPrivate() error {
-	r.allowPrivate = nil
-	for _, v := range r.AllowPrivateAddresses {
-		p, err := netip.ParsePrefix(v)
-		if err != nil {
-			ip, ierr := netip.ParseAddr(v)
-			if ierr != nil {
-				return fmt.Errorf("registry %q: allow_private_addresses: %q is neither an IP address nor a CIDR prefix", r.Name, v)
-			}
-			p = netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen())
-		}
-		if p.Addr().Is4In6() && p.Bits() >= 96 { // the guard compares unmapped addresses
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		r.allowPrivate = append(r.allowPrivate, p.Masked())
-	}
-	return nil
-}
-
-// checkName accepts what clients put before the first '/' of an image
-// name: a host, optionally with a port ("ghcr.io", "registry.corp:5000").
-// Requests name their registry this way (?ns=, a path prefix), so anything
-// else could never be addressed.
-func (r *registryConfig) checkName() error {
-	if strings.ContainsAny(r.Name, "/@ \t") || strings.Contains(r.Name, "://") {
-		return fmt.Errorf("registry %q: name must be a registry host[:port] as clients write it, without scheme or path", r.Name)
-	}
-	return nil
-}
-
-// resolveDockerConfig applies the global docker_config to a registry that
-// has neither its own nor a username, and checks that private registries
-// have credentials: upstream is what decides who may see their content.
-func (r *registryConfig) resolveDockerConfig(global string) error {
-	if r.DockerConfig == "" && r.Username == "" {
-		r.DockerConfig = global
-	}
-	if r.DockerConfig != "" {
-		if _, err := os.Stat(r.DockerConfig); err != nil {
-			return fmt.Errorf("registry %q: docker_config: %w", r.Name, err)
-		}
-	}
-	if r.Private && r.Username == "" && r.DockerConfig == "" {
-		return fmt.Errorf("registry %q: private = true needs credentials (username and password, or docker_config)", r.Name)
-	}
-	return nil
-}
-
-// keychain is where the registry's credentials come from when no username
-// is configured: its Docker config.json, or nothing (anonymous).
-func (r *registryConfig) keychain() authn.Keychain {
-	if r.Username != "" || r.DockerConfig == "" {
-		return nil
-	}
-	return upstream.NewConfigKeychain(r.DockerConfig)
 }
 
 // tagPolicy compiles the [[tag_policy]] rules; tags none matches get tag_ttl.
