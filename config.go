@@ -210,7 +210,7 @@ func (c *config) finish() error {
 		if !isBaseURL(r.URL) {
 			errs = append(errs, fmt.Errorf("registry %q: url %q: want http(s)://host[:port] with nothing after it, e.g. https://%s", r.Name, r.URL, strings.TrimPrefix(r.URL, "//")))
 		}
-		if err := r.resolvePassword(); err != nil {
+		if err := r.resolvePassword(fmt.Sprintf("registry %q", r.Name)); err != nil {
 			errs = append(errs, err)
 		}
 		errs = append(errs, r.checkMirrors())

@@ -150,7 +150,7 @@ func TestFailoverMirrorCredentials(t *testing.T) {
 	m := startMirror(t, up, func(c *config) {
 		r := c.registry(dockerHubName)
 		r.Username, r.Password = "hubuser", "hubpass"
-		r.Mirrors = []mirrorConfig{{URL: hub.URL(), Username: "mirroruser", PasswordEnv: "TEST_MIRROR_PASSWORD"}}
+		r.Mirrors = []mirrorConfig{{URL: hub.URL(), endpointAuth: endpointAuth{Username: "mirroruser", PasswordEnv: "TEST_MIRROR_PASSWORD"}}}
 	})
 	if got := pullAll(t, m, "library/app:1"); got != testupstream.Digest(t, img) {
 		t.Fatalf("pull: %s", got)

@@ -51,8 +51,8 @@ func TestRegistryOptions(t *testing.T) {
 	c := defaultConfig()
 	c.Server.OutageBackoff = duration{time.Minute}
 	c.Registries = []registryConfig{
-		{Name: "ghcr.io", Username: "u", Password: "p", HostAliases: []string{"GHCR.LAN"}},
-		{Name: "quay.io", URL: "https://quay.example", Mirrors: []mirrorConfig{{URL: "https://m1.lan"}, {URL: "http://m2.lan:5000", Username: "mu", Password: "mp"}}},
+		{Name: "ghcr.io", endpointAuth: endpointAuth{Username: "u", Password: "p"}, HostAliases: []string{"GHCR.LAN"}},
+		{Name: "quay.io", URL: "https://quay.example", Mirrors: []mirrorConfig{{URL: "https://m1.lan"}, {URL: "http://m2.lan:5000", endpointAuth: endpointAuth{Username: "mu", Password: "mp"}}}},
 	}
 	if err := c.finish(); err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestProxyOptions(t *testing.T) {
 	c.TagTTL = duration{time.Minute}
 	c.Server.MinUpstreamRate = "0"
 	c.Cache.HotSize = "64MiB"
-	c.Registries = []registryConfig{{Name: "corp.lan", Private: true, Username: "u"}}
+	c.Registries = []registryConfig{{Name: "corp.lan", Private: true, endpointAuth: endpointAuth{Username: "u"}}}
 	if err := c.finish(); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func startRegistries(t *testing.T, mutate ...func(*config)) *registries {
 	r.m = startMirror(t, r.hub, append([]func(*config){func(c *config) {
 		c.Registries = append(c.Registries,
 			registryConfig{Name: ghcrName, URL: r.ghcr.URL(), HostAliases: []string{ghcrAlias}},
-			registryConfig{Name: corpName, URL: r.front.URL, Username: corpUser, Password: corpPass, Private: true},
+			registryConfig{Name: corpName, URL: r.front.URL, endpointAuth: endpointAuth{Username: corpUser, Password: corpPass}, Private: true},
 		)
 	}}, mutate...)...)
 	return r

@@ -21,17 +21,12 @@ import (
 
 // registryConfig is one [[registries]] entry.
 type registryConfig struct {
-	Name               string   `toml:"name"`
-	URL                string   `toml:"url"`
-	Username           string   `toml:"username"`
-	Password           string   `toml:"password"`
-	PasswordEnv        string   `toml:"password_env"`
-	PasswordFile       string   `toml:"password_file"`
-	CAFile             string   `toml:"ca_file"`
-	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
-	HostAliases        []string `toml:"host_aliases"`
-	DockerConfig       string   `toml:"docker_config"`
-	Private            bool     `toml:"private"`
+	Name string `toml:"name"`
+	URL  string `toml:"url"`
+	endpointAuth
+	HostAliases  []string `toml:"host_aliases"`
+	DockerConfig string   `toml:"docker_config"`
+	Private      bool     `toml:"private"`
 	// Mirrors are tried before URL, in order (README "Upstream failover").
 	Mirrors []mirrorConfig `toml:"mirrors"`
 	// AllowPrivateAddresses: loopback, link-local or private addresses or
@@ -45,7 +40,13 @@ type registryConfig struct {
 // (anonymous), or a table with the URL and the mirror's own credentials
 // and TLS settings. The registry's credentials are never sent to a mirror.
 type mirrorConfig struct {
-	URL                string `toml:"url"`
+	URL string `toml:"url"`
+	endpointAuth
+}
+
+// endpointAuth is what a registry and each of its mirrors have alike:
+// whom to log in as, and which TLS to trust.
+type endpointAuth struct {
 	Username           string `toml:"username"`
 	Password           string `toml:"password"`
 	PasswordEnv        string `toml:"password_env"`
@@ -82,23 +83,25 @@ func (m *mirrorConfig) UnmarshalTOML(v any) error {
 	return fmt.Errorf("mirror: want a URL string or a table with url (and credentials), got %T", v)
 }
 
-func (r *registryConfig) resolvePassword() error {
+// resolvePassword reads password_env or password_file into Password; who
+// names the endpoint in errors.
+func (a *endpointAuth) resolvePassword(who string) error {
 	switch {
-	case r.PasswordEnv != "":
-		v, ok := os.LookupEnv(r.PasswordEnv)
+	case a.PasswordEnv != "":
+		v, ok := os.LookupEnv(a.PasswordEnv)
 		if !ok {
-			return fmt.Errorf("registry %q: password_env %s is not set", r.Name, r.PasswordEnv)
+			return fmt.Errorf("%s: password_env %s is not set", who, a.PasswordEnv)
 		}
-		r.Password = v
-	case r.PasswordFile != "":
-		b, err := os.ReadFile(r.PasswordFile)
+		a.Password = v
+	case a.PasswordFile != "":
+		b, err := os.ReadFile(a.PasswordFile)
 		if err != nil {
-			return fmt.Errorf("registry %q: password_file: %w", r.Name, err)
+			return fmt.Errorf("%s: password_file: %w", who, err)
 		}
-		r.Password = strings.TrimRight(string(b), "\r\n")
+		a.Password = strings.TrimRight(string(b), "\r\n")
 	}
-	if r.Password != "" && r.Username == "" {
-		return fmt.Errorf("registry %q: a password needs a username", r.Name)
+	if a.Password != "" && a.Username == "" {
+		return fmt.Errorf("%s: a password needs a username", who)
 	}
 	return nil
 }
@@ -118,12 +121,9 @@ func (r *registryConfig) checkMirrors() error {
 		}
 		seen[strings.TrimSuffix(m.URL, "/")] = true
 		// The mirror's own credentials, resolved like a registry's.
-		creds := registryConfig{Name: r.Name + " mirror " + m.URL, Username: m.Username, Password: m.Password,
-			PasswordEnv: m.PasswordEnv, PasswordFile: m.PasswordFile}
-		if err := creds.resolvePassword(); err != nil {
+		if err := m.resolvePassword(fmt.Sprintf("registry %q mirror %s", r.Name, m.URL)); err != nil {
 			errs = append(errs, err)
 		}
-		m.Password = creds.Password
 	}
 	return errors.Join(errs...)
 }
