@@ -48,9 +48,6 @@ type PushResult struct {
 // of its platforms.
 var ErrPartialIndex = errors.New("partially cached index")
 
-// maxManifest caps a manifest read back from the cache for pushing.
-const maxManifest = 4 << 20
-
 // Push copies items (from Plan) out of src into t, one image after
 // another: its config and layers, then its child manifests by digest,
 // then its top-level manifest under its tag (or digest), every one byte
@@ -156,7 +153,7 @@ func pushImage(ctx context.Context, src archive.BlobSource, it Item, t Target, d
 	for i := len(manifests) - 1; i >= 0; i-- {
 		desc := manifests[i]
 		d := digest.Digest(desc.Digest.String())
-		body, err := readAll(src, d)
+		body, _, err := archive.ReadManifest(src, d, -1) // the walk checked it against its descriptor
 		if err != nil {
 			return "", n, fmt.Errorf("manifest %s: %w", d, err)
 		}
@@ -175,25 +172,6 @@ func pushImage(ctx context.Context, src archive.BlobSource, it Item, t Target, d
 		return dest + ":" + ref.Tag, n, nil
 	}
 	return dest + "@" + ref.Digest.String(), n, nil
-}
-
-func readAll(src archive.BlobSource, d digest.Digest) ([]byte, error) {
-	rc, size, err := src.Open(d)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	if size > maxManifest {
-		return nil, fmt.Errorf("%d bytes, more than a manifest may have", size)
-	}
-	b, err := io.ReadAll(io.LimitReader(rc, maxManifest+1))
-	if err != nil {
-		return nil, err
-	}
-	if digest.FromBytes(b) != d {
-		return nil, fmt.Errorf("cached content does not match its digest")
-	}
-	return b, nil
 }
 
 // countingReader moves a bar as a blob is sent.

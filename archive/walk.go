@@ -145,7 +145,7 @@ func (w *walker) visit(desc v1.Descriptor, manifest bool) error {
 	if desc.MediaType != "" && !isKnownManifest(desc.MediaType) {
 		return fmt.Errorf("%w: manifest %s has media type %q", ErrUnsupported, d, desc.MediaType)
 	}
-	raw, size, err := readManifest(w.src, d, desc.Size)
+	raw, size, err := ReadManifest(w.src, d, desc.Size)
 	if err != nil {
 		return err
 	}
@@ -217,9 +217,9 @@ func isKnownManifest(mt types.MediaType) bool {
 	return false
 }
 
-// readManifest reads and verifies a manifest of at most maxManifestSize
+// ReadManifest reads and verifies a manifest of at most maxManifestSize
 // bytes. wantSize < 0 means unknown.
-func readManifest(src BlobSource, d digest.Digest, wantSize int64) ([]byte, int64, error) {
+func ReadManifest(src BlobSource, d digest.Digest, wantSize int64) ([]byte, int64, error) {
 	rc, size, err := src.Open(d)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
