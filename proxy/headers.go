@@ -64,6 +64,11 @@ type interned struct {
 const maxInterned = 4096
 
 func (t *interned) get(b []byte) string {
+	return t.getOr(b, func() string { return string(b) })
+}
+
+// getOr is the interned string for b, made by mk the first time.
+func (t *interned) getOr(b []byte, mk func() string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.m[string(b)]; ok {
@@ -72,33 +77,20 @@ func (t *interned) get(b []byte) string {
 	if t.m == nil || len(t.m) >= maxInterned {
 		t.m = make(map[string]string)
 	}
-	s := string(b)
-	t.m[s] = s
+	s := mk()
+	t.m[string(b)] = s
 	return s
 }
 
 var (
 	userAgents  interned
-	clientAddrs interned
+	clientAddrs interned // keyed by the address's bytes
 )
 
 // clientIP is the client's IP address as text.
 func clientIP(ctx *fasthttp.RequestCtx) string {
 	ip := ctx.RemoteIP()
-	clientAddrs.mu.Lock()
-	s, ok := clientAddrs.m[string(ip)]
-	clientAddrs.mu.Unlock()
-	if ok {
-		return s
-	}
-	s = ip.String()
-	clientAddrs.mu.Lock()
-	if clientAddrs.m == nil || len(clientAddrs.m) >= maxInterned {
-		clientAddrs.m = make(map[string]string)
-	}
-	clientAddrs.m[string(ip)] = s
-	clientAddrs.mu.Unlock()
-	return s
+	return clientAddrs.getOr(ip, ip.String)
 }
 
 // statusCodes are the metric labels of the usual status codes.

@@ -131,8 +131,7 @@ func (h *hotStore) generation() uint64 {
 // removed since gen or the entry would take more than an eighth of the
 // budget. A body is never replaced by metadata only.
 func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
-	e := &hotEntry{info: info, body: body}
-	if e.cost() > h.maxBytes/8 {
+	if (&hotEntry{body: body}).cost() > h.maxBytes/8 { // does not escape: no allocation
 		return
 	}
 	h.mu.Lock()
@@ -141,14 +140,17 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 		return
 	}
 	if el, ok := h.entries[info.Digest]; ok {
+		// A warm blob GET lands here every time: nothing to allocate.
 		old := el.Value.(*hotEntry)
 		h.lru.MoveToFront(el)
 		if old.body != nil || body == nil {
 			return
 		}
+		e := &hotEntry{info: info, body: body}
 		h.bytes += e.cost() - old.cost()
 		el.Value = e
 	} else {
+		e := &hotEntry{info: info, body: body}
 		h.entries[info.Digest] = h.lru.PushFront(e)
 		h.bytes += e.cost()
 	}
