@@ -116,6 +116,7 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	a.proxy, err = proxy.New(popts)
 	if err != nil {
+		a.tiers.close() // its upload workers would outlive the cache
 		return nil, err
 	}
 	if !cfg.Offline {

@@ -45,7 +45,8 @@
 // bucket: the bucket is bounded by its lifecycle rules, or by GC (regmirror
 // gc --s3 --older-than).
 //
-// The upload backlog is kept in memory: blobs committed but not yet
-// uploaded when the process stops are not uploaded later (another node's
-// commit of them still is).
+// The upload queue is memory, but each queued blob is also remembered on
+// disk (Options.PendingDir, pending.go) until its upload is over: blobs
+// committed and not yet uploaded when the process stops are uploaded after
+// the next start, if still in L1. Tag records are not remembered.
 package s3tier

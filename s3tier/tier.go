@@ -282,7 +282,8 @@ func setDefault(d *time.Duration, def time.Duration) {
 }
 
 // Close stops the upload workers; what is still queued is not uploaded
-// (its holds are released).
+// now (its holds are released) but stays remembered for the next start
+// (pending.go).
 func (t *Tier) Close() error {
 	t.stopOnce.Do(func() { close(t.stop); t.cancel() })
 	t.workers.Wait()

@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -315,5 +317,72 @@ func TestTagRecordNewerWins(t *testing.T) {
 	}
 	if rec, ok := tier.getTag(context.Background(), "docker.io", "library/a", "v1"); !ok || rec.Digest != d2 {
 		t.Fatalf("after a newer check: %+v %v, want %s", rec, ok, d2)
+	}
+}
+
+// brokenFiles is an L1 whose files cannot be read (a disk error, not an
+// eviction).
+type brokenFiles struct{}
+
+func (brokenFiles) Open(digest.Digest) (*os.File, cache.BlobInfo, error) {
+	return nil, cache.BlobInfo{}, errors.New("input/output error")
+}
+
+// TestLocalReadFailureNotRetried: an upload whose cached file cannot be
+// read fails once and is given up; S3 is not down, so the worker does not
+// spin on it.
+func TestLocalReadFailureNotRetried(t *testing.T) {
+	s := sharedStore(t)
+	tier := newTier(t, s, brokenFiles{}, nil)
+	tier.BlobAdded(cache.BlobInfo{Digest: digest.FromString("unreadable")})
+	waitBacklog(t, tier)
+	if st := tier.Stats(); st.Failures != 1 || st.BreakerOpens != 0 {
+		t.Fatalf("failures %d, breaker opens %d; want 1 and 0", st.Failures, st.BreakerOpens)
+	}
+}
+
+// TestResumeRemembered: at New, the uploads a previous run left pending
+// are queued again for the blobs still cached, each held against eviction
+// until uploaded; marks of blobs gone since, and names that are not a
+// digest's, are dropped.
+func TestResumeRemembered(t *testing.T) {
+	s := sharedStore(t)
+	newTier(t, s, nil, nil) // the bucket exists before the resumed uploads start
+	st := openCache(t)
+	data := randomBytes(t, 32<<10)
+	cached := digest.FromBytes(data)
+	if _, err := st.Put(cached, "application/octet-stream", data); err != nil {
+		t.Fatal(err)
+	}
+	gone := digest.FromString("evicted since")
+	dir := t.TempDir()
+	for _, name := range []string{"sha256-" + cached.Encoded(), "sha256-" + gone.Encoded(), "junk"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	taken, held := map[digest.Digest]int{}, map[digest.Digest]int{}
+	tier := newTier(t, s, st, func(o *Options) {
+		o.PendingDir = dir
+		o.Hold = func(d digest.Digest) func() {
+			mu.Lock()
+			defer mu.Unlock()
+			taken[d]++
+			held[d]++
+			return func() { mu.Lock(); held[d]--; mu.Unlock() }
+		}
+	})
+	waitBacklog(t, tier)
+	mu.Lock()
+	defer mu.Unlock()
+	if taken[cached] != 1 || held[cached] != 0 || taken[gone] != 0 {
+		t.Errorf("holds taken %v, still held %v; want one on the cached blob, released", taken, held)
+	}
+	if st := tier.Stats(); st.Uploads != 1 {
+		t.Errorf("uploads %d, want 1 (%+v)", st.Uploads, st)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("%d marks left, want none", len(left))
 	}
 }

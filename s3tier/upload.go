@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -105,7 +106,7 @@ func (t *Tier) work() {
 				j.release()
 				return
 			}
-			if err == nil || !isOutage(err) {
+			if err == nil || !isOutage(err) || errors.Is(err, errLocal) {
 				if err != nil {
 					t.log.Warn("s3 upload failed; not retried", "digest", j.d, "tag", j.tagKey, "err", err)
 				}
@@ -137,6 +138,11 @@ func (t *Tier) upload(j job) error {
 	return t.putBlob(j.d)
 }
 
+// errLocal marks an upload that failed on this node's side (the L1 file
+// could not be opened): S3 is not down, so retrying at once would only
+// spin.
+var errLocal = errors.New("s3: reading the cached file")
+
 // putBlob uploads d's committed L1 file, unless L2 has it already.
 func (t *Tier) putBlob(d digest.Digest) error {
 	ctx, cancel := context.WithTimeout(t.ctx, t.o.UploadTimeout)
@@ -156,7 +162,7 @@ func (t *Tier) putBlob(d digest.Digest) error {
 			return nil
 		}
 		t.stats.failures.Add(1)
-		return err
+		return fmt.Errorf("%w: %w", errLocal, err)
 	}
 	defer f.Close()
 	opts := minio.PutObjectOptions{
