@@ -44,13 +44,6 @@ func (p *Proxy) CutAfter(n int64, thenDown bool) {
 	p.mu.Unlock()
 }
 
-// SetDown refuses (closes at once) new connections while down.
-func (p *Proxy) SetDown(down bool) {
-	p.mu.Lock()
-	p.down = down
-	p.mu.Unlock()
-}
-
 func (p *Proxy) serve() {
 	for {
 		c, err := p.ln.Accept()

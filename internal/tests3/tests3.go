@@ -6,7 +6,6 @@
 package tests3
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/regmirror/regmirror/internal/testlog"
 )
 
 // Version is the versitygw release scripts/test.sh installs.
@@ -37,25 +38,6 @@ type Server struct {
 	addr string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	logs *syncBuffer
-}
-
-// syncBuffer is written by the process's output copiers and read by Logs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // Binary finds versitygw, or skips (fails with REGMIRROR_REQUIRE_CLIENTS=1).
@@ -112,13 +94,13 @@ func Launch(bin, dir string) (*Server, error) {
 func (s *Server) start() error {
 	cmd := exec.Command(s.bin, "--port", s.addr, "posix", s.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+AccessKey, "ROOT_SECRET_ACCESS_KEY="+SecretKey)
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.cmd, s.logs = cmd, logs
+	s.cmd = cmd
 	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -174,16 +156,6 @@ func (s *Server) Restart() error {
 // ObjectPath is where the posix backend keeps bucket/key on disk.
 func (s *Server) ObjectPath(bucket, key string) string {
 	return filepath.Join(s.Dir, bucket, filepath.FromSlash(key))
-}
-
-// Logs returns what versitygw printed.
-func (s *Server) Logs() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.logs == nil {
-		return ""
-	}
-	return s.logs.String()
 }
 
 func (s *Server) String() string { return fmt.Sprintf("versitygw %s (%s)", s.Endpoint, s.Dir) }
