@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -78,14 +77,9 @@ func wantRegistryError(t *testing.T, what string, resp *http.Response, body []by
 		return
 	}
 	if resp.Request.Method == http.MethodHead {
-		return
+		return // no body to check
 	}
-	var e struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || e.Errors[0].Code != code {
-		t.Errorf("%s: body %s, want a registry error %s", what, body, code)
-	}
+	wantJSONError(t, what, resp, body, status, code)
 }
 
 // TestRegistryAddressing: one mirror serves several registries, named the
