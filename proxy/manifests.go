@@ -165,7 +165,7 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	if s.opts.Offline {
 		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	v, err, shared := s.flights.Do("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
+	v, err, shared := s.flights.Do(tagFlightKey(rq), func() (any, error) {
 		key := tagKey{rq.registry, rq.repo, tag}
 		w := s.tagWaits.start(key)
 		r, err := tagResult{}, error(errTagFlightAborted) // what the joiners get if the flight panics
@@ -192,6 +192,19 @@ func (s *Server) revalidateTag(rq request, rec cache.TagRecord, pol tagpolicy.De
 			return tagResult{m, OutcomeHit}, nil
 		}
 	}
+	return s.refreshTagDetached(rq, rec, pol)
+}
+
+// tagFlightKey names the one flight that revalidates a tag, whoever
+// starts it: a client, the background (stale-while-revalidate) or the
+// watch list.
+func tagFlightKey(rq request) string {
+	return "tag\x00" + rq.registry + "\x00" + rq.repo + "\x00" + rq.ref.tag
+}
+
+// refreshTagDetached is refreshTag under a context of its own: the
+// flight's waiters are not one client's to cancel.
+func (s *Server) refreshTagDetached(rq request, rec cache.TagRecord, pol tagpolicy.Decision) (tagResult, error) {
 	ctx, cancel := s.upstreamContext()
 	defer cancel()
 	m, how, err := s.refreshTag(ctx, rq, rec, pol)

@@ -60,12 +60,7 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 		return TagCheck{}, err
 	}
 	pol := s.tagPolicy(rq)
-	ch := s.flights.DoChan("tag\x00"+rq.registry+"\x00"+rq.repo+"\x00"+tag, func() (any, error) {
-		uctx, cancel := s.upstreamContext()
-		defer cancel()
-		m, how, err := s.refreshTag(uctx, rq, rec, pol)
-		return tagResult{m, how}, err
-	})
+	ch := s.flights.DoChan(tagFlightKey(rq), func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
 	select {
 	case <-ctx.Done():
 		return TagCheck{}, ctx.Err()

@@ -39,7 +39,7 @@ type backgroundRevalidations struct {
 // one runs for that tag or too many run. It shares the client flight key:
 // a client that finds the tag expired meanwhile joins it.
 func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tagpolicy.Decision) {
-	key := "tag\x00" + rq.registry + "\x00" + rq.repo + "\x00" + rq.ref.tag
+	key := tagFlightKey(rq)
 	bg := &s.background
 	bg.mu.Lock()
 	if bg.running == nil {
@@ -60,12 +60,7 @@ func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tag
 			bg.mu.Unlock()
 		}()
 		start := time.Now()
-		_, err, _ := s.flights.Do(key, func() (any, error) {
-			ctx, cancel := s.upstreamContext()
-			defer cancel()
-			m, how, err := s.refreshTag(ctx, rq, rec, pol)
-			return tagResult{m, how}, err
-		})
+		_, err, _ := s.flights.Do(key, func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
 		s.metrics.backgroundRevalidation(err)
 		if err != nil {
 			s.log.Warn("background revalidation failed", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "err", err)
