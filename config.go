@@ -303,31 +303,27 @@ func (c cacheConfig) check() error {
 	return errors.Join(errs...)
 }
 
-// hotCacheBytes is cache.hot_size for the proxy's options: -1 (none) for
-// "0", 0 (the default) when empty.
+// hotCacheBytes is cache.hot_size for the proxy's options.
 func (c cacheConfig) hotCacheBytes() (int64, error) {
-	if strings.TrimSpace(c.HotSize) == "" {
-		return 0, nil
-	}
-	n, err := eviction.ParseSize(c.HotSize)
-	if err != nil {
-		return 0, fmt.Errorf("cache.hot_size: %w", err)
-	}
-	if n == 0 {
-		return -1, nil
-	}
-	return n, nil
+	return optionalSize(c.HotSize, "cache.hot_size")
 }
 
 // minUpstreamRate is server.min_upstream_rate in bytes per second for the
-// proxy's options: -1 (off) for "0", 0 (the default) when empty.
+// proxy's options ("/s" optional).
 func (s serverConfig) minUpstreamRate() (int64, error) {
-	if strings.TrimSpace(s.MinUpstreamRate) == "" {
+	return optionalSize(strings.TrimSuffix(strings.TrimSpace(s.MinUpstreamRate), "/s"), "server.min_upstream_rate")
+}
+
+// optionalSize reads a size whose option has a default and an off switch:
+// 0 (the default) when empty, -1 (off) for "0", else the size; key names
+// it in the error.
+func optionalSize(v, key string) (int64, error) {
+	if strings.TrimSpace(v) == "" {
 		return 0, nil
 	}
-	n, err := eviction.ParseSize(strings.TrimSuffix(strings.TrimSpace(s.MinUpstreamRate), "/s"))
+	n, err := eviction.ParseSize(v)
 	if err != nil {
-		return 0, fmt.Errorf("server.min_upstream_rate: %w", err)
+		return 0, fmt.Errorf("%s: %w", key, err)
 	}
 	if n == 0 {
 		return -1, nil
