@@ -78,12 +78,7 @@ func startMirrorConfig(t testing.TB, cfg config) *mirror {
 // ref names an image on the mirror the way the Docker daemon asks for it:
 // bare /v2/<repo>/..., which means docker.io.
 func (m *mirror) ref(t testing.TB, s string) name.Reference {
-	t.Helper()
-	r, err := name.ParseReference(m.host+"/"+s, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return testpull.Ref(t, m.host, s)
 }
 
 // adminClient manages m through its HTTP API, with the token it wrote.
@@ -98,11 +93,7 @@ func adminClient(t testing.TB, m *mirror) *admin.Client {
 
 // totalBlobGETs sums upstream blob GETs over everything the mirror cached.
 func totalBlobGETs(t testing.TB, up *testupstream.Server, m *mirror) int {
-	n := 0
-	for hexName := range blobFiles(t, m.cfg.DataDir) {
-		n += up.BlobGETs(digest.NewDigestFromEncoded(digest.SHA256, hexName))
-	}
-	return n
+	return testpull.TotalBlobGETs(t, up, m.cfg.DataDir)
 }
 
 type wireErrors struct {

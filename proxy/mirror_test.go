@@ -105,21 +105,12 @@ func startMirror(t testing.TB, up *testupstream.Server, mutate ...func(*mirrorSe
 // ref names an image on the mirror the way the Docker daemon asks for it:
 // bare /v2/<repo>/..., which means docker.io.
 func (m *testMirror) ref(t testing.TB, s string) name.Reference {
-	t.Helper()
-	r, err := name.ParseReference(m.host+"/"+s, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return testpull.Ref(t, m.host, s)
 }
 
 // totalBlobGETs sums upstream blob GETs over everything the mirror cached.
 func totalBlobGETs(t testing.TB, up *testupstream.Server, m *testMirror) int {
-	n := 0
-	for hexName := range blobFiles(t, m.dataDir) {
-		n += up.BlobGETs(digest.NewDigestFromEncoded(digest.SHA256, hexName))
-	}
-	return n
+	return testpull.TotalBlobGETs(t, up, m.dataDir)
 }
 
 // The client side of a pull and the data-dir checks are internal/testpull's.

@@ -27,6 +27,26 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
+// Ref names an image on a mirror at host the way the Docker daemon asks
+// for it: bare /v2/<repo>/..., which means docker.io.
+func Ref(t testing.TB, host, image string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(host+"/"+image, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TotalBlobGETs sums upstream's blob GETs over every blob cached in dataDir.
+func TotalBlobGETs(t testing.TB, up interface{ BlobGETs(digest.Digest) int }, dataDir string) int {
+	n := 0
+	for hexName := range BlobFiles(t, dataDir) {
+		n += up.BlobGETs(digest.NewDigestFromEncoded(digest.SHA256, hexName))
+	}
+	return n
+}
+
 // All pulls an image or index with go-containerregistry's client, reading
 // and verifying every manifest, config and layer. It returns the
 // top-level digest.
