@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -202,18 +200,6 @@ func (t *Tier) fresh(rec tagRecord) bool {
 	return t.o.Now().Sub(rec.CheckedAt) < t.o.TagTTL
 }
 
-// refDigest is ref as a digest, or "" for a tag.
-func refDigest(ref string) digest.Digest {
-	if !strings.Contains(ref, ":") {
-		return ""
-	}
-	d, err := digest.Parse(ref)
-	if err != nil {
-		return ""
-	}
-	return d
-}
-
 // isOutageErr: the next source could not answer (so an old record is
 // better than nothing), as opposed to answering that the tag is unknown.
 func isOutageErr(err error) bool {
@@ -225,7 +211,7 @@ func isOutageErr(err error) bool {
 // record, else from next (recording its answer), else, next being down,
 // from the record whatever its age.
 func (s *Source) HeadManifest(ctx context.Context, repo, ref string) (upstream.Descriptor, error) {
-	if d := refDigest(ref); d != "" {
+	if d := upstream.DigestRef(ref); d != "" {
 		if info, ok := s.t.statBlob(ctx, d); ok {
 			return upstream.Descriptor{Digest: d, MediaType: mediaTypeOf(info), Size: info.Size}, nil
 		}
@@ -254,7 +240,7 @@ func (s *Source) HeadManifest(ctx context.Context, repo, ref string) (upstream.D
 // GetManifest is HeadManifest with the body: a manifest by digest, or the
 // one a fresh (or, next being down, any) tag record names, comes from L2.
 func (s *Source) GetManifest(ctx context.Context, repo, ref string) ([]byte, upstream.Descriptor, error) {
-	if d := refDigest(ref); d != "" {
+	if d := upstream.DigestRef(ref); d != "" {
 		if body, desc, ok := s.t.getManifest(ctx, d); ok {
 			return body, desc, nil
 		}
@@ -367,10 +353,10 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 	t.remember(d)
 	var rc io.ReadCloser = &countedBody{ReadCloser: body, n: &t.stats.hitBytes}
 	if start == 0 {
-		rc = &verifiedBody{ReadCloser: rc, h: digest.SHA256.Hash(), want: d, onBad: func() {
+		rc = upstream.VerifyingBody(rc, d, "the s3 object", func() {
 			t.markTainted(d)
 			t.corruptObject(d)
-		}}
+		})
 	}
 	return &upstream.Blob{Body: rc, Offset: start, Size: size}, true
 }
@@ -383,32 +369,6 @@ type countedBody struct {
 func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
-	return n, err
-}
-
-// verifiedBody hashes a body as it is read and turns its end into an error
-// when the content is not the digest asked for.
-type verifiedBody struct {
-	io.ReadCloser
-	h     hash.Hash
-	want  digest.Digest
-	onBad func()
-	bad   bool
-}
-
-func (b *verifiedBody) Read(p []byte) (int, error) {
-	if b.bad {
-		return 0, fmt.Errorf("%w: blob %s", upstream.ErrCorrupt, b.want)
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.h.Write(p[:n])
-	if err == io.EOF {
-		if got := digest.NewDigest(digest.SHA256, b.h); got != b.want {
-			b.bad = true
-			b.onBad()
-			return n, fmt.Errorf("%w: blob %s: the s3 object holds %s", upstream.ErrCorrupt, b.want, got)
-		}
-	}
 	return n, err
 }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -249,7 +247,7 @@ func (f *Failover) attemptContext(ctx context.Context) (context.Context, context
 // HeadManifest asks each source in turn; the first answer wins.
 func (f *Failover) HeadManifest(ctx context.Context, repo, ref string) (Descriptor, error) {
 	var desc Descriptor
-	_, err := f.each(ctx, "HEAD manifest "+repo+":"+ref, refDigest(ref), true, func(ctx context.Context, r *Registry) error {
+	_, err := f.each(ctx, "HEAD manifest "+repo+":"+ref, DigestRef(ref), true, func(ctx context.Context, r *Registry) error {
 		var err error
 		desc, err = r.HeadManifest(ctx, repo, ref)
 		return err
@@ -262,7 +260,7 @@ func (f *Failover) HeadManifest(ctx context.Context, repo, ref string) (Descript
 func (f *Failover) GetManifest(ctx context.Context, repo, ref string) ([]byte, Descriptor, error) {
 	var body []byte
 	var desc Descriptor
-	_, err := f.each(ctx, "GET manifest "+repo+":"+ref, refDigest(ref), true, func(ctx context.Context, r *Registry) error {
+	_, err := f.each(ctx, "GET manifest "+repo+":"+ref, DigestRef(ref), true, func(ctx context.Context, r *Registry) error {
 		var err error
 		body, desc, err = r.GetManifest(ctx, repo, ref)
 		return err
@@ -323,43 +321,13 @@ func (f *Failover) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 		return nil, err
 	}
 	if blob.Offset == 0 && d.Validate() == nil && d.Algorithm().Available() {
-		blob.Body = &verifiedBody{ReadCloser: blob.Body, h: d.Algorithm().Hash(), want: d, onBad: func() {
+		blob.Body = VerifyingBody(blob.Body, d, "the source", func() {
 			f.markBad(i, d)
 			f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
 				"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
-		}}
+		})
 	}
 	return blob, nil
-}
-
-// verifiedBody hashes a blob body as it is read and turns its end into an
-// error when the content is not the digest asked for.
-type verifiedBody struct {
-	io.ReadCloser
-	h     hash.Hash
-	want  digest.Digest
-	onBad func()
-}
-
-func (b *verifiedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.h.Write(p[:n])
-	if err == io.EOF {
-		if got := digest.NewDigest(b.want.Algorithm(), b.h); got != b.want {
-			b.onBad()
-			return n, fmt.Errorf("%w: blob %s: the source sent content %s", ErrCorrupt, b.want, got)
-		}
-	}
-	return n, err
-}
-
-// refDigest is ref as a digest, or "" for a tag.
-func refDigest(ref string) digest.Digest {
-	d, err := digest.Parse(ref)
-	if err != nil {
-		return ""
-	}
-	return d
 }
 
 // SourceState is one source of a Failover as a status page shows it.
