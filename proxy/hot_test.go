@@ -25,7 +25,12 @@ import (
 // countingStore is the real cache counting the reads the proxy asks of it.
 type countingStore struct {
 	*cache.Store
-	readAlls, opens, stats, tags atomic.Int64
+	readAlls, opens, stats, tags, touches atomic.Int64
+}
+
+func (c *countingStore) Touch(d digest.Digest) {
+	c.touches.Add(1)
+	c.Store.Touch(d)
 }
 
 func (c *countingStore) Tag(registry, repo, tag string) (cache.TagRecord, error) {
@@ -131,7 +136,7 @@ func TestHotHitsReadNothing(t *testing.T) {
 	if code, how, _ := m.ask(t, http.MethodHead, bpath); code != 200 || how != "hit" {
 		t.Fatalf("first blob HEAD: %d %s", code, how)
 	}
-	reads, opens, stats := m.store.readAlls.Load(), m.store.opens.Load(), m.store.stats.Load()
+	reads, opens, stats, touches := m.store.readAlls.Load(), m.store.opens.Load(), m.store.stats.Load(), m.store.touches.Load()
 	for range 20 {
 		if code, how, got := m.ask(t, http.MethodGet, mpath); code != 200 || how != "hit" || got != md {
 			t.Fatalf("manifest GET: %d %s %s", code, how, got)
@@ -146,6 +151,11 @@ func TestHotHitsReadNothing(t *testing.T) {
 	info, err := m.store.Store.Stat(md)
 	if err != nil || info.LastAccess.IsZero() {
 		t.Errorf("the hot manifest's access was not recorded: %v %v", info.LastAccess, err)
+	}
+	// Each hot entry passes its hits on to the cache's access record (for
+	// eviction's order), at most once a second: the first at once.
+	if n := m.store.touches.Load() - touches; n < 2 || n > 10 {
+		t.Errorf("40 hot hits on 2 blobs recorded %d accesses in the cache; want each blob's, rate-limited (2 to 10)", n)
 	}
 }
 
