@@ -44,21 +44,23 @@ func (c *clusterConfig) check() error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	_, err := c.options()
-	return err
+	o, err := c.options()
+	if err != nil {
+		return err
+	}
+	if _, err := cluster.New(o); err != nil { // URLs, secret length, CA file
+		return fmt.Errorf("[cluster]: %w", err)
+	}
+	return nil
 }
 
-// options reads the secret and checks the URLs by building the node's
-// options; cluster.New checks the rest.
+// options reads the secret into the node's options; check has had
+// cluster.New check them.
 func (c *clusterConfig) options() (cluster.Options, error) {
 	b, err := os.ReadFile(c.SecretFile)
 	if err != nil {
 		return cluster.Options{}, fmt.Errorf("cluster.secret_file: %w", err)
 	}
 	secret := []byte(strings.TrimSpace(string(b)))
-	o := cluster.Options{Self: c.Self, Peers: c.Peers, Secret: secret, CAFile: c.CAFile}
-	if _, err := cluster.New(o); err != nil {
-		return cluster.Options{}, fmt.Errorf("[cluster]: %w", err)
-	}
-	return o, nil
+	return cluster.Options{Self: c.Self, Peers: c.Peers, Secret: secret, CAFile: c.CAFile}, nil
 }
