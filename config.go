@@ -250,6 +250,9 @@ func (c *config) finish() error {
 	if c.Cluster != nil {
 		errs = append(errs, c.Cluster.check())
 	}
+	if c.S3 != nil {
+		errs = append(errs, c.S3.check(*c))
+	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))
 	}

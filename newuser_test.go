@@ -108,6 +108,9 @@ func TestConfigValidatedBeforeDataDir(t *testing.T) {
 		{"[cache]\nevict_interval = \"-1s\"\n", "cache.evict_interval"},
 		{"[[registry]]\nname = \"quay.io\"\nurl = \"quay.io\"\n", `url "quay.io"`},
 		{"[[registry]]\nname = \"quay.io\"\nurl = \"ftp://quay.io\"\n", `url "ftp://quay.io"`},
+		{"[s3]\nendpoint = \"s3.example\"\nbucket = \"b\"\n", "[s3]"},
+		{"[s3]\nendpoint = \"https://s3.example\"\n", "[s3]"},
+		{"[s3]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\nsecret_key_env = \"REGMIRROR_TEST_UNSET_S3_SECRET\"\n", "s3.secret_key_env"},
 	} {
 		dataDir := filepath.Join(t.TempDir(), "data")
 		conf := filepath.Join(t.TempDir(), "c.toml")

@@ -64,14 +64,25 @@ func (c *s3Config) secret() (string, error) {
 	return c.SecretKey, nil
 }
 
+// check resolves the secret and has the tier check the rest (endpoint,
+// bucket) when the config is loaded, before anything is written to disk.
+func (c *s3Config) check(cfg config) error {
+	o, err := c.options(cfg, nil)
+	if err != nil {
+		return err
+	}
+	t, err := s3tier.New(o) // no Files: no uploads, nothing on disk, no request
+	if err != nil {
+		return fmt.Errorf("[s3]: %w", err)
+	}
+	return t.Close()
+}
+
 // s3Options maps [s3] to the tier's options (files and hold: serve's).
 func (c *s3Config) options(cfg config, log *slog.Logger) (s3tier.Options, error) {
 	secret, err := c.secret()
 	if err != nil {
 		return s3tier.Options{}, err
-	}
-	if c.Endpoint == "" || c.Bucket == "" {
-		return s3tier.Options{}, fmt.Errorf("s3: endpoint and bucket are required")
 	}
 	return s3tier.Options{
 		Endpoint: c.Endpoint, Bucket: c.Bucket, Prefix: c.Prefix, Region: c.Region,
