@@ -75,6 +75,9 @@ func composeTiers(cfg config, d tierDeps, ups []proxy.Upstream) (*tiers, error) 
 		closers = append(closers, func() { unsubscribe(); l2.Close() })
 		registerS3Metrics(d.metrics, l2)
 		private := cfg.privateRegistries()
+		// L2 wraps last, outermost: the proxy finds its optional BlobRedirect
+		// on the Upstream it holds, and the cluster's wrapper does not pass
+		// that method on.
 		wrapped := make([]proxy.Upstream, len(t.ups))
 		for i, up := range t.ups {
 			wrapped[i] = up
