@@ -90,8 +90,8 @@ func (s *Store) Open(d digest.Digest) (*os.File, BlobInfo, error) {
 		s.dropStale(d, hex, "file size differs from index")
 		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s (file damaged)", ErrNotFound, d)
 	}
-	info := s.withAccess(rec.info(d))
-	info.LastAccess = s.recordAccess(d)
+	info := rec.info(d)
+	info.LastAccess = s.recordAccess(d) // this access is the latest
 	return f, info, nil
 }
 

@@ -131,7 +131,7 @@ type Evictor struct {
 	arena       arena     // the entries and their LRU list
 	index       keyIndex  // key → slot
 	holds       map[string]int
-	inflight    map[string]slot     // keys whose Delete is running
+	inflight    map[string]struct{} // keys whose Delete is running
 	pendingPins map[string]struct{} // SetPinned(key, true) before the key was added
 	waiters     int                 // Hold calls waiting on inflightEnd
 
@@ -180,7 +180,7 @@ func New(opts Options, d Deleter) (*Evictor, error) {
 		kick:        make(chan struct{}, 1),
 		passSem:     make(chan struct{}, 1),
 		holds:       make(map[string]int),
-		inflight:    make(map[string]slot),
+		inflight:    make(map[string]struct{}),
 		pendingPins: make(map[string]struct{}),
 	}
 	if e.isNotFound == nil {

@@ -180,7 +180,7 @@ func (e *Evictor) choose(p *passState) (victim, bool) {
 	e.arena.remove(i)
 	e.count(x, -1)
 	x.set(flagDeleting, true)
-	e.inflight[key] = i
+	e.inflight[key] = struct{}{}
 	return victim{i: i, key: key, size: x.size, last: x.last}, true
 }
 
