@@ -110,3 +110,42 @@ func TestDigestKeysRandomOps(t *testing.T) {
 	}
 	checkInvariants(t, e)
 }
+
+// TestKeyIndexRemoveWrapsAround: removing the first key of a run that
+// wraps past the table's end pulls the keys after it (in cells 0, 1, ...)
+// back into place, so they are still found. The keys are chosen for this
+// table's seed, so the wrap happens on every run, not by chance.
+func TestKeyIndexRemoveWrapsAround(t *testing.T) {
+	var a arena
+	var ix keyIndex
+	a.init()
+	ix.init()
+	last := len(ix.cells) - 1
+	var keys []string
+	for n := 0; len(keys) < 3; n++ {
+		key := digestKey(n)
+		k, _ := parseDigestKey(key)
+		if ix.home(&k) == last {
+			keys = append(keys, key)
+		}
+	}
+	slots := map[string]slot{}
+	for _, key := range keys {
+		i := a.alloc()
+		ix.insert(&a, key, i)
+		slots[key] = i
+	}
+	if len(ix.cells) != last+1 {
+		t.Fatalf("the table grew to %d cells; the test needs it at %d", len(ix.cells), last+1)
+	}
+	if ix.cells[last] != slots[keys[0]] || ix.cells[0] != slots[keys[1]] || ix.cells[1] != slots[keys[2]] {
+		t.Fatalf("cells %v: the run does not wrap as the test needs", ix.cells)
+	}
+	ix.remove(&a, slots[keys[0]])
+	a.release(slots[keys[0]])
+	for _, key := range keys[1:] {
+		if got := ix.lookup(&a, key); got != slots[key] {
+			t.Errorf("after removing the run's first key, lookup(%s) = %d, want %d", key, got, slots[key])
+		}
+	}
+}
