@@ -156,3 +156,26 @@ func rewriteMarker(t *testing.T, dir string, f func(string) string) {
 		t.Fatal(err)
 	}
 }
+
+// TestFailedCloseWritesNoMarker: a Close whose last access flush fails
+// (the index already closed under it) leaves no clean-shutdown marker, so
+// the next Open reconciles instead of trusting an index that missed writes.
+func TestFailedCloseWritesNoMarker(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	data, d := blob(1000, 42)
+	mustPut(t, s, data, d, "x")
+	s.Touch(d) // an access for the final flush to write
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err == nil {
+		t.Fatal("Close reported no error though its flush could not be written")
+	}
+	if exists(filepath.Join(dir, cleanMarkerName)) {
+		t.Fatal("a Close that failed wrote the clean-shutdown marker")
+	}
+	if _, path := reopenLogs(t, dir); path != "reconciled" {
+		t.Fatalf("Open after a failed Close: %s, want a full reconcile", path)
+	}
+}
