@@ -1,0 +1,55 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// refusingTransport fails the test if anything is sent: the checks under
+// test must refuse before the network.
+type refusingTransport struct{ t *testing.T }
+
+func (r refusingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.t.Errorf("a request was sent: %s %s", req.Method, req.URL)
+	return nil, errors.New("refused by the test")
+}
+
+// TestPusherValidatesBeforeSending (invariant 6): push-to's client refuses
+// a repository name outside the grammar, a manifest whose body is not the
+// digest it is written under, and a target that is not a bare
+// http(s)://host[:port], all before any request.
+func TestPusherValidatesBeforeSending(t *testing.T) {
+	for _, bad := range []string{"https://site/v2", "site:5000", "ftp://site", "https://u:p@site", "https://site/?x=1"} {
+		if _, err := NewPusher(PushOptions{URL: bad, Transport: refusingTransport{t}}); err == nil {
+			t.Errorf("NewPusher(%q) accepted the target", bad)
+		}
+	}
+	p, err := NewPusher(PushOptions{URL: "https://registry.site:5000", Transport: refusingTransport{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	body := []byte(`{"schemaVersion":2}`)
+	open := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }
+	for _, repo := range []string{"../etc", "A/B", "a//b", "", "a/" + strings.Repeat("b", 300)} {
+		if err := p.PutBlob(ctx, repo, digest.FromString("x"), 1, "application/octet-stream", open); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("PutBlob to repository %q: %v, want ErrInvalidName", repo, err)
+		}
+		if err := p.PutManifest(ctx, repo, "latest", "application/vnd.oci.image.manifest.v1+json", body); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("PutManifest to repository %q: %v, want ErrInvalidName", repo, err)
+		}
+	}
+	other := digest.FromString("another manifest").String()
+	if err := p.PutManifest(ctx, "library/app", other, "application/vnd.oci.image.manifest.v1+json", body); err == nil {
+		t.Error("PutManifest wrote a body under a digest it does not have")
+	}
+	if err := p.PutBlob(ctx, "library/app", "sha256:short", 1, "application/octet-stream", open); err == nil {
+		t.Error("PutBlob accepted a malformed digest")
+	}
+}
