@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"os"
 	"strings"
 
@@ -129,11 +128,10 @@ func (r *registryConfig) checkMirrors() error {
 }
 
 // isBaseURL: http(s)://host[:port], nothing after it (a registry's or a
-// mirror's url).
+// mirror's url), as the registry client will parse it.
 func isBaseURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil &&
-		(u.Path == "" || u.Path == "/") && u.RawQuery == "" && u.Fragment == ""
+	_, _, err := upstream.ParseBaseURL(s)
+	return err == nil
 }
 
 // parseAllowPrivate reads allow_private_addresses: IP addresses or CIDR

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -50,18 +49,9 @@ type Pusher struct {
 
 // NewPusher validates o. It does no network I/O.
 func NewPusher(o PushOptions) (*Pusher, error) {
-	u, err := url.Parse(o.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") ||
-		u.User != nil || u.RawQuery != "" {
-		return nil, fmt.Errorf("push target %q: want http(s)://host[:port] with nothing after it", o.URL)
-	}
-	var nopts []name.Option
-	if u.Scheme == "http" {
-		nopts = append(nopts, name.Insecure)
-	}
-	reg, err := name.NewRegistry(u.Host, nopts...)
+	_, reg, err := ParseBaseURL(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("push target %q: %w", o.URL, err)
+		return nil, fmt.Errorf("push target: %w", err)
 	}
 	rt := o.Transport
 	if rt == nil {

@@ -25,7 +25,7 @@ func (r refusingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 // digest it is written under, and a target that is not a bare
 // http(s)://host[:port], all before any request.
 func TestPusherValidatesBeforeSending(t *testing.T) {
-	for _, bad := range []string{"https://site/v2", "site:5000", "ftp://site", "https://u:p@site", "https://site/?x=1"} {
+	for _, bad := range []string{"https://site/v2", "site:5000", "ftp://site", "https://u:p@site", "https://site/?x=1", "https://site#x"} {
 		if _, err := NewPusher(PushOptions{URL: bad, Transport: refusingTransport{t}}); err == nil {
 			t.Errorf("NewPusher(%q) accepted the target", bad)
 		}

@@ -195,16 +195,24 @@ func withDefaults(o Options, dockerHub bool) (Options, int) {
 	return o, max(retries, 0)
 }
 
-// parseEndpoint checks o.URL (http(s)://host[:port], nothing after it) and
-// returns it with the registry it addresses.
+// parseEndpoint checks o.URL and returns it with the registry it addresses.
 func parseEndpoint(o Options) (*url.URL, name.Registry, error) {
-	u, err := url.Parse(o.URL)
+	u, reg, err := ParseBaseURL(o.URL)
 	if err != nil {
-		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL: %w", o.Name, err)
+		return nil, name.Registry{}, fmt.Errorf("upstream %s: %w", o.Name, err)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+	return u, reg, nil
+}
+
+// ParseBaseURL accepts a registry's address as an operator writes it,
+// http(s)://host[:port] with nothing after it, and returns it with the
+// registry it addresses (insecure for http). Registries, their mirrors
+// and push-to's target all go through it.
+func ParseBaseURL(raw string) (*url.URL, name.Registry, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
 		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL %q: want http(s)://host[:port] with nothing after it", o.Name, o.URL)
+		return nil, name.Registry{}, fmt.Errorf("URL %q: want http(s)://host[:port] with nothing after it", raw)
 	}
 	var nopts []name.Option
 	if u.Scheme == "http" {
@@ -212,7 +220,7 @@ func parseEndpoint(o Options) (*url.URL, name.Registry, error) {
 	}
 	reg, err := name.NewRegistry(u.Host, nopts...)
 	if err != nil {
-		return nil, name.Registry{}, fmt.Errorf("upstream %s: URL host: %w", o.Name, err)
+		return nil, name.Registry{}, fmt.Errorf("URL host %q: %w", u.Host, err)
 	}
 	return u, reg, nil
 }
