@@ -39,7 +39,7 @@ func exportCommand() *cli.Command {
 }
 
 func runExport(c *cli.Context) error {
-	refs, all, err := imageSelection(c, "export")
+	refs, all, err := imageSelection(c, "export", c.Args().Slice(), "as arguments")
 	if err != nil {
 		return err
 	}

@@ -65,9 +65,11 @@ func imageRefs(c *cli.Context, args []string) ([]imageref.Ref, error) {
 	return refs, errors.Join(errs...)
 }
 
-// imageSelection reads export's choice: named images, or --all.
-func imageSelection(c *cli.Context, cmd string) ([]imageref.Ref, bool, error) {
-	refs, err := imageArgs(c)
+// imageSelection reads a command's choice of images: those in args (and
+// --file), or --all; where says where names go, for the message when
+// there are none.
+func imageSelection(c *cli.Context, cmd string, args []string, where string) ([]imageref.Ref, bool, error) {
+	refs, err := imageRefs(c, args)
 	if err != nil {
 		return nil, false, err
 	}
@@ -76,7 +78,7 @@ func imageSelection(c *cli.Context, cmd string) ([]imageref.Ref, bool, error) {
 	case all && len(refs) > 0:
 		return nil, false, fmt.Errorf("%s: name images or give --all, not both", cmd)
 	case !all && len(refs) == 0:
-		return nil, false, fmt.Errorf("%s: no images: name them as arguments, with --file, or give --all", cmd)
+		return nil, false, fmt.Errorf("%s: no images: name them %s, with --file, or give --all", cmd, where)
 	}
 	return refs, all, nil
 }

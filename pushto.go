@@ -47,16 +47,9 @@ func runPushTo(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	refs, err := imageRefs(c, c.Args().Tail())
+	refs, all, err := imageSelection(c, "push-to", c.Args().Tail(), "after the registry")
 	if err != nil {
 		return err
-	}
-	all := c.Bool("all")
-	switch {
-	case all && len(refs) > 0:
-		return errors.New("push-to: name images or give --all, not both")
-	case !all && len(refs) == 0:
-		return errors.New("push-to: no images: name them after the registry, with --file, or give --all")
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
