@@ -49,7 +49,7 @@ type Pusher struct {
 
 // NewPusher validates o. It does no network I/O.
 func NewPusher(o PushOptions) (*Pusher, error) {
-	_, reg, err := ParseBaseURL(o.URL)
+	u, reg, err := ParseBaseURL(o.URL)
 	if err != nil {
 		return nil, fmt.Errorf("push target: %w", err)
 	}
@@ -60,6 +60,9 @@ func NewPusher(o PushOptions) (*Pusher, error) {
 			return nil, err
 		}
 		rt = tr
+	}
+	if u.Scheme == "https" {
+		rt = httpsOnly{rt}
 	}
 	opts := []remote.Option{remote.WithTransport(rt)}
 	switch {
@@ -76,6 +79,23 @@ func NewPusher(o PushOptions) (*Pusher, error) {
 		return nil, err
 	}
 	return &Pusher{reg: reg, p: p}, nil
+}
+
+// httpsOnly refuses every request that is not over https. go-containerregistry's
+// client follows Go's redirect policy, which goes from https to http, and
+// takes a token realm or an upload Location as the registry gives them: a
+// target configured as https is written only over https, whatever it
+// answers, so neither its credentials nor the content cross in clear.
+type httpsOnly struct{ inner http.RoundTripper }
+
+func (t httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "https" {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, refuse("plain http refused for an https push target", "%s %s", req.Method, req.URL.Redacted())
+	}
+	return t.inner.RoundTrip(req)
 }
 
 // Registry is the target's host[:port].

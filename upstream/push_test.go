@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -51,5 +53,47 @@ func TestPusherValidatesBeforeSending(t *testing.T) {
 	}
 	if err := p.PutBlob(ctx, "library/app", "sha256:short", 1, "application/octet-stream", open); err == nil {
 		t.Error("PutBlob accepted a malformed digest")
+	}
+}
+
+// TestPusherStaysOnHTTPS: an https push target is written only over https.
+// The target redirects to, or names as its token realm, a plain-http
+// canary; the canary sees nothing and the push fails. (go-containerregistry
+// refuses the realm itself; the redirect, which Go's client would follow,
+// is refused by httpsOnly.)
+func TestPusherStaysOnHTTPS(t *testing.T) {
+	var canaryHits atomic.Int64
+	canary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { canaryHits.Add(1) }))
+	defer canary.Close()
+	type answer = func(w http.ResponseWriter, r *http.Request)
+	for name, tc := range map[string]struct {
+		answer
+		wantRefusal bool
+	}{
+		"redirect": {func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, canary.URL+r.URL.Path, http.StatusTemporaryRedirect)
+		}, true},
+		"token realm": {func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+canary.URL+`/token",service="site"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			canaryHits.Store(0)
+			target := httptest.NewTLSServer(http.HandlerFunc(tc.answer))
+			defer target.Close()
+			p, err := NewPusher(PushOptions{URL: target.URL, Username: "site", Password: "secret", Transport: target.Client().Transport})
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := []byte(`{"schemaVersion":2}`)
+			err = p.PutManifest(context.Background(), "library/app", "latest", "application/vnd.oci.image.manifest.v1+json", body)
+			if err == nil || tc.wantRefusal && !errors.Is(err, ErrRefused) {
+				t.Errorf("push: %v, want a refusal", err)
+			}
+			if n := canaryHits.Load(); n != 0 {
+				t.Fatalf("the plain-http canary got %d requests", n)
+			}
+		})
 	}
 }
