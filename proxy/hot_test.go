@@ -26,6 +26,17 @@ import (
 type countingStore struct {
 	*cache.Store
 	readAlls, opens, stats, tags, touches atomic.Int64
+	// holdSetTag, when set, holds each SetTag until it is closed, after
+	// telling setTagHeld.
+	holdSetTag, setTagHeld chan struct{}
+}
+
+func (c *countingStore) SetTag(registry, repo, tag string, rec cache.TagRecord) error {
+	if c.holdSetTag != nil {
+		c.setTagHeld <- struct{}{}
+		<-c.holdSetTag
+	}
+	return c.Store.SetTag(registry, repo, tag, rec)
 }
 
 func (c *countingStore) Touch(d digest.Digest) {
@@ -92,6 +103,9 @@ func startHotMirror(t *testing.T, mutate ...func(*Options)) *hotMirror {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// Connections the client dialed but never used would hold
+		// fasthttp's Shutdown for seconds.
+		http.DefaultClient.CloseIdleConnections()
 		s.Shutdown(ctx)
 		ln.Close()
 		<-done

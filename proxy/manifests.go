@@ -226,10 +226,20 @@ type tagKey struct{ registry, repo, tag string }
 
 // tagWait is one revalidation's answer, ready when done is closed.
 type tagWait struct {
-	done   chan struct{}
-	r      tagResult
-	err    error
-	joined atomic.Int64 // requests waiting on it (for tests)
+	done      chan struct{}
+	published sync.Once
+	r         tagResult
+	err       error
+	joined    atomic.Int64 // requests waiting on it (for tests)
+}
+
+// publish sets the answer and lets the joiners go; only the first call
+// counts.
+func (w *tagWait) publish(r tagResult, err error) {
+	w.published.Do(func() {
+		w.r, w.err = r, err
+		close(w.done)
+	})
 }
 
 func (t *tagWaits) find(key tagKey) *tagWait {
@@ -253,15 +263,28 @@ func (t *tagWaits) start(key tagKey) *tagWait {
 // panic itself reaches the flight's own caller).
 var errTagFlightAborted = errors.New("proxy: tag revalidation aborted")
 
-// end publishes the answer and lets the joiners go.
+// answered lets the joiners of key's revalidation, if one is running in
+// the foreground, go with r before the revalidation has written the tag's
+// record: the answer does not wait for the index's fsync (a few ms, more
+// under load), and requests that arrive meanwhile still join instead of
+// reading the old record and asking upstream again.
+func (t *tagWaits) answered(key tagKey, r tagResult) {
+	t.mu.Lock()
+	w := t.running[key]
+	t.mu.Unlock()
+	if w != nil {
+		w.publish(r, nil)
+	}
+}
+
+// end publishes the answer, unless answered did, and ends the wait.
 func (t *tagWaits) end(key tagKey, w *tagWait, r tagResult, err error) {
-	w.r, w.err = r, err
+	w.publish(r, err)
 	t.mu.Lock()
 	if t.running[key] == w {
 		delete(t.running, key)
 	}
 	t.mu.Unlock()
-	close(w.done)
 }
 
 // refreshTag asks upstream what the tag points to now. With a cached record
@@ -336,6 +359,7 @@ func (s *Server) confirmTag(rq request, rec cache.TagRecord) (manifest, bool) {
 	if err != nil {
 		return manifest{}, false
 	}
+	s.tagWaits.answered(tagKey{rq.registry, rq.repo, rq.ref.tag}, tagResult{m, OutcomeRevalidated})
 	rec.CheckedAt = s.opts.Now()
 	if err := s.tags.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
 		s.log.Warn("recording tag", "tag", rq.ref.tag, "err", err)
@@ -359,6 +383,7 @@ func (s *Server) fetchTag(ctx context.Context, rq request, rec cache.TagRecord, 
 	if err != nil {
 		return manifest{}, OutcomeNone, err
 	}
+	s.tagWaits.answered(tagKey{rq.registry, rq.repo, rq.ref.tag}, tagResult{m, OutcomeMiss})
 	s.saveTag(rq, m)
 	if rec.Digest != "" && rec.Digest != m.info.Digest {
 		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "from", rec.Digest, "to", m.info.Digest)
