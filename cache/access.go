@@ -95,6 +95,11 @@ func (s *Store) flushAccess() error {
 	for len(ds) > 0 && err == nil {
 		chunk := ds[:min(flushChunk, len(ds))]
 		ds = ds[len(chunk):]
+		if s.flushHook != nil {
+			if err = s.flushHook(); err != nil {
+				break
+			}
+		}
 		err = s.update(func(txn *badger.Txn) error {
 			for _, d := range chunk {
 				rec, err := blobInTxn(txn, d)

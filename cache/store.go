@@ -115,6 +115,7 @@ type Store struct {
 	// Test hooks.
 	now         func() time.Time
 	writeHook   func(f *os.File, p []byte) (int, error) // nil = f.Write
+	flushHook   func() error                            // before each access-flush chunk; an error fails it
 	indexWrites atomic.Int64                            // Badger write transactions started
 	walkPage    int
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -406,4 +407,87 @@ func TestAddLinkIdempotent(t *testing.T) {
 	if s.indexWrites.Load() != w {
 		t.Fatal("re-adding a link wrote to the index")
 	}
+}
+
+// TestFailedAccessFlushIsKept: access times a flush could not write stay
+// in memory (Stat reports them) and the next flush writes them; eviction
+// orders by them, so losing one would evict a blob in use.
+func TestFailedAccessFlushIsKept(t *testing.T) {
+	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	s.now = clock.Now
+	data, d := blob(100, 10)
+	created := mustPut(t, s, data, d, "x").LastAccess
+	clock.Advance(time.Minute)
+	s.Touch(d)
+	want := created.Add(time.Minute)
+
+	s.flushHook = func() error { return errors.New("disk on fire") }
+	if err := flushNow(s); err == nil {
+		t.Fatal("the flush reported no error")
+	}
+	if stored, _ := s.getBlob(d); !stored.lastAccess.Equal(created) {
+		t.Fatalf("a failed flush stored %v", stored.lastAccess)
+	}
+	if info, _ := s.Stat(d); !info.LastAccess.Equal(want) {
+		t.Fatalf("after a failed flush Stat LastAccess = %v, want %v (kept in memory)", info.LastAccess, want)
+	}
+	s.flushHook = nil
+	if err := flushNow(s); err != nil {
+		t.Fatal(err)
+	}
+	if stored, _ := s.getBlob(d); !stored.lastAccess.Equal(want) {
+		t.Fatalf("the next flush stored %v, want %v", stored.lastAccess, want)
+	}
+}
+
+// TestStatDuringAccessFlush: while a flush writes a batch, Stat still
+// reports the batch's access times, and accesses made meanwhile are
+// written by the next flush, not lost when the batch finishes.
+func TestStatDuringAccessFlush(t *testing.T) {
+	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+	s := openStore(t, t.TempDir())
+	s.now = clock.Now
+	data, d := blob(100, 11)
+	created := mustPut(t, s, data, d, "x").LastAccess
+	clock.Advance(time.Minute)
+	s.Touch(d)
+	first := created.Add(time.Minute)
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	defer letGo() // a failure below must not leave the flush (and Close) hanging
+	s.flushHook = func() error { held <- struct{}{}; <-release; return nil }
+	flushed := make(chan error, 1)
+	go func() { flushed <- flushNow(s) }()
+	<-held // the batch is taken, not yet written
+	if info, _ := s.Stat(d); !info.LastAccess.Equal(first) {
+		t.Fatalf("Stat during the flush: LastAccess = %v, want %v", info.LastAccess, first)
+	}
+	clock.Advance(time.Minute)
+	s.Touch(d)
+	second := first.Add(time.Minute)
+	letGo()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	s.flushHook = nil
+	if info, _ := s.Stat(d); !info.LastAccess.Equal(second) {
+		t.Fatalf("after the flush Stat LastAccess = %v, want %v", info.LastAccess, second)
+	}
+	if err := flushNow(s); err != nil {
+		t.Fatal(err)
+	}
+	if stored, _ := s.getBlob(d); !stored.lastAccess.Equal(second) {
+		t.Fatalf("stored %v, want %v", stored.lastAccess, second)
+	}
+}
+
+// flushNow runs one access flush as the flush loop does.
+func flushNow(s *Store) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	return s.flushAccess()
 }
