@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Small requests (issue 14, goal 3): warm manifest GETs by digest and blob
 # HEADs on 32 keep-alive connections, against a fasthttp server doing no
-# work (the ceiling), regmirror built at a base revision ("before") and
+# work (the ceiling; "timeouts" is the same server with regmirror's default
+# read/write/idle timeouts), regmirror built at a base revision ("before") and
 # regmirror built from this tree ("after"), in the same run, and prints the
 # table (req/s and the fraction of the ceiling of the same round).
 #   bash bench/smallreq.sh                         # before = d16e200, 3 rounds of 5 s

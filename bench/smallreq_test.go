@@ -31,7 +31,8 @@ import (
 // Small requests (issue 14, goal 3): warm manifest GETs by digest and blob
 // HEADs over smallConns keep-alive connections, against regmirror built at
 // two revisions and against a fasthttp server that does no work at all (the
-// ceiling), each in its own process, measured in the same run by a load
+// ceiling; and the same server with regmirror's timeouts, "timeouts"),
+// each in its own process, measured in the same run by a load
 // generator in this process. bench/smallreq.sh builds the binaries and
 // prints the table.
 //
@@ -43,8 +44,8 @@ const smallConns = 32
 const envNoWork = "REGMIRROR_BENCH_NOWORK"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envNoWork) == "1" {
-		serveNoWork()
+	if v := os.Getenv(envNoWork); v != "" {
+		serveNoWork(v == "timeouts")
 		return
 	}
 	code := m.Run()
@@ -56,8 +57,13 @@ func TestMain(m *testing.M) {
 var noWorkBody = bytes.Repeat([]byte("x"), 428)
 
 // serveNoWork answers every request 200 with a fixed body: what fasthttp
-// costs with nothing behind it. It prints its address on stdout.
-func serveNoWork() {
+// costs with nothing behind it (the ceiling of issue 14's goal 3). With
+// timeouts it also keeps regmirror's default read, write and idle
+// timeouts, which cost fasthttp a deadline (a clock read and a runtime
+// timer update) three times per request: the "timeouts" column shows what
+// that part of the gap between regmirror and the ceiling is. It prints
+// its address on stdout.
+func serveNoWork(timeouts bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -69,6 +75,9 @@ func serveNoWork() {
 		ctx.SetContentType("application/vnd.docker.distribution.manifest.v2+json")
 		ctx.SetBody(noWorkBody)
 	}}
+	if timeouts { // [server] read_timeout, write_timeout, idle_timeout's defaults
+		srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout = time.Minute, time.Hour, 2*time.Minute
+	}
 	if err := srv.Serve(ln); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -187,8 +196,13 @@ func BenchmarkSmallRequests(b *testing.B) {
 		nowork.Env = append(nowork.Env, "REGMIRROR_CPUPROFILE="+noworkTarget.profile)
 	}
 	noworkTarget.addr = startProcess(b, nowork, filepath.Join(dir, "nowork.log"))
-	targets := []*target{noworkTarget}
-	defer targets[0].stop()
+	defer noworkTarget.stop()
+	timeouts := exec.Command(os.Args[0], "-test.run=^$")
+	timeouts.Env = append(os.Environ(), envNoWork+"=timeouts")
+	timeoutsTarget := &target{name: "timeouts", cmd: timeouts}
+	timeoutsTarget.addr = startProcess(b, timeouts, filepath.Join(dir, "timeouts.log"))
+	defer timeoutsTarget.stop()
+	targets := []*target{noworkTarget, timeoutsTarget}
 	for _, nb := range binaries(b) {
 		name, bin := nb[0], nb[1]
 		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name), "--upstream-url", up.URL())
