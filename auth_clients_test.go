@@ -3,36 +3,19 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/realclient"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
-// metricSample reads one sample ("name{labels}") from the mirror's /metrics.
-func metricSample(t testing.TB, m *mirror, sample string) float64 {
-	t.Helper()
-	_, body := get(t, http.MethodGet, m.url+"/metrics")
-	for _, line := range strings.Split(string(body), "\n") {
-		if rest, ok := strings.CutPrefix(line, sample+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", sample, line)
-			}
-			return v
-		}
-	}
-	return 0
-}
-
 const (
-	deniedMetric = `regmirror_access_denied_total{reason="denied"}`
-	unauthMetric = `regmirror_access_denied_total{reason="unauthenticated"}`
+	deniedReason = "denied"          // regmirror_access_denied_total{reason=...}
+	unauthReason = "unauthenticated" // regmirror_access_denied_total{reason=...}
 )
 
 // authMirror is a plain-HTTP mirror on 127.0.0.1 whose only way in is a
@@ -59,17 +42,21 @@ func startAuthMirror(t *testing.T) *authMirror {
 	return &authMirror{up: up, m: m, alpine: testupstream.Digest(t, img).String()}
 }
 
-// refusedWithout runs a pull that must fail, and checks that the metric
-// grew and upstream heard nothing.
-func (a *authMirror) refusedWithout(t *testing.T, metric string, pull func() (string, error)) {
+// refusedWithout runs a pull that must fail, and checks that
+// regmirror_access_denied_total{reason} grew and upstream heard nothing.
+func (a *authMirror) refusedWithout(t *testing.T, reason string, pull func() (string, error)) {
 	t.Helper()
-	before, upBefore := metricSample(t, a.m, metric), a.up.Requests()
+	denied := func() float64 {
+		v, _ := testpull.MetricSum(t, a.m.url, "regmirror_access_denied_total", "reason", reason)
+		return v
+	}
+	before, upBefore := denied(), a.up.Requests()
 	out, err := pull()
 	if err == nil {
 		t.Fatalf("pull succeeded:\n%s", out)
 	}
-	if after := metricSample(t, a.m, metric); after <= before {
-		t.Fatalf("%s did not grow (%v → %v); client said:\n%s", metric, before, after, out)
+	if after := denied(); after <= before {
+		t.Fatalf("regmirror_access_denied_total{reason=%q} did not grow (%v → %v); client said:\n%s", reason, before, after, out)
 	}
 	if got := a.up.Requests(); got != upBefore {
 		t.Fatalf("upstream was asked %d times on behalf of a refused client", got-upBefore)
@@ -99,7 +86,7 @@ func TestAuthSkopeo(t *testing.T) {
 		}
 	}
 	t.Run("wrong password", func(t *testing.T) {
-		a.refusedWithout(t, unauthMetric, func() (string, error) {
+		a.refusedWithout(t, unauthReason, func() (string, error) {
 			out, err := realclient.SkopeoCopyAuthErr(t, conf, a.m.host+"/library/alpine:latest", t.TempDir(), creds("wrong")...)
 			if err != nil && !strings.Contains(out, "unauthorized") {
 				t.Errorf("skopeo did not report 401 unauthorized:\n%s", out)
@@ -108,7 +95,7 @@ func TestAuthSkopeo(t *testing.T) {
 		})
 	})
 	t.Run("denied repository", func(t *testing.T) {
-		a.refusedWithout(t, deniedMetric, func() (string, error) {
+		a.refusedWithout(t, deniedReason, func() (string, error) {
 			out, err := realclient.SkopeoCopyAuthErr(t, conf, a.m.host+"/someuser/app:1", t.TempDir(), creds(ciPassword)...)
 			if err != nil && !strings.Contains(out, "denied") {
 				t.Errorf("skopeo did not report 403 denied:\n%s", out)
@@ -154,12 +141,12 @@ func TestAuthPodman(t *testing.T) {
 		t.Fatalf("podman pulled %s, want %s", got, a.alpine)
 	}
 	t.Run("denied repository", func(t *testing.T) {
-		a.refusedWithout(t, deniedMetric, func() (string, error) { return p.PullErr(conf, "docker.io/someuser/app:1") })
+		a.refusedWithout(t, deniedReason, func() (string, error) { return p.PullErr(conf, "docker.io/someuser/app:1") })
 	})
 	t.Run("wrong password", func(t *testing.T) {
 		p2 := realclient.NewPodman(t)
 		writeAuthJSON(t, p2.AuthFile(), a.m.host, "ci", "wrong")
-		a.refusedWithout(t, unauthMetric, func() (string, error) { return p2.PullErr(conf, "docker.io/library/alpine:latest") })
+		a.refusedWithout(t, unauthReason, func() (string, error) { return p2.PullErr(conf, "docker.io/library/alpine:latest") })
 	})
 }
 
@@ -195,9 +182,9 @@ func TestAuthContainerd(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		c.RemoveImage(t, "docker.io/library/alpine:latest")
 		bad := hosts("wrong")
-		a.refusedWithout(t, unauthMetric, func() (string, error) { return c.PullWithHostsDirErr("docker.io/library/alpine:latest", bad) })
+		a.refusedWithout(t, unauthReason, func() (string, error) { return c.PullWithHostsDirErr("docker.io/library/alpine:latest", bad) })
 	})
 	t.Run("denied repository", func(t *testing.T) {
-		a.refusedWithout(t, deniedMetric, func() (string, error) { return c.PullWithHostsDirErr("docker.io/someuser/app:1", good) })
+		a.refusedWithout(t, deniedReason, func() (string, error) { return c.PullWithHostsDirErr("docker.io/someuser/app:1", good) })
 	})
 }

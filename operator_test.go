@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,43 +13,10 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/status"
 )
-
-// metricSum adds up the samples of metric whose labels include every
-// name="value" pair of labels; found is false when there is none.
-func metricSum(t testing.TB, m *mirror, metric string, labels ...string) (sum float64, found bool) {
-	t.Helper()
-	resp, body := get(t, http.MethodGet, m.url+"/metrics")
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %d", resp.StatusCode)
-	}
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
-			continue
-		}
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			if !strings.Contains(line, labels[i]+`="`+labels[i+1]+`"`) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += v
-		found = true
-	}
-	return sum, found
-}
 
 func statusModel(t testing.TB, m *mirror) status.Model {
 	t.Helper()
@@ -92,7 +57,7 @@ func TestMetricsPerRegistry(t *testing.T) {
 		{"regmirror_upstream_token_fetches_total", []string{"registry", "docker.io"}},
 		{"regmirror_build_info", []string{"version", buildVersion()}},
 	} {
-		if v, ok := metricSum(t, r.m, tc.metric, tc.labels...); !ok || v <= 0 {
+		if v, ok := testpull.MetricSum(t, r.m.url, tc.metric, tc.labels...); !ok || v <= 0 {
 			t.Errorf("%s%v = %v (found %v), want > 0", tc.metric, tc.labels, v, ok)
 		}
 	}
@@ -103,20 +68,20 @@ func TestMetricsPerRegistry(t *testing.T) {
 		n, _ := l.Size()
 		want += n
 	}
-	if v, _ := metricSum(t, r.m, "regmirror_upstream_bytes_total", "registry", "docker.io"); int64(v) < want {
+	if v, _ := testpull.MetricSum(t, r.m.url, "regmirror_upstream_bytes_total", "registry", "docker.io"); int64(v) < want {
 		t.Errorf("upstream bytes from docker.io %v, want at least the layers' %d", v, want)
 	}
 	// Docker Hub's budget: the fake counted the one manifest GET down.
-	if v, ok := metricSum(t, r.m, "regmirror_upstream_ratelimit_remaining", "registry", "docker.io"); !ok || int(v) != r.hub.RateLimitRemaining() {
+	if v, ok := testpull.MetricSum(t, r.m.url, "regmirror_upstream_ratelimit_remaining", "registry", "docker.io"); !ok || int(v) != r.hub.RateLimitRemaining() {
 		t.Errorf("ratelimit_remaining %v (found %v), upstream says %d", v, ok, r.hub.RateLimitRemaining())
 	}
-	if v, _ := metricSum(t, r.m, "regmirror_upstream_ratelimit_limit", "registry", "docker.io"); v != 100 {
+	if v, _ := testpull.MetricSum(t, r.m.url, "regmirror_upstream_ratelimit_limit", "registry", "docker.io"); v != 100 {
 		t.Errorf("ratelimit_limit %v, want 100", v)
 	}
-	if _, ok := metricSum(t, r.m, "regmirror_upstream_ratelimit_remaining", "registry", "ghcr.io"); ok {
+	if _, ok := testpull.MetricSum(t, r.m.url, "regmirror_upstream_ratelimit_remaining", "registry", "ghcr.io"); ok {
 		t.Error("a rate-limit gauge for a registry that sends no headers")
 	}
-	if v, _ := metricSum(t, r.m, "regmirror_upstream_token_fetches_total", "registry", "docker.io"); int(v) != r.hub.TokenRequests() {
+	if v, _ := testpull.MetricSum(t, r.m.url, "regmirror_upstream_token_fetches_total", "registry", "docker.io"); int(v) != r.hub.TokenRequests() {
 		t.Errorf("token fetches %v, the token server saw %d", v, r.hub.TokenRequests())
 	}
 
@@ -128,10 +93,10 @@ func TestMetricsPerRegistry(t *testing.T) {
 	r.hub.SetStatus(http.StatusServiceUnavailable, "")
 	pullAll(t, m2, "library/alpine:3.20")
 	r.hub.ClearFaults()
-	if v, _ := metricSum(t, m2, "regmirror_stale_served_total", "registry", "docker.io"); v < 1 {
+	if v, _ := testpull.MetricSum(t, m2.url, "regmirror_stale_served_total", "registry", "docker.io"); v < 1 {
 		t.Errorf("stale answers %v, want ≥ 1", v)
 	}
-	if v, _ := metricSum(t, m2, "regmirror_upstream_outage", "registry", "docker.io"); v != 1 {
+	if v, _ := testpull.MetricSum(t, m2.url, "regmirror_upstream_outage", "registry", "docker.io"); v != 1 {
 		t.Errorf("outage gauge %v, want 1", v)
 	}
 	sm := statusModel(t, m2)
@@ -170,7 +135,7 @@ func TestRateLimitShield(t *testing.T) {
 	if up.ManifestRequests(http.MethodHead) != heads || up.ManifestRequests(http.MethodGet) != gets {
 		t.Error("the shield let a revalidation through")
 	}
-	if v, _ := metricSum(t, m, "regmirror_upstream_ratelimit_shield", "registry", "docker.io"); v != 1 {
+	if v, _ := testpull.MetricSum(t, m.url, "regmirror_upstream_ratelimit_shield", "registry", "docker.io"); v != 1 {
 		t.Errorf("shield gauge %v, want 1", v)
 	}
 	sm := statusModel(t, m)

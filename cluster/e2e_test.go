@@ -1,7 +1,6 @@
 package cluster_test
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/regmirror/regmirror/cluster"
 	"github.com/regmirror/regmirror/internal/testprocess"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -84,7 +83,7 @@ func startCluster(t *testing.T, up *testupstream.Server) *testCluster {
 	}
 	// Each node counts its peers once they answered a ping.
 	for _, n := range c.nodes {
-		waitFor(t, n.url+" sees both peers up", func() bool { return metric(t, n.url, "regmirror_cluster_peer_up") == 2 })
+		waitFor(t, n.url+" sees both peers up", func() bool { return testpull.Metric(t, n.url, "regmirror_cluster_peer_up") == 2 })
 	}
 	return c
 }
@@ -118,29 +117,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// metric sums the samples of a metric on a node's /metrics (-1: unreachable).
-func metric(t *testing.T, base, name string) float64 {
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
-			f := strings.Fields(line)
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				sum += v
-			}
-		}
-	}
-	return sum
 }
 
 // pull is one client's download of a blob, hashed as it streams.
@@ -261,12 +237,12 @@ func testOneUpstreamDownload(t *testing.T, c *testCluster) {
 		t.Fatalf("%d upstream blob GETs, want 1 for the whole cluster", n)
 	}
 	// The owner answered the other two nodes; they forwarded.
-	if got := metric(t, c.nodes[owner].url, "regmirror_cluster_peer_requests_served_total"); got < 2 {
+	if got := testpull.Metric(t, c.nodes[owner].url, "regmirror_cluster_peer_requests_served_total"); got < 2 {
 		t.Errorf("owner served %v peer requests, want at least 2", got)
 	}
 	for i, n := range c.nodes {
 		if i != owner {
-			if got := metric(t, n.url, "regmirror_cluster_peer_requests_forwarded_total"); got < 1 {
+			if got := testpull.Metric(t, n.url, "regmirror_cluster_peer_requests_forwarded_total"); got < 1 {
 				t.Errorf("node %d forwarded %v downloads to the owner, want at least 1", i, got)
 			}
 		}
@@ -309,7 +285,7 @@ func testPeerEndpointRefuses(t *testing.T, c *testCluster) {
 	if code := get("/v2/library/big/blobs/"+d.String(), cluster.SignForTest(c.secret, http.MethodGet, "/v2/library/other/blobs/"+d.String())); code != http.StatusUnauthorized {
 		t.Fatalf("a blob request with the signature of another path: %d, want 401", code)
 	}
-	if got := metric(t, base, "regmirror_cluster_peer_requests_rejected_total"); got < 3 { // replay, other key, other path (unsigned is no peer request)
+	if got := testpull.Metric(t, base, "regmirror_cluster_peer_requests_rejected_total"); got < 3 { // replay, other key, other path (unsigned is no peer request)
 		t.Fatalf("rejected counter %v, want at least 3", got)
 	}
 }

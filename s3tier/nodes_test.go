@@ -1,7 +1,6 @@
 package s3tier_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/regmirror/regmirror/internal/realclient"
 	"github.com/regmirror/regmirror/internal/testprocess"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/tests3"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/s3tier"
@@ -116,26 +115,14 @@ func startNodeAt(t testing.TB, up *testupstream.Server, endpoint, prefix, extraS
 	return &node{Process: testprocess.Serve(t, testing.Verbose(), args...), dataDir: data, args: args}
 }
 
-// metric reads one unlabelled sample from the node's /metrics.
+// metric reads a metric from the node's /metrics; it must be there.
 func (n *node) metric(t testing.TB, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(n.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testpull.MetricSum(t, n.URL, name)
+	if !ok {
+		t.Fatalf("metric %s not found", name)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
+	return v
 }
 
 // waitUploaded waits until the node has nothing left to upload and has

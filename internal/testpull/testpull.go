@@ -11,12 +11,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +25,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Ref names an image on a mirror at host the way the Docker daemon asks
@@ -282,21 +285,83 @@ func NS(t testing.TB, mirrorURL, registry, repo, tag string) digest.Digest {
 	return digest.FromBytes(body)
 }
 
-// Metric reads one unlabelled sample (or the sum of a family's samples)
-// from the Prometheus text at mirrorURL/metrics.
+// Metric is the sum of the samples of the metric family name on the
+// mirror's /metrics (0 when it has none).
 func Metric(t testing.TB, mirrorURL, name string) float64 {
 	t.Helper()
-	_, body := Send(t, http.MethodGet, mirrorURL+"/metrics")
-	var sum float64
-	for _, line := range bytes.Split(body, []byte("\n")) {
-		s := string(line)
-		if !strings.HasPrefix(s, name+" ") && !strings.HasPrefix(s, name+"{") {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(s[strings.LastIndexByte(s, ' ')+1:], &v); err == nil {
-			sum += v
+	sum, _ := MetricSum(t, mirrorURL, name)
+	return sum
+}
+
+// MetricSum adds up the samples of the metric family name on the mirror's
+// /metrics whose labels include every name, value pair in labels; found
+// reports whether any sample matched. The page is parsed by Prometheus's
+// own text parser, so labels match exactly.
+func MetricSum(t testing.TB, mirrorURL, name string, labels ...string) (sum float64, found bool) {
+	t.Helper()
+	resp, body := Send(t, http.MethodGet, mirrorURL+"/metrics")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s/metrics: %d", mirrorURL, resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("%s/metrics: %v", mirrorURL, err)
+	}
+	value := sampleValue
+	family := families[name]
+	if family == nil { // a histogram's or summary's _count or _sum
+		for suffix, v := range map[string]func(*dto.Metric) float64{"_count": sampleCount, "_sum": sampleSum} {
+			if base, ok := strings.CutSuffix(name, suffix); ok && families[base] != nil {
+				family, value = families[base], v
+			}
 		}
 	}
-	return sum
+	if family == nil {
+		return 0, false
+	}
+	for _, m := range family.GetMetric() {
+		if hasLabels(m.GetLabel(), labels) {
+			sum += value(m)
+			found = true
+		}
+	}
+	return sum, found
+}
+
+func hasLabels(have []*dto.LabelPair, want []string) bool {
+	for i := 0; i+1 < len(want); i += 2 {
+		if !slices.ContainsFunc(have, func(l *dto.LabelPair) bool { return l.GetName() == want[i] && l.GetValue() == want[i+1] }) {
+			return false
+		}
+	}
+	return true
+}
+
+// sampleValue is a counter's, gauge's or untyped sample's value, or a
+// histogram's or summary's count.
+func sampleValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil, m.Summary != nil:
+		return sampleCount(m)
+	}
+	return m.GetUntyped().GetValue()
+}
+
+func sampleCount(m *dto.Metric) float64 {
+	if m.Histogram != nil {
+		return float64(m.Histogram.GetSampleCount())
+	}
+	return float64(m.GetSummary().GetSampleCount())
+}
+
+func sampleSum(m *dto.Metric) float64 {
+	if m.Histogram != nil {
+		return m.Histogram.GetSampleSum()
+	}
+	return m.GetSummary().GetSampleSum()
 }
