@@ -171,6 +171,30 @@ func startPull(url string, node int) *pull {
 	return p
 }
 
+// startPulls starts perNode clients of blob d on every node.
+func (c *testCluster) startPulls(d digest.Digest, perNode int) []*pull {
+	var pulls []*pull
+	for i, n := range c.nodes {
+		for range perNode {
+			pulls = append(pulls, startPull(blobURL(n.url, d), i))
+		}
+	}
+	return pulls
+}
+
+// waitFirstBytes waits until every pull has received bytes (while
+// upstream holds the rest of the blob at its gate).
+func waitFirstBytes(t *testing.T, pulls []*pull) {
+	t.Helper()
+	for _, p := range pulls {
+		select {
+		case <-p.firstByte:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("a client of node %d got no byte while upstream held the blob", p.node)
+		}
+	}
+}
+
 func blobURL(base string, d digest.Digest) string {
 	return base + "/v2/library/big/blobs/" + d.String()
 }
@@ -198,19 +222,8 @@ func testOneUpstreamDownload(t *testing.T, c *testCluster) {
 	gate := c.up.Gate(d).SetHeadBytes(1 << 20)
 	defer gate.Open()
 	owner := c.owner(d)
-	var pulls []*pull
-	for i, n := range c.nodes {
-		for range 16 {
-			pulls = append(pulls, startPull(blobURL(n.url, d), i))
-		}
-	}
-	for _, p := range pulls {
-		select {
-		case <-p.firstByte:
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("a client of node %d got no byte while upstream held the blob", p.node)
-		}
-	}
+	pulls := c.startPulls(d, 16)
+	waitFirstBytes(t, pulls)
 	// Every client has bytes, and upstream has not sent the rest yet: the
 	// gate is still closed. All came from one upstream request.
 	for _, p := range pulls {
@@ -301,19 +314,8 @@ func testOwnerKilled(t *testing.T, c *testCluster) {
 	gate := c.up.Gate(d).SetHeadBytes(1 << 20)
 	defer gate.Open()
 	owner := c.owner(d)
-	var pulls []*pull
-	for i, n := range c.nodes {
-		for range 4 {
-			pulls = append(pulls, startPull(blobURL(n.url, d), i))
-		}
-	}
-	for _, p := range pulls {
-		select {
-		case <-p.firstByte:
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("a client of node %d got no byte", p.node)
-		}
-	}
+	pulls := c.startPulls(d, 4)
+	waitFirstBytes(t, pulls)
 	if n := c.up.BlobGETs(d); n != 1 {
 		t.Fatalf("%d upstream blob GETs before the kill, want 1 (the others stream from the owner)", n)
 	}
