@@ -65,6 +65,17 @@ func (s *Store) Stat(d digest.Digest) (BlobInfo, error) {
 // the index lists d but the file is gone (or has another size), the record
 // is dropped and the error wraps ErrNotFound.
 func (s *Store) Open(d digest.Digest) (*os.File, BlobInfo, error) {
+	f, info, err := s.open(d)
+	if err != nil {
+		return nil, BlobInfo{}, err
+	}
+	info.LastAccess = s.recordAccess(d) // this access is the latest
+	return f, info, nil
+}
+
+// open is Open without recording the access: one index read, then the
+// file, checked against the record's size.
+func (s *Store) open(d digest.Digest) (*os.File, BlobInfo, error) {
 	hex, err := validateDigest(d)
 	if err != nil {
 		return nil, BlobInfo{}, err
@@ -90,9 +101,7 @@ func (s *Store) Open(d digest.Digest) (*os.File, BlobInfo, error) {
 		s.dropStale(d, hex, "file size differs from index")
 		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s (file damaged)", ErrNotFound, d)
 	}
-	info := rec.info(d)
-	info.LastAccess = s.recordAccess(d) // this access is the latest
-	return f, info, nil
+	return f, rec.info(d), nil
 }
 
 // Touch records an access to d in memory only.
@@ -108,18 +117,14 @@ func (s *Store) Touch(d digest.Digest) {
 // error wraps ErrTooLarge. Content that no longer matches its digest is
 // removed and reported as ErrNotFound, so the caller fetches it again.
 func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
-	info, err := s.Stat(d)
-	if err != nil {
-		return nil, BlobInfo{}, err
-	}
-	if info.Size > max {
-		return nil, info, fmt.Errorf("%w: blob %s is %d bytes, limit %d", ErrTooLarge, d, info.Size, max)
-	}
-	f, info, err := s.Open(d)
+	f, info, err := s.open(d)
 	if err != nil {
 		return nil, BlobInfo{}, err
 	}
 	defer f.Close()
+	if info.Size > max {
+		return nil, s.withAccess(info), fmt.Errorf("%w: blob %s is %d bytes, limit %d", ErrTooLarge, d, info.Size, max)
+	}
 	data := make([]byte, info.Size)
 	if _, err := io.ReadFull(f, data); err != nil {
 		return nil, BlobInfo{}, fmt.Errorf("cache: read blob %s: %w", d, err)
@@ -130,6 +135,7 @@ func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
 		}
 		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s (corrupt content removed)", ErrNotFound, d)
 	}
+	info.LastAccess = s.recordAccess(d)
 	return data, info, nil
 }
 
