@@ -64,18 +64,18 @@ func importArchive(ctx context.Context, c *cli.Context, t *target, f *os.File, p
 		size = fi.Size()
 	}
 	pg := newProgress(c.App.ErrWriter)
-	b := pg.bar("import "+path, 0)
-	b.grow(size)
+	b := pg.bar("import " + path)
+	b.Grow(size)
 	var last int64
 	start := time.Now()
-	res, err := airgap.Import(ctx, f, t.Stack.Store, t.Stack.Ops, func(n int64) { b.add(n - last); last = n })
+	res, err := airgap.Import(ctx, f, t.Stack.Store, t.Stack.Ops, func(n int64) { b.Add(n - last); last = n })
 	if err != nil {
-		b.fail()
-		pg.wait()
+		b.Fail()
+		pg.Wait()
 		return fmt.Errorf("import %s %w", path, err)
 	}
-	b.done()
-	pg.wait()
+	b.Done()
+	pg.Wait()
 	for _, im := range res.Images {
 		note := ""
 		if im.MissingChildren > 0 {

@@ -34,13 +34,15 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// bar adds a bar of total bytes (0: not known yet) labelled name; the last
-// bar added is drawn last.
-func (pr *progress) bar(name string, total int64) *bar {
+// Bar adds a bar labelled name, of bytes not known yet (see Grow); the
+// last bar added is drawn last.
+func (pr *progress) Bar(name string) airgap.Bar { return pr.bar(name) }
+
+func (pr *progress) bar(name string) *bar {
 	if pr.p == nil {
 		return &bar{}
 	}
-	b := pr.p.AddBar(total,
+	b := pr.p.AddBar(0,
 		mpb.PrependDecorators(decor.Name(name, decor.WCSyncSpaceR)),
 		mpb.AppendDecorators(
 			decor.CountersKibiByte("% .1f / % .1f", decor.WCSyncSpace),
@@ -50,8 +52,8 @@ func (pr *progress) bar(name string, total int64) *bar {
 	return &bar{b: b}
 }
 
-// wait lets every bar draw its last state and stops drawing.
-func (pr *progress) wait() {
+// Wait lets every bar draw its last state and stops drawing.
+func (pr *progress) Wait() {
 	if pr.p != nil {
 		pr.p.Wait()
 	}
@@ -60,32 +62,33 @@ func (pr *progress) wait() {
 // bar is one progress bar; a nil *mpb.Bar draws nothing.
 type bar struct {
 	b     *mpb.Bar
-	total int64 // what grow has announced; one goroutine grows a bar
+	total int64 // what Grow has announced; one goroutine grows a bar
 }
 
-func (b *bar) add(n int64) {
+// Add counts n more bytes done.
+func (b *bar) Add(n int64) {
 	if b.b != nil {
 		b.b.IncrInt64(n)
 	}
 }
 
-// grow raises the total by n bytes as more of the work becomes known.
-func (b *bar) grow(n int64) {
+// Grow raises the total by n bytes as more of the work becomes known.
+func (b *bar) Grow(n int64) {
 	b.total += n
 	if b.b != nil {
 		b.b.SetTotal(b.total, false)
 	}
 }
 
-// done completes the bar at whatever it has counted.
-func (b *bar) done() {
+// Done completes the bar at whatever it has counted.
+func (b *bar) Done() {
 	if b.b != nil {
 		b.b.SetTotal(-1, true)
 	}
 }
 
-// fail ends the bar as failed, keeping it on screen.
-func (b *bar) fail() {
+// Fail ends the bar as failed, keeping it on screen.
+func (b *bar) Fail() {
 	if b.b != nil {
 		b.b.Abort(false)
 	}
@@ -96,10 +99,3 @@ var (
 	_ airgap.Progress = (*progress)(nil)
 	_ airgap.Bar      = (*bar)(nil)
 )
-
-func (pr *progress) Bar(name string) airgap.Bar { return pr.bar(name, 0) }
-func (pr *progress) Wait()                      { pr.wait() }
-func (b *bar) Grow(n int64)                     { b.grow(n) }
-func (b *bar) Add(n int64)                      { b.add(n) }
-func (b *bar) Done()                            { b.done() }
-func (b *bar) Fail()                            { b.fail() }

@@ -77,24 +77,24 @@ func runVerify(ctx context.Context, c *cli.Context, ops admin.Ops, where string,
 		return admin.VerifyResult{}, errors.New("verify: not supported here")
 	}
 	pg := newProgress(c.App.ErrWriter)
-	b := pg.bar("verify "+where, 0)
+	b := pg.bar("verify " + where)
 	var shown int64
 	res, err := v.Verify(ctx, rate, func(done, total int64) {
 		if total > b.total {
-			b.grow(total - b.total)
+			b.Grow(total - b.total)
 		}
 		if done > b.total { // the cache grew during the run
-			b.grow(done - b.total)
+			b.Grow(done - b.total)
 		}
-		b.add(done - shown)
+		b.Add(done - shown)
 		shown = done
 	})
 	if err != nil {
-		b.fail()
+		b.Fail()
 	} else {
-		b.done()
+		b.Done()
 	}
-	pg.wait()
+	pg.Wait()
 	w := c.App.Writer
 	for _, cb := range res.Corrupt {
 		fmt.Fprintf(w, "CORRUPT  %s (%s, %s) removed\n", cb.Digest, humanize.IBytes(uint64(cb.Size)), seenIn(cb))
