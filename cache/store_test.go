@@ -413,15 +413,7 @@ func TestAddLinkIdempotent(t *testing.T) {
 // in memory (Stat reports them) and the next flush writes them; eviction
 // orders by them, so losing one would evict a blob in use.
 func TestFailedAccessFlushIsKept(t *testing.T) {
-	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
-	dir := t.TempDir()
-	s := openStore(t, dir)
-	s.now = clock.Now
-	data, d := blob(100, 10)
-	created := mustPut(t, s, data, d, "x").LastAccess
-	clock.Advance(time.Minute)
-	s.Touch(d)
-	want := created.Add(time.Minute)
+	s, _, d, created, want := touchedBlob(t)
 
 	s.flushHook = func() error { return errors.New("disk on fire") }
 	if err := flushNow(s); err == nil {
@@ -446,14 +438,7 @@ func TestFailedAccessFlushIsKept(t *testing.T) {
 // reports the batch's access times, and accesses made meanwhile are
 // written by the next flush, not lost when the batch finishes.
 func TestStatDuringAccessFlush(t *testing.T) {
-	clock := testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
-	s := openStore(t, t.TempDir())
-	s.now = clock.Now
-	data, d := blob(100, 11)
-	created := mustPut(t, s, data, d, "x").LastAccess
-	clock.Advance(time.Minute)
-	s.Touch(d)
-	first := created.Add(time.Minute)
+	s, clock, d, _, first := touchedBlob(t)
 
 	held, release := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
@@ -483,6 +468,19 @@ func TestStatDuringAccessFlush(t *testing.T) {
 	if stored, _ := s.getBlob(d); !stored.lastAccess.Equal(second) {
 		t.Fatalf("stored %v, want %v", stored.lastAccess, second)
 	}
+}
+
+// touchedBlob is a store on a test clock holding one blob d, stored at
+// created and touched a minute later, at touched; the touch is not flushed.
+func touchedBlob(t *testing.T) (s *Store, clock *testclock.Clock, d digest.Digest, created, touched time.Time) {
+	clock = testclock.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+	s = openStore(t, t.TempDir())
+	s.now = clock.Now
+	data, d := blob(100, 10)
+	created = mustPut(t, s, data, d, "x").LastAccess
+	clock.Advance(time.Minute)
+	s.Touch(d)
+	return s, clock, d, created, created.Add(time.Minute)
 }
 
 // flushNow runs one access flush as the flush loop does.

@@ -6,8 +6,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
+
+// stormPath is the tag the storm tests ask for.
+const stormPath = "/v2/library/storm/manifests/latest"
+
+// expiredTag is a mirror (tag TTL a minute) that has served stormPath's
+// manifest, want, and whose record of the tag has expired since.
+func expiredTag(t *testing.T) (*hotMirror, digest.Digest) {
+	m := startHotMirror(t, func(o *Options) { o.TagTTL = time.Minute })
+	img := m.up.PushRandomImage(t, "library/storm", "latest", 1, 512)
+	want := testupstream.Digest(t, img)
+	if code, _, got := m.ask(t, http.MethodGet, stormPath); code != 200 || got != want {
+		t.Fatalf("first GET: %d %s", code, got)
+	}
+	m.clock.Advance(2 * time.Minute) // the tag expires
+	return m, want
+}
 
 // TestTagStormJoinsBeforeReadingTheIndex: while an expired tag is being
 // revalidated, the clients that ask for it join the revalidation without
@@ -15,14 +32,7 @@ import (
 // per client, and every client gets the revalidated manifest from the one
 // upstream HEAD.
 func TestTagStormJoinsBeforeReadingTheIndex(t *testing.T) {
-	m := startHotMirror(t, func(o *Options) { o.TagTTL = time.Minute })
-	img := m.up.PushRandomImage(t, "library/storm", "latest", 1, 512)
-	want := testupstream.Digest(t, img)
-	const path = "/v2/library/storm/manifests/latest"
-	if code, _, got := m.ask(t, http.MethodGet, path); code != 200 || got != want {
-		t.Fatalf("first GET: %d %s", code, got)
-	}
-	m.clock.Advance(2 * time.Minute) // the tag expires
+	m, want := expiredTag(t)
 	heads := m.up.ManifestRequests(http.MethodHead)
 	gate := m.up.GateManifestHeads()
 	tagsBefore := m.store.tags.Load()
@@ -35,7 +45,7 @@ func TestTagStormJoinsBeforeReadingTheIndex(t *testing.T) {
 	}
 	answers := make(chan answer, joiners+1)
 	ask := func() {
-		code, how, got := m.ask(t, http.MethodGet, path)
+		code, how, got := m.ask(t, http.MethodGet, stormPath)
 		answers <- answer{code, how, got == want}
 	}
 	go ask() // the leader: reads the record, starts the revalidation
@@ -85,14 +95,7 @@ func TestTagStormAnsweredBeforeTheRecordIsWritten(t *testing.T) {
 }
 
 func tagStormAnsweredBeforeTheRecordIsWritten(t *testing.T, moved bool) {
-	m := startHotMirror(t, func(o *Options) { o.TagTTL = time.Minute })
-	img := m.up.PushRandomImage(t, "library/storm", "latest", 1, 512)
-	want := testupstream.Digest(t, img)
-	const path = "/v2/library/storm/manifests/latest"
-	if code, _, got := m.ask(t, http.MethodGet, path); code != 200 || got != want {
-		t.Fatalf("first GET: %d %s", code, got)
-	}
-	m.clock.Advance(2 * time.Minute) // the tag expires
+	m, want := expiredTag(t)
 	leaderHow := "revalidated"
 	if moved {
 		want = testupstream.Digest(t, m.up.PushRandomImage(t, "library/storm", "latest", 1, 512))
@@ -109,7 +112,7 @@ func tagStormAnsweredBeforeTheRecordIsWritten(t *testing.T, moved bool) {
 	}
 	answers := make(chan answer, 64)
 	ask := func() {
-		code, how, got := m.ask(t, http.MethodGet, path)
+		code, how, got := m.ask(t, http.MethodGet, stormPath)
 		answers <- answer{code, how, got == want}
 	}
 	wantAnswers := func(n int, when string) {
