@@ -97,3 +97,44 @@ func TestPusherStaysOnHTTPS(t *testing.T) {
 		})
 	}
 }
+
+// TestPusherCredentialsStayWithTheTarget: push-to's credentials do not
+// follow a redirect to another origin, here the same host on another port
+// (the registry client's checkRedirect drops them there; push-to's client
+// is go-containerregistry's, which adds them per request for the target's
+// host and port only).
+func TestPusherCredentialsStayWithTheTarget(t *testing.T) {
+	var sawAuth atomic.Int64
+	var hits, targetAuth atomic.Int64
+	other := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if r.Header.Get("Authorization") != "" {
+			sawAuth.Add(1)
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer other.Close()
+	target := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			w.WriteHeader(http.StatusOK) // no token dance: Basic credentials go with every request
+			return
+		}
+		if r.Header.Get("Authorization") != "" {
+			targetAuth.Add(1)
+		}
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer target.Close()
+	p, err := NewPusher(PushOptions{URL: target.URL, Username: "site", Password: "secret", Transport: target.Client().Transport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"schemaVersion":2}`)
+	p.PutManifest(context.Background(), "library/app", "latest", "application/vnd.oci.image.manifest.v1+json", body)
+	if hits.Load() == 0 || targetAuth.Load() == 0 {
+		t.Fatalf("the redirect was followed %d times, the target got credentials %d times: the test tests nothing", hits.Load(), targetAuth.Load())
+	}
+	if n := sawAuth.Load(); n != 0 {
+		t.Fatalf("credentials followed %d redirects to another origin", n)
+	}
+}
