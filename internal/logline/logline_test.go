@@ -168,25 +168,7 @@ func TestDerivedLoggerHasNoFastPath(t *testing.T) {
 // arrive whole.
 func TestLinesDoNotInterleave(t *testing.T) {
 	var out bytes.Buffer
-	log := New(&out, Text, slog.LevelInfo)
-	lines := LinesOf(log)
-	var wg sync.WaitGroup
-	for g := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range 200 {
-				if g%2 == 0 {
-					log.Info("slow", "k", strings.Repeat("a", 300))
-				} else {
-					l := lines.Begin(time.Now(), slog.LevelInfo, "fast")
-					l.String("k", strings.Repeat("b", 300))
-					l.End()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	writeFromBothPaths(New(&out, Text, slog.LevelInfo), 8, 200, strings.Repeat("a", 300), strings.Repeat("b", 300))
 	got := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(got) != 1600 {
 		t.Fatalf("%d lines, want 1600", len(got))
@@ -282,26 +264,33 @@ func TestWholeWriterTakesNoLock(t *testing.T) {
 	if _, locked := LinesOf(log).out.(*lockedWriter); locked {
 		t.Fatal("a writer that keeps writes whole got a lock of its own")
 	}
+	writeFromBothPaths(log, 4, 100, "v", "v")
+	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		if !strings.HasSuffix(line, " k=v") {
+			t.Fatalf("torn line %q", line)
+		}
+	}
+}
+
+// writeFromBothPaths has goroutines write n lines each at once, half
+// through log's slog handler (attribute k=slow) and half through its fast
+// path (k=fast).
+func writeFromBothPaths(log *slog.Logger, goroutines, n int, slow, fast string) {
 	var wg sync.WaitGroup
-	for g := range 4 {
+	for g := range goroutines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range 100 {
+			for range n {
 				if g%2 == 0 {
-					log.Info("slow", "k", "v")
+					log.Info("slow", "k", slow)
 				} else {
 					l := LinesOf(log).Begin(time.Now(), slog.LevelInfo, "fast")
-					l.String("k", "v")
+					l.String("k", fast)
 					l.End()
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
-		if !strings.HasSuffix(line, " k=v") {
-			t.Fatalf("torn line %q", line)
-		}
-	}
 }
