@@ -157,6 +157,7 @@ func TestRecycledExchangeStartsClean(t *testing.T) {
 	}
 	held := newExchange(s, &ctx)
 	held.user = "streaming"
+	held.logged.Store(true) // even so: the stream holds it
 	held.release(reply{stream: strings.NewReader("body")})
 	if held.user != "streaming" {
 		t.Fatal("an exchange a body stream holds was recycled")
