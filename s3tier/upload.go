@@ -106,7 +106,7 @@ func (t *Tier) work() {
 				j.release()
 				return
 			}
-			if err == nil || !isOutage(err) || errors.Is(err, errLocal) {
+			if !errors.Is(err, errDown) {
 				if err != nil {
 					t.log.Warn("s3 upload failed; not retried", "digest", j.d, "tag", j.tagKey, "err", err)
 				}
@@ -138,11 +138,6 @@ func (t *Tier) upload(j job) error {
 	return t.putBlob(j.d)
 }
 
-// errLocal marks an upload that failed on this node's side (the L1 file
-// could not be opened): S3 is not down, so retrying at once would only
-// spin.
-var errLocal = errors.New("s3: reading the cached file")
-
 // putBlob uploads d's committed L1 file, unless L2 has it already.
 func (t *Tier) putBlob(d digest.Digest) error {
 	ctx, cancel := context.WithTimeout(t.ctx, t.o.UploadTimeout)
@@ -162,7 +157,7 @@ func (t *Tier) putBlob(d digest.Digest) error {
 			return nil
 		}
 		t.stats.failures.Add(1)
-		return fmt.Errorf("%w: %w", errLocal, err)
+		return fmt.Errorf("s3: reading the cached file: %w", err) // not errDown: no retry
 	}
 	defer f.Close()
 	opts := minio.PutObjectOptions{
@@ -192,13 +187,26 @@ func (t *Tier) putBlob(d digest.Digest) error {
 		t.remember(d)
 		return nil
 	}
-	t.stats.failures.Add(1)
-	t.failed("PUT "+d.String(), err)
-	return err
+	return t.uploadFailed("PUT "+d.String(), err)
 }
 
-// errDown: the breaker opened before the upload could start.
+// errDown: the store could not answer (the breaker was open, or an
+// upload's request found it down). Only errDown is retried by the upload
+// worker, after the breaker's back-off; any other failure (refused, a
+// local file that cannot be read) would fail again at once.
 var errDown = errors.New("s3tier: store unavailable")
+
+// uploadFailed records a failed request of an upload and says whether it
+// is worth retrying: an outage, which opens the breaker, comes back as
+// errDown.
+func (t *Tier) uploadFailed(what string, err error) error {
+	t.stats.failures.Add(1)
+	t.failed(what, err)
+	if isOutage(err) {
+		return fmt.Errorf("%w: %s: %w", errDown, what, err)
+	}
+	return err
+}
 
 // putTag writes a tag record unless the stored one was checked later.
 func (t *Tier) putTag(key string, rec tagRecord) error {
@@ -216,9 +224,7 @@ func (t *Tier) putTag(key string, rec tagRecord) error {
 			return nil // the newer check wins
 		}
 	} else if !isNotFound(err) {
-		t.stats.failures.Add(1)
-		t.failed("GET "+key, err)
-		return err
+		return t.uploadFailed("GET "+key, err)
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -226,9 +232,7 @@ func (t *Tier) putTag(key string, rec tagRecord) error {
 	}
 	_, err = t.client.PutObject(ctx, t.o.Bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{ContentType: "application/json"})
 	if err != nil {
-		t.stats.failures.Add(1)
-		t.failed("PUT "+key, err)
-		return err
+		return t.uploadFailed("PUT "+key, err)
 	}
 	t.answered()
 	t.stats.uploads.Add(1)
