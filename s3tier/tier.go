@@ -250,7 +250,8 @@ func New(o Options) (*Tier, error) {
 }
 
 // resume queues the uploads a previous run left pending, for the blobs
-// still in L1; the others are forgotten.
+// still in L1; the others are forgotten. Once the queue is full the rest
+// stay remembered for the start after.
 func (t *Tier) resume() {
 	if t.o.Files == nil {
 		return
@@ -267,7 +268,9 @@ func (t *Tier) resume() {
 		if t.o.Hold != nil {
 			release = t.o.Hold(d)
 		}
-		t.enqueue(job{d: d, hold: release})
+		if !t.enqueue(job{d: d, hold: release}) {
+			break
+		}
 		n++
 	}
 	if n > 0 {

@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -384,5 +386,46 @@ func TestResumeRemembered(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 0 {
 		t.Errorf("%d marks left, want none", len(left))
+	}
+}
+
+// TestResumeStopsAtAFullQueue: more remembered uploads than the queue
+// holds: resume queues what fits, stops at the first that does not (one
+// drop, one warning, not one per mark) and keeps every mark for the next
+// start.
+func TestResumeStopsAtAFullQueue(t *testing.T) {
+	st := openCache(t)
+	dir := t.TempDir()
+	for i := range 5 {
+		data := randomBytes(t, 1024+i)
+		d := digest.FromBytes(data)
+		if _, err := st.Put(d, "application/octet-stream", data); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "sha256-"+d.Encoded()), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var held atomic.Int64
+	log := slog.New(slog.DiscardHandler)
+	tier := &Tier{ // no workers: what is queued stays queued
+		o: Options{Files: st, QueueSize: 1, Hold: func(digest.Digest) func() {
+			held.Add(1)
+			return func() { held.Add(-1) }
+		}},
+		log:     log,
+		pending: pending{dir: dir, log: log},
+		queue:   make(chan job, 1),
+		stop:    make(chan struct{}),
+	}
+	tier.resume()
+	if n := tier.stats.dropped.Load(); n != 1 {
+		t.Errorf("%d uploads dropped, want 1 (resume stops at the full queue)", n)
+	}
+	if n := len(tier.queue); n != 1 || held.Load() != 1 {
+		t.Errorf("queued %d, holds %d; want 1 and 1", n, held.Load())
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 5 {
+		t.Errorf("%d marks left, want all 5 for the next start", len(left))
 	}
 }

@@ -57,21 +57,22 @@ func (t *Tier) recordTag(registry, repo, tag string, rec tagRecord) {
 	t.enqueue(job{tagKey: t.tagKey(registry, repo, tag), tag: rec})
 }
 
-func (t *Tier) enqueue(j job) {
-	select {
-	case <-t.stop:
+// enqueue queues j for a worker and reports whether it was queued.
+func (t *Tier) enqueue(j job) bool {
+	if t.stopping() {
 		j.release()
-		return
-	default:
+		return false
 	}
 	t.stats.backlog.Add(1)
 	select {
 	case t.queue <- j:
+		return true
 	default:
 		t.stats.backlog.Add(-1)
 		t.stats.dropped.Add(1)
 		j.release()
 		t.log.Warn("s3 upload queue full: not uploading now (a blob's is tried again at the next start)", "digest", j.d, "tag", j.tagKey, "queue", t.o.QueueSize)
+		return false
 	}
 }
 
