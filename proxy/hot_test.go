@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,18 +27,42 @@ import (
 type countingStore struct {
 	*cache.Store
 	readAlls, opens, stats, tags, touches atomic.Int64
-	// holdSetTag, when set, holds each SetTag until it is closed, after
-	// telling setTagHeld.
-	holdSetTag, setTagHeld chan struct{}
+	setTagHold                            *setTagHold // nil: SetTag goes straight through
 }
 
 func (c *countingStore) SetTag(registry, repo, tag string, rec cache.TagRecord) error {
-	if c.holdSetTag != nil {
-		c.setTagHeld <- struct{}{}
-		<-c.holdSetTag
+	if h := c.setTagHold; h != nil {
+		h.arrivedOnce.Do(func() { close(h.arrived) })
+		<-h.released
 	}
 	return c.Store.SetTag(registry, repo, tag, rec)
 }
+
+// setTagHold holds every SetTag until release.
+type setTagHold struct {
+	arrived, released         chan struct{}
+	arrivedOnce, releasedOnce sync.Once
+}
+
+// holdSetTags holds the store's SetTag calls from now on.
+func (c *countingStore) holdSetTags() *setTagHold {
+	h := &setTagHold{arrived: make(chan struct{}), released: make(chan struct{})}
+	c.setTagHold = h
+	return h
+}
+
+// wait waits until a SetTag is held.
+func (h *setTagHold) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no SetTag came in 10 s")
+	}
+}
+
+// release lets the held SetTag calls, and any later, go.
+func (h *setTagHold) release() { h.releasedOnce.Do(func() { close(h.released) }) }
 
 func (c *countingStore) Touch(d digest.Digest) {
 	c.touches.Add(1)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +25,58 @@ func expiredTag(t *testing.T) (*hotMirror, digest.Digest) {
 	return m, want
 }
 
+// tagStorm is clients asking for stormPath at once, each on a goroutine of
+// its own; their answers arrive in order of completion.
+type tagStorm struct {
+	t       *testing.T
+	m       *hotMirror
+	want    digest.Digest
+	answers chan stormAnswer
+}
+
+type stormAnswer struct {
+	code int
+	how  string // the cache header
+	ok   bool   // the body is want's
+}
+
+func newTagStorm(t *testing.T, m *hotMirror, want digest.Digest) *tagStorm {
+	return &tagStorm{t: t, m: m, want: want, answers: make(chan stormAnswer, 128)}
+}
+
+// ask starts n clients.
+func (s *tagStorm) ask(n int) {
+	for range n {
+		go func() {
+			code, how, got := s.m.ask(s.t, http.MethodGet, stormPath)
+			s.answers <- stormAnswer{code, how, got == s.want}
+		}()
+	}
+}
+
+// next is the next answer; when says which ones are awaited.
+func (s *tagStorm) next(when string) stormAnswer {
+	s.t.Helper()
+	select {
+	case a := <-s.answers:
+		return a
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("%s: no answer in 10 s", when)
+		return stormAnswer{}
+	}
+}
+
+// joined waits until n clients have joined the tag's running
+// revalidation.
+func (s *tagStorm) joined(n int64) {
+	s.t.Helper()
+	w := s.m.tagWaits.find(tagKey{"docker.io", "library/storm", "latest"})
+	if w == nil {
+		s.t.Fatal("the revalidation held at the gate is not joinable")
+	}
+	eventually(s.t, "clients joining the revalidation", func() bool { return w.joined.Load() >= n })
+}
+
 // TestTagStormJoinsBeforeReadingTheIndex: while an expired tag is being
 // revalidated, the clients that ask for it join the revalidation without
 // reading the tag's record: a storm reads the index a few times, not once
@@ -38,37 +89,14 @@ func TestTagStormJoinsBeforeReadingTheIndex(t *testing.T) {
 	tagsBefore := m.store.tags.Load()
 
 	const joiners = 50
-	type answer struct {
-		code int
-		how  string
-		ok   bool
-	}
-	answers := make(chan answer, joiners+1)
-	ask := func() {
-		code, how, got := m.ask(t, http.MethodGet, stormPath)
-		answers <- answer{code, how, got == want}
-	}
-	go ask() // the leader: reads the record, starts the revalidation
+	storm := newTagStorm(t, m, want)
+	storm.ask(1) // the leader: reads the record, starts the revalidation
 	<-gate.Arrived()
-	var wg sync.WaitGroup
-	for range joiners {
-		wg.Add(1)
-		go func() { defer wg.Done(); ask() }()
-	}
-	w := m.tagWaits.find(tagKey{"docker.io", "library/storm", "latest"})
-	if w == nil {
-		t.Fatal("the revalidation held at the gate is not joinable")
-	}
-	for deadline := time.Now().Add(10 * time.Second); w.joined.Load() < joiners; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d clients joined the revalidation", w.joined.Load(), joiners)
-		}
-	}
+	storm.ask(joiners)
+	storm.joined(joiners)
 	gate.Open()
-	wg.Wait()
 	for range joiners + 1 {
-		a := <-answers
-		if a.code != 200 || !a.ok || (a.how != "revalidated" && a.how != "join") {
+		if a := storm.next("after upstream answered"); a.code != 200 || !a.ok || (a.how != "revalidated" && a.how != "join") {
 			t.Fatalf("answer %+v", a)
 		}
 	}
@@ -103,52 +131,30 @@ func tagStormAnsweredBeforeTheRecordIsWritten(t *testing.T, moved bool) {
 	}
 	heads := m.up.ManifestRequests(http.MethodHead)
 	gate := m.up.GateManifestHeads()
-	m.store.holdSetTag, m.store.setTagHeld = make(chan struct{}), make(chan struct{})
+	hold := m.store.holdSetTags()
+	defer hold.release() // a failure below must not leave the leader held
 
-	type answer struct {
-		code int
-		how  string
-		ok   bool
-	}
-	answers := make(chan answer, 64)
-	ask := func() {
-		code, how, got := m.ask(t, http.MethodGet, stormPath)
-		answers <- answer{code, how, got == want}
-	}
-	wantAnswers := func(n int, when string) {
+	storm := newTagStorm(t, m, want)
+	wantJoined := func(n int, when string) {
 		t.Helper()
 		for range n {
-			select {
-			case a := <-answers:
-				if a.code != 200 || !a.ok || a.how != "join" {
-					t.Fatalf("%s: answer %+v, want the joined revalidation's", when, a)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("%s: clients still wait while the tag's record is being written", when)
+			if a := storm.next(when + ", while the tag's record is being written"); a.code != 200 || !a.ok || a.how != "join" {
+				t.Fatalf("%s: answer %+v, want the joined revalidation's", when, a)
 			}
 		}
 	}
-	go ask() // the leader
+	storm.ask(1) // the leader
 	<-gate.Arrived()
-	w := m.tagWaits.find(tagKey{"docker.io", "library/storm", "latest"})
 	const early, late = 20, 10
-	for range early {
-		go ask()
-	}
-	for deadline := time.Now().Add(10 * time.Second); w.joined.Load() < early; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d clients joined the revalidation", w.joined.Load(), early)
-		}
-	}
+	storm.ask(early)
+	storm.joined(early)
 	gate.Open()
-	<-m.store.setTagHeld // upstream confirmed; the record's write is held
-	wantAnswers(early, "joined before upstream answered")
-	for range late {
-		go ask()
-	}
-	wantAnswers(late, "came during the write")
-	close(m.store.holdSetTag)
-	if a := <-answers; a.code != 200 || !a.ok || a.how != leaderHow {
+	hold.wait(t) // upstream confirmed; the record's write is held
+	wantJoined(early, "joined before upstream answered")
+	storm.ask(late)
+	wantJoined(late, "came during the write")
+	hold.release()
+	if a := storm.next("the leader"); a.code != 200 || !a.ok || a.how != leaderHow {
 		t.Fatalf("the leader's answer %+v", a)
 	}
 	if n := m.up.ManifestRequests(http.MethodHead) - heads; n != 1 {
