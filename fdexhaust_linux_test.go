@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/regmirror/regmirror/internal/testprocess"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
@@ -98,15 +99,13 @@ func TestDescriptorExhaustion(t *testing.T) {
 	// New connections: the keep-alive one of the download in flight
 	// would not prove that the server accepts again.
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	var metrics string
 	eventually(t, "regmirror to serve again", func() bool {
 		resp, err := client.Get(proc.URL + "/metrics")
 		if err != nil {
 			return false
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		metrics = string(b)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
 	wantAlive(t, pid)
@@ -120,12 +119,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("after the exhaustion: %d, %d bytes", resp.StatusCode, len(body))
 	}
 
-	var acceptErrors float64
-	for _, line := range strings.Split(metrics, "\n") {
-		if v, ok := strings.CutPrefix(line, "regmirror_accept_errors_total "); ok {
-			fmt.Sscan(v, &acceptErrors)
-		}
-	}
+	acceptErrors := testpull.Metric(t, proc.URL, "regmirror_accept_errors_total")
 	if w := warned(); w != 1 || acceptErrors < 2 {
 		t.Errorf("%d warnings for %v accept errors: want one per burst, not one per error", w, acceptErrors)
 	}

@@ -122,10 +122,7 @@ func TestAccessTimesBatched(t *testing.T) {
 		t.Fatalf("BlobAccessed calls = %d, want 3 (Open, Touch, ReadAll)", rec.count("accessed"))
 	}
 
-	s.closeMu.RLock()
-	err = s.flushAccess()
-	s.closeMu.RUnlock()
-	if err != nil {
+	if err := flushNow(s); err != nil {
 		t.Fatal(err)
 	}
 	if n := s.indexWrites.Load(); n != writes+1 {
@@ -485,7 +482,9 @@ func touchedBlob(t *testing.T) (s *Store, clock *testclock.Clock, d digest.Diges
 
 // flushNow runs one access flush as the flush loop does.
 func flushNow(s *Store) error {
-	s.closeMu.RLock()
+	if err := s.rlock(); err != nil {
+		return err
+	}
 	defer s.closeMu.RUnlock()
 	return s.flushAccess()
 }

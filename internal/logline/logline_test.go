@@ -264,9 +264,13 @@ func TestWholeWriterTakesNoLock(t *testing.T) {
 	if _, locked := LinesOf(log).out.(*lockedWriter); locked {
 		t.Fatal("a writer that keeps writes whole got a lock of its own")
 	}
-	writeFromBothPaths(log, 4, 100, "v", "v")
-	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
-		if !strings.HasSuffix(line, " k=v") {
+	writeFromBothPaths(log, 4, 100, "slow", "fast")
+	got := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(got) != 400 {
+		t.Fatalf("%d lines, want 400", len(got))
+	}
+	for _, line := range got {
+		if !strings.HasSuffix(line, "msg=slow k=slow") && !strings.HasSuffix(line, "msg=fast k=fast") {
 			t.Fatalf("torn line %q", line)
 		}
 	}
