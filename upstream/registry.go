@@ -122,9 +122,9 @@ func New(o Options) (*Registry, error) {
 	}
 	dockerHub := imageref.IsDockerHub(o.Name)
 	o, retries := withDefaults(o, dockerHub)
-	u, reg, err := parseEndpoint(o)
+	u, reg, err := ParseBaseURL(o.URL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("upstream %s: %w", o.Name, err)
 	}
 	g, err := newAddrGuard(u, o.AllowPrivateAddresses)
 	if err != nil {
@@ -193,15 +193,6 @@ func withDefaults(o Options, dockerHub bool) (Options, int) {
 		o.Now = time.Now
 	}
 	return o, max(retries, 0)
-}
-
-// parseEndpoint checks o.URL and returns it with the registry it addresses.
-func parseEndpoint(o Options) (*url.URL, name.Registry, error) {
-	u, reg, err := ParseBaseURL(o.URL)
-	if err != nil {
-		return nil, name.Registry{}, fmt.Errorf("upstream %s: %w", o.Name, err)
-	}
-	return u, reg, nil
 }
 
 // ParseBaseURL accepts a registry's address as an operator writes it,
@@ -359,6 +350,13 @@ func checkRef(ref string) (d digest.Digest, err error) {
 		return "", fmt.Errorf("%w: tag %q", ErrInvalidName, ref)
 	}
 	return "", nil
+}
+
+// DigestRef is a manifest reference as a digest, or "" for a tag (or
+// anything checkRef refuses).
+func DigestRef(ref string) digest.Digest {
+	d, _ := checkRef(ref)
+	return d
 }
 
 // retry runs op up to 1+Retries times while it fails with a retryable error,

@@ -43,12 +43,3 @@ func (b *verifyingBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// DigestRef is a manifest reference as a digest, or "" for a tag.
-func DigestRef(ref string) digest.Digest {
-	d, err := digest.Parse(ref)
-	if err != nil {
-		return ""
-	}
-	return d
-}
