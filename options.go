@@ -54,33 +54,25 @@ func (c config) registryOptions(log *slog.Logger) []registryOptions {
 	ua := "regmirror/" + buildVersion()
 	out := make([]registryOptions, 0, len(c.Registries))
 	for _, r := range c.Registries {
-		ro := registryOptions{Primary: upstream.Options{
-			Name:               r.Name,
-			URL:                r.URL,
-			Username:           r.Username,
-			Password:           r.Password,
-			Keychain:           r.keychain(),
-			CAFile:             r.CAFile,
-			InsecureSkipVerify: r.InsecureSkipVerify,
-			UserAgent:          ua,
-			Logger:             log.With("registry", r.Name),
+		ro := registryOptions{Primary: r.endpointAuth.options(upstream.Options{
+			Name:      r.Name,
+			URL:       r.URL,
+			Keychain:  r.keychain(),
+			UserAgent: ua,
+			Logger:    log.With("registry", r.Name),
 
 			AllowPrivateAddresses: r.allowPrivate,
-		}}
+		})}
 		for _, m := range r.Mirrors {
-			ro.Mirrors = append(ro.Mirrors, upstream.Options{
+			ro.Mirrors = append(ro.Mirrors, m.endpointAuth.options(upstream.Options{
 				Name:                  r.Name,
 				URL:                   m.URL,
-				Username:              m.Username,
-				Password:              m.Password,
-				CAFile:                m.CAFile,
-				InsecureSkipVerify:    m.InsecureSkipVerify,
 				Retries:               -1,
 				ResponseHeaderTimeout: 10 * time.Second,
 				AllowPrivateAddresses: r.allowPrivate,
 				UserAgent:             ua,
 				Logger:                log.With("registry", r.Name, "mirror", m.URL),
-			})
+			}))
 		}
 		if len(ro.Mirrors) > 0 {
 			ro.Failover = upstream.FailoverOptions{OutageBackoff: c.Server.OutageBackoff.Duration, Logger: log.With("registry", r.Name)}

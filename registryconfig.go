@@ -54,6 +54,14 @@ type endpointAuth struct {
 	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
 }
 
+// options is o with a's credentials (the password resolved) and TLS
+// settings.
+func (a endpointAuth) options(o upstream.Options) upstream.Options {
+	o.Username, o.Password = a.Username, a.Password
+	o.CAFile, o.InsecureSkipVerify = a.CAFile, a.InsecureSkipVerify
+	return o
+}
+
 // UnmarshalTOML reads a string or a table; unknown table keys are errors.
 func (m *mirrorConfig) UnmarshalTOML(v any) error {
 	switch v := v.(type) {
