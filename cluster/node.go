@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,10 +146,9 @@ func setDefault(d *time.Duration, def time.Duration) {
 // normalizeURL accepts http(s)://host[:port] with nothing after it but an
 // optional slash, and returns it without the slash.
 func normalizeURL(s string) (string, error) {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
-		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("want http(s)://host[:port], got %q", s)
+	u, err := upstream.CheckBaseURL(s)
+	if err != nil {
+		return "", err
 	}
 	return u.Scheme + "://" + strings.ToLower(u.Host), nil
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // Files is what the tier needs from the local cache (L1): the committed,
@@ -170,9 +170,9 @@ func New(o Options) (*Tier, error) {
 	if o.Endpoint == "" || o.Bucket == "" {
 		return nil, fmt.Errorf("%w: endpoint and bucket are required", ErrConfig)
 	}
-	u, err := url.Parse(o.Endpoint)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("%w: endpoint %q: want http(s)://host[:port]", ErrConfig, o.Endpoint)
+	u, err := upstream.CheckBaseURL(o.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("%w: endpoint: %w", ErrConfig, err)
 	}
 	if o.Region == "" {
 		o.Region = "us-east-1"

@@ -200,10 +200,9 @@ func withDefaults(o Options, dockerHub bool) (Options, int) {
 // registry it addresses (insecure for http). Registries, their mirrors
 // and push-to's target all go through it.
 func ParseBaseURL(raw string) (*url.URL, name.Registry, error) {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
-		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, name.Registry{}, fmt.Errorf("URL %q: want http(s)://host[:port] with nothing after it", raw)
+	u, err := CheckBaseURL(raw)
+	if err != nil {
+		return nil, name.Registry{}, err
 	}
 	var nopts []name.Option
 	if u.Scheme == "http" {
@@ -214,6 +213,19 @@ func ParseBaseURL(raw string) (*url.URL, name.Registry, error) {
 		return nil, name.Registry{}, fmt.Errorf("URL host %q: %w", u.Host, err)
 	}
 	return u, reg, nil
+}
+
+// CheckBaseURL accepts a service's base address as an operator writes
+// it: http(s)://host[:port] with nothing after it (no user, path, query
+// or fragment). Registries, mirrors, push-to's target, cluster peers and
+// the S3 endpoint all go through it.
+func CheckBaseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("URL %q: want http(s)://host[:port] with nothing after it", raw)
+	}
+	return u, nil
 }
 
 // roundTripper is the registry's HTTP stack: o.Transport or a new guarded
