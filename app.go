@@ -102,6 +102,12 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	tiers := a.tiers
+	defer func() {
+		if err != nil {
+			tiers.close() // before the cache: its upload workers read it
+		}
+	}()
 	popts.Registries, popts.Peers = a.tiers.ups, a.tiers.peers
 	popts.Store = a.cache.Store
 	popts.Hooks = stack.FillHooks{Evictor: a.cache.Evictor}
@@ -116,7 +122,6 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	a.proxy, err = proxy.New(popts)
 	if err != nil {
-		a.tiers.close() // its upload workers would outlive the cache
 		return nil, err
 	}
 	if !cfg.Offline {
