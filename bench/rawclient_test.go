@@ -3,11 +3,12 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -21,9 +22,11 @@ import (
 // their own; what they cost here is taken from the server under test.
 type rawClients struct {
 	epfd int
-	fds  []int
-	conn map[int32]int // fd → index
+	fds  []int // by connection; a connection's epoll events carry its index
 	bufs [][]byte
+	// Answers are parsed by readResponse over these, reused.
+	rd bytes.Reader
+	br *bufio.Reader
 }
 
 func dialRawClients(addr string, n int) (*rawClients, error) {
@@ -37,7 +40,7 @@ func dialRawClients(addr string, n int) (*rawClients, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc := &rawClients{epfd: epfd, conn: make(map[int32]int, n), bufs: make([][]byte, n)}
+	rc := &rawClients{epfd: epfd, bufs: make([][]byte, n), br: bufio.NewReaderSize(nil, 4096)}
 	for i := range n {
 		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -54,11 +57,10 @@ func dialRawClients(addr string, n int) (*rawClients, error) {
 			rc.close()
 			return nil, err
 		}
-		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)}); err != nil {
+		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(i)}); err != nil {
 			rc.close()
 			return nil, err
 		}
-		rc.conn[int32(fd)] = i
 		rc.bufs[i] = make([]byte, 0, 4096)
 	}
 	return rc, nil
@@ -105,8 +107,8 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 			return nil, err
 		}
 		for _, ev := range events[:n] {
-			i := rc.conn[ev.Fd]
-			got, err := syscall.Read(int(ev.Fd), tmp[:])
+			i := int(ev.Fd)
+			got, err := syscall.Read(rc.fds[i], tmp[:])
 			if errors.Is(err, syscall.EAGAIN) {
 				continue
 			}
@@ -114,7 +116,7 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 				return nil, fmt.Errorf("connection %d: read %d: %v", i, got, err)
 			}
 			rc.bufs[i] = append(rc.bufs[i], tmp[:got]...)
-			done, err := wholeAnswer(rc.bufs[i])
+			done, err := rc.wholeAnswer(rc.bufs[i])
 			if err != nil {
 				return nil, fmt.Errorf("connection %d: %w", i, err)
 			}
@@ -132,35 +134,17 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 }
 
 // wholeAnswer reports whether buf holds one whole 200 answer with a
-// Content-Length body, and nothing after it.
-func wholeAnswer(buf []byte) (bool, error) {
-	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 {
-		return false, nil
-	}
-	head := buf[:end]
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 200 ")) {
-		line, _, _ := bytes.Cut(head, []byte("\r\n"))
-		return false, fmt.Errorf("answer %q", line)
-	}
-	length := -1
-	for _, line := range bytes.Split(head, []byte("\r\n"))[1:] {
-		k, v, ok := bytes.Cut(line, []byte(":"))
-		if ok && bytes.EqualFold(k, []byte("Content-Length")) {
-			n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
-			if err != nil {
-				return false, err
-			}
-			length = n
-		}
-	}
-	if length < 0 {
-		return false, errors.New("no Content-Length")
-	}
-	switch total := end + 4 + length; {
-	case len(buf) < total:
-		return false, nil
-	case len(buf) > total:
+// Content-Length body (readResponse's checks), and nothing after it.
+func (rc *rawClients) wholeAnswer(buf []byte) (bool, error) {
+	rc.rd.Reset(buf)
+	rc.br.Reset(&rc.rd)
+	err := readResponse(rc.br, false)
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return false, nil // not all here yet
+	case err != nil:
+		return false, err
+	case rc.br.Buffered() > 0 || rc.rd.Len() > 0:
 		return false, errors.New("bytes after the answer")
 	}
 	return true, nil

@@ -44,7 +44,7 @@ const smallConns = 32
 const envNoWork = "REGMIRROR_BENCH_NOWORK"
 
 func TestMain(m *testing.M) {
-	if v := os.Getenv(envNoWork); v != "" {
+	if v := os.Getenv(envNoWork); v != "" { // "nowork" or "timeouts"
 		serveNoWork(v == "timeouts")
 		return
 	}
@@ -82,6 +82,22 @@ func serveNoWork(timeouts bool) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// startTarget starts the server cmd as target name, profiled (every
+// target alike, so that the profiling costs each the same) when
+// REGMIRROR_BENCH_CPUPROFILE names a directory.
+func startTarget(b *testing.B, dir, name string, cmd *exec.Cmd) *target {
+	t := &target{name: name, cmd: cmd}
+	if pd := os.Getenv("REGMIRROR_BENCH_CPUPROFILE"); pd != "" {
+		t.profile = filepath.Join(pd, name+".prof")
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, "REGMIRROR_CPUPROFILE="+t.profile)
+	}
+	t.addr = startProcess(b, cmd, filepath.Join(dir, name+".log"))
+	return t
 }
 
 // target is one server under load.
@@ -188,30 +204,17 @@ func BenchmarkSmallRequests(b *testing.B) {
 	}
 	dir := b.TempDir()
 
-	nowork := exec.Command(os.Args[0], "-test.run=^$")
-	nowork.Env = append(os.Environ(), envNoWork+"=1")
-	noworkTarget := &target{name: "nowork", cmd: nowork}
-	if pd := os.Getenv("REGMIRROR_BENCH_CPUPROFILE"); pd != "" {
-		noworkTarget.profile = filepath.Join(pd, "nowork.prof")
-		nowork.Env = append(nowork.Env, "REGMIRROR_CPUPROFILE="+noworkTarget.profile)
+	var targets []*target
+	for _, mode := range []string{"nowork", "timeouts"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), envNoWork+"="+mode)
+		t := startTarget(b, dir, mode, cmd)
+		defer t.stop()
+		targets = append(targets, t)
 	}
-	noworkTarget.addr = startProcess(b, nowork, filepath.Join(dir, "nowork.log"))
-	defer noworkTarget.stop()
-	timeouts := exec.Command(os.Args[0], "-test.run=^$")
-	timeouts.Env = append(os.Environ(), envNoWork+"=timeouts")
-	timeoutsTarget := &target{name: "timeouts", cmd: timeouts}
-	timeoutsTarget.addr = startProcess(b, timeouts, filepath.Join(dir, "timeouts.log"))
-	defer timeoutsTarget.stop()
-	targets := []*target{noworkTarget, timeoutsTarget}
 	for _, nb := range binaries(b) {
 		name, bin := nb[0], nb[1]
-		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name), "--upstream-url", up.URL())
-		t := &target{name: name, cmd: cmd}
-		if pd := os.Getenv("REGMIRROR_BENCH_CPUPROFILE"); pd != "" {
-			t.profile = filepath.Join(pd, name+".prof")
-			cmd.Env = append(os.Environ(), "REGMIRROR_CPUPROFILE="+t.profile)
-		}
-		t.addr = startProcess(b, cmd, filepath.Join(dir, name+".log"))
+		t := startTarget(b, dir, name, exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name), "--upstream-url", up.URL()))
 		defer t.stop()
 		warmSmall(b, t.addr, paths)
 		targets = append(targets, t)
