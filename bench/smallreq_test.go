@@ -458,49 +458,41 @@ func printSmallTable(w io.Writer) {
 	if len(smallResults.rounds) == 0 {
 		return
 	}
-	names := smallResults.order
+	names, rounds := smallResults.order, smallResults.rounds
 	fmt.Fprintf(w, "\nsmall requests, %d keep-alive connections (manifest GET by digest / blob HEAD), req/s and fraction of the no-work ceiling of the same round\n\n", smallConns)
+	printRounds(w, names, rounds, "", "%.0f", true)
+	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n")
+	printRounds(w, names, rounds, " cpu", "%.1f", false)
+}
+
+// printRounds prints one table of the rounds: each target's value (under
+// its name plus suffix, formatted by format), with the fraction of the
+// same round's ceiling when ceiling is set, a row per round and a median
+// row.
+func printRounds(w io.Writer, names []string, rounds []map[string]float64, suffix, format string, ceiling bool) {
 	tableHead(w, names)
-	ratios := map[string][]float64{}
-	rates := map[string][]float64{}
-	for i, r := range smallResults.rounds {
+	vals, ratios := map[string][]float64{}, map[string][]float64{}
+	for i, r := range rounds {
 		fmt.Fprintf(w, "| %d |", i+1)
 		for _, n := range names {
-			rates[n] = append(rates[n], r[n])
-			if n == "nowork" || r["nowork"] == 0 {
-				fmt.Fprintf(w, " %.0f |", r[n])
+			v := r[n+suffix]
+			vals[n] = append(vals[n], v)
+			if !ceiling || n == "nowork" || r["nowork"] == 0 {
+				fmt.Fprintf(w, " "+format+" |", v)
 				continue
 			}
-			ratio := r[n] / r["nowork"]
-			ratios[n] = append(ratios[n], ratio)
-			fmt.Fprintf(w, " %.0f (%.2f) |", r[n], ratio)
+			ratios[n] = append(ratios[n], v/r["nowork"])
+			fmt.Fprintf(w, " "+format+" (%.2f) |", v, v/r["nowork"])
 		}
 		fmt.Fprintln(w)
 	}
 	fmt.Fprint(w, "| median |")
 	for _, n := range names {
-		if n == "nowork" {
-			fmt.Fprintf(w, " %.0f |", median(rates[n]))
+		if len(ratios[n]) == 0 {
+			fmt.Fprintf(w, " "+format+" |", median(vals[n]))
 			continue
 		}
-		fmt.Fprintf(w, " %.0f (%.2f) |", median(rates[n]), median(ratios[n]))
-	}
-	fmt.Fprintln(w)
-
-	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n")
-	tableHead(w, names)
-	cpus := map[string][]float64{}
-	for i, r := range smallResults.rounds {
-		fmt.Fprintf(w, "| %d |", i+1)
-		for _, n := range names {
-			cpus[n] = append(cpus[n], r[n+" cpu"])
-			fmt.Fprintf(w, " %.1f |", r[n+" cpu"])
-		}
-		fmt.Fprintln(w)
-	}
-	fmt.Fprint(w, "| median |")
-	for _, n := range names {
-		fmt.Fprintf(w, " %.1f |", median(cpus[n]))
+		fmt.Fprintf(w, " "+format+" (%.2f) |", median(vals[n]), median(ratios[n]))
 	}
 	fmt.Fprintln(w)
 }
