@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,24 +40,6 @@ func writeHtpasswd(t testing.TB, pairs ...string) string {
 
 func basicAuth(user, password string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
-}
-
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startMirrorLogged is startMirror with the log kept (info level) in buf.
@@ -103,7 +83,7 @@ func TestAccessControlHTTP(t *testing.T) {
 	hub.PushRandomImage(t, "someuser/app", "1", 1, 1024)
 	ghApp := ghcr.PushRandomImage(t, "myorg/app", "v1", 1, 1024)
 	ghcr.PushRandomImage(t, "other/x", "1", 1, 1024)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	m := startMirrorLogged(t, hub, &logs, func(c *config) {
 		c.Registries = append(c.Registries, registryConfig{Name: ghcrName, URL: ghcr.URL(), HostAliases: []string{ghcrAlias}})
 		c.Auth = &authConfig{

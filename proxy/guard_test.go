@@ -22,6 +22,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testlog"
 )
 
 // fakeUpstream is a configured registry that is never dialled.
@@ -37,36 +38,18 @@ func (panicStore) Open(digest.Digest) (*os.File, cache.BlobInfo, error) {
 	panic("a bug in the blob path")
 }
 
-// logBuffer collects a server's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // guardServer is a Server with no upstream to speak of, serving on a
 // loopback port, with its metrics and log at hand.
 type guardServer struct {
 	*Server
 	addr string
 	reg  *prometheus.Registry
-	log  *logBuffer
+	log  *testlog.Buffer
 }
 
 func startGuardServer(t *testing.T, store Store, mutate ...func(*Options)) *guardServer {
 	t.Helper()
-	g := &guardServer{reg: prometheus.NewRegistry(), log: &logBuffer{}}
+	g := &guardServer{reg: prometheus.NewRegistry(), log: &testlog.Buffer{}}
 	o := Options{
 		Registries: []Upstream{fakeUpstream{}},
 		Store:      store,
@@ -335,7 +318,7 @@ func TestAcceptBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inner.Close()
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	lim := newConnLimiter(0, 0, false, slog.New(slog.NewTextHandler(logs, nil)), newGuardMetrics(nil))
 	now := time.Now()
 	ln := &guardedListener{lim: lim, now: func() time.Time { return now }}

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/logline"
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/valyala/fasthttp"
 )
 
@@ -35,8 +36,8 @@ func requestLines(t *testing.T, logs, path string) []map[string]any {
 	return out
 }
 
-func jsonLogMirror(t *testing.T) (*hotMirror, *logBuffer) {
-	logs := &logBuffer{}
+func jsonLogMirror(t *testing.T) (*hotMirror, *testlog.Buffer) {
+	logs := &testlog.Buffer{}
 	m := startHotMirror(t, func(o *Options) { o.Logger = logline.New(logs, logline.JSON, slog.LevelInfo) })
 	return m, logs
 }
