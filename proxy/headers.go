@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"hash/maphash"
+	"net"
 	"strconv"
-	"sync"
+	"sync/atomic"
 
 	"github.com/valyala/fasthttp"
 )
@@ -10,8 +12,7 @@ import (
 // What the hit path writes on every answer, prepared once: header names in
 // canonical form (fasthttp then skips normalising them), and the strings a
 // request log line and the metrics take from a request, interned, so that
-// a warm request allocates only its exchange, its path and its log record
-// (BenchmarkSmallHits reports allocs/op).
+// a warm request allocates nothing (BenchmarkSmallHits reports allocs/op).
 
 var (
 	hdrDockerContentDigest = []byte("Docker-Content-Digest")
@@ -53,38 +54,73 @@ func methodString(ctx *fasthttp.RequestCtx) string {
 	return string(ctx.Method())
 }
 
-// interned keeps one copy of strings requests repeat (client addresses,
-// user agents): looking one up costs no allocation. Bounded: when full it
-// starts again empty.
+// interned keeps one copy of strings requests repeat (paths, client
+// addresses, user agents), so that a repeat costs no allocation. It is a
+// fixed table of slots picked by the bytes' hash, each holding the last
+// string that hashed there: bounded in memory, lock-free (two cores do not
+// contend for a mutex on every request), and a client that sends ever new
+// values only makes lookups miss, which cost what no table would.
 type interned struct {
-	mu sync.Mutex
-	m  map[string]string
+	seed    maphash.Seed
+	maxLen  int // longer values are not kept
+	slots   []atomic.Pointer[internEntry]
+	slotMax uint64 // len(slots)-1, a power of two less one
 }
 
-const maxInterned = 4096
+// internEntry is a value and the bytes it was made from (the same string
+// but for client addresses, whose bytes are the IP's and value its text).
+type internEntry struct{ key, value string }
+
+// internSlots per table: a few thousand distinct hot values (the paths of
+// the images in use, the clients of a site) fit without thrashing.
+const internSlots = 4096
+
+func newInterned(slots, maxLen int) *interned {
+	return &interned{seed: maphash.MakeSeed(), maxLen: maxLen, slots: make([]atomic.Pointer[internEntry], slots), slotMax: uint64(slots - 1)}
+}
 
 func (t *interned) get(b []byte) string {
-	return t.getOr(b, func() string { return string(b) })
-}
-
-// getOr is the interned string for b, made by mk the first time.
-func (t *interned) getOr(b []byte, mk func() string) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if s, ok := t.m[string(b)]; ok {
-		return s
+	if len(b) > t.maxLen {
+		return string(b)
 	}
-	if t.m == nil || len(t.m) >= maxInterned {
-		t.m = make(map[string]string)
+	if v, ok := t.lookup(b); ok {
+		return v
 	}
-	s := mk()
-	t.m[string(b)] = s
+	s := string(b)
+	t.store(b, &internEntry{key: s, value: s})
 	return s
 }
 
+// getOr is the interned string for b, made by mk when b is not in the table.
+func (t *interned) getOr(b []byte, mk func() string) string {
+	if len(b) > t.maxLen {
+		return mk()
+	}
+	if v, ok := t.lookup(b); ok {
+		return v
+	}
+	e := &internEntry{key: string(b), value: mk()}
+	t.store(b, e)
+	return e.value
+}
+
+func (t *interned) slot(b []byte) *atomic.Pointer[internEntry] {
+	return &t.slots[maphash.Bytes(t.seed, b)&t.slotMax]
+}
+
+func (t *interned) lookup(b []byte) (string, bool) {
+	if e := t.slot(b).Load(); e != nil && e.key == string(b) {
+		return e.value, true
+	}
+	return "", false
+}
+
+func (t *interned) store(b []byte, e *internEntry) { t.slot(b).Store(e) }
+
 var (
-	userAgents  interned
-	clientAddrs interned // keyed by the address's bytes
+	requestPaths = newInterned(internSlots, 512) // a repository name and a digest fit
+	userAgents   = newInterned(internSlots, maxLoggedText)
+	clientAddrs  = newInterned(internSlots, net.IPv6len) // keyed by the address's bytes
 )
 
 // clientIP is the client's IP address as text.

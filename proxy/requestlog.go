@@ -42,7 +42,7 @@ func newExchange(s *Server, ctx *fasthttp.RequestCtx) *exchange {
 	}
 	e := exchanges.Get().(*exchange)
 	e.s, e.start = s, start
-	e.method, e.path = methodString(ctx), string(ctx.Path())
+	e.method, e.path = methodString(ctx), requestPaths.get(ctx.Path())
 	e.client, e.userAgent = clientIP(ctx), userAgent(ctx)
 	return e
 }
