@@ -187,7 +187,9 @@ func clientAddr(c net.Conn) string {
 type guardedListener struct {
 	net.Listener
 	lim *connLimiter
-	now func() time.Time // nil: time.Now
+	// deadlineSlack > 0 wraps every connection in a lazyDeadlineConn.
+	deadlineSlack time.Duration
+	now           func() time.Time // nil: time.Now
 	// Accept is called from fasthttp's one serve loop: the burst state
 	// needs no lock. A burst is a run of accept errors less than
 	// burstGap apart: while the backlog drains, accepted connections take
@@ -229,6 +231,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			}
 		}
 		delay = 0
+		if l.deadlineSlack > 0 {
+			c = newLazyDeadlineConn(c, l.deadlineSlack)
+		}
 		if l.lim.admit(c) {
 			return c, nil
 		}

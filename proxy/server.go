@@ -331,7 +331,8 @@ func setDefault(d *time.Duration, def time.Duration) {
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Debug("connection caps", "max_connections", describeCaps(s.conns.maxConns), "max_connections_per_ip", describeCaps(s.conns.maxPerIP))
-	ln = &guardedListener{Listener: ln, lim: s.conns}
+	ln = &guardedListener{Listener: ln, lim: s.conns,
+		deadlineSlack: deadlineSlack(s.opts.ReadTimeout, s.opts.WriteTimeout, s.opts.IdleTimeout)}
 	if s.opts.TLSCertFile != "" {
 		return s.http.ServeTLS(ln, s.opts.TLSCertFile, s.opts.TLSKeyFile)
 	}
