@@ -116,7 +116,7 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 				return nil, fmt.Errorf("connection %d: read %d: %v", i, got, err)
 			}
 			rc.bufs[i] = append(rc.bufs[i], tmp[:got]...)
-			done, err := rc.wholeAnswer(rc.bufs[i])
+			done, err := rc.wholeAnswer(rc.bufs[i], false)
 			if err != nil {
 				return nil, fmt.Errorf("connection %d: %w", i, err)
 			}
@@ -134,11 +134,12 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 }
 
 // wholeAnswer reports whether buf holds one whole 200 answer with a
-// Content-Length body (readResponse's checks), and nothing after it.
-func (rc *rawClients) wholeAnswer(buf []byte) (bool, error) {
+// Content-Length body (readResponse's checks; no body after a HEAD), and
+// nothing after it.
+func (rc *rawClients) wholeAnswer(buf []byte, head bool) (bool, error) {
 	rc.rd.Reset(buf)
 	rc.br.Reset(&rc.rd)
-	err := readResponse(rc.br, false)
+	err := readResponse(rc.br, head)
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return false, nil // not all here yet
@@ -148,4 +149,60 @@ func (rc *rawClients) wholeAnswer(buf []byte) (bool, error) {
 		return false, errors.New("bytes after the answer")
 	}
 	return true, nil
+}
+
+// closedLoop keeps one request in flight on every connection for window:
+// each whole answer is followed at once by that connection's next request,
+// reqs[0] and reqs[1] in turn (reqs[1] is a HEAD). It returns the number
+// of answers.
+func (rc *rawClients) closedLoop(reqs [2][]byte, window time.Duration) (int64, error) {
+	sent := make([]int, len(rc.fds))
+	send := func(i int) error {
+		req := reqs[(i+sent[i])%2]
+		rc.bufs[i] = rc.bufs[i][:0]
+		if n, err := syscall.Write(rc.fds[i], req); err != nil || n != len(req) {
+			return fmt.Errorf("connection %d: wrote %d of %d bytes: %v", i, n, len(req), err)
+		}
+		sent[i]++
+		return nil
+	}
+	for i := range rc.fds {
+		if err := send(i); err != nil {
+			return 0, err
+		}
+	}
+	events := make([]syscall.EpollEvent, len(rc.fds))
+	var tmp [64 << 10]byte
+	var answers int64
+	for end := time.Now().Add(window); time.Now().Before(end); {
+		n, err := syscall.EpollWait(rc.epfd, events, 100)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return answers, err
+		}
+		for _, ev := range events[:n] {
+			i := int(ev.Fd)
+			got, err := syscall.Read(rc.fds[i], tmp[:])
+			if errors.Is(err, syscall.EAGAIN) {
+				continue
+			}
+			if err != nil || got == 0 {
+				return answers, fmt.Errorf("connection %d: read %d: %v", i, got, err)
+			}
+			rc.bufs[i] = append(rc.bufs[i], tmp[:got]...)
+			done, err := rc.wholeAnswer(rc.bufs[i], (i+sent[i]-1)%2 == 1)
+			if err != nil {
+				return answers, fmt.Errorf("connection %d: %w", i, err)
+			}
+			if done {
+				answers++
+				if err := send(i); err != nil {
+					return answers, err
+				}
+			}
+		}
+	}
+	return answers, nil
 }

@@ -8,6 +8,7 @@
 #   bash bench/smallreq.sh                         # before = d16e200, 3 rounds of 5 s
 #   REGMIRROR_BENCH_BEFORE=main REGMIRROR_BENCH_ROUNDS=5 bash bench/smallreq.sh
 #   REGMIRROR_BENCH_PROFILES=/tmp/prof bash bench/smallreq.sh   # and CPU profiles (pprof -top)
+#   REGMIRROR_BENCH_CLIENTS=goroutines,epoll bash bench/smallreq.sh   # both load generators
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 before=${REGMIRROR_BENCH_BEFORE:-d16e200}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,7 @@ import (
 //
 //	REGMIRROR_BENCH_BINARIES=before=/tmp/a,after=/tmp/b   the regmirror binaries (default: after = this tree)
 //	REGMIRROR_BENCH_CPUPROFILE=DIR   with binaries built -tags cpuprofile: a CPU profile of each measured load
+//	REGMIRROR_BENCH_CLIENTS=goroutines,epoll   the load generators (see smallClients)
 const smallConns = 32
 
 // envNoWork makes the test binary a no-work fasthttp server (see TestMain).
@@ -170,11 +172,27 @@ func binaries(b *testing.B) [][2]string {
 // smallPaths are the two requests of the mix.
 type smallPaths struct{ manifest, blob string }
 
-// smallResults are req/s by round and target, for the table.
+// smallResults are, per load generator, req/s (and CPU per request) by
+// round and target, for the tables.
 var smallResults struct {
-	mu     sync.Mutex
-	order  []string
-	rounds []map[string]float64
+	mu      sync.Mutex
+	order   []string
+	clients []string
+	rounds  map[string][]map[string]float64
+}
+
+// The load generators of BenchmarkSmallRequests, picked by
+// REGMIRROR_BENCH_CLIENTS (comma-separated; goroutines by default): a
+// goroutine per connection over net.Conn, or one epoll loop per CPU over
+// plain syscalls (rawClients). Either runs on the server's two cores. The
+// tables show what each costs per request: both pay more per request
+// against regmirror than against the ceiling (longer answers to parse, and
+// more reads that find nothing yet and wait).
+func smallClients() []string {
+	if v := os.Getenv("REGMIRROR_BENCH_CLIENTS"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return []string{"goroutines"}
 }
 
 // envInt reads a positive integer from the environment, or def.
@@ -196,6 +214,7 @@ func envInt(name string, def int) int {
 func BenchmarkSmallRequests(b *testing.B) {
 	rounds := envInt("REGMIRROR_BENCH_ROUNDS", 3)
 	window := time.Duration(envInt("REGMIRROR_BENCH_SECONDS", 5)) * time.Second
+	clients := smallClients()
 	up := testupstream.Start(b)
 	img := up.PushRandomImage(b, "library/small", "latest", 1, 512)
 	paths := smallPaths{
@@ -223,44 +242,57 @@ func BenchmarkSmallRequests(b *testing.B) {
 	for _, t := range targets {
 		names = append(names, t.name)
 	}
+	results := map[string][]map[string]float64{}
 	for r := range rounds {
-		round := map[string]float64{}
+		round := map[string]map[string]float64{}
+		for _, c := range clients {
+			round[c] = map[string]float64{}
+		}
 		for k := range targets {
 			t := targets[(k+r)%len(targets)]
-			settle(b, targets)
-			last := r == rounds-1
-			if last && t.profile != "" { // the last round is profiled
-				t.cmd.Process.Signal(syscall.SIGUSR1)
+			for j := range clients {
+				client := clients[(j+r)%len(clients)]
+				settle(b, targets)
+				profiled := r == rounds-1 && j == 0 && t.profile != "" // one window of the last round
+				if profiled {
+					t.cmd.Process.Signal(syscall.SIGUSR1)
+				}
+				cpuBefore, selfBefore := processCPU(t.cmd.Process.Pid), processCPU(os.Getpid())
+				rate, n, err := smallLoad(client, t.addr, paths, window)
+				if err != nil {
+					b.Fatalf("%s, %s client: %v", t.name, client, err)
+				}
+				if n > 0 {
+					perRequest := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
+					round[client][t.name+" cpu"] = perRequest(processCPU(t.cmd.Process.Pid) - cpuBefore)
+					round[client][t.name+" client cpu"] = perRequest(processCPU(os.Getpid()) - selfBefore)
+				}
+				if profiled {
+					t.cmd.Process.Signal(syscall.SIGUSR2)
+					waitFor(b, func() bool { _, err := os.Stat(t.profile + ".done"); return err == nil })
+					os.Remove(t.profile + ".done")
+				}
+				round[client][t.name] = rate
 			}
-			cpuBefore := processCPU(t.cmd.Process.Pid)
-			rate, n, err := smallLoad(t.addr, paths, window)
-			if err != nil {
-				b.Fatalf("%s: %v", t.name, err)
-			}
-			if n > 0 {
-				round[t.name+" cpu"] = float64(processCPU(t.cmd.Process.Pid)-cpuBefore) / float64(time.Microsecond) / float64(n)
-			}
-			if last && t.profile != "" {
-				t.cmd.Process.Signal(syscall.SIGUSR2)
-				waitFor(b, func() bool { _, err := os.Stat(t.profile + ".done"); return err == nil })
-				os.Remove(t.profile + ".done")
-			}
-			round[t.name] = rate
 		}
-		smallResults.mu.Lock()
-		smallResults.order = names
-		smallResults.rounds = append(smallResults.rounds, round)
-		smallResults.mu.Unlock()
+		for _, c := range clients {
+			results[c] = append(results[c], round[c])
+		}
 	}
-	for _, n := range names {
-		var rates, ratios []float64
-		for _, r := range smallResults.rounds {
-			rates = append(rates, r[n])
-			ratios = append(ratios, r[n]/r["nowork"])
-		}
-		b.ReportMetric(median(rates), n+"-req/s")
-		if n != "nowork" {
-			b.ReportMetric(median(ratios), n+"/ceiling")
+	smallResults.mu.Lock()
+	smallResults.order, smallResults.clients, smallResults.rounds = names, clients, results
+	smallResults.mu.Unlock()
+	for _, c := range clients {
+		for _, n := range names {
+			var rates, ratios []float64
+			for _, r := range results[c] {
+				rates = append(rates, r[n])
+				ratios = append(ratios, r[n]/r["nowork"])
+			}
+			b.ReportMetric(median(rates), n+"-req/s-"+c)
+			if n != "nowork" {
+				b.ReportMetric(median(ratios), n+"/ceiling-"+c)
+			}
 		}
 	}
 }
@@ -299,14 +331,69 @@ func warmSmall(b *testing.B, addr string, p smallPaths) {
 	}
 }
 
-// smallLoad sends requests over smallConns connections for window and
-// returns the rate and the number of requests answered. The client is a few lines over a raw connection, so
-// that it costs the shared CPUs as little as possible.
-func smallLoad(addr string, p smallPaths, window time.Duration) (float64, int64, error) {
+// smallLoad sends requests over smallConns connections for window, with
+// the load generator client, and returns the rate and the number of
+// requests answered.
+func smallLoad(client, addr string, p smallPaths, window time.Duration) (float64, int64, error) {
 	reqs := [2][]byte{
 		[]byte("GET " + p.manifest + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\nAccept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"),
 		[]byte("HEAD " + p.blob + " HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: regmirror-bench\r\n\r\n"),
 	}
+	switch client {
+	case "goroutines":
+		return goroutineLoad(addr, reqs, window)
+	case "epoll":
+		return epollLoad(addr, reqs, window)
+	}
+	return 0, 0, fmt.Errorf("no load generator %q (goroutines or epoll)", client)
+}
+
+// epollLoad is one epoll loop per CPU (rawClients.closedLoop), each over
+// its share of the connections: one loop alone could not keep up with a
+// fast server, and the figure would be the client's.
+func epollLoad(addr string, reqs [2][]byte, window time.Duration) (float64, int64, error) {
+	loops := min(runtime.GOMAXPROCS(0), smallConns)
+	var sets []*rawClients
+	defer func() {
+		for _, rc := range sets {
+			rc.close()
+		}
+	}()
+	for i := range loops {
+		rc, err := dialRawClients(addr, smallConns/loops+btoi(i < smallConns%loops))
+		if err != nil {
+			return 0, 0, err
+		}
+		sets = append(sets, rc)
+	}
+	var total atomic.Int64
+	errs := make(chan error, loops)
+	start := time.Now()
+	for _, rc := range sets {
+		go func() {
+			n, err := rc.closedLoop(reqs, window)
+			total.Add(n)
+			errs <- err
+		}()
+	}
+	for range loops {
+		if err := <-errs; err != nil {
+			return 0, 0, err
+		}
+	}
+	return float64(total.Load()) / time.Since(start).Seconds(), total.Load(), nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// goroutineLoad is a goroutine per connection, each a few lines over a
+// raw connection.
+func goroutineLoad(addr string, reqs [2][]byte, window time.Duration) (float64, int64, error) {
 	var stop atomic.Bool
 	var total atomic.Int64
 	errs := make(chan error, smallConns)
@@ -450,19 +537,24 @@ func tableHead(w io.Writer, names []string) {
 }
 
 // printSmallTable prints the rounds of BenchmarkSmallRequests, if any ran,
-// as a Markdown table: req/s of each target and its fraction of the
-// no-work ceiling of the same round, then the medians.
+// as Markdown tables per load generator: req/s of each target and its
+// fraction of the no-work ceiling of the same round, then the medians; the
+// server's CPU per request; the load generator's.
 func printSmallTable(w io.Writer) {
 	smallResults.mu.Lock()
 	defer smallResults.mu.Unlock()
-	if len(smallResults.rounds) == 0 {
-		return
+	for _, c := range smallResults.clients {
+		names, rounds := smallResults.order, smallResults.rounds[c]
+		if len(rounds) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nsmall requests, %d keep-alive connections (manifest GET by digest / blob HEAD), %s client: req/s and fraction of the no-work ceiling of the same round\n\n", smallConns, c)
+		printRounds(w, names, rounds, "", "%.0f", true)
+		fmt.Fprintf(w, "\nserver CPU per answered request (user + system, from /proc), µs, %s client\n\n", c)
+		printRounds(w, names, rounds, " cpu", "%.1f", false)
+		fmt.Fprintf(w, "\nload generator CPU per answered request, µs, %s client\n\n", c)
+		printRounds(w, names, rounds, " client cpu", "%.1f", false)
 	}
-	names, rounds := smallResults.order, smallResults.rounds
-	fmt.Fprintf(w, "\nsmall requests, %d keep-alive connections (manifest GET by digest / blob HEAD), req/s and fraction of the no-work ceiling of the same round\n\n", smallConns)
-	printRounds(w, names, rounds, "", "%.0f", true)
-	fmt.Fprint(w, "\nserver CPU per answered request (user + system, from /proc), µs\n\n")
-	printRounds(w, names, rounds, " cpu", "%.1f", false)
 }
 
 // printRounds prints one table of the rounds: each target's value (under
