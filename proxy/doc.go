@@ -24,7 +24,12 @@
 // the response: finish (reply.go) is the one step that does, errors through
 // writeError and toWire. How the cache answered is an Outcome (outcome.go),
 // sent in the X-Regmirror-Cache header. The cache is used through small
-// interfaces, one per job (store.go).
+// interfaces, one per job (store.go). Under the handlers: listener.go caps
+// connections and outlives descriptor exhaustion, deadlines.go hands
+// fasthttp's timeouts to each connection lazily, and headers.go holds what
+// every answer writes, prepared once, and the interned strings a request
+// brings (path, client, user agent), so that a warm request allocates
+// nothing.
 //
 // The fill (fill.go) is the heart: one upstream GET per digest at a time,
 // detached from every client's lifetime, written to a temp file through the
