@@ -127,6 +127,7 @@ type request struct {
 type router struct {
 	registries      map[string]Upstream // by canonical name
 	defaultRegistry string
+	defaultUp       Upstream // registries[defaultRegistry], looked up once
 	// hostAliases maps a lowercase Host (with its port, or without) to a
 	// registry name.
 	hostAliases map[string]string
@@ -176,6 +177,9 @@ func (r *router) registry(ns, pathPrefix, host string) (Upstream, error) {
 	}
 	if name, ok := r.alias(host); ok {
 		return r.named(name)
+	}
+	if r.defaultUp != nil {
+		return r.defaultUp, nil
 	}
 	return r.named(r.defaultRegistry)
 }

@@ -252,7 +252,7 @@ func New(o Options) (*Server, error) {
 	if _, ok := s.registries[o.DefaultRegistry]; !ok {
 		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
 	}
-	s.routes = router{registries: s.registries, defaultRegistry: o.DefaultRegistry, hostAliases: o.HostAliases}
+	s.routes = router{registries: s.registries, defaultRegistry: o.DefaultRegistry, defaultUp: s.registries[o.DefaultRegistry], hostAliases: o.HostAliases}
 	s.metrics = newMetrics(o.Metrics)
 	s.guard = newGuardMetrics(o.Metrics)
 	s.initOperator()
