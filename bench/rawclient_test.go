@@ -27,6 +27,9 @@ type rawClients struct {
 	// Answers are parsed by readResponse over these, reused.
 	rd bytes.Reader
 	br *bufio.Reader
+	// poll's, made at its first call.
+	events []syscall.EpollEvent
+	tmp    []byte
 }
 
 func dialRawClients(addr string, n int) (*rawClients, error) {
@@ -86,51 +89,76 @@ func (rc *rawClients) ask(req []byte, which []int) ([]time.Duration, error) {
 	start := make(map[int]time.Time, len(which))
 	lat := make([]time.Duration, 0, len(which))
 	for _, i := range which {
-		rc.bufs[i] = rc.bufs[i][:0]
 		start[i] = time.Now()
-		if n, err := syscall.Write(rc.fds[i], req); err != nil || n != len(req) {
-			return nil, fmt.Errorf("connection %d: wrote %d of %d bytes: %v", i, n, len(req), err)
+		if err := rc.send(i, req); err != nil {
+			return nil, err
 		}
 	}
-	events := make([]syscall.EpollEvent, 256)
-	var tmp [64 << 10]byte
 	deadline := time.Now().Add(time.Minute)
 	for len(start) > 0 {
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%d answers missing after a minute", len(start))
 		}
-		n, err := syscall.EpollWait(rc.epfd, events, 1000)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
+		err := rc.poll(1000, func(int) bool { return false }, func(i int) error {
+			t0, waiting := start[i]
+			if !waiting {
+				return fmt.Errorf("connection %d: an answer nobody asked for", i)
+			}
+			lat = append(lat, time.Since(t0))
+			delete(start, i)
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		for _, ev := range events[:n] {
-			i := int(ev.Fd)
-			got, err := syscall.Read(rc.fds[i], tmp[:])
-			if errors.Is(err, syscall.EAGAIN) {
-				continue
-			}
-			if err != nil || got == 0 {
-				return nil, fmt.Errorf("connection %d: read %d: %v", i, got, err)
-			}
-			rc.bufs[i] = append(rc.bufs[i], tmp[:got]...)
-			done, err := rc.wholeAnswer(rc.bufs[i], false)
-			if err != nil {
-				return nil, fmt.Errorf("connection %d: %w", i, err)
-			}
-			if done {
-				t0, waiting := start[i]
-				if !waiting {
-					return nil, fmt.Errorf("connection %d: an answer nobody asked for", i)
-				}
-				lat = append(lat, time.Since(t0))
-				delete(start, i)
+	}
+	return lat, nil
+}
+
+// send writes req on connection i, whose answer buffer starts empty.
+func (rc *rawClients) send(i int, req []byte) error {
+	rc.bufs[i] = rc.bufs[i][:0]
+	if n, err := syscall.Write(rc.fds[i], req); err != nil || n != len(req) {
+		return fmt.Errorf("connection %d: wrote %d of %d bytes: %v", i, n, len(req), err)
+	}
+	return nil
+}
+
+// poll waits up to timeoutMs for answers, reads what arrived and calls
+// answered with each connection whose whole answer is in (head tells
+// whether a connection's request was a HEAD).
+func (rc *rawClients) poll(timeoutMs int, head func(i int) bool, answered func(i int) error) error {
+	if rc.events == nil {
+		rc.events, rc.tmp = make([]syscall.EpollEvent, len(rc.fds)), make([]byte, 64<<10)
+	}
+	n, err := syscall.EpollWait(rc.epfd, rc.events, timeoutMs)
+	if errors.Is(err, syscall.EINTR) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, ev := range rc.events[:n] {
+		i := int(ev.Fd)
+		got, err := syscall.Read(rc.fds[i], rc.tmp)
+		if errors.Is(err, syscall.EAGAIN) {
+			continue
+		}
+		if err != nil || got == 0 {
+			return fmt.Errorf("connection %d: read %d: %v", i, got, err)
+		}
+		rc.bufs[i] = append(rc.bufs[i], rc.tmp[:got]...)
+		done, err := rc.wholeAnswer(rc.bufs[i], head(i))
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		if done {
+			if err := answered(i); err != nil {
+				return err
 			}
 		}
 	}
-	return lat, nil
+	return nil
 }
 
 // wholeAnswer reports whether buf holds one whole 200 answer with a
@@ -156,52 +184,22 @@ func (rc *rawClients) wholeAnswer(buf []byte, head bool) (bool, error) {
 // reqs[0] and reqs[1] in turn (reqs[1] is a HEAD). It returns the number
 // of answers.
 func (rc *rawClients) closedLoop(reqs [2][]byte, window time.Duration) (int64, error) {
-	sent := make([]int, len(rc.fds))
-	send := func(i int) error {
-		req := reqs[(i+sent[i])%2]
-		rc.bufs[i] = rc.bufs[i][:0]
-		if n, err := syscall.Write(rc.fds[i], req); err != nil || n != len(req) {
-			return fmt.Errorf("connection %d: wrote %d of %d bytes: %v", i, n, len(req), err)
-		}
-		sent[i]++
-		return nil
-	}
+	done := make([]int, len(rc.fds)) // answers by connection: its request in flight is reqs[(i+done[i])%2]
 	for i := range rc.fds {
-		if err := send(i); err != nil {
+		if err := rc.send(i, reqs[i%2]); err != nil {
 			return 0, err
 		}
 	}
-	events := make([]syscall.EpollEvent, len(rc.fds))
-	var tmp [64 << 10]byte
 	var answers int64
+	isHead := func(i int) bool { return (i+done[i])%2 == 1 }
 	for end := time.Now().Add(window); time.Now().Before(end); {
-		n, err := syscall.EpollWait(rc.epfd, events, 100)
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
+		err := rc.poll(100, isHead, func(i int) error {
+			answers++
+			done[i]++
+			return rc.send(i, reqs[(i+done[i])%2])
+		})
 		if err != nil {
 			return answers, err
-		}
-		for _, ev := range events[:n] {
-			i := int(ev.Fd)
-			got, err := syscall.Read(rc.fds[i], tmp[:])
-			if errors.Is(err, syscall.EAGAIN) {
-				continue
-			}
-			if err != nil || got == 0 {
-				return answers, fmt.Errorf("connection %d: read %d: %v", i, got, err)
-			}
-			rc.bufs[i] = append(rc.bufs[i], tmp[:got]...)
-			done, err := rc.wholeAnswer(rc.bufs[i], (i+sent[i]-1)%2 == 1)
-			if err != nil {
-				return answers, fmt.Errorf("connection %d: %w", i, err)
-			}
-			if done {
-				answers++
-				if err := send(i); err != nil {
-					return answers, err
-				}
-			}
 		}
 	}
 	return answers, nil
