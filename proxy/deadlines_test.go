@@ -99,10 +99,7 @@ func TestLazyDeadlinesFollowFasthttp(t *testing.T) {
 // A read that waits is cut by its deadline, and a deadline asked for while
 // a read waits cuts that read (as on a plain connection).
 func TestLazyDeadlinesCutReads(t *testing.T) {
-	server, client := tcpPair(t)
-	defer client.Close()
-	c := newLazyDeadlineConn(server, time.Millisecond)
-	defer c.Close()
+	c := lazyOverTCP(t)
 
 	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -133,10 +130,7 @@ func TestLazyDeadlinesCutReads(t *testing.T) {
 
 // A write to a client that reads nothing is cut by the write deadline.
 func TestLazyDeadlinesCutWrites(t *testing.T) {
-	server, client := tcpPair(t)
-	defer client.Close()
-	c := newLazyDeadlineConn(server, time.Millisecond)
-	defer c.Close()
+	c := lazyOverTCP(t)
 	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	chunk := []byte(strings.Repeat("x", 1<<20))
 	var err error
@@ -162,20 +156,25 @@ func TestLazyDeadlinesKeepReadFrom(t *testing.T) {
 	var _ io.ReaderFrom = c
 }
 
-func tcpPair(t *testing.T) (server, client net.Conn) {
+// lazyOverTCP is the server side of a loopback TCP connection, wrapped
+// with a 1 ms slack; its client sends nothing and reads nothing.
+func lazyOverTCP(t *testing.T) *lazyDeadlineConn {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
+	client, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	server, err = ln.Accept()
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return server, client
+	c := newLazyDeadlineConn(server, time.Millisecond)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
