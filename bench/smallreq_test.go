@@ -376,10 +376,14 @@ func epollLoad(addr string, reqs [2][]byte, window time.Duration) (float64, int6
 			errs <- err
 		}()
 	}
-	for range loops {
-		if err := <-errs; err != nil {
-			return 0, 0, err
+	var first error
+	for range loops { // every loop ends before its descriptors are closed
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
+	}
+	if first != nil {
+		return 0, 0, first
 	}
 	return float64(total.Load()) / time.Since(start).Seconds(), total.Load(), nil
 }

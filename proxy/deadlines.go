@@ -32,10 +32,10 @@ type lazyDeadlineConn struct {
 }
 
 // deadline is one direction's: what was asked for and what the connection
-// has (Unix nanoseconds, 0 for none), and whether a call is under way.
+// has (Unix nanoseconds, 0 for none), and how many calls are under way.
 type deadline struct {
 	want, set int64
-	busy      bool
+	busy      int
 }
 
 // deadlineSlack is how far a connection's deadline may be from the one
@@ -54,11 +54,16 @@ func newLazyDeadlineConn(c net.Conn, slack time.Duration) *lazyDeadlineConn {
 	return &lazyDeadlineConn{Conn: c, slack: int64(slack)}
 }
 
+// unixNano is t as deadline holds it: 0 for none, and the Unix epoch
+// itself (a deadline long past) as 1.
 func unixNano(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
 	}
-	return t.UnixNano()
+	if n := t.UnixNano(); n != 0 {
+		return n
+	}
+	return 1
 }
 
 // sync hands d's wanted deadline to the connection if the one in force is
@@ -86,7 +91,7 @@ func (c *lazyDeadlineConn) ask(d *deadline, t time.Time, set func(net.Conn, time
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d.want = unixNano(t)
-	if d.busy {
+	if d.busy > 0 {
 		return c.sync(d, set)
 	}
 	return nil
@@ -94,7 +99,7 @@ func (c *lazyDeadlineConn) ask(d *deadline, t time.Time, set func(net.Conn, time
 
 func (c *lazyDeadlineConn) begin(d *deadline, set func(net.Conn, time.Time) error) {
 	c.mu.Lock()
-	d.busy = true
+	d.busy++
 	// An error here is the connection's (closed): the call that follows
 	// reports it.
 	_ = c.sync(d, set)
@@ -103,7 +108,7 @@ func (c *lazyDeadlineConn) begin(d *deadline, set func(net.Conn, time.Time) erro
 
 func (c *lazyDeadlineConn) end(d *deadline) {
 	c.mu.Lock()
-	d.busy = false
+	d.busy--
 	c.mu.Unlock()
 }
 

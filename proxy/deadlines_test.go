@@ -96,14 +96,27 @@ func TestLazyDeadlinesFollowFasthttp(t *testing.T) {
 	}
 }
 
-// A read that waits is cut by its deadline, and a deadline asked for while
-// a read waits cuts that read (as on a plain connection).
+// A read that waits is cut by its deadline, a deadline asked for between
+// calls by the next call, and a deadline asked for while a read waits cuts
+// that read (all as on a plain connection).
 func TestLazyDeadlinesCutReads(t *testing.T) {
-	c := lazyOverTCP(t)
+	c, client := lazyOverTCP(t)
 
 	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read past its deadline: %v, want a timeout", err)
+	}
+
+	// A far deadline is handed on and a byte read under it; a near one
+	// asked for afterwards is only remembered, until the next read.
+	c.SetReadDeadline(time.Now().Add(time.Hour))
+	client.Write([]byte("x"))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after the deadline was brought forward: %v, want a timeout", err)
 	}
 
 	c.SetReadDeadline(time.Time{})
@@ -115,7 +128,7 @@ func TestLazyDeadlinesCutReads(t *testing.T) {
 	waitFor(t, "the read to be under way", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.read.busy
+		return c.read.busy > 0
 	})
 	c.SetReadDeadline(time.Now())
 	select {
@@ -130,7 +143,7 @@ func TestLazyDeadlinesCutReads(t *testing.T) {
 
 // A write to a client that reads nothing is cut by the write deadline.
 func TestLazyDeadlinesCutWrites(t *testing.T) {
-	c := lazyOverTCP(t)
+	c, _ := lazyOverTCP(t)
 	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	chunk := []byte(strings.Repeat("x", 1<<20))
 	var err error
@@ -157,8 +170,8 @@ func TestLazyDeadlinesKeepReadFrom(t *testing.T) {
 }
 
 // lazyOverTCP is the server side of a loopback TCP connection, wrapped
-// with a 1 ms slack; its client sends nothing and reads nothing.
-func lazyOverTCP(t *testing.T) *lazyDeadlineConn {
+// with a 1 ms slack, and its client.
+func lazyOverTCP(t *testing.T) (*lazyDeadlineConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -176,5 +189,5 @@ func lazyOverTCP(t *testing.T) *lazyDeadlineConn {
 	}
 	c := newLazyDeadlineConn(server, time.Millisecond)
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, client
 }

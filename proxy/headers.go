@@ -75,7 +75,12 @@ type internEntry struct{ key, value string }
 // the images in use, the clients of a site) fit without thrashing.
 const internSlots = 4096
 
+// newInterned makes a table of slots (a power of two) that keeps values
+// up to maxLen bytes long.
 func newInterned(slots, maxLen int) *interned {
+	if slots <= 0 || slots&(slots-1) != 0 {
+		panic("proxy: interned table size is not a power of two")
+	}
 	return &interned{seed: maphash.MakeSeed(), maxLen: maxLen, slots: make([]atomic.Pointer[internEntry], slots), slotMax: uint64(slots - 1)}
 }
 
@@ -83,11 +88,12 @@ func (t *interned) get(b []byte) string {
 	if len(b) > t.maxLen {
 		return string(b)
 	}
-	if v, ok := t.lookup(b); ok {
+	slot := t.slot(b)
+	if v, ok := lookup(slot, b); ok {
 		return v
 	}
 	s := string(b)
-	t.store(b, &internEntry{key: s, value: s})
+	slot.Store(&internEntry{key: s, value: s})
 	return s
 }
 
@@ -96,11 +102,12 @@ func (t *interned) getOr(b []byte, mk func() string) string {
 	if len(b) > t.maxLen {
 		return mk()
 	}
-	if v, ok := t.lookup(b); ok {
+	slot := t.slot(b)
+	if v, ok := lookup(slot, b); ok {
 		return v
 	}
 	e := &internEntry{key: string(b), value: mk()}
-	t.store(b, e)
+	slot.Store(e)
 	return e.value
 }
 
@@ -108,14 +115,12 @@ func (t *interned) slot(b []byte) *atomic.Pointer[internEntry] {
 	return &t.slots[maphash.Bytes(t.seed, b)&t.slotMax]
 }
 
-func (t *interned) lookup(b []byte) (string, bool) {
-	if e := t.slot(b).Load(); e != nil && e.key == string(b) {
+func lookup(slot *atomic.Pointer[internEntry], b []byte) (string, bool) {
+	if e := slot.Load(); e != nil && e.key == string(b) {
 		return e.value, true
 	}
 	return "", false
 }
-
-func (t *interned) store(b []byte, e *internEntry) { t.slot(b).Store(e) }
 
 var (
 	requestPaths = newInterned(internSlots, 512) // a repository name and a digest fit

@@ -125,12 +125,22 @@ type request struct {
 // Only those are ever dialled: a request that names another registry, in
 // any addressing form, is refused.
 type router struct {
-	registries      map[string]Upstream // by canonical name
-	defaultRegistry string
-	defaultUp       Upstream // registries[defaultRegistry], looked up once
+	registries map[string]Upstream // by canonical name
+	defaultUp  Upstream            // a bare path's registry, looked up once
 	// hostAliases maps a lowercase Host (with its port, or without) to a
 	// registry name.
 	hostAliases map[string]string
+}
+
+// newRouter routes to registries (by canonical name), bare paths to
+// defaultRegistry, and the Host aliases (lowercase) to their registries.
+// defaultRegistry must be one of registries.
+func newRouter(registries map[string]Upstream, defaultRegistry string, hostAliases map[string]string) (router, error) {
+	up, ok := registries[defaultRegistry]
+	if !ok {
+		return router{}, fmt.Errorf("proxy: default registry %q is not configured", defaultRegistry)
+	}
+	return router{registries: registries, defaultUp: up, hostAliases: hostAliases}, nil
 }
 
 // resolve chooses the upstream of a parsed /v2/ path, given the request's
@@ -178,10 +188,7 @@ func (r *router) registry(ns, pathPrefix, host string) (Upstream, error) {
 	if name, ok := r.alias(host); ok {
 		return r.named(name)
 	}
-	if r.defaultUp != nil {
-		return r.defaultUp, nil
-	}
-	return r.named(r.defaultRegistry)
+	return r.defaultUp, nil
 }
 
 // alias is the registry a Host header names, if any. An alias may be

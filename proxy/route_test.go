@@ -140,14 +140,13 @@ func TestRouterResolve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := router{
-		registries: map[string]Upstream{
-			"docker.io":          hub,
-			"ghcr.io":            stubUpstream{"ghcr.io"},
-			"registry.corp:5000": stubUpstream{"registry.corp:5000"},
-		},
-		defaultRegistry: "docker.io",
-		hostAliases:     map[string]string{"ghcr.mirror.lan": "ghcr.io", "corp.mirror.lan:8443": "registry.corp:5000"},
+	r, err := newRouter(map[string]Upstream{
+		"docker.io":          hub,
+		"ghcr.io":            stubUpstream{"ghcr.io"},
+		"registry.corp:5000": stubUpstream{"registry.corp:5000"},
+	}, "docker.io", map[string]string{"ghcr.mirror.lan": "ghcr.io", "corp.mirror.lan:8443": "registry.corp:5000"})
+	if err != nil {
+		t.Fatal(err)
 	}
 	manifest := func(name string) parsedPath {
 		return parsedPath{endpoint: endpointManifest, name: name, ref: "latest"}

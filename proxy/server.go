@@ -249,10 +249,10 @@ func New(o Options) (*Server, error) {
 		s.registries[r.Name()] = s.meter(r)
 		s.plain[r.Name()] = r
 	}
-	if _, ok := s.registries[o.DefaultRegistry]; !ok {
-		return nil, fmt.Errorf("proxy: default registry %q is not configured", o.DefaultRegistry)
+	var err error
+	if s.routes, err = newRouter(s.registries, o.DefaultRegistry, o.HostAliases); err != nil {
+		return nil, err
 	}
-	s.routes = router{registries: s.registries, defaultRegistry: o.DefaultRegistry, defaultUp: s.registries[o.DefaultRegistry], hostAliases: o.HostAliases}
 	s.metrics = newMetrics(o.Metrics)
 	s.guard = newGuardMetrics(o.Metrics)
 	s.initOperator()
