@@ -377,6 +377,7 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 	buf := make([]byte, fillBufferSize)
 	var budget resumeBudget
 	roomMade := false
+	var whole *upstream.Blob // the one body every byte came from, if one did
 	for {
 		offset := f.writer.Written()
 		blob, err := rq.up.GetBlob(ctx, rq.repo, f.digest, offset)
@@ -389,11 +390,16 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		if err := s.acceptFillBody(ctx, cancel, f, rq, blob, offset); err != nil {
 			return err
 		}
+		whole = nil
+		if offset == 0 && blob.Offset == 0 {
+			whole = blob
+		}
 		progressed, err := s.copyBody(ctx, f, s.guardRate(blob.Body), buf, &roomMade)
 		blob.Body.Close()
 		if err == nil {
 			break
 		}
+		whole = nil // a resume mixes bodies: a wrong whole names no source
 		var werr *cacheWriteError
 		if errors.As(err, &werr) || errors.Is(err, cache.ErrSizeMismatch) || ctx.Err() != nil {
 			return err
@@ -403,7 +409,11 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		}
 		s.log.Info("fill resuming", "digest", f.digest, "offset", f.writer.Written(), "err", err)
 	}
-	return s.commitFill(f, rq)
+	err := s.commitFill(f, rq)
+	if errors.Is(err, cache.ErrDigestMismatch) && whole != nil {
+		whole.Refuted() // the source sent it all: it is told
+	}
+	return err
 }
 
 // acceptFillBody checks an upstream response for f, asked from offset,

@@ -317,6 +317,7 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 	buf := make([]byte, fillBufferSize)
 	var budget resumeBudget
 	first := true
+	var whole *upstream.Blob // the one body every byte came from, if one did
 	for {
 		if blob == nil {
 			var err error
@@ -327,6 +328,9 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 				}
 				continue
 			}
+		}
+		if first && p.head == 0 && blob.Offset == 0 {
+			whole = blob
 		}
 		if err := p.accept(blob, first); err != nil {
 			blob.Body.Close()
@@ -339,6 +343,7 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 		if err == nil {
 			break
 		}
+		whole = nil // a resume mixes bodies: a wrong whole names no source
 		if ctx.Err() != nil || errors.Is(err, errUpstreamLength) {
 			return err
 		}
@@ -351,6 +356,9 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 		return fmt.Errorf("%w: got %d bytes, upstream announced %d", errUpstreamLength, p.head, p.size)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != p.digest {
+		if whole != nil {
+			whole.Refuted() // the source sent it all: it is told
+		}
 		return fmt.Errorf("%w: %s", cache.ErrDigestMismatch, got)
 	}
 	return nil

@@ -24,10 +24,11 @@
 //
 // A blob or manifest by digest is asked of L2 first, then of the next source
 // (the owner peer, then upstream). A blob body from L2 goes through the
-// proxy's fill like any upstream body (hashing writer, last byte held back);
-// read from offset 0 it is also hashed here, and an object whose content is
-// not its digest is deleted and the download refused (ErrCorrupt), also on
-// resume, so no client receives it whole and the next fill goes upstream.
+// proxy's fill like any upstream body (hashing writer, last byte held back,
+// so no client receives wrong content whole). It is hashed there only: a
+// fill that read the body whole from offset 0 and finds it is not its
+// digest calls the blob's Refute, which deletes the object, so the next
+// fill goes upstream.
 // A cut body resumes (GetBlob with an offset, a ranged GET) from whichever
 // source answers first. A tag is answered from its record while the record is
 // younger than TagTTL, else by the next source (which refreshes the record),

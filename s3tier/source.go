@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -296,14 +297,10 @@ func (s *Source) HeadBlob(ctx context.Context, repo string, d digest.Digest) (in
 }
 
 // GetBlob reads d from L2 from offset on (a ranged GET for a resume), else
-// from next. Read from offset 0 the body is hashed: content that is not d
-// deletes the object and fails the read at its end (ErrCorrupt), and a
-// resume of that download is refused, so the fill fails and no client gets
-// the body whole; the next fill goes to next.
+// from next. A body from offset 0 carries Refute: the caller that finds
+// the whole is not d (its own check, before it stores anything) has the
+// object deleted, so the next download goes to next.
 func (s *Source) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
-	if s.t.taint(d, offset) {
-		return nil, fmt.Errorf("%w: blob %s: not resuming a download whose first bytes came from a corrupt s3 object", upstream.ErrCorrupt, d)
-	}
 	if blob, ok := s.t.getBlob(ctx, d, offset); ok {
 		return blob, nil
 	}
@@ -351,14 +348,12 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 	}
 	t.stats.hits.Add(1)
 	t.remember(d)
-	var rc io.ReadCloser = &countedBody{ReadCloser: body, n: &t.stats.hitBytes}
+	blob := &upstream.Blob{Body: &countedBody{ReadCloser: body, n: &t.stats.hitBytes}, Offset: start, Size: size}
 	if start == 0 {
-		rc = upstream.VerifyingBody(rc, d, "the s3 object", func() {
-			t.markTainted(d)
-			t.corruptObject(d)
-		})
+		var once sync.Once
+		blob.Refute = func() { once.Do(func() { t.corruptObject(d) }) }
 	}
-	return &upstream.Blob{Body: rc, Offset: start, Size: size}, true
+	return blob, true
 }
 
 type countedBody struct {

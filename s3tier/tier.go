@@ -109,11 +109,6 @@ type Tier struct {
 	knownMu sync.Mutex
 	known   map[digest.Digest]struct{}
 
-	// tainted: digests whose L2 body was refused as corrupt, so a resume of
-	// that download is refused too (its first bytes were wrong).
-	taintMu sync.Mutex
-	tainted map[digest.Digest]bool
-
 	stats stats
 }
 
@@ -228,11 +223,10 @@ func New(o Options) (*Tier, error) {
 	}
 	t := &Tier{
 		o: o, client: client, core: minio.Core{Client: client},
-		log:     o.Logger.With("component", "s3"),
-		queue:   make(chan job, o.QueueSize),
-		stop:    make(chan struct{}),
-		known:   map[digest.Digest]struct{}{},
-		tainted: map[digest.Digest]bool{},
+		log:   o.Logger.With("component", "s3"),
+		queue: make(chan job, o.QueueSize),
+		stop:  make(chan struct{}),
+		known: map[digest.Digest]struct{}{},
 	}
 	t.pending = pending{dir: o.PendingDir, log: t.log}
 	if o.PendingDir != "" && o.Files != nil {
@@ -405,28 +399,6 @@ func (t *Tier) forget(d digest.Digest) {
 	t.knownMu.Lock()
 	delete(t.known, d)
 	t.knownMu.Unlock()
-}
-
-// taint marks d's download as started from corrupt L2 bytes; offset 0
-// clears it (a fresh download). It reports whether a resume at offset
-// must be refused.
-func (t *Tier) taint(d digest.Digest, offset int64) bool {
-	t.taintMu.Lock()
-	defer t.taintMu.Unlock()
-	if offset == 0 {
-		delete(t.tainted, d)
-		return false
-	}
-	return t.tainted[d]
-}
-
-func (t *Tier) markTainted(d digest.Digest) {
-	t.taintMu.Lock()
-	if len(t.tainted) >= maxKnown {
-		clear(t.tainted)
-	}
-	t.tainted[d] = true
-	t.taintMu.Unlock()
 }
 
 // smallContext bounds a request whose whole answer is read at once.

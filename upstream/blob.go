@@ -25,6 +25,21 @@ type Blob struct {
 	// Size is the blob's total size (from Content-Range or Content-Length),
 	// or -1 if unknown.
 	Size int64
+	// Refute, if set, is for the caller that read Body from offset 0 to
+	// its end and found content that is not the digest asked for: it tells
+	// the source (a mirror is not asked for that digest again, a corrupt
+	// S3 object is deleted). Sources do not hash what they send; the
+	// caller's own check, which it makes anyway before it stores or
+	// finishes a body, is the one that keeps wrong content out.
+	Refute func()
+}
+
+// Refuted tells b's source that its whole body was not the digest asked
+// for (see Refute); a no-op when the source does not ask to be told.
+func (b *Blob) Refuted() {
+	if b.Refute != nil {
+		b.Refute()
+	}
 }
 
 // GetBlob starts downloading blob d of repo from offset (offset > 0 sends

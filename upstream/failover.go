@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -40,15 +39,7 @@ type Failover struct {
 	mu       sync.Mutex
 	outUntil []time.Time
 	bad      map[badSource]time.Time // until when
-	// tainted digests had a download refused as corrupt: a resume of it
-	// (offset > 0) would append to wrong bytes, so it is refused too.
-	tainted map[digest.Digest]bool
 }
-
-// ErrCorrupt: a source sent content that does not match the digest asked
-// for. A download whose first bytes came from such a source cannot be
-// resumed from another: it fails, and the next one starts over elsewhere.
-var ErrCorrupt = errors.New("upstream: content does not match its digest")
 
 type badSource struct {
 	source int
@@ -91,7 +82,7 @@ func NewFailover(primary *Registry, mirrors []*Registry, o FailoverOptions) *Fai
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Failover{o: o, log: logger.With("upstream", primary.Name()), bad: map[badSource]time.Time{}, tainted: map[digest.Digest]bool{}}
+	f := &Failover{o: o, log: logger.With("upstream", primary.Name()), bad: map[badSource]time.Time{}}
 	for _, m := range mirrors {
 		f.sources = append(f.sources, m)
 		f.labels = append(f.labels, m.opts.URL)
@@ -190,21 +181,6 @@ func (f *Failover) markBad(i int, d digest.Digest) {
 		}
 	}
 	f.bad[badSource{i, d}] = now.Add(badDigestFor)
-	if len(f.tainted) < maxBad {
-		f.tainted[d] = true
-	}
-}
-
-// taint reports whether d's download in progress was refused as corrupt;
-// a fresh download (offset 0) clears the mark.
-func (f *Failover) taint(d digest.Digest, offset int64) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if offset == 0 {
-		delete(f.tainted, d)
-		return false
-	}
-	return f.tainted[d]
 }
 
 // each runs op against the sources in order until one succeeds, and
@@ -302,15 +278,12 @@ func (f *Failover) Referrers(ctx context.Context, repo string, d digest.Digest, 
 	return body, desc, err
 }
 
-// GetBlob starts the download from the first source that answers. Read
-// from offset 0, the body is hashed as it streams: at its end, content
-// that is not d fails the read (ErrUnavailable) and marks the source bad
-// for d. A resume (offset > 0) is not hashed here; the cache's own check
-// at commit still refuses a wrong whole.
+// GetBlob starts the download from the first source that answers. A body
+// from offset 0 carries Refute: a caller that finds the whole is not d
+// marks that source bad for d (it is asked last, or not at all, for a
+// while). A resume (offset > 0) can name no culprit: its bytes may have
+// come from several sources.
 func (f *Failover) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*Blob, error) {
-	if f.taint(d, offset) {
-		return nil, fmt.Errorf("%w: blob %s: not resuming a download whose bytes came from a source that sent wrong content", ErrCorrupt, d)
-	}
 	var blob *Blob
 	i, err := f.each(ctx, "GET blob "+repo+"@"+d.String(), d, false, func(ctx context.Context, r *Registry) error {
 		var err error
@@ -320,12 +293,15 @@ func (f *Failover) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 	if err != nil {
 		return nil, err
 	}
-	if blob.Offset == 0 && d.Validate() == nil && d.Algorithm().Available() {
-		blob.Body = VerifyingBody(blob.Body, d, "the source", func() {
-			f.markBad(i, d)
-			f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
-				"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
-		})
+	if blob.Offset == 0 {
+		var once sync.Once
+		blob.Refute = func() {
+			once.Do(func() {
+				f.markBad(i, d)
+				f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
+					"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
+			})
+		}
 	}
 	return blob, nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
 // TestFailoverOrder: sources marked out are skipped until their back-off
@@ -50,10 +51,45 @@ func TestFailoverOrder(t *testing.T) {
 	f.markBad(0, d)
 	eq("bad for d", f.order(d), 1, 2)
 	eq("other digests", f.order(digest.FromString("y")), 0, 1, 2)
-	if !f.taint(d, 10) || f.taint(d, 0) || f.taint(d, 10) {
-		t.Error("taint: a resume after a corrupt body must be refused until a fresh download")
-	}
 	if skippable(t.Context(), fmt.Errorf("%w: bad", ErrInvalidName)) || !skippable(t.Context(), errors.New("x")) {
 		t.Error("skippable")
+	}
+}
+
+// TestFailoverRefute: a whole body from offset 0 can be refuted, which
+// makes its source the last asked for that digest (and that digest only);
+// a resumed body cannot be.
+func TestFailoverRefute(t *testing.T) {
+	mirror, origin := testupstream.Start(t), testupstream.Start(t)
+	img := mirror.PushRandomImage(t, "library/a", "1", 1, 1000)
+	origin.Push(t, "library/a", "1", img)
+	d := testupstream.LayerDigests(t, img)[0]
+	other := testupstream.Digest(t, img)
+	f := NewFailover(newReg(t, origin, Options{Name: "docker.io"}), []*Registry{newReg(t, mirror, Options{Name: "docker.io"})}, FailoverOptions{})
+
+	resumed, err := f.GetBlob(t.Context(), "library/a", d, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed.Body.Close()
+	if resumed.Refute != nil {
+		t.Fatal("a body from offset 10 can be refuted")
+	}
+	if fmt.Sprint(f.order(d)) != "[0 1]" {
+		t.Fatalf("order before: %v", f.order(d))
+	}
+	blob, err := f.GetBlob(t.Context(), "library/a", d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readBlob(t, blob); err != nil {
+		t.Fatal(err)
+	}
+	blob.Refuted()
+	if got := fmt.Sprint(f.order(d)); got != "[1]" {
+		t.Fatalf("order after the mirror's body was refuted: %v, want the origin only", got)
+	}
+	if got := fmt.Sprint(f.order(other)); got != "[0 1]" {
+		t.Fatalf("order for another digest: %v, want both", got)
 	}
 }
