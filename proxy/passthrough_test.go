@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,14 +104,39 @@ func TestPassThrough(t *testing.T) {
 	t.Run("corrupt upstream never yields the whole body", func(t *testing.T) {
 		up.CorruptBlobs(true)
 		defer up.CorruptBlobs(false)
-		got, err := readOdd(openPass(t, s, rq, nil, 0, 0, -1))
+		counting := &refuteCounting{Upstream: rq.up}
+		crq := rq
+		crq.up = counting
+		got, err := readOdd(openPass(t, s, crq, nil, 0, 0, -1))
 		if !errors.Is(err, cache.ErrDigestMismatch) {
 			t.Fatalf("err = %v, want a digest mismatch", err)
 		}
 		if len(got) >= size {
 			t.Fatalf("client received %d of %d bytes of a corrupt blob", len(got), size)
 		}
+		if n := counting.refuted.Load(); n != 1 {
+			t.Fatalf("the corrupt body was refuted %d times, want once", n)
+		}
+		// After a local prefix the body is not the whole: no source is named.
+		_, err = readOdd(openPass(t, s, crq, bytes.NewReader(want[:300000]), 300000, 300000, -1))
+		if !errors.Is(err, cache.ErrDigestMismatch) || counting.refuted.Load() != 1 {
+			t.Fatalf("after a prefix: err %v, refuted %d times, want a mismatch and still once", err, counting.refuted.Load())
+		}
 	})
+}
+
+// refuteCounting gives every body from offset 0 a Refute that counts.
+type refuteCounting struct {
+	Upstream
+	refuted atomic.Int32
+}
+
+func (u *refuteCounting) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
+	b, err := u.Upstream.GetBlob(ctx, repo, d, offset)
+	if err == nil && b.Offset == 0 {
+		b.Refute = func() { u.refuted.Add(1) }
+	}
+	return b, err
 }
 
 // TestPassThroughSharedAndBounded: clients of one digest share one upstream
