@@ -390,7 +390,7 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		if err := s.acceptFillBody(ctx, cancel, f, rq, blob, offset); err != nil {
 			return err
 		}
-		whole = nil
+		whole = nil // a resume mixes bodies: a wrong whole names no source
 		if offset == 0 && blob.Offset == 0 {
 			whole = blob
 		}
@@ -399,7 +399,6 @@ func (s *Server) runFill(ctx context.Context, cancel context.CancelFunc, f *fill
 		if err == nil {
 			break
 		}
-		whole = nil // a resume mixes bodies: a wrong whole names no source
 		var werr *cacheWriteError
 		if errors.As(err, &werr) || errors.Is(err, cache.ErrSizeMismatch) || ctx.Err() != nil {
 			return err

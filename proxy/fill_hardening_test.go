@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/internal/testupstream"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // Issue 8, items 6 and 9: fills against a hostile or merely unlucky
@@ -246,5 +247,49 @@ func TestHeadersBeforeSlowBody(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if err != nil || digest.FromBytes(body) != d {
 		t.Fatalf("%d bytes, %v", len(body), err)
+	}
+}
+
+// TestFillRefutesOnlyAWholeBody: a fill that got every byte from one body
+// read from offset 0 tells that body's source when the digest does not
+// match (blob.Refute: a mirror is then asked last, a corrupt S3 object
+// deleted); a fill that resumed across bodies names no source, since the
+// wrong bytes may have come from either. Either way nothing is cached.
+func TestFillRefutesOnlyAWholeBody(t *testing.T) {
+	const size = 256 << 10
+	up := testupstream.Start(t)
+	_, d := up.PushLargeBlobImage(t, "library/big", "latest", size)
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counting := &refuteCounting{Upstream: reg}
+	m := startMirror(t, nil, func(st *mirrorSetup) { st.Registries = []Upstream{counting} })
+	up.CorruptBlobs(true)
+	pull := func(what string) {
+		t.Helper()
+		resp, err := http.Get(blobURL(m, "library/big", d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && len(body) == size {
+			t.Fatalf("%s: the client received the whole corrupt body", what)
+		}
+		waitFor(t, what+": the fill to end", func() bool { return m.fills.get(d) == nil })
+		if cached(t, m, d) {
+			t.Fatalf("%s: corrupt content was cached", what)
+		}
+	}
+
+	pull("whole body")
+	if n := counting.refuted.Load(); n != 1 {
+		t.Fatalf("whole corrupt body refuted %d times, want once", n)
+	}
+	up.CutBlobsAfter(size / 2) // every body is cut halfway: the fill resumes once
+	pull("resumed body")
+	if n := counting.refuted.Load(); n != 1 {
+		t.Fatalf("after a resumed download: refuted %d times in all, want still once", n)
 	}
 }
