@@ -329,7 +329,8 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 				continue
 			}
 		}
-		if first && p.head == 0 && blob.Offset == 0 {
+		whole = nil // a resume mixes bodies: a wrong whole names no source
+		if p.head == 0 && blob.Offset == 0 { // nothing hashed yet, no local prefix
 			whole = blob
 		}
 		if err := p.accept(blob, first); err != nil {
@@ -343,7 +344,6 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 		if err == nil {
 			break
 		}
-		whole = nil // a resume mixes bodies: a wrong whole names no source
 		if ctx.Err() != nil || errors.Is(err, errUpstreamLength) {
 			return err
 		}

@@ -25,11 +25,11 @@ import (
 //
 // Tags are resolved against the first source that answers. Digests may
 // come from any source: manifests are checked against their digest by
-// GetManifest, and a blob read from offset 0 is hashed as it streams; a
-// source whose blob does not match its digest fails the read at the end
-// (the fill holds back the last byte, so no client gets it whole) and is
-// not asked for that digest again for an hour, so the next fill uses the
-// next source.
+// GetManifest; a blob is hashed by the caller that stores or passes it on
+// (the fill holds back the last byte until then, so no client gets a wrong
+// body whole), and a caller that finds a whole body from offset 0 wrong
+// calls its Refute: that source is not asked for that digest again for an
+// hour, so the next fill uses the next source.
 type Failover struct {
 	sources []*Registry // mirrors, then the registry's own URL
 	labels  []string    // each source's URL, for logs
