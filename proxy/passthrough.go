@@ -329,8 +329,10 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 				continue
 			}
 		}
-		whole = nil // a resume mixes bodies: a wrong whole names no source
-		if p.head == 0 && blob.Offset == 0 { // nothing hashed yet, no local prefix
+		// A body is the whole only if nothing was hashed before it (no
+		// local prefix, no resume): wrong bytes then name its source.
+		whole = nil
+		if p.head == 0 && blob.Offset == 0 {
 			whole = blob
 		}
 		if err := p.accept(blob, first); err != nil {
