@@ -329,9 +329,7 @@ func (p *passShare) run(ctx context.Context, blob *upstream.Blob, h hash.Hash) e
 				continue
 			}
 		}
-		// A body is the whole only if nothing was hashed before it (no
-		// local prefix, no resume): wrong bytes then name its source.
-		whole = nil
+		whole = nil // only a body hashed from byte 0 (no prefix, no resume) names its source
 		if p.head == 0 && blob.Offset == 0 {
 			whole = blob
 		}
