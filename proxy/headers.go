@@ -84,29 +84,27 @@ func newInterned(slots, maxLen int) *interned {
 	return &interned{seed: maphash.MakeSeed(), maxLen: maxLen, slots: make([]atomic.Pointer[internEntry], slots), slotMax: uint64(slots - 1)}
 }
 
-func (t *interned) get(b []byte) string {
-	if len(b) > t.maxLen {
-		return string(b)
-	}
-	slot := t.slot(b)
-	if v, ok := lookup(slot, b); ok {
-		return v
-	}
-	s := string(b)
-	slot.Store(&internEntry{key: s, value: s})
-	return s
-}
+// get is the interned string of b.
+func (t *interned) get(b []byte) string { return t.getOr(b, nil) }
 
-// getOr is the interned string for b, made by mk when b is not in the table.
+// getOr is the interned string for b, made by mk (nil: b as a string)
+// when b is not in the table.
 func (t *interned) getOr(b []byte, mk func() string) string {
 	if len(b) > t.maxLen {
+		if mk == nil {
+			return string(b)
+		}
 		return mk()
 	}
 	slot := t.slot(b)
 	if v, ok := lookup(slot, b); ok {
 		return v
 	}
-	e := &internEntry{key: string(b), value: mk()}
+	e := &internEntry{key: string(b)}
+	e.value = e.key
+	if mk != nil {
+		e.value = mk()
+	}
 	slot.Store(e)
 	return e.value
 }
