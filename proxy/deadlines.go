@@ -32,10 +32,12 @@ type lazyDeadlineConn struct {
 }
 
 // deadline is one direction's: what was asked for and what the connection
-// has (Unix nanoseconds, 0 for none), and how many calls are under way.
+// has (Unix nanoseconds, 0 for none), how many calls are under way, and
+// the connection's setter for it.
 type deadline struct {
-	want, set int64
-	busy      int
+	want, inForce int64
+	busy          int
+	hand          func(time.Time) error
 }
 
 // deadlineSlack is how far a connection's deadline may be from the one
@@ -51,7 +53,8 @@ func deadlineSlack(timeouts ...time.Duration) time.Duration {
 }
 
 func newLazyDeadlineConn(c net.Conn, slack time.Duration) *lazyDeadlineConn {
-	return &lazyDeadlineConn{Conn: c, slack: int64(slack)}
+	return &lazyDeadlineConn{Conn: c, slack: int64(slack),
+		read: deadline{hand: c.SetReadDeadline}, write: deadline{hand: c.SetWriteDeadline}}
 }
 
 // unixNano is t as deadline holds it: 0 for none, and the Unix epoch
@@ -68,41 +71,38 @@ func unixNano(t time.Time) int64 {
 
 // sync hands d's wanted deadline to the connection if the one in force is
 // off by more than slack (or one of them is none). c.mu is held.
-func (c *lazyDeadlineConn) sync(d *deadline, set func(net.Conn, time.Time) error) error {
-	off := d.want - d.set
-	if (d.want == 0) == (d.set == 0) && off <= c.slack && off >= -c.slack {
+func (c *lazyDeadlineConn) sync(d *deadline) error {
+	off := d.want - d.inForce
+	if (d.want == 0) == (d.inForce == 0) && off <= c.slack && off >= -c.slack {
 		return nil
 	}
 	t := time.Time{}
 	if d.want != 0 {
 		t = time.Unix(0, d.want)
 	}
-	if err := set(c.Conn, t); err != nil {
+	if err := d.hand(t); err != nil {
 		return err
 	}
-	d.set = d.want
+	d.inForce = d.want
 	return nil
 }
 
-func setRead(c net.Conn, t time.Time) error  { return c.SetReadDeadline(t) }
-func setWrite(c net.Conn, t time.Time) error { return c.SetWriteDeadline(t) }
-
-func (c *lazyDeadlineConn) ask(d *deadline, t time.Time, set func(net.Conn, time.Time) error) error {
+func (c *lazyDeadlineConn) ask(d *deadline, t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d.want = unixNano(t)
 	if d.busy > 0 {
-		return c.sync(d, set)
+		return c.sync(d)
 	}
 	return nil
 }
 
-func (c *lazyDeadlineConn) begin(d *deadline, set func(net.Conn, time.Time) error) {
+func (c *lazyDeadlineConn) begin(d *deadline) {
 	c.mu.Lock()
 	d.busy++
 	// An error here is the connection's (closed): the call that follows
 	// reports it.
-	_ = c.sync(d, set)
+	_ = c.sync(d)
 	c.mu.Unlock()
 }
 
@@ -112,13 +112,8 @@ func (c *lazyDeadlineConn) end(d *deadline) {
 	c.mu.Unlock()
 }
 
-func (c *lazyDeadlineConn) SetReadDeadline(t time.Time) error {
-	return c.ask(&c.read, t, setRead)
-}
-
-func (c *lazyDeadlineConn) SetWriteDeadline(t time.Time) error {
-	return c.ask(&c.write, t, setWrite)
-}
+func (c *lazyDeadlineConn) SetReadDeadline(t time.Time) error  { return c.ask(&c.read, t) }
+func (c *lazyDeadlineConn) SetWriteDeadline(t time.Time) error { return c.ask(&c.write, t) }
 
 func (c *lazyDeadlineConn) SetDeadline(t time.Time) error {
 	if err := c.SetReadDeadline(t); err != nil {
@@ -128,13 +123,13 @@ func (c *lazyDeadlineConn) SetDeadline(t time.Time) error {
 }
 
 func (c *lazyDeadlineConn) Read(p []byte) (int, error) {
-	c.begin(&c.read, setRead)
+	c.begin(&c.read)
 	defer c.end(&c.read)
 	return c.Conn.Read(p)
 }
 
 func (c *lazyDeadlineConn) Write(p []byte) (int, error) {
-	c.begin(&c.write, setWrite)
+	c.begin(&c.write)
 	defer c.end(&c.write)
 	return c.Conn.Write(p)
 }
@@ -142,7 +137,7 @@ func (c *lazyDeadlineConn) Write(p []byte) (int, error) {
 // ReadFrom keeps the TCP connection's own ReadFrom reachable: it is how a
 // cached file goes out by sendfile.
 func (c *lazyDeadlineConn) ReadFrom(r io.Reader) (int64, error) {
-	c.begin(&c.write, setWrite)
+	c.begin(&c.write)
 	defer c.end(&c.write)
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
