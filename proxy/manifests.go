@@ -131,8 +131,8 @@ func manifestMediaType(contentType string, body []byte) string {
 }
 
 func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
-	tag := rq.ref.tag
-	if w := s.tagWaits.find(tagKey{rq.registry, rq.repo, tag}); w != nil {
+	tag, key := rq.ref.tag, tagKeyOf(rq)
+	if w := s.tagWaits.find(key); w != nil {
 		// Being revalidated: its answer is at least as fresh as the
 		// record, so a storm of clients on one expired tag reads the
 		// index once, not once per client.
@@ -165,8 +165,7 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	if s.opts.Offline {
 		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	v, err, shared := s.flights.Do(tagFlightKey(rq), func() (any, error) {
-		key := tagKey{rq.registry, rq.repo, tag}
+	v, err, shared := s.flights.Do(key.flight(), func() (any, error) {
 		w := s.tagWaits.start(key)
 		r, err := tagResult{}, error(errTagFlightAborted) // what the joiners get if the flight panics
 		defer func() { s.tagWaits.end(key, w, r, err) }()
@@ -195,13 +194,6 @@ func (s *Server) revalidateTag(rq request, rec cache.TagRecord, pol tagpolicy.De
 	return s.refreshTagDetached(rq, rec, pol)
 }
 
-// tagFlightKey names the one flight that revalidates a tag, whoever
-// starts it: a client, the background (stale-while-revalidate) or the
-// watch list.
-func tagFlightKey(rq request) string {
-	return "tag\x00" + rq.registry + "\x00" + rq.repo + "\x00" + rq.ref.tag
-}
-
 // refreshTagDetached is refreshTag under a context of its own: the
 // flight's waiters are not one client's to cancel.
 func (s *Server) refreshTagDetached(rq request, rec cache.TagRecord, pol tagpolicy.Decision) (tagResult, error) {
@@ -223,6 +215,12 @@ type tagWaits struct {
 
 // tagKey names a tag; a struct, so that finding a flight allocates nothing.
 type tagKey struct{ registry, repo, tag string }
+
+func tagKeyOf(rq request) tagKey { return tagKey{rq.registry, rq.repo, rq.ref.tag} }
+
+// flight names the one flight that revalidates the tag, whoever starts it:
+// a client, the background (stale-while-revalidate) or the watch list.
+func (k tagKey) flight() string { return "tag\x00" + k.registry + "\x00" + k.repo + "\x00" + k.tag }
 
 // tagWait is one revalidation's answer, ready when done is closed.
 type tagWait struct {
@@ -359,7 +357,7 @@ func (s *Server) confirmTag(rq request, rec cache.TagRecord) (manifest, bool) {
 	if err != nil {
 		return manifest{}, false
 	}
-	s.tagWaits.answered(tagKey{rq.registry, rq.repo, rq.ref.tag}, tagResult{m, OutcomeRevalidated})
+	s.tagWaits.answered(tagKeyOf(rq), tagResult{m, OutcomeRevalidated})
 	rec.CheckedAt = s.opts.Now()
 	if err := s.tags.SetTag(rq.registry, rq.repo, rq.ref.tag, rec); err != nil {
 		s.log.Warn("recording tag", "tag", rq.ref.tag, "err", err)
@@ -383,7 +381,7 @@ func (s *Server) fetchTag(ctx context.Context, rq request, rec cache.TagRecord, 
 	if err != nil {
 		return manifest{}, OutcomeNone, err
 	}
-	s.tagWaits.answered(tagKey{rq.registry, rq.repo, rq.ref.tag}, tagResult{m, OutcomeMiss})
+	s.tagWaits.answered(tagKeyOf(rq), tagResult{m, OutcomeMiss})
 	s.saveTag(rq, m)
 	if rec.Digest != "" && rec.Digest != m.info.Digest {
 		s.log.Info("tag moved", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "from", rec.Digest, "to", m.info.Digest)

@@ -60,7 +60,7 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 		return TagCheck{}, err
 	}
 	pol := s.tagPolicy(rq)
-	ch := s.flights.DoChan(tagFlightKey(rq), func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
+	ch := s.flights.DoChan(tagKeyOf(rq).flight(), func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
 	select {
 	case <-ctx.Done():
 		return TagCheck{}, ctx.Err()

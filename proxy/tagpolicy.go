@@ -39,7 +39,7 @@ type backgroundRevalidations struct {
 // one runs for that tag or too many run. It shares the client flight key:
 // a client that finds the tag expired meanwhile joins it.
 func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tagpolicy.Decision) {
-	key := tagFlightKey(rq)
+	key := tagKeyOf(rq).flight()
 	bg := &s.background
 	bg.mu.Lock()
 	if bg.running == nil {
