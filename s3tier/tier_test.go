@@ -437,3 +437,23 @@ func TestResumeStopsAtAFullQueue(t *testing.T) {
 		t.Errorf("%d marks left, want all 5 for the next start", len(left))
 	}
 }
+
+// TestNewRefusesBadOptions: a missing endpoint or bucket, or an endpoint
+// that is not http(s)://host[:port] (user info, a path, a query would be
+// ignored by the client), is a configuration error before anything runs.
+func TestNewRefusesBadOptions(t *testing.T) {
+	for _, o := range []Options{
+		{Bucket: "b"},
+		{Endpoint: "http://s3:7070"},
+		{Endpoint: "https://u:p@s3", Bucket: "b"},
+		{Endpoint: "http://s3:7070/bucket", Bucket: "b"},
+		{Endpoint: "http://s3:7070?x=1", Bucket: "b"},
+	} {
+		if tier, err := New(o); !errors.Is(err, ErrConfig) {
+			if err == nil {
+				tier.Close()
+			}
+			t.Errorf("New(endpoint %q, bucket %q): %v, want ErrConfig", o.Endpoint, o.Bucket, err)
+		}
+	}
+}
