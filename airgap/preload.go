@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,9 +67,9 @@ var everywhere = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustPa
 
 // NewPuller returns a Puller for m. It does no network I/O.
 func NewPuller(m Mirror) (*Puller, error) {
-	u, err := url.Parse(m.URL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("mirror URL %q: want http(s)://host:port", m.URL)
+	u, err := upstream.CheckBaseURL(m.URL)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
 	}
 	rt := m.Transport
 	if rt == nil {

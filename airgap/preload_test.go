@@ -88,3 +88,13 @@ func TestPullReadsTheChosenGraph(t *testing.T) {
 		}
 	}
 }
+
+// A mirror address with anything after host[:port] is refused, not
+// quietly cut to its host.
+func TestNewPullerRefusesAPath(t *testing.T) {
+	for _, u := range []string{"http://box:5000/v2", "http://box:5000?x=1", "box:5000"} {
+		if _, err := NewPuller(Mirror{URL: u, DefaultRegistry: "docker.io"}); err == nil {
+			t.Errorf("NewPuller(%q) accepted it", u)
+		}
+	}
+}
