@@ -34,11 +34,13 @@ type Blob struct {
 	Refute func()
 }
 
-// Refuted tells b's source that its whole body was not the digest asked
-// for (see Refute); a no-op when the source does not ask to be told.
+// Refuted tells b's source, once, that its whole body was not the digest
+// asked for (see Refute); a no-op when the source does not ask to be told.
+// A body has one reader, so no lock is taken.
 func (b *Blob) Refuted() {
-	if b.Refute != nil {
-		b.Refute()
+	if refute := b.Refute; refute != nil {
+		b.Refute = nil
+		refute()
 	}
 }
 

@@ -294,13 +294,10 @@ func (f *Failover) GetBlob(ctx context.Context, repo string, d digest.Digest, of
 		return nil, err
 	}
 	if blob.Offset == 0 {
-		var once sync.Once
 		blob.Refute = func() {
-			once.Do(func() {
-				f.markBad(i, d)
-				f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
-					"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
-			})
+			f.markBad(i, d)
+			f.log.Warn("upstream source served content that does not match its digest; not asked for it again",
+				"source", f.labels[i], "digest", d, "for_s", badDigestFor.Seconds())
 		}
 	}
 	return blob, nil
