@@ -78,7 +78,7 @@ func (c *s3Config) check(cfg config) error {
 	return t.Close()
 }
 
-// s3Options maps [s3] to the tier's options (files and hold: serve's).
+// options maps [s3] to the tier's options (files and hold: serve's).
 func (c *s3Config) options(cfg config, log *slog.Logger) (s3tier.Options, error) {
 	secret, err := c.secret()
 	if err != nil {

@@ -88,7 +88,7 @@ func New(o Options) (*Node, error) {
 	for _, p := range o.Peers {
 		u, err := normalizeURL(p)
 		if err != nil {
-			return nil, fmt.Errorf("cluster: peer %q: %w", p, err)
+			return nil, fmt.Errorf("cluster: peer: %w", err) // err names the URL
 		}
 		peers = append(peers, u)
 	}

@@ -124,8 +124,8 @@ type Stats struct {
 	Backlog int64
 	// Uploads is objects written; Already, uploads another node had made
 	// (a 412 or an object found present); Failures, attempts that failed
-	// (retried later); Dropped, commits not queued because the queue was
-	// full or the file was gone.
+	// (retried only when the store was down); Dropped, commits not queued
+	// because the queue was full or the file was gone.
 	Uploads, UploadedBytes, Already, Failures, Dropped int64
 	// Hits and HitBytes: blobs and manifests read from L2; Misses: asked
 	// but absent; Errors: requests the store failed; Corrupt: objects
