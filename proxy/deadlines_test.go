@@ -125,7 +125,7 @@ func TestLazyDeadlinesCutReads(t *testing.T) {
 		_, err := c.Read(make([]byte, 1))
 		errc <- err
 	}()
-	waitFor(t, "the read to be under way", func() bool {
+	eventually(t, "the read to be under way", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.read.busy > 0

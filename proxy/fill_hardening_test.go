@@ -277,7 +277,7 @@ func TestFillRefutesOnlyAWholeBody(t *testing.T) {
 		if err == nil && len(body) == size {
 			t.Fatalf("%s: the client received the whole corrupt body", what)
 		}
-		waitFor(t, what+": the fill to end", func() bool { return m.fills.get(d) == nil })
+		eventually(t, what+": the fill to end", func() bool { return m.fills.get(d) == nil })
 		if cached(t, m, d) {
 			t.Fatalf("%s: corrupt content was cached", what)
 		}

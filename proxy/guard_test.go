@@ -246,23 +246,12 @@ func TestConnLimiter(t *testing.T) {
 				t.Errorf("%d refusal warnings for 5 refusals, want 1", w)
 			}
 			held[0].Close()
-			waitFor(t, "the closed connection to be forgotten", func() bool { return g.conns.openCount() < 3 })
+			eventually(t, "the closed connection to be forgotten", func() bool { return g.conns.openCount() < 3 })
 			resp, body := get(t, g.addr, "/healthz")
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("after a place was freed: %d %q", resp.StatusCode, body)
 			}
 		})
-	}
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -51,7 +51,7 @@ func newWarmHits(tb testing.TB) *warmHits {
 	if rc := w.ctx.Response.BodyStream(); rc != nil {
 		w.ctx.Response.Reset() // closes the stream
 	}
-	waitFor(tb, "the blob's download to be stored", func() bool { _, err := st.Stat(layer); return err == nil })
+	eventually(tb, "the blob's download to be stored", func() bool { _, err := st.Stat(layer); return err == nil })
 	w.do(tb, "HEAD", w.bpath) // from the Store, which makes it hot
 	return w
 }
