@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -94,6 +95,54 @@ func TestLazyDeadlinesFollowFasthttp(t *testing.T) {
 	if !inner.write.IsZero() {
 		t.Fatalf("write deadline %v after clearing it", inner.write)
 	}
+
+	// A deadline at the Unix epoch (long past: "stop now") is not "none".
+	c.SetReadDeadline(time.Unix(0, 0))
+	c.Read(make([]byte, 1))
+	if inner.read.IsZero() || !inner.read.Before(time.Unix(1, 0)) {
+		t.Fatalf("read deadline %v after asking for the Unix epoch", inner.read)
+	}
+}
+
+// With two reads under way, one ending does not end the other's claim: a
+// deadline asked for then is handed on at once, to cut the read still
+// waiting.
+func TestLazyDeadlinesOverlappingCalls(t *testing.T) {
+	inner := &countingConn{}
+	c := newLazyDeadlineConn(inner, time.Second)
+	c.begin(&c.read)
+	c.begin(&c.read)
+	c.end(&c.read)
+	at := time.Now().Add(time.Minute)
+	c.SetReadDeadline(at)
+	if !inner.read.Equal(at) {
+		t.Fatalf("deadline in force %v while a read waits, want %v at once", inner.read, at)
+	}
+	c.end(&c.read)
+}
+
+// The server's listener wraps every connection when it has timeouts.
+func TestListenerWrapsForLazyDeadlines(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	lim := newConnLimiter(0, 0, false, slog.New(slog.DiscardHandler), newGuardMetrics(nil))
+	ln := &guardedListener{Listener: inner, lim: lim, deadlineSlack: deadlineSlack(time.Minute)}
+	client, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if lc, ok := c.(*lazyDeadlineConn); !ok || lc.slack != int64(time.Minute/64) {
+		t.Fatalf("accepted %T, want a lazyDeadlineConn with 1/64 of a minute's slack", c)
+	}
 }
 
 // A read that waits is cut by its deadline, a deadline asked for between
@@ -145,13 +194,23 @@ func TestLazyDeadlinesCutReads(t *testing.T) {
 func TestLazyDeadlinesCutWrites(t *testing.T) {
 	c, _ := lazyOverTCP(t)
 	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	chunk := []byte(strings.Repeat("x", 1<<20))
-	var err error
-	for i := 0; i < 1024 && err == nil; i++ { // far more than the socket buffers hold
-		_, err = c.Write(chunk)
-	}
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("write to a stalled client: %v, want a timeout", err)
+	errc := make(chan error, 1)
+	go func() {
+		chunk := []byte(strings.Repeat("x", 1<<20))
+		var err error
+		for i := 0; i < 1024 && err == nil; i++ { // far more than the socket buffers hold
+			_, err = c.Write(chunk)
+		}
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write to a stalled client: %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		c.Close() // ends the writer
+		t.Fatal("a write to a stalled client was not cut by its deadline")
 	}
 }
 
