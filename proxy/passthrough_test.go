@@ -117,15 +117,23 @@ func TestPassThrough(t *testing.T) {
 		if n := counting.refuted.Load(); n != 1 {
 			t.Fatalf("the corrupt body was refuted %d times, want once", n)
 		}
-		// After a local prefix the body is not the whole: no source is named.
+		// After a local prefix, or a resume, no body is the whole: no
+		// source is named.
 		_, err = readOdd(openPass(t, s, crq, bytes.NewReader(want[:300000]), 300000, 300000, -1))
 		if !errors.Is(err, cache.ErrDigestMismatch) || counting.refuted.Load() != 1 {
 			t.Fatalf("after a prefix: err %v, refuted %d times, want a mismatch and still once", err, counting.refuted.Load())
 		}
+		up.CutBlobsAfter(size / 2) // every body is cut halfway: the pass-through resumes
+		defer up.CutBlobsAfter(-1)
+		_, err = readOdd(openPass(t, s, crq, nil, 0, 0, -1))
+		if !errors.Is(err, cache.ErrDigestMismatch) || counting.refuted.Load() != 1 {
+			t.Fatalf("after a resume: err %v, refuted %d times, want a mismatch and still once", err, counting.refuted.Load())
+		}
 	})
 }
 
-// refuteCounting gives every body from offset 0 a Refute that counts.
+// refuteCounting gives every body a Refute that counts: the caller alone
+// decides which body was the whole.
 type refuteCounting struct {
 	Upstream
 	refuted atomic.Int32
@@ -133,7 +141,7 @@ type refuteCounting struct {
 
 func (u *refuteCounting) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
 	b, err := u.Upstream.GetBlob(ctx, repo, d, offset)
-	if err == nil && b.Offset == 0 {
+	if err == nil {
 		b.Refute = func() { u.refuted.Add(1) }
 	}
 	return b, err
