@@ -314,3 +314,18 @@ func TestHotStoreRemovalDuringRead(t *testing.T) {
 		t.Error("the oldest unused entry was kept")
 	}
 }
+
+// A warm blob GET puts the blob's information again on every request (the
+// Store's Open hands it back): for an entry already there that allocates
+// nothing, with or without its body.
+func TestHotStorePutOfAKnownEntryAllocatesNothing(t *testing.T) {
+	h := &hotStore{maxBytes: 10 * (hotEntryOverhead + 100), entries: map[digest.Digest]*list.Element{}}
+	info := cache.BlobInfo{Digest: digest.FromString("a"), Size: 1}
+	h.put(h.generation(), info, nil)
+	if n := testing.AllocsPerRun(100, func() { h.put(h.generation(), info, nil) }); n != 0 {
+		t.Errorf("put of a known entry: %.0f allocations", n)
+	}
+	if _, _, ok := h.get(info.Digest, false); !ok {
+		t.Fatal("the entry is gone")
+	}
+}
