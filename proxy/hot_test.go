@@ -143,18 +143,27 @@ func startHotMirror(t *testing.T, mutate ...func(*Options)) *hotMirror {
 // the body's digest.
 func (m *hotMirror) ask(t *testing.T, method, path string) (int, string, digest.Digest) {
 	t.Helper()
+	code, how, got, err := m.fetch(method, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, how, got
+}
+
+// fetch is ask for a goroutine of the test's: it returns the error.
+func (m *hotMirror) fetch(method, path string) (int, string, digest.Digest, error) {
 	req, _ := http.NewRequest(method, m.url+path, nil)
 	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", "", err
 	}
-	return resp.StatusCode, resp.Header.Get(CacheHeader), digest.FromBytes(body)
+	return resp.StatusCode, resp.Header.Get(CacheHeader), digest.FromBytes(body), nil
 }
 
 // TestHotHitsReadNothing: once a manifest was served and a blob's HEAD

@@ -38,6 +38,7 @@ type stormAnswer struct {
 	code int
 	how  string // the cache header
 	ok   bool   // the body is want's
+	err  error  // the request's, if it failed
 }
 
 func newTagStorm(t *testing.T, m *hotMirror, want digest.Digest) *tagStorm {
@@ -48,8 +49,8 @@ func newTagStorm(t *testing.T, m *hotMirror, want digest.Digest) *tagStorm {
 func (s *tagStorm) ask(n int) {
 	for range n {
 		go func() {
-			code, how, got := s.m.ask(s.t, http.MethodGet, stormPath)
-			s.answers <- stormAnswer{code, how, got == s.want}
+			code, how, got, err := s.m.fetch(http.MethodGet, stormPath)
+			s.answers <- stormAnswer{code, how, got == s.want, err}
 		}()
 	}
 }
@@ -59,6 +60,9 @@ func (s *tagStorm) next(when string) stormAnswer {
 	s.t.Helper()
 	select {
 	case a := <-s.answers:
+		if a.err != nil {
+			s.t.Fatalf("%s: %v", when, a.err)
+		}
 		return a
 	case <-time.After(10 * time.Second):
 		s.t.Fatalf("%s: no answer in 10 s", when)
