@@ -360,7 +360,7 @@ func epollLoad(addr string, reqs [2][]byte, window time.Duration) (float64, int6
 		}
 	}()
 	for i := range loops {
-		rc, err := dialRawClients(addr, smallConns/loops+btoi(i < smallConns%loops))
+		rc, err := dialRawClients(addr, (smallConns+i)/loops) // the loops' shares add up to smallConns
 		if err != nil {
 			return 0, 0, err
 		}
@@ -386,13 +386,6 @@ func epollLoad(addr string, reqs [2][]byte, window time.Duration) (float64, int6
 		return 0, 0, first
 	}
 	return float64(total.Load()) / time.Since(start).Seconds(), total.Load(), nil
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // goroutineLoad is a goroutine per connection, each a few lines over a
