@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/tests3"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -415,8 +416,11 @@ func TestResumeStopsAtAFullQueue(t *testing.T) {
 		}
 	}
 	var held atomic.Int64
-	log := slog.New(slog.DiscardHandler)
-	tier := &Tier{ // no workers: what is queued stays queued
+	logs := &testlog.Buffer{}
+	log := testlog.Logger(logs, slog.LevelInfo)
+	// Built by hand, not by New: without workers what is queued stays
+	// queued, so the queue is full when resume meets the second mark.
+	tier := &Tier{
 		o: Options{Files: st, QueueSize: 1, Hold: func(digest.Digest) func() {
 			held.Add(1)
 			return func() { held.Add(-1) }
@@ -435,6 +439,9 @@ func TestResumeStopsAtAFullQueue(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 5 {
 		t.Errorf("%d marks left, want all 5 for the next start", len(left))
+	}
+	if n := strings.Count(logs.String(), "upload queue full"); n != 1 {
+		t.Errorf("%d queue-full warnings, want 1:\n%s", n, logs.String())
 	}
 }
 
