@@ -191,3 +191,11 @@ func TestRouterResolve(t *testing.T) {
 		}
 	}
 }
+
+// A default registry that is not configured is refused when the router is
+// made, not found missing by the first bare request.
+func TestNewRouterNeedsItsDefault(t *testing.T) {
+	if _, err := newRouter(map[string]Upstream{"ghcr.io": stubUpstream{"ghcr.io"}}, "docker.io", nil); err == nil {
+		t.Fatal("a router whose default registry is not configured was made")
+	}
+}
