@@ -291,7 +291,7 @@ func (s *Server) catalogQuery(ctx *fasthttp.RequestCtx) (catalogPage, error) {
 		}
 		q.n = min(n, maxCatalogPage)
 	}
-	ns, host := string(args.Peek("ns")), string(ctx.Host())
+	ns, host := string(args.Peek("ns")), s.routes.hostOf(ctx)
 	if _, aliased := s.routes.alias(host); ns != "" || aliased {
 		up, err := s.routes.registry(ns, "", host)
 		if err != nil {

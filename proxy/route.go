@@ -7,6 +7,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/regmirror/regmirror/imageref"
+	"github.com/valyala/fasthttp"
 )
 
 // endpoint is what a /v2/ path asks for.
@@ -46,15 +47,20 @@ func parsePath(path string) (parsedPath, error) {
 	if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
 		return parsedPath{endpoint: endpointTags, name: name}, nil
 	}
-	if i := strings.LastIndex(rest, "/blobs/uploads"); i > 0 {
-		return parsedPath{endpoint: endpointUpload, name: rest[:i]}, nil
-	}
 	slash := strings.LastIndexByte(rest, '/')
 	if slash <= 0 {
 		return parsedPath{}, errUnknownEndpoint
 	}
 	ref := rest[slash+1:]
 	head := rest[:slash]
+	// An upload is <name>/blobs/uploads, or that and "/" and a session,
+	// told from the end like the rest (a search for "/blobs/uploads" was
+	// a tenth of a warm hit's time).
+	for _, s := range [...]string{rest, head} {
+		if name, ok := strings.CutSuffix(s, "/blobs/uploads"); ok && name != "" {
+			return parsedPath{endpoint: endpointUpload, name: name}, nil
+		}
+	}
 	kindSlash := strings.LastIndexByte(head, '/')
 	if kindSlash <= 0 {
 		return parsedPath{}, errUnknownEndpoint
@@ -145,7 +151,7 @@ func newRouter(registries map[string]Upstream, defaultRegistry string, hostAlias
 
 // resolve chooses the upstream of a parsed /v2/ path, given the request's
 // ?ns= query and Host header, and validates the name and reference.
-func (r *router) resolve(p parsedPath, ns, host string) (request, error) {
+func (r *router) resolve(p parsedPath, ns string, host []byte) (request, error) {
 	name := p.name
 	var prefix string
 	if first, rest, ok := strings.Cut(name, "/"); ok && imageref.IsHost(first) {
@@ -178,7 +184,7 @@ func (r *router) resolve(p parsedPath, ns, host string) (request, error) {
 // registry picks the upstream a request names, in the order: the ?ns=
 // query (containerd), a registry host as the first path component (podman
 // and containerd override_path), a Host alias, the default.
-func (r *router) registry(ns, pathPrefix, host string) (Upstream, error) {
+func (r *router) registry(ns, pathPrefix string, host []byte) (Upstream, error) {
 	switch {
 	case ns != "":
 		return r.named(ns)
@@ -191,13 +197,22 @@ func (r *router) registry(ns, pathPrefix, host string) (Upstream, error) {
 	return r.defaultUp, nil
 }
 
-// alias is the registry a Host header names, if any. An alias may be
+// hostOf is the request's Host as routing reads it: nil when no Host alias
+// is configured (its string was a warm hit's only allocation).
+func (r *router) hostOf(ctx *fasthttp.RequestCtx) []byte {
+	if len(r.hostAliases) == 0 {
+		return nil
+	}
+	return ctx.Host()
+}
+
+// alias is the registry a Host (from hostOf) names, if any. An alias may be
 // written with its port or without.
-func (r *router) alias(host string) (string, bool) {
+func (r *router) alias(hostHeader []byte) (string, bool) {
 	if len(r.hostAliases) == 0 {
 		return "", false
 	}
-	host = strings.ToLower(host)
+	host := strings.ToLower(string(hostHeader))
 	if name, ok := r.hostAliases[host]; ok {
 		return name, true
 	}

@@ -26,6 +26,10 @@ func TestParsePath(t *testing.T) {
 		{"/v2/library/alpine/tags/list", endpointTags, "library/alpine", "", nil},
 		{"/v2/library/alpine/blobs/uploads/", endpointUpload, "library/alpine", "", nil},
 		{"/v2/library/alpine/blobs/uploads/123", endpointUpload, "library/alpine", "", nil},
+		{"/v2/library/alpine/blobs/uploads", endpointUpload, "library/alpine", "", nil},
+		{"/v2/a/blobs/uploads/b/manifests/c", endpointManifest, "a/blobs/uploads/b", "c", nil},
+		{"/v2/blobs/uploads/", 0, "", "", errUnknownEndpoint},
+		{"/v2/a/blobs/uploads/1/2", 0, "", "", errUnknownEndpoint},
 		{"/v2/library/alpine/referrers/sha256:00", endpointReferrers, "library/alpine", "sha256:00", nil},
 		{"/v2/alpine", 0, "", "", errUnknownEndpoint},
 		{"/v2/manifests/latest", 0, "", "", errUnknownEndpoint},
@@ -179,7 +183,7 @@ func TestRouterResolve(t *testing.T) {
 		{"invalid tag", parsedPath{endpoint: endpointManifest, name: "alpine", ref: "-bad"}, "", "", "", "", errReferenceInvalid},
 		{"invalid digest", parsedPath{endpoint: endpointBlob, name: "alpine", ref: "md5:abc"}, "", "", "", "", errDigestInvalid},
 	} {
-		rq, err := r.resolve(c.p, c.ns, c.host)
+		rq, err := r.resolve(c.p, c.ns, []byte(c.host))
 		if c.wantError != nil {
 			if !errors.Is(err, c.wantError) {
 				t.Errorf("%s: err %v, want %v", c.what, err, c.wantError)

@@ -385,7 +385,9 @@ func (e *exchange) done(bytes int64, err error) {
 	if e.logged.Swap(true) {
 		return
 	}
-	now := time.Now()
+	// The start's wall clock moved on by the monotonic clock: one clock
+	// read where time.Now takes two.
+	now := e.start.Add(time.Since(e.start))
 	e.s.logRequest(e, now, bytes, err)
 	e.s.recordExchange(e, now, bytes)
 }
@@ -446,7 +448,7 @@ func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, e
 	case endpointUpload:
 		return reply{}, fmt.Errorf("%w: uploads", errUnsupportedMethod)
 	}
-	rq, err := s.routes.resolve(p, string(ctx.QueryArgs().Peek("ns")), string(ctx.Host()))
+	rq, err := s.routes.resolve(p, string(ctx.QueryArgs().Peek("ns")), s.routes.hostOf(ctx))
 	if err != nil {
 		// Who may not pull learns nothing more than that.
 		if aerr := s.authorize(ctx, ex, "", ""); aerr != nil {
@@ -477,7 +479,7 @@ func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, e
 // serveBase answers /v2/, the API version check, for whoever may pull from
 // the registry the request names.
 func (s *Server) serveBase(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
-	if _, err := s.routes.registry(string(ctx.QueryArgs().Peek("ns")), "", string(ctx.Host())); err != nil {
+	if _, err := s.routes.registry(string(ctx.QueryArgs().Peek("ns")), "", s.routes.hostOf(ctx)); err != nil {
 		return reply{}, err
 	}
 	if err := s.authorize(ctx, ex, "", ""); err != nil {
