@@ -245,7 +245,10 @@ func appendTextString(b []byte, s string) []byte {
 	if s == "" {
 		worst = textQuote
 	}
-	for i := 0; i < len(s) && worst != textSlow; i++ {
+	i := 0
+	for ; i+8 <= len(s) && bare8(s[i:i+8]); i += 8 {
+	}
+	for ; i < len(s) && worst != textSlow; i++ {
 		worst = max(worst, textClass[s[i]])
 	}
 	switch worst {
@@ -276,6 +279,20 @@ const (
 	textQuote        // space, '=', '"': quoted, and printable
 	textSlow         // control characters and non-ASCII: the general path
 )
+
+// bare8 reports whether the 8 bytes of s are all textBare, a word at a
+// time (bit twiddling hacks' haszero, hasless and hasmore): a request line
+// is ~200 bytes of such text, and the table takes a byte at a time.
+func bare8(s string) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	_ = s[7] // one bounds check, then one load
+	x := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+	below := (x - ones*0x21) &^ x     // a byte under '!': space or a control
+	above := (x + ones*(127-'~')) | x // a byte over '~': DEL or non-ASCII
+	eq, quote := x^(ones*'='), x^(ones*'"')
+	return (below|above|(eq-ones)&^eq|(quote-ones)&^quote)&highs == 0
+}
 
 var textClass = func() (t [256]byte) {
 	for c := range 256 {

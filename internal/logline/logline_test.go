@@ -298,3 +298,41 @@ func writeFromBothPaths(log *slog.Logger, goroutines, n int, slow, fast string) 
 	}
 	wg.Wait()
 }
+
+// bare8 says "all bare" exactly when the table does for each of the eight
+// bytes: every byte value at every position among bare ones, then random
+// words, mostly of bytes near the classes' edges.
+func TestBare8MatchesTable(t *testing.T) {
+	tableBare := func(s string) bool {
+		for i := range len(s) {
+			if textClass[s[i]] != textBare {
+				return false
+			}
+		}
+		return true
+	}
+	for pos := range 8 {
+		for c := range 256 {
+			w := []byte("abcdefgh")
+			w[pos] = byte(c)
+			if got, want := bare8(string(w)), tableBare(string(w)); got != want {
+				t.Fatalf("bare8(%q) = %v, the table says %v", w, got, want)
+			}
+		}
+	}
+	edges := []byte{0, 0x1f, ' ', '!', '"', '#', '<', '=', '>', '\\', '~', 0x7f, 0x80, 0xfe, 0xff}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200_000 {
+		var w [8]byte
+		for i := range w {
+			if rng.IntN(2) == 0 {
+				w[i] = edges[rng.IntN(len(edges))]
+			} else {
+				w[i] = byte(rng.IntN(256))
+			}
+		}
+		if got, want := bare8(string(w[:])), tableBare(string(w[:])); got != want {
+			t.Fatalf("bare8(%q) = %v, the table says %v", w, got, want)
+		}
+	}
+}
