@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -18,8 +19,9 @@ import (
 const DefaultHotCacheBytes = 32 << 20
 
 // hotEntryOverhead is what one entry costs besides its body (the map slot,
-// the list element, the BlobInfo and its strings), rounded up.
-const hotEntryOverhead = 320
+// the index's node, the list element, the BlobInfo and its strings),
+// rounded up.
+const hotEntryOverhead = 448
 
 // subscriber is the optional side of a Store that announces index changes
 // (cache.Store.Subscribe). Without it the hot cache cannot learn of
@@ -45,13 +47,23 @@ type toucher interface {
 // the entry goes with it. Tag records are not kept here: they change
 // upstream and through the management API, and are read from the index on
 // every request.
+//
+// A hit takes no lock and, once its entry is marked used, writes nothing
+// that another core reads: on two cores a mutex and a move to the front of
+// a list on every hit were a seventh of a warm request's time. Eviction is
+// therefore CLOCK, LRU's usual approximation: an entry used since the hand
+// last passed it gets a second chance.
 type hotStore struct {
 	Store
 	touch func(digest.Digest) // nil when the Store cannot record accesses apart
 
+	// index is what hits read (a sync.Map: a lookup of a key it holds
+	// writes no shared memory); only a holder of mu changes it.
+	index sync.Map // digest.Digest → *hotEntry
+
 	mu       sync.Mutex
-	entries  map[digest.Digest]*list.Element // of *hotEntry
-	lru      list.List                       // front: most recently used
+	entries  map[digest.Digest]*list.Element // of *hotEntry, in eviction order
+	lru      list.List                       // front: most recently put or spared; back: the hand
 	bytes    int64
 	maxBytes int64
 	// removals counts blobs removed since start. A read from the Store
@@ -63,15 +75,28 @@ type hotStore struct {
 type hotEntry struct {
 	info cache.BlobInfo
 	body []byte // nil: metadata only (a blob, or a manifest not read yet)
+	// used is CLOCK's reference bit: set by a hit, cleared by the hand.
+	used atomic.Bool
 	// touched is when a hit on the entry was last passed on to the Store
-	// (Unix nanoseconds).
-	touched int64
+	// (nanoseconds since hotClock; 0 for never).
+	touched atomic.Int64
+}
+
+// markUsed sets e's reference bit, writing only if it is not set yet.
+func (e *hotEntry) markUsed() {
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
 }
 
 // hotTouchEvery is how often hits on one entry are passed on to the Store
 // as accesses: eviction's least-recently-used order needs to know that a
 // blob is in use, not each of thousands of hits a second on it.
 const hotTouchEvery = time.Second
+
+// hotClock is where hotEntry.touched counts from: far enough back that an
+// entry never touched is due from the start.
+var hotClock = time.Now().Add(-hotTouchEvery)
 
 func (e *hotEntry) cost() int64 { return hotEntryOverhead + int64(len(e.body)) }
 
@@ -96,28 +121,19 @@ func newHotStore(st Store, maxBytes int64) Store {
 // get returns d's entry, marking it used. When hit is set, the use is a
 // hit to pass on to the Store (at most once per hotTouchEvery).
 func (h *hotStore) get(d digest.Digest, hit bool) (cache.BlobInfo, []byte, bool) {
-	var now int64
-	if hit && h.touch != nil {
-		now = time.Now().UnixNano()
-	}
-	h.mu.Lock()
-	el, ok := h.entries[d]
+	v, ok := h.index.Load(d)
 	if !ok {
-		h.mu.Unlock()
 		return cache.BlobInfo{}, nil, false
 	}
-	h.lru.MoveToFront(el)
-	e := el.Value.(*hotEntry)
-	info, body := e.info, e.body
-	touch := now-e.touched >= int64(hotTouchEvery)
-	if touch {
-		e.touched = now
+	e := v.(*hotEntry)
+	e.markUsed()
+	if hit && h.touch != nil {
+		now := int64(time.Since(hotClock)) // the monotonic clock alone: half a time.Now
+		if last := e.touched.Load(); now-last >= int64(hotTouchEvery) && e.touched.CompareAndSwap(last, now) {
+			h.touch(d)
+		}
 	}
-	h.mu.Unlock()
-	if hit && touch && h.touch != nil {
-		h.touch(d)
-	}
-	return info, body, true
+	return e.info, e.body, true
 }
 
 // generation is read before a Store read whose result may fill an entry.
@@ -142,25 +158,48 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	if el, ok := h.entries[info.Digest]; ok {
 		// A warm blob GET lands here every time: nothing to allocate.
 		old := el.Value.(*hotEntry)
-		h.lru.MoveToFront(el)
+		old.markUsed()
 		if old.body != nil || body == nil {
 			return
 		}
 		e := &hotEntry{info: info, body: body}
+		e.touched.Store(old.touched.Load())
 		h.bytes += e.cost() - old.cost()
 		el.Value = e
+		h.index.Store(info.Digest, e)
 	} else {
 		e := &hotEntry{info: info, body: body}
 		h.entries[info.Digest] = h.lru.PushFront(e)
+		h.index.Store(info.Digest, e)
 		h.bytes += e.cost()
 	}
+	h.evict()
+}
+
+// evict runs the hand until the entries fit: from the back, an entry used
+// since the hand last passed is spared (its bit cleared, moved to the
+// front), any other dropped. Each step spares or drops one entry, and
+// spares at most every entry once, so it ends. h.mu is held.
+func (h *hotStore) evict() {
 	for h.bytes > h.maxBytes {
 		last := h.lru.Back()
 		old := last.Value.(*hotEntry)
-		h.lru.Remove(last)
-		delete(h.entries, old.info.Digest)
-		h.bytes -= old.cost()
+		if old.used.Load() {
+			old.used.Store(false)
+			h.lru.MoveToFront(last)
+			continue
+		}
+		h.drop(last)
 	}
+}
+
+// drop forgets el's entry. h.mu is held.
+func (h *hotStore) drop(el *list.Element) {
+	e := el.Value.(*hotEntry)
+	h.lru.Remove(el)
+	delete(h.entries, e.info.Digest)
+	h.index.Delete(e.info.Digest)
+	h.bytes -= e.cost()
 }
 
 // removed drops d: the Store no longer holds it.
@@ -168,9 +207,7 @@ func (h *hotStore) removed(d digest.Digest) {
 	h.mu.Lock()
 	h.removals++
 	if el, ok := h.entries[d]; ok {
-		h.lru.Remove(el)
-		delete(h.entries, d)
-		h.bytes -= el.Value.(*hotEntry).cost()
+		h.drop(el)
 	}
 	h.mu.Unlock()
 }

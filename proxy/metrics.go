@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"maps"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,8 +34,12 @@ type metrics struct {
 	// Blobs streamed without caching (passthrough.go).
 	passThroughs *prometheus.CounterVec
 
-	seriesMu sync.RWMutex
-	series   map[requestKey]*requestSeries
+	// series is the requestKey → series table, copied on write (a new
+	// label set is rare and bounded): a lookup writes no shared memory,
+	// where a read lock is a counter that every request on every core
+	// writes twice.
+	series   atomic.Pointer[map[requestKey]*requestSeries]
+	seriesMu sync.Mutex // serialises copies
 }
 
 // durationBuckets span a cached manifest (sub-millisecond) to a layer of
@@ -128,17 +134,16 @@ type requestSeries struct {
 const maxRequestSeries = 4096
 
 func (m *metrics) requestSeriesFor(k requestKey) *requestSeries {
-	m.seriesMu.RLock()
-	rs := m.series[k]
-	m.seriesMu.RUnlock()
-	if rs != nil {
-		return rs
+	if table := m.series.Load(); table != nil {
+		if rs := (*table)[k]; rs != nil {
+			return rs
+		}
 	}
 	label := string(k.outcome)
 	if k.outcome == OutcomeNone {
 		label = "none"
 	}
-	rs = &requestSeries{
+	rs := &requestSeries{
 		count:    m.requests.WithLabelValues(k.endpoint, label, statusLabel(k.status), k.registry),
 		duration: m.requestDuration.WithLabelValues(k.endpoint, k.registry),
 	}
@@ -149,13 +154,22 @@ func (m *metrics) requestSeriesFor(k requestKey) *requestSeries {
 		rs.served = m.bytesServed.WithLabelValues(source, k.registry)
 	}
 	m.seriesMu.Lock()
-	if m.series == nil {
-		m.series = make(map[requestKey]*requestSeries)
+	defer m.seriesMu.Unlock()
+	var table map[requestKey]*requestSeries
+	if old := m.series.Load(); old != nil {
+		table = *old
 	}
-	if len(m.series) < maxRequestSeries {
-		m.series[k] = rs
+	if known := table[k]; known != nil {
+		return known
 	}
-	m.seriesMu.Unlock()
+	if len(table) < maxRequestSeries {
+		grown := maps.Clone(table)
+		if grown == nil {
+			grown = make(map[requestKey]*requestSeries)
+		}
+		grown[k] = rs
+		m.series.Store(&grown)
+	}
 	return rs
 }
 

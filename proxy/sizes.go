@@ -24,8 +24,11 @@ type knownSizes struct {
 	sizes map[sizeKey]int64
 	// noted are the manifests (by digest, per repository) already read
 	// into sizes: a manifest is immutable, so a hot one is parsed once.
-	// Cleared whenever sizes forgets an entry.
-	noted map[sizeKey]struct{}
+	// Cleared whenever sizes forgets an entry. A sync.Map, so that the
+	// check of every manifest GET takes no lock two cores would contend
+	// for; notedCount (under mu) bounds it.
+	noted      sync.Map // sizeKey → struct{}
+	notedCount int
 }
 
 type sizeKey struct {
@@ -38,10 +41,7 @@ type sizeKey struct {
 // validated elsewhere).
 func (k *knownSizes) note(registry, repo string, manifest digest.Digest, body []byte) {
 	seen := sizeKey{registry, repo, manifest}
-	k.mu.Lock()
-	_, done := k.noted[seen]
-	k.mu.Unlock()
-	if done {
+	if _, done := k.noted.Load(seen); done {
 		return
 	}
 	type desc struct {
@@ -64,7 +64,6 @@ func (k *knownSizes) note(registry, repo string, manifest digest.Digest, body []
 	defer k.mu.Unlock()
 	if k.sizes == nil {
 		k.sizes = make(map[sizeKey]int64)
-		k.noted = make(map[sizeKey]struct{})
 	}
 	for _, d := range all {
 		if d.Digest.Validate() != nil || d.Size < 0 {
@@ -76,12 +75,15 @@ func (k *knownSizes) note(registry, repo string, manifest digest.Digest, body []
 				delete(k.sizes, old)
 				break
 			}
-			clear(k.noted)
+			k.noted.Clear()
+			k.notedCount = 0
 		}
 		k.sizes[key] = d.Size
 	}
-	if len(k.noted) < maxKnownSizes {
-		k.noted[seen] = struct{}{}
+	if k.notedCount < maxKnownSizes {
+		if _, loaded := k.noted.LoadOrStore(seen, struct{}{}); !loaded {
+			k.notedCount++
+		}
 	}
 }
 
