@@ -258,6 +258,7 @@ func BenchmarkSmallRequests(b *testing.B) {
 					t.cmd.Process.Signal(syscall.SIGUSR1)
 				}
 				cpuBefore, selfBefore := processCPU(t.cmd.Process.Pid), processCPU(os.Getpid())
+				callsBefore := processSyscalls(t.cmd.Process.Pid)
 				rate, n, err := smallLoad(client, t.addr, paths, window)
 				if err != nil {
 					b.Fatalf("%s, %s client: %v", t.name, client, err)
@@ -266,6 +267,7 @@ func BenchmarkSmallRequests(b *testing.B) {
 					perRequest := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
 					round[client][t.name+" cpu"] = perRequest(processCPU(t.cmd.Process.Pid) - cpuBefore)
 					round[client][t.name+" client cpu"] = perRequest(processCPU(os.Getpid()) - selfBefore)
+					round[client][t.name+" syscalls"] = float64(processSyscalls(t.cmd.Process.Pid)-callsBefore) / float64(n)
 				}
 				if profiled {
 					t.cmd.Process.Signal(syscall.SIGUSR2)
@@ -520,6 +522,25 @@ func processCPU(pid int) time.Duration {
 	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
+// processSyscalls is how many read and write system calls (syscr + syscw
+// in /proc/<pid>/io: reads, writes, and their vector and file-to-socket
+// kinds) process pid has made so far, or 0 if unreadable.
+func processSyscalls(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		if k == "syscr" || k == "syscw" {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		}
+	}
+	return n
+}
+
 // tableHead writes a Markdown table's head: a round column, then names.
 func tableHead(w io.Writer, names []string) {
 	fmt.Fprint(w, "| round |")
@@ -551,6 +572,8 @@ func printSmallTable(w io.Writer) {
 		printRounds(w, names, rounds, " cpu", "%.1f", false)
 		fmt.Fprintf(w, "\nload generator CPU per answered request, µs, %s client\n\n", c)
 		printRounds(w, names, rounds, " client cpu", "%.1f", false)
+		fmt.Fprintf(w, "\nserver read and write syscalls per answered request (from /proc), %s client\n\n", c)
+		printRounds(w, names, rounds, " syscalls", "%.2f", false)
 	}
 }
 
