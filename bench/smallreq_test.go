@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -267,7 +268,11 @@ func BenchmarkSmallRequests(b *testing.B) {
 					perRequest := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
 					round[client][t.name+" cpu"] = perRequest(processCPU(t.cmd.Process.Pid) - cpuBefore)
 					round[client][t.name+" client cpu"] = perRequest(processCPU(os.Getpid()) - selfBefore)
-					round[client][t.name+" syscalls"] = float64(processSyscalls(t.cmd.Process.Pid)-callsBefore) / float64(n)
+					if calls := processSyscalls(t.cmd.Process.Pid); calls >= 0 && callsBefore >= 0 {
+						round[client][t.name+" syscalls"] = float64(calls-callsBefore) / float64(n)
+					} else {
+						round[client][t.name+" syscalls"] = math.NaN()
+					}
 				}
 				if profiled {
 					t.cmd.Process.Signal(syscall.SIGUSR2)
@@ -523,12 +528,12 @@ func processCPU(pid int) time.Duration {
 }
 
 // processSyscalls is how many read and write system calls (syscr + syscw
-// in /proc/<pid>/io: reads, writes, and their vector and file-to-socket
-// kinds) process pid has made so far, or 0 if unreadable.
+// in /proc/<pid>/io: reads, writes, and their vector kinds; a sendfile
+// counts in both) process pid has made so far, or -1 if unreadable.
 func processSyscalls(pid int) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
 	if err != nil {
-		return 0
+		return -1
 	}
 	var n int64
 	for _, line := range strings.Split(string(data), "\n") {

@@ -48,11 +48,13 @@ type toucher interface {
 // upstream and through the management API, and are read from the index on
 // every request.
 //
-// A hit takes no lock and, once its entry is marked used, writes nothing
-// that another core reads: on two cores a mutex and a move to the front of
-// a list on every hit were a seventh of a warm request's time. Eviction is
-// therefore CLOCK, LRU's usual approximation: an entry used since the hand
-// last passed it gets a second chance.
+// A hit takes no lock, and once its entry is marked used it writes nothing
+// shared but the access it passes on to the Store at most once a second:
+// on two cores a mutex and a move to the front of a list on every hit were
+// a seventh of a warm request's time. Eviction is therefore CLOCK, LRU's
+// usual approximation: an entry used since the hand last passed it gets a
+// second chance. A new entry is put in only after the hand has made room
+// for it, so it is never its own put's victim.
 type hotStore struct {
 	Store
 	touch func(digest.Digest) // nil when the Store cannot record accesses apart
@@ -62,20 +64,22 @@ type hotStore struct {
 	index sync.Map // digest.Digest → *hotEntry
 
 	mu       sync.Mutex
-	entries  map[digest.Digest]*list.Element // of *hotEntry, in eviction order
-	lru      list.List                       // front: most recently put or spared; back: the hand
+	entries  map[digest.Digest]*list.Element // of *hotEntry
+	ring     list.List                       // front: most recently put or spared; back: the hand
 	bytes    int64
 	maxBytes int64
-	// removals counts blobs removed since start. A read from the Store
-	// that saw a removal happen meanwhile does not fill an entry: what it
-	// read may be the removed blob.
-	removals uint64
+	// removals counts blobs removed since start (changed under mu, read
+	// without it). A read from the Store that saw a removal happen
+	// meanwhile does not fill an entry: what it read may be the removed
+	// blob.
+	removals atomic.Uint64
 }
 
 type hotEntry struct {
 	info cache.BlobInfo
 	body []byte // nil: metadata only (a blob, or a manifest not read yet)
-	// used is CLOCK's reference bit: set by a hit, cleared by the hand.
+	// used is CLOCK's reference bit: set by a hit or a put of what the
+	// entry holds, cleared by the hand.
 	used atomic.Bool
 	// touched is when a hit on the entry was last passed on to the Store
 	// (nanoseconds since hotClock; 0 for never).
@@ -137,56 +141,65 @@ func (h *hotStore) get(d digest.Digest, hit bool) (cache.BlobInfo, []byte, bool)
 }
 
 // generation is read before a Store read whose result may fill an entry.
-func (h *hotStore) generation() uint64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.removals
-}
+func (h *hotStore) generation() uint64 { return h.removals.Load() }
 
 // put remembers info (and body, if not nil) for d, unless a blob was
 // removed since gen or the entry would take more than an eighth of the
 // budget. A body is never replaced by metadata only.
 func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
+	// A warm blob GET lands here every time with what the entry holds
+	// already: no lock, nothing to allocate. (An entry in the index is
+	// current: a removal takes it out.)
+	if v, ok := h.index.Load(info.Digest); ok {
+		if old := v.(*hotEntry); old.body != nil || body == nil {
+			old.markUsed()
+			return
+		}
+	}
 	if (&hotEntry{body: body}).cost() > h.maxBytes/8 { // does not escape: no allocation
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if gen != h.removals {
+	if gen != h.removals.Load() {
 		return
 	}
+	e := &hotEntry{info: info, body: body}
 	if el, ok := h.entries[info.Digest]; ok {
-		// A warm blob GET lands here every time: nothing to allocate.
 		old := el.Value.(*hotEntry)
 		old.markUsed()
 		if old.body != nil || body == nil {
 			return
 		}
-		e := &hotEntry{info: info, body: body}
+		// The body joins metadata a hit has just read: in use, and at
+		// the front, as far from the hand as a new entry.
+		e.used.Store(true)
 		e.touched.Store(old.touched.Load())
 		h.bytes += e.cost() - old.cost()
 		el.Value = e
+		h.ring.MoveToFront(el)
 		h.index.Store(info.Digest, e)
-	} else {
-		e := &hotEntry{info: info, body: body}
-		h.entries[info.Digest] = h.lru.PushFront(e)
-		h.index.Store(info.Digest, e)
-		h.bytes += e.cost()
+		h.evict(0)
+		return
 	}
-	h.evict()
+	h.evict(e.cost())
+	h.entries[info.Digest] = h.ring.PushFront(e)
+	h.index.Store(info.Digest, e)
+	h.bytes += e.cost()
 }
 
-// evict runs the hand until the entries fit: from the back, an entry used
-// since the hand last passed is spared (its bit cleared, moved to the
-// front), any other dropped. Each step spares or drops one entry, and
-// spares at most every entry once, so it ends. h.mu is held.
-func (h *hotStore) evict() {
-	for h.bytes > h.maxBytes {
-		last := h.lru.Back()
-		old := last.Value.(*hotEntry)
-		if old.used.Load() {
+// evict runs the hand until room more bytes fit: from the back, an entry
+// used since the hand last passed is spared (its bit cleared, moved to the
+// front), any other dropped. Hits may set bits again behind the hand, so
+// it spares at most as many entries as there are; past that it drops
+// whatever it finds. h.mu is held.
+func (h *hotStore) evict(room int64) {
+	for spared := 0; h.bytes+room > h.maxBytes && h.ring.Len() > 0; {
+		last := h.ring.Back()
+		if old := last.Value.(*hotEntry); spared < h.ring.Len() && old.used.Load() {
+			spared++
 			old.used.Store(false)
-			h.lru.MoveToFront(last)
+			h.ring.MoveToFront(last)
 			continue
 		}
 		h.drop(last)
@@ -196,7 +209,7 @@ func (h *hotStore) evict() {
 // drop forgets el's entry. h.mu is held.
 func (h *hotStore) drop(el *list.Element) {
 	e := el.Value.(*hotEntry)
-	h.lru.Remove(el)
+	h.ring.Remove(el)
 	delete(h.entries, e.info.Digest)
 	h.index.Delete(e.info.Digest)
 	h.bytes -= e.cost()
@@ -205,7 +218,7 @@ func (h *hotStore) drop(el *list.Element) {
 // removed drops d: the Store no longer holds it.
 func (h *hotStore) removed(d digest.Digest) {
 	h.mu.Lock()
-	h.removals++
+	h.removals.Add(1)
 	if el, ok := h.entries[d]; ok {
 		h.drop(el)
 	}

@@ -18,7 +18,7 @@ const (
 	endpointManifest                  // /v2/<name>/manifests/<reference>
 	endpointBlob                      // /v2/<name>/blobs/<digest>
 	endpointTags                      // /v2/<name>/tags/list
-	endpointUpload                    // /v2/<name>/blobs/uploads/... (pushes)
+	endpointUpload                    // /v2/<name>/blobs/uploads[/[<session>]] (pushes)
 	endpointReferrers                 // /v2/<name>/referrers/<digest>
 )
 
