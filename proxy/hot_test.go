@@ -408,3 +408,47 @@ func TestHotStoreKeepsWhatItJustPut(t *testing.T) {
 		t.Fatalf("%d bytes, budget %d", h.bytes, h.maxBytes)
 	}
 }
+
+// Puts that must evict finish, and keep the budget, while other goroutines
+// hit every entry without pause (hits set reference bits behind the hand,
+// so the hand's sparing is bounded per pass, not by the bits).
+func TestHotStoreEvictsUnderConstantHits(t *testing.T) {
+	const n = 16
+	h := &hotStore{maxBytes: n * (hotEntryOverhead + 100), entries: map[digest.Digest]*list.Element{}}
+	var ds []digest.Digest
+	for i := range 4 * n {
+		ds = append(ds, digest.FromString(fmt.Sprint(i)))
+	}
+	stop := make(chan struct{})
+	var hitters sync.WaitGroup
+	for range 2 {
+		hitters.Add(1)
+		go func() {
+			defer hitters.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, d := range ds {
+					h.get(d, false)
+				}
+			}
+		}()
+	}
+	for round := range 50 {
+		for _, d := range ds {
+			h.put(h.generation(), cache.BlobInfo{Digest: d, Size: 100}, make([]byte, 100))
+		}
+		h.mu.Lock()
+		over, entries := h.bytes > h.maxBytes, len(h.entries)
+		h.mu.Unlock()
+		if over || entries > n {
+			close(stop)
+			t.Fatalf("round %d: %d entries, over budget %v", round, entries, over)
+		}
+	}
+	close(stop)
+	hitters.Wait()
+}
