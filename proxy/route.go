@@ -1,9 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
-	"net"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/regmirror/regmirror/imageref"
@@ -207,20 +208,67 @@ func (r *router) hostOf(ctx *fasthttp.RequestCtx) []byte {
 }
 
 // alias is the registry a Host (from hostOf) names, if any. An alias may be
-// written with its port or without.
+// written with its port or without. The Host is lowercased into a buffer
+// on the stack, so that a Host alias costs a warm hit no allocation.
 func (r *router) alias(hostHeader []byte) (string, bool) {
 	if len(r.hostAliases) == 0 {
 		return "", false
 	}
-	host := strings.ToLower(string(hostHeader))
-	if name, ok := r.hostAliases[host]; ok {
+	var buf [maxAliasedHost]byte
+	host, ok := lowerASCII(buf[:0], hostHeader)
+	if !ok { // long, or not ASCII: strings.ToLower's Unicode rules
+		host = []byte(strings.ToLower(string(hostHeader)))
+	}
+	if name, ok := r.hostAliases[string(host)]; ok {
 		return name, true
 	}
-	if h, _, err := net.SplitHostPort(host); err == nil {
+	if h, ok := withoutPort(host); ok {
 		host = h
 	}
-	name, ok := r.hostAliases[host]
+	name, ok := r.hostAliases[string(host)]
 	return name, ok
+}
+
+// maxAliasedHost is the longest Host lowercased on the stack: a DNS name
+// (253 bytes) and a port.
+const maxAliasedHost = 264
+
+// lowerASCII appends b lowercased to dst, if b is ASCII and fits dst's
+// capacity.
+func lowerASCII(dst, b []byte) ([]byte, bool) {
+	if len(b) > cap(dst) {
+		return nil, false
+	}
+	for _, c := range b {
+		switch {
+		case c >= utf8.RuneSelf:
+			return nil, false
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst, true
+}
+
+// withoutPort is the host of hostport as net.SplitHostPort splits it
+// ("[::1]:5000" → "::1"), and false where that errs; on bytes, as no
+// string is made.
+func withoutPort(hostport []byte) ([]byte, bool) {
+	i := bytes.LastIndexByte(hostport, ':')
+	if i < 0 {
+		return nil, false
+	}
+	host := hostport[:i]
+	if len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	} else if bytes.IndexByte(host, ':') >= 0 {
+		return nil, false
+	}
+	if bytes.ContainsAny(host, "[]") || bytes.ContainsAny(hostport[i+1:], "[]") {
+		return nil, false
+	}
+	return host, true
 }
 
 // named is the configured upstream called name (any of Docker Hub's

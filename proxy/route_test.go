@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 
@@ -201,5 +202,56 @@ func TestRouterResolve(t *testing.T) {
 func TestNewRouterNeedsItsDefault(t *testing.T) {
 	if _, err := newRouter(map[string]Upstream{"ghcr.io": stubUpstream{"ghcr.io"}}, "docker.io", nil); err == nil {
 		t.Fatal("a router whose default registry is not configured was made")
+	}
+}
+
+// withoutPort splits exactly as net.SplitHostPort does: every string of up
+// to six bytes over the characters that matter, and some longer ones.
+func TestWithoutPortMatchesSplitHostPort(t *testing.T) {
+	check := func(s string) {
+		host, ok := withoutPort([]byte(s))
+		want, _, err := net.SplitHostPort(s)
+		if ok != (err == nil) || ok && string(host) != want {
+			t.Fatalf("withoutPort(%q) = %q, %v; net.SplitHostPort: %q, %v", s, host, ok, want, err)
+		}
+	}
+	const alphabet = "[]:a1"
+	var walk func(prefix string)
+	walk = func(prefix string) {
+		check(prefix)
+		if len(prefix) == 6 {
+			return
+		}
+		for _, c := range alphabet {
+			walk(prefix + string(c))
+		}
+	}
+	walk("")
+	for _, s := range []string{"mirror.lan:5000", "[::1]:5000", "[fe80::1%eth0]:443", "[::1]", "::1", "a:b:c", "[a]b:80", "host:", ":80"} {
+		check(s)
+	}
+}
+
+// A Host alias costs a warm hit no allocation, with or without the port
+// it was written with, in any case.
+func TestHostAliasAllocatesNothing(t *testing.T) {
+	r, err := newRouter(map[string]Upstream{"docker.io": stubUpstream{"docker.io"}, "ghcr.io": stubUpstream{"ghcr.io"}},
+		"docker.io", map[string]string{"ghcr.mirror.lan": "ghcr.io"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"ghcr.mirror.lan", "GHCR.Mirror.LAN:5000", "[::1]:5000"} {
+		b := []byte(host)
+		if n := testing.AllocsPerRun(100, func() { r.alias(b) }); n != 0 {
+			t.Errorf("alias(%q): %.0f allocations", host, n)
+		}
+	}
+	if name, ok := r.alias([]byte("GHCR.Mirror.LAN:5000")); !ok || name != "ghcr.io" {
+		t.Errorf("alias of a Host with a port and capitals = %q, %v", name, ok)
+	}
+	// Beyond ASCII the case rules stay strings.ToLower's, as before (U+0130
+	// lowercases to 'i').
+	if name, ok := r.alias([]byte("GHCR.MİRROR.LAN")); !ok || name != "ghcr.io" {
+		t.Errorf("a Host that strings.ToLower makes the alias = %q, %v", name, ok)
 	}
 }
