@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -22,18 +23,28 @@ func TestKnownSeriesAndSizesTakeNoLock(t *testing.T) {
 	defer m.seriesMu.Unlock()
 	sizes.mu.Lock()
 	defer sizes.mu.Unlock()
-	done := make(chan bool)
-	go func() {
+	answeredWithoutLock(t, "a known series or noted manifest", func() error {
 		same := m.requestSeriesFor(key) == known
 		sizes.note("docker.io", "library/a", manifest, []byte(`{"layers":[]}`))
-		done <- same
-	}()
-	select {
-	case same := <-done:
 		if !same {
-			t.Fatal("a known label set got new series")
+			return errors.New("a known label set got new series")
+		}
+		return nil
+	})
+}
+
+// answeredWithoutLock runs answer, which the caller expects to need none
+// of the locks it holds, and fails t if answer fails or waits (10 s).
+func answeredWithoutLock(t *testing.T, what string, answer func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- answer() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("a known series or noted manifest waited for a mutex")
+		t.Fatalf("%s waited for a mutex", what)
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -349,20 +350,13 @@ func TestHotHitTakesNoLock(t *testing.T) {
 	h.put(h.generation(), info, []byte("a"))
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	done := make(chan bool)
-	go func() {
+	answeredWithoutLock(t, "a hit", func() error {
 		h.put(h.generation(), info, nil) // a warm blob GET, after its Store read
-		_, body, ok := h.get(info.Digest, true)
-		done <- ok && string(body) == "a"
-	}()
-	select {
-	case ok := <-done:
-		if !ok {
-			t.Fatal("the hit missed")
+		if _, body, ok := h.get(info.Digest, true); !ok || string(body) != "a" {
+			return errors.New("the hit missed")
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a hit waited for the store's mutex")
-	}
+		return nil
+	})
 }
 
 // CLOCK never makes an entry the victim of the put that brings it: a new
