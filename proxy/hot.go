@@ -86,6 +86,10 @@ type hotEntry struct {
 	touched atomic.Int64
 }
 
+// holds reports whether e already has what a put of body would give it:
+// a body is never replaced, nor added to by metadata only.
+func (e *hotEntry) holds(body []byte) bool { return e.body != nil || body == nil }
+
 // markUsed sets e's reference bit, writing only if it is not set yet.
 func (e *hotEntry) markUsed() {
 	if !e.used.Load() {
@@ -151,7 +155,7 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	// already: no lock, nothing to allocate. (An entry in the index is
 	// current: a removal takes it out.)
 	if v, ok := h.index.Load(info.Digest); ok {
-		if old := v.(*hotEntry); old.body != nil || body == nil {
+		if old := v.(*hotEntry); old.holds(body) {
 			old.markUsed()
 			return
 		}
@@ -164,15 +168,15 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	if gen != h.removals.Load() {
 		return
 	}
-	e := &hotEntry{info: info, body: body}
 	if el, ok := h.entries[info.Digest]; ok {
 		old := el.Value.(*hotEntry)
 		old.markUsed()
-		if old.body != nil || body == nil {
+		if old.holds(body) { // put there since the look above
 			return
 		}
 		// The body joins metadata a hit has just read: in use, and at
 		// the front, as far from the hand as a new entry.
+		e := &hotEntry{info: info, body: body}
 		e.used.Store(true)
 		e.touched.Store(old.touched.Load())
 		h.bytes += e.cost() - old.cost()
@@ -182,6 +186,7 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 		h.evict(0)
 		return
 	}
+	e := &hotEntry{info: info, body: body}
 	h.evict(e.cost())
 	h.entries[info.Digest] = h.ring.PushFront(e)
 	h.index.Store(info.Digest, e)
