@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -255,31 +256,7 @@ func BenchmarkSmallRequests(b *testing.B) {
 				client := clients[(j+r)%len(clients)]
 				settle(b, targets)
 				profiled := r == rounds-1 && j == 0 && t.profile != "" // one window of the last round
-				if profiled {
-					t.cmd.Process.Signal(syscall.SIGUSR1)
-				}
-				cpuBefore, selfBefore := processCPU(t.cmd.Process.Pid), processCPU(os.Getpid())
-				callsBefore := processSyscalls(t.cmd.Process.Pid)
-				rate, n, err := smallLoad(client, t.addr, paths, window)
-				if err != nil {
-					b.Fatalf("%s, %s client: %v", t.name, client, err)
-				}
-				if n > 0 {
-					perRequest := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
-					round[client][t.name+" cpu"] = perRequest(processCPU(t.cmd.Process.Pid) - cpuBefore)
-					round[client][t.name+" client cpu"] = perRequest(processCPU(os.Getpid()) - selfBefore)
-					if calls := processSyscalls(t.cmd.Process.Pid); calls >= 0 && callsBefore >= 0 {
-						round[client][t.name+" syscalls"] = float64(calls-callsBefore) / float64(n)
-					} else {
-						round[client][t.name+" syscalls"] = math.NaN()
-					}
-				}
-				if profiled {
-					t.cmd.Process.Signal(syscall.SIGUSR2)
-					waitFor(b, func() bool { _, err := os.Stat(t.profile + ".done"); return err == nil })
-					os.Remove(t.profile + ".done")
-				}
-				round[client][t.name] = rate
+				maps.Copy(round[client], measureWindow(b, t, client, paths, window, profiled))
 			}
 		}
 		for _, c := range clients {
@@ -302,6 +279,38 @@ func BenchmarkSmallRequests(b *testing.B) {
 			}
 		}
 	}
+}
+
+// measureWindow runs client against t for one window, profiled if asked,
+// and gives its figures under the target's name: req/s, and per answered
+// request the server's CPU (" cpu"), the load generator's (" client cpu")
+// and the server's read and write syscalls (" syscalls").
+func measureWindow(b *testing.B, t *target, client string, paths smallPaths, window time.Duration, profiled bool) map[string]float64 {
+	if profiled {
+		t.cmd.Process.Signal(syscall.SIGUSR1)
+	}
+	pid := t.cmd.Process.Pid
+	cpuBefore, selfBefore, callsBefore := processCPU(pid), processCPU(os.Getpid()), processSyscalls(pid)
+	rate, n, err := smallLoad(client, t.addr, paths, window)
+	if err != nil {
+		b.Fatalf("%s, %s client: %v", t.name, client, err)
+	}
+	out := map[string]float64{t.name: rate}
+	if n > 0 {
+		perRequest := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
+		out[t.name+" cpu"] = perRequest(processCPU(pid) - cpuBefore)
+		out[t.name+" client cpu"] = perRequest(processCPU(os.Getpid()) - selfBefore)
+		out[t.name+" syscalls"] = math.NaN()
+		if calls := processSyscalls(pid); calls >= 0 && callsBefore >= 0 {
+			out[t.name+" syscalls"] = float64(calls-callsBefore) / float64(n)
+		}
+	}
+	if profiled {
+		t.cmd.Process.Signal(syscall.SIGUSR2)
+		waitFor(b, func() bool { _, err := os.Stat(t.profile + ".done"); return err == nil })
+		os.Remove(t.profile + ".done")
+	}
+	return out
 }
 
 func median(xs []float64) float64 {
