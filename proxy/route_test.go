@@ -249,6 +249,13 @@ func TestHostAliasAllocatesNothing(t *testing.T) {
 	if name, ok := r.alias([]byte("GHCR.Mirror.LAN:5000")); !ok || name != "ghcr.io" {
 		t.Errorf("alias of a Host with a port and capitals = %q, %v", name, ok)
 	}
+	// A Host longer than the stack buffer takes strings.ToLower, and
+	// still finds its alias.
+	long := strings.Repeat("a", maxAliasedHost) + ".mirror.lan"
+	r.hostAliases[long] = "ghcr.io"
+	if name, ok := r.alias([]byte(strings.ToUpper(long) + ":5000")); !ok || name != "ghcr.io" {
+		t.Errorf("alias of a %d-byte Host = %q, %v", len(long), name, ok)
+	}
 	// Beyond ASCII the case rules stay strings.ToLower's, as before (U+0130
 	// lowercases to 'i').
 	if name, ok := r.alias([]byte("GHCR.MİRROR.LAN")); !ok || name != "ghcr.io" {
