@@ -74,8 +74,8 @@ func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) 
 // fill (started or joined), else a pass-through when the disk is full. ok
 // is false when the fill found the blob cached after all.
 func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
-	if reason, ok := s.passes.joinable(rq.ref.digest); ok {
-		r, err := s.servePassThrough(ctx, ex, rq, reason)
+	if p := s.passes.joinable(rq.ref.digest); p != nil {
+		r, err := s.servePassThrough(ctx, ex, rq, p.reason)
 		return r, true, err
 	}
 	if s.diskFull() {
@@ -93,7 +93,7 @@ func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 		return reply{}, false, nil
 	}
 	ex.outcome = OutcomeMiss.Joined(joined)
-	if f.request.registry != rq.registry || f.request.repo != rq.repo {
+	if !f.request.sameRepo(rq) {
 		// A fill started for another repository: for a private
 		// registry, upstream must show the blob in this one too.
 		if err := s.confirmInRepo(rq, rq.ref.digest, resourceBlob); err != nil {
@@ -463,8 +463,16 @@ func (s *Server) fillFallback(f *fill, size int64) func(prefix io.ReaderAt, pref
 
 // servePassThrough answers a blob GET from the shared upstream download of
 // its digest, without caching (see passthrough.go): the disk is full, or
-// the blob cannot fit in the cache.
+// the blob cannot fit in the cache. A download running for another
+// repository is shared only once upstream shows the blob in rq's as well
+// (private registries, see confirmInRepo): a pass-through is keyed by
+// digest, like the cache.
 func (s *Server) servePassThrough(ctx *fasthttp.RequestCtx, ex *exchange, rq request, reason string) (reply, error) {
+	if p := s.passes.joinable(rq.ref.digest); p != nil && !p.rq.sameRepo(rq) {
+		if err := s.confirmInRepo(rq, rq.ref.digest, resourceBlob); err != nil {
+			return reply{}, err
+		}
+	}
 	return s.servePassThroughVia(ctx, ex, rq, reason, nil, false)
 }
 

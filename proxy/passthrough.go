@@ -66,15 +66,11 @@ type passGroup struct {
 	lagWait time.Duration
 }
 
-// joinable tells whether a pass-through of d runs that new clients may
-// join, and why it runs.
-func (g *passGroup) joinable(d digest.Digest) (reason string, ok bool) {
+// joinable is the pass-through of d that new clients may join, or nil.
+func (g *passGroup) joinable(d digest.Digest) *passShare {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if p := g.shares[d]; p != nil {
-		return p.reason, true
-	}
-	return "", false
+	return g.shares[d]
 }
 
 // passShare is one upstream download of one uncached digest, shared by
@@ -148,12 +144,18 @@ func (s *Server) joinPass(rq request, reason string, prefix io.ReaderAt, prefixE
 
 // joinPassVia is joinPass trying share first: the one a fill handed its
 // body to, holding a place for this client when reserved.
+//
+// Another repository's download of the digest is joined only when rq's
+// repository may have the digest without asking upstream (linked: always
+// without private registries); otherwise rq gets a download of its own,
+// which upstream answers for rq's repository.
 func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason string, prefix io.ReaderAt, prefixEnd, off, end int64) *passReader {
 	g := &s.passes
 	d := rq.ref.digest
+	anyRepo := s.linked(rq, d)
 	g.mu.Lock()
 	for _, p := range []*passShare{share, g.shares[d]} {
-		if p == nil {
+		if p == nil || p != share && !anyRepo && !p.rq.sameRepo(rq) {
 			continue
 		}
 		p.mu.Lock()

@@ -233,3 +233,14 @@ func TestPassThroughCompletedStillJoinable(t *testing.T) {
 		t.Fatalf("%d upstream GETs", n)
 	}
 }
+
+// readers is how many clients read the joinable pass-through of d.
+func (g *passGroup) readers(d digest.Digest) int {
+	p := g.joinable(d)
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.readers)
+}

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
@@ -364,6 +366,77 @@ func TestPrivateRegistryScopesCache(t *testing.T) {
 	for _, p := range paths("team/c")[:2] { // a manifest and a layer: each waits out the upstream retries
 		resp, body := do(t, http.MethodGet, m.url+p, "")
 		wantRegistryError(t, "upstream down: GET "+p, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")
+	}
+}
+
+// TestPrivatePassThroughNotSharedAcrossRepos: a pass-through (here: the
+// disk is full, so misses are streamed without caching) is keyed by digest
+// like the cache, so a private blob's running download must not become a
+// way around the private registry either: a client naming the digest
+// through a public repository, or a private one upstream does not show it
+// in, is refused while the download runs; one that upstream confirms
+// joins it, and the blob still crosses once.
+func TestPrivatePassThroughNotSharedAcrossRepos(t *testing.T) {
+	r := startRegistries(t)
+	m := r.m
+	img := r.corp.PushRandomImage(t, "team/a", "v1", 1, 256<<10)
+	layer := testupstream.LayerDigests(t, img)[0]
+	r.front.AllowBlobs("team/a")
+	m.Server.diskFullUntil.Store(time.Now().Add(time.Hour).UnixNano())
+	gate := r.corp.Gate(layer).SetHeadBytes(1024)
+	blobURL := func(repo string) string {
+		return m.url + "/v2/" + repo + "/blobs/" + layer.String() + "?ns=" + url.QueryEscape(corpName)
+	}
+	type answer struct {
+		code int
+		body []byte
+	}
+	get := func(u string) <-chan answer {
+		ch := make(chan answer, 1)
+		go func() {
+			resp, err := http.Get(u)
+			if err != nil {
+				ch <- answer{}
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			ch <- answer{resp.StatusCode, body}
+		}()
+		return ch
+	}
+	first := get(blobURL("team/a"))
+	<-gate.Arrived() // team/a's download runs, held after its first KiB
+
+	for _, u := range []string{m.url + "/v2/library/x/blobs/" + layer.String(), blobURL("team/b")} {
+		var got answer
+		select {
+		case got = <-get(u):
+		case <-time.After(30 * time.Second): // it joined the held download
+			gate.Open()
+			got = <-get(u)
+		}
+		if got.code != http.StatusNotFound || !strings.Contains(string(got.body), "BLOB_UNKNOWN") {
+			t.Fatalf("GET %s while team/a's pass-through runs: %d %s, want 404 BLOB_UNKNOWN", u, got.code, got.body)
+		}
+	}
+
+	// Upstream shows the blob in team/b now: team/b joins the running
+	// download instead of starting its own.
+	r.corp.Push(t, "team/b", "v1", img)
+	r.front.AllowBlobs("team/b")
+	second := get(blobURL("team/b"))
+	eventually(t, "team/b's client joins the pass-through", func() bool {
+		return r.front.Requests(http.MethodHead, "team/b", "blobs") > 0 && m.Server.passes.readers(layer) == 2
+	})
+	gate.Open()
+	for _, ch := range []<-chan answer{first, second} {
+		if got := <-ch; got.code != http.StatusOK || digest.FromBytes(got.body) != layer {
+			t.Errorf("pass-through answer: %d, body %s, want 200 and %s", got.code, digest.FromBytes(got.body), layer)
+		}
+	}
+	if n := r.front.Requests(http.MethodGet, "team/b", "blobs"); n != 0 {
+		t.Errorf("team/b's client started its own download (%d upstream GETs) instead of joining", n)
 	}
 }
 

@@ -128,6 +128,13 @@ type request struct {
 	ref      reference
 }
 
+// sameRepo reports whether rq and o name the same repository of the same
+// registry: content fetched for one may be shared with the other without
+// asking upstream (see confirmInRepo).
+func (rq request) sameRepo(o request) bool {
+	return rq.registry == o.registry && rq.repo == o.repo
+}
+
 // router resolves what a request names to one of the configured upstreams.
 // Only those are ever dialled: a request that names another registry, in
 // any addressing form, is refused.
