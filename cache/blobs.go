@@ -142,6 +142,16 @@ func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
 // Put verifies and stores small content (a manifest). If d is already
 // stored, it returns the existing information without writing.
 func (s *Store) Put(d digest.Digest, mediaType string, data []byte) (BlobInfo, error) {
+	return s.put(d, mediaType, data, false)
+}
+
+// PutScoped is Put for content of a registry scoped per repository (see
+// Writer.Scope).
+func (s *Store) PutScoped(d digest.Digest, mediaType string, data []byte) (BlobInfo, error) {
+	return s.put(d, mediaType, data, true)
+}
+
+func (s *Store) put(d digest.Digest, mediaType string, data []byte, scoped bool) (BlobInfo, error) {
 	hex, err := validateDigest(d)
 	if err != nil {
 		return BlobInfo{}, err
@@ -154,6 +164,9 @@ func (s *Store) Put(d digest.Digest, mediaType string, data []byte) (BlobInfo, e
 	w, err := s.Create(d, mediaType)
 	if err != nil {
 		return BlobInfo{}, err
+	}
+	if scoped {
+		w.Scope()
 	}
 	if _, err := w.Write(data); err != nil {
 		w.Cancel()

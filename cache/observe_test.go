@@ -113,3 +113,50 @@ type nopObserver struct{}
 func (nopObserver) BlobAdded(BlobInfo)                    {}
 func (nopObserver) BlobAccessed(digest.Digest, time.Time) {}
 func (nopObserver) BlobRemoved(digest.Digest)             {}
+
+// addedInfos records the BlobInfo of every BlobAdded.
+type addedInfos struct {
+	nopObserver
+	infos []BlobInfo
+}
+
+func (a *addedInfos) BlobAdded(i BlobInfo) { a.infos = append(a.infos, i) }
+
+// TestScopedCommitsSaySo: content written for a registry scoped per
+// repository (Writer.Scope, PutScoped) is announced as Scoped, so that the
+// S3 tier can leave it out; any other commit is not.
+func TestScopedCommitsSaySo(t *testing.T) {
+	s := openStore(t, "")
+	a := &addedInfos{}
+	s.Subscribe(a)
+	plain, dPlain := blob(100, 11)
+	putScoped, dPutScoped := blob(100, 12)
+	written, dWritten := blob(100, 13)
+	mustPut(t, s, plain, dPlain, "x")
+	if _, err := s.PutScoped(dPutScoped, "x", putScoped); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.Create(dWritten, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Scope()
+	if _, err := w.Write(written); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(int64(len(written))); err != nil {
+		t.Fatal(err)
+	}
+	want := map[digest.Digest]bool{dPlain: false, dPutScoped: true, dWritten: true}
+	if len(a.infos) != len(want) {
+		t.Fatalf("heard %d adds, want %d", len(a.infos), len(want))
+	}
+	for _, info := range a.infos {
+		if info.Scoped != want[info.Digest] {
+			t.Errorf("%s announced with Scoped %v, want %v", info.Digest, info.Scoped, want[info.Digest])
+		}
+		if got, err := s.Stat(info.Digest); err != nil || got.Scoped {
+			t.Errorf("Stat(%s) = %+v, %v: Scoped is the event's, not stored", info.Digest, got, err)
+		}
+	}
+}

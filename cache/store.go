@@ -60,6 +60,12 @@ type BlobInfo struct {
 	MediaType  string
 	Created    time.Time
 	LastAccess time.Time
+	// Scoped is set on the BlobAdded event of content fetched for a
+	// registry whose content is scoped per repository (a private registry:
+	// Writer.Scope, PutScoped), so that an observer that shares content
+	// beyond this cache (the S3 tier) leaves it out. It is not stored:
+	// every other BlobInfo has it false.
+	Scoped bool
 }
 
 // TagRecord is what the cache remembers about a tag.

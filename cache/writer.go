@@ -41,6 +41,8 @@ type Writer struct {
 	state writerState
 	path  string // temp path; the blob path once committed
 	info  BlobInfo
+
+	scoped bool // Scope
 }
 
 // Create starts writing the blob d under tmp/. The caller must end with
@@ -171,10 +173,17 @@ func (w *Writer) Commit(expectedSize int64) (BlobInfo, error) {
 			// summing sizes stays right.
 			w.s.obs.removed(w.d)
 		}
-		w.s.obs.added(info)
+		event := info
+		event.Scoped = w.scoped
+		w.s.obs.added(event)
 	}
 	return info, nil
 }
+
+// Scope marks the blob as content of a registry scoped per repository:
+// the BlobAdded event of its commit says so (BlobInfo.Scoped). Call it
+// before Commit.
+func (w *Writer) Scope() { w.scoped = true }
 
 // publish renames the verified temp file into place and indexes it, or
 // drops it if the blob is already stored. It reports whether a record was

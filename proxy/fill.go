@@ -317,6 +317,9 @@ func (s *Server) startFill(rq request) (*fill, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.isPrivate(rq.registry) {
+		w.Scope() // kept out of the shared tier
+	}
 	release := func() {}
 	if s.opts.Hooks != nil {
 		release = s.opts.Hooks.Hold(d)

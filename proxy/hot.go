@@ -275,8 +275,18 @@ func (h *hotStore) ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, 
 // Put stores a verified manifest and keeps it hot: it was just fetched
 // because a client asked for it.
 func (h *hotStore) Put(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error) {
+	return h.keep(d, mediaType, data, h.Store.Put)
+}
+
+// PutScoped is Put for a private registry's manifest (cache.Writer.Scope).
+func (h *hotStore) PutScoped(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error) {
+	return h.keep(d, mediaType, data, h.Store.PutScoped)
+}
+
+// keep stores a verified manifest with put and keeps it hot.
+func (h *hotStore) keep(d digest.Digest, mediaType string, data []byte, put func(digest.Digest, string, []byte) (cache.BlobInfo, error)) (cache.BlobInfo, error) {
 	gen := h.generation()
-	info, err := h.Store.Put(d, mediaType, data)
+	info, err := put(d, mediaType, data)
 	if err == nil && info.Size == int64(len(data)) {
 		h.put(gen, info, data)
 	}

@@ -100,7 +100,11 @@ func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want
 		return manifest{}, fmt.Errorf("%w: asked for %s, got %s", errUpstreamCorrupt, want, got)
 	}
 	mediaType := manifestMediaType(desc.MediaType, body)
-	info, err := s.manifests.Put(got, mediaType, body)
+	put := s.manifests.Put
+	if s.isPrivate(rq.registry) {
+		put = s.manifests.PutScoped // kept out of the shared tier
+	}
+	info, err := put(got, mediaType, body)
 	if err != nil {
 		s.log.Error("caching manifest", "registry", rq.registry, "repo", rq.repo, "digest", got, "err", err)
 		info = cache.BlobInfo{Digest: got, Size: int64(len(body)), MediaType: mediaType}

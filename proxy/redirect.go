@@ -27,6 +27,11 @@ func (s *Server) redirectBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 	if !ok || s.fills.get(rq.ref.digest) != nil || ex.user == peerUser || s.internalClient(ctx) {
 		return reply{}, false
 	}
+	if !s.linked(rq, rq.ref.digest) {
+		// With private registries, a repository gets a digest it did not
+		// fetch only through confirmInRepo, on the path a redirect skips.
+		return reply{}, false
+	}
 	uctx, cancel := context.WithTimeout(s.fillCtx, s.opts.UpstreamTimeout)
 	defer cancel()
 	url, ok := r.BlobRedirect(uctx, rq.repo, rq.ref.digest)

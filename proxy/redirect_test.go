@@ -43,18 +43,7 @@ func TestBlobRedirect(t *testing.T) {
 	}
 	blob := "/v2/library/alpine/blobs/" + digest.FromString("b").String()
 	do := func(method string, ip string, header ...string) *fasthttp.Response {
-		var req fasthttp.Request
-		req.Header.SetMethod(method)
-		req.SetRequestURI(blob)
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		var ctx fasthttp.RequestCtx
-		ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
-		s.Handler()(&ctx)
-		var resp fasthttp.Response
-		ctx.Response.CopyTo(&resp)
-		return &resp
+		return serveOnce(s, method, blob, ip, header...)
 	}
 	resp := do("GET", "203.0.113.7")
 	if resp.StatusCode() != 307 || string(resp.Header.Peek("Location")) != "http://store.example/b/obj?sig=x" ||
@@ -75,5 +64,57 @@ func TestBlobRedirect(t *testing.T) {
 	}
 	if up.asked != 1 {
 		t.Errorf("BlobRedirect asked %d times, want 1", up.asked)
+	}
+}
+
+// serveOnce answers one request from ip through s's handler.
+func serveOnce(s *Server, method, uri, ip string, header ...string) *fasthttp.Response {
+	var req fasthttp.Request
+	req.Header.SetMethod(method)
+	req.SetRequestURI(uri)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
+	s.Handler()(&ctx)
+	var resp fasthttp.Response
+	ctx.Response.CopyTo(&resp)
+	return &resp
+}
+
+// TestBlobRedirectNeedsALink: with a private registry configured, a
+// repository gets a digest it did not fetch only once upstream confirms it
+// there (confirmInRepo), so a redirect, which skips that, is offered only
+// for a digest linked to the repository.
+func TestBlobRedirectNeedsALink(t *testing.T) {
+	hub, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corp, err := upstream.New(upstream.Options{Name: "registry.corp:5000", URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	s, err := New(Options{Registries: []Upstream{&redirecting{Registry: hub}, corp}, Store: store,
+		PrivateRegistries: map[string]bool{"registry.corp:5000": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("a private layer")
+	blob := "/v2/library/x/blobs/" + d.String()
+	if resp := serveOnce(s, "GET", blob, "203.0.113.7"); resp.StatusCode() == 307 {
+		t.Fatalf("unlinked digest: redirected to %s without confirming it in library/x", resp.Header.Peek("Location"))
+	}
+	if err := store.AddLink("docker.io", "library/x", d); err != nil {
+		t.Fatal(err)
+	}
+	if resp := serveOnce(s, "GET", blob, "203.0.113.7"); resp.StatusCode() != 307 {
+		t.Fatalf("linked digest: %d, want 307", resp.StatusCode())
 	}
 }

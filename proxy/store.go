@@ -27,6 +27,7 @@ type blobStore interface {
 type manifestStore interface {
 	ReadAll(d digest.Digest, max int64) ([]byte, cache.BlobInfo, error)
 	Put(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error)
+	PutScoped(d digest.Digest, mediaType string, data []byte) (cache.BlobInfo, error)
 }
 
 // tagStore is what tag freshness uses: the digest a tag pointed to, and

@@ -546,3 +546,48 @@ func TestL2CutResumes(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivateContentStaysOutOfS3: a private registry's content is never
+// uploaded. The bucket serves every node by digest alone, while a private
+// registry's upstream decides per repository who may read it. Node A pulls
+// a private image and a public one; once A's uploads are done, only the
+// public image is in the bucket, and node B, asked for the private layer
+// through a public repository, answers what that registry answers (404),
+// not the bucket's copy.
+func TestPrivateContentStaysOutOfS3(t *testing.T) {
+	s := sharedStore(t)
+	hub := testupstream.Start(t)
+	hub.PushRandomImage(t, "library/app", "v1", 1, 4096)
+	corp := testupstream.Start(t, testupstream.WithCredentials("mirror", "s3cret"))
+	img := corp.PushRandomImage(t, "team/a", "v1", 1, 4096)
+	const corpName = "registry.corp:5000"
+	private := fmt.Sprintf("\n[[registry]]\nname = %q\nurl = %q\nusername = \"mirror\"\npassword = \"s3cret\"\nprivate = true\n", corpName, corp.URL())
+	prefix := "t-private/"
+	a := startNode(t, hub, s, prefix, private)
+
+	if got := testpull.NS(t, a.URL, corpName, "team/a", "v1"); got != testupstream.Digest(t, img) {
+		t.Fatalf("private manifest %s, want %s", got, testupstream.Digest(t, img))
+	}
+	p := pull(t, a.URL, "library/app", "v1")
+	a.waitUploaded(t, len(p.blobs)+2) // the public image's blobs, manifest and tag record
+	if n := a.metric(t, "regmirror_s3_uploads_total"); n != float64(len(p.blobs)+2) {
+		t.Errorf("%v objects uploaded, want the public image's %d", n, len(p.blobs)+2)
+	}
+	for _, d := range append(testupstream.LayerDigests(t, img), testupstream.Digest(t, img)) {
+		if _, err := os.Stat(objectFile(s, prefix, d)); err == nil {
+			t.Errorf("the private registry's %s is in the bucket", d)
+		}
+	}
+	for _, d := range append(p.blobs, p.manifest) {
+		if _, err := os.Stat(objectFile(s, prefix, d)); err != nil {
+			t.Errorf("the public image's %s is not in the bucket: %v", d, err)
+		}
+	}
+
+	b := startNode(t, hub, s, prefix, private)
+	layer := testupstream.LayerDigests(t, img)[0]
+	resp, body := testpull.Send(t, http.MethodGet, b.URL+"/v2/library/x/blobs/"+layer.String())
+	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "BLOB_UNKNOWN") {
+		t.Errorf("node B, private layer through a public name: %d %.200q, want 404 BLOB_UNKNOWN", resp.StatusCode, body)
+	}
+}

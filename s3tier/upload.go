@@ -33,9 +33,12 @@ func (j job) release() {
 }
 
 // BlobAdded queues a blob the cache just committed (verified) for upload;
-// it never blocks. Subscribe the Tier to the cache's commits.
+// it never blocks. Subscribe the Tier to the cache's commits. A private
+// registry's content (info.Scoped) is not uploaded: the tier serves any
+// node by digest alone, and a private registry's upstream decides per
+// repository who may read it (proxy/private.go).
 func (t *Tier) BlobAdded(info cache.BlobInfo) {
-	if t.o.Files == nil || !usableDigest(info.Digest) || t.isKnown(info.Digest) {
+	if t.o.Files == nil || info.Scoped || !usableDigest(info.Digest) || t.isKnown(info.Digest) {
 		return
 	}
 	release := func() {}
