@@ -161,6 +161,12 @@ type PreloadOptions struct {
 	Progress Progress
 }
 
+// preloadingPin names the pin that holds an image's content while a
+// preload downloads it. It is not an image reference, so the image list
+// does not show it; a preload killed midway leaves it, and the next
+// preload of the image removes it.
+func preloadingPin(ref imageref.Ref) string { return ref.String() + " (preloading)" }
+
 // PreloadResult sums up a preload.
 type PreloadResult struct {
 	OK, Failed   int
@@ -171,8 +177,13 @@ type PreloadResult struct {
 
 // Preload pulls each image through p, one after another (each image's
 // blobs Parallel at a time), and pins it under its full reference with
-// exactly the digests it read. An image that fails is reported and
-// unpinned; the others go on.
+// exactly the digests it read. An image that fails is reported and what
+// this run pinned of it is unpinned; the others go on.
+//
+// While an image downloads, what has arrived is pinned under a pin of its
+// own (preloadingPin), not under the image's: a run that fails, say a
+// re-run while upstream is down, must not take away or shrink the pin an
+// earlier, complete run left.
 func Preload(ctx context.Context, p *Puller, o PreloadOptions) PreloadResult {
 	pg := orNone(o.Progress)
 	bars := make([]Bar, len(o.Refs))
@@ -184,16 +195,16 @@ func Preload(ctx context.Context, p *Puller, o PreloadOptions) PreloadResult {
 	var lines []string
 	for i, ref := range o.Refs {
 		start := time.Now()
+		partial := preloadingPin(ref)
 		pulled, err := p.Pull(ctx, ref, PullOptions{Platforms: o.Platforms, Bar: bars[i], Total: total,
-			Pin: func(ctx context.Context, ds []digest.Digest) error { return o.Pins.Pin(ctx, ref.String(), ds) }})
+			Pin: func(ctx context.Context, ds []digest.Digest) error { return o.Pins.Pin(ctx, partial, ds) }})
 		if err == nil {
 			err = o.Pins.Pin(ctx, ref.String(), pulled.Digests)
-		} else if len(pulled.Digests) > 0 {
-			// Pinned piece by piece while it downloaded: an image that did
-			// not arrive whole is not left pinned.
-			if uerr := o.Pins.Unpin(ctx, ref.String()); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
-				err = errors.Join(err, uerr)
-			}
+		}
+		// The image's own pin holds what arrived (or the earlier run's
+		// pin still does): the pin of the download goes.
+		if uerr := o.Pins.Unpin(ctx, partial); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
+			err = errors.Join(err, uerr)
 		}
 		res.Blobs += pulled.Fetched
 		res.FetchedBytes += pulled.FetchedBytes

@@ -2,6 +2,7 @@ package airgap
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
@@ -96,5 +98,61 @@ func TestNewPullerRefusesAPath(t *testing.T) {
 		if _, err := NewPuller(Mirror{URL: u, DefaultRegistry: "docker.io"}); err == nil {
 			t.Errorf("NewPuller(%q) accepted it", u)
 		}
+	}
+}
+
+// pinBook is a Pinner that keeps pins in memory.
+type pinBook struct {
+	mu   sync.Mutex
+	pins map[string][]digest.Digest
+}
+
+func (b *pinBook) Pin(_ context.Context, name string, ds []digest.Digest) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.pins[name] = slices.Clone(ds)
+	return nil
+}
+
+func (b *pinBook) Unpin(_ context.Context, name string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.pins[name]; !ok {
+		return admin.ErrNoSuchPin
+	}
+	delete(b.pins, name)
+	return nil
+}
+
+// TestPreloadFailureKeepsTheEarlierPin: a preload that fails midway (a
+// re-run while upstream serves bad blobs, or is down) leaves the pin of an
+// earlier, complete preload of the image as it was, and no pin of its own.
+func TestPreloadFailureKeepsTheEarlierPin(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomOCIImage(t, "org/app", "v2", 2, 4<<10)
+	p, err := NewPuller(Mirror{URL: up.URL(), DefaultRegistry: "docker.io"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ref, _ := imageref.Parse("org/app:v2")
+	book := &pinBook{pins: map[string][]digest.Digest{}}
+	preload := func() PreloadResult {
+		return Preload(t.Context(), p, PreloadOptions{Refs: []imageref.Ref{ref}, Pins: book, Out: io.Discard})
+	}
+	if res := preload(); res.OK != 1 {
+		t.Fatalf("first preload: %+v", res)
+	}
+	want := slices.Sorted(slices.Values(graphOf(t, img)))
+	if got := slices.Sorted(slices.Values(book.pins[ref.String()])); !slices.Equal(got, want) || len(book.pins) != 1 {
+		t.Fatalf("after the first preload: pins %v, want %s pinning %v", book.pins, ref, want)
+	}
+
+	up.CorruptBlobs(true)
+	if res := preload(); res.Failed != 1 {
+		t.Fatalf("second preload, blobs corrupt upstream: %+v, want a failure", res)
+	}
+	if got := slices.Sorted(slices.Values(book.pins[ref.String()])); !slices.Equal(got, want) || len(book.pins) != 1 {
+		t.Fatalf("after the failed preload: pins %v, want %s pinning %v as before", book.pins, ref, want)
 	}
 }
