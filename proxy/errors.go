@@ -200,10 +200,15 @@ func withChallenge(err error) error {
 // handler's, through finish; the HTTP layer's; a recovered panic's). Beside
 // the JSON body it sets the headers some errors call for: Retry-After, a
 // Basic challenge for a client that must log in, and Content-Range for an
-// unsatisfiable range.
+// unsatisfiable range. It drops the headers a handler had set for the body
+// the error replaces (a year's Cache-Control, the digest and ETag): a cache
+// in front of the mirror would keep a 416 or a 500 as that blob.
 func writeError(ctx *fasthttp.RequestCtx, err error, res resource) wireError {
 	w := toWire(err, res)
 	ctx.Response.ResetBody()
+	for _, h := range [][]byte{hdrCacheControl, hdrETag, hdrDockerContentDigest} {
+		ctx.Response.Header.DelBytes(h)
+	}
 	ctx.SetStatusCode(w.Status)
 	ctx.SetContentType("application/json")
 	if w.RetryAfter > 0 {

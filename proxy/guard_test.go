@@ -119,6 +119,11 @@ func wantJSONError(t *testing.T, what string, resp *http.Response, body []byte, 
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("%s: Content-Type %q, want application/json", what, ct)
 	}
+	for _, h := range []string{"Cache-Control", "ETag", "Docker-Content-Digest"} {
+		if v := resp.Header.Get(h); v != "" {
+			t.Errorf("%s: the error carries %s: %s, set for the body it replaced", what, h, v)
+		}
+	}
 	var e wireBody
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 || e.Errors[0].Code != code || e.Errors[0].Message == "" {
 		t.Errorf("%s: body %q, want one registry error %s", what, body, code)

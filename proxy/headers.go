@@ -16,7 +16,7 @@ import (
 
 var (
 	hdrDockerContentDigest = []byte("Docker-Content-Digest")
-	hdrETag                = []byte("ETag")
+	hdrETag                = []byte("Etag") // as fasthttp (and net/http) normalise it, so that Del finds it
 	hdrAcceptRanges        = []byte("Accept-Ranges")
 	hdrCacheControl        = []byte("Cache-Control")
 	hdrAPIVersion          = []byte("Docker-Distribution-API-Version")
