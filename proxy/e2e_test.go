@@ -141,6 +141,24 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestLayerAskedForAsManifest: a cached layer larger than a manifest may
+// be, asked for as a manifest, is answered as upstream answers it (404
+// MANIFEST_UNKNOWN), as before it was cached: not a 500 that would tell
+// what the cache holds.
+func TestLayerAskedForAsManifest(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/alpine", "latest", 1, 8<<10)
+	m := startMirror(t, up, func(st *mirrorSetup) { st.MaxManifestSize = 4 << 10 })
+	layer := testupstream.LayerDigests(t, img)[0]
+	asManifest := m.url + "/v2/library/alpine/manifests/" + layer.String()
+	for _, when := range []string{"not cached", "cached"} {
+		resp, body := send(t, http.MethodGet, asManifest)
+		wantJSONError(t, when+": GET "+asManifest, resp, body, http.StatusNotFound, "MANIFEST_UNKNOWN")
+		resp, body = send(t, http.MethodGet, m.url+"/v2/library/alpine/blobs/"+layer.String())
+		wantContent(t, "the layer", resp, body, layer)
+	}
+}
+
 func TestRateLimitPassedOn(t *testing.T) {
 	up := testupstream.Start(t)
 	m := startMirror(t, up)

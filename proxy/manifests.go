@@ -67,7 +67,10 @@ func (s *Server) manifestByDigest(rq request) (manifest, Outcome, error) {
 		}
 		return m, OutcomeHit, nil
 	}
-	if !errors.Is(err, cache.ErrNotFound) {
+	// Content under d too large for a manifest (a layer's digest, asked
+	// for as a manifest) is for upstream to answer, as if not cached: the
+	// answer must not tell what the cache holds.
+	if !errors.Is(err, cache.ErrNotFound) && !errors.Is(err, cache.ErrTooLarge) {
 		return manifest{}, OutcomeNone, err
 	}
 	if s.opts.Offline {
