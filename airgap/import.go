@@ -186,9 +186,16 @@ func (s sink) Open(d digest.Digest) (io.ReadCloser, int64, error) {
 	return admin.Source{Store: s.st}.Open(d)
 }
 
+// Has opens the file, not only the record: a record whose file went while
+// the mirror was stopped (a clean start trusts the index) is dropped by the
+// open, and the archive's copy then restores the blob.
 func (s sink) Has(d digest.Digest) bool {
-	_, err := s.st.Stat(d)
-	return err == nil
+	f, _, err := s.st.Open(d)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 func (s sink) Put(d digest.Digest, size int64, mediaType string, r io.Reader) error {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -184,4 +186,51 @@ func TestImportRollsBackRecords(t *testing.T) {
 	if rec, err := st.Tag("docker.io", "org/one", "v1"); err != nil || rec.Digest != one.Digest {
 		t.Fatalf("tag after import: %v %v", rec.Digest, err)
 	}
+}
+
+// TestImportRestoresAMissingFile: a blob whose file went while the cache
+// was closed (cleanly, so the next start trusts its index and the record
+// stays) is restored from an archive that holds it, not skipped as
+// cached.
+func TestImportRestoresAMissingFile(t *testing.T) {
+	src := memSource{}
+	img := src.addImage(t, "docker.io/org/app:v1", 2)
+	dir := t.TempDir()
+	st, err := cache.Open(cache.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layer digest.Digest
+	for d, b := range src {
+		if d != img.Digest {
+			layer = d
+			if _, err := st.Put(d, "application/octet-stream", b); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "blobs", "sha256", layer.Encoded()[:2], layer.Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	st, err = cache.Open(cache.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Stat(layer); err != nil {
+		t.Fatalf("the record went at the start (%v): this test needs it kept", err)
+	}
+	local := &admin.Local{Store: st, Evictor: &evictor{pinned: map[string]bool{}}}
+	if _, err := Import(t.Context(), bytes.NewReader(writeArchive(t, src, img)), st, local, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, _, err := st.Open(layer)
+	if err != nil {
+		t.Fatalf("after the import, %s: %v", layer, err)
+	}
+	f.Close()
 }
