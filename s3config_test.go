@@ -136,7 +136,9 @@ func (f fakeUpstream) HeadBlob(context.Context, string, digest.Digest) (int64, e
 func (f fakeUpstream) GetBlob(context.Context, string, digest.Digest, int64) (*upstream.Blob, error) {
 	return nil, upstream.ErrNotFound
 }
-func (f fakeUpstream) ListTags(context.Context, string, string) ([]byte, error) { return nil, nil }
+func (f fakeUpstream) ListTags(context.Context, string, string) (upstream.TagPage, error) {
+	return upstream.TagPage{}, nil
+}
 func (f fakeUpstream) Referrers(context.Context, string, digest.Digest, string) ([]byte, upstream.Descriptor, error) {
 	return []byte("referrers"), upstream.Descriptor{}, nil
 }

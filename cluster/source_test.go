@@ -35,7 +35,9 @@ func (f *fakeUpstream) GetManifest(context.Context, string, string) ([]byte, ups
 func (f *fakeUpstream) HeadBlob(context.Context, string, digest.Digest) (int64, error) {
 	return int64(len(f.content)), nil
 }
-func (f *fakeUpstream) ListTags(context.Context, string, string) ([]byte, error) { return nil, nil }
+func (f *fakeUpstream) ListTags(context.Context, string, string) (upstream.TagPage, error) {
+	return upstream.TagPage{}, nil
+}
 func (f *fakeUpstream) GetBlob(_ context.Context, _ string, _ digest.Digest, offset int64) (*upstream.Blob, error) {
 	f.gets.Add(1)
 	return &upstream.Blob{Body: io.NopCloser(strings.NewReader(f.content[offset:])), Offset: offset, Size: int64(len(f.content))}, nil

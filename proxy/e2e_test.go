@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +18,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/internal/testupstream"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 func TestPullImagesThroughMirror(t *testing.T) {
@@ -529,5 +534,53 @@ func TestOfflineTagList(t *testing.T) {
 	}
 	if n := up.Count(http.MethodGet, "/v2/library/alpine/tags/list"); n != before {
 		t.Errorf("offline mirror asked upstream %d times", n-before)
+	}
+}
+
+// pagedTags is a registry whose tag list comes in two pages, the first
+// with a next link, as registries answer a request with n.
+type pagedTags struct {
+	stubUpstream
+	mu    sync.Mutex
+	asked []string // the queries upstream saw
+}
+
+func (p *pagedTags) ListTags(_ context.Context, _ string, rawQuery string) (upstream.TagPage, error) {
+	p.mu.Lock()
+	p.asked = append(p.asked, rawQuery)
+	p.mu.Unlock()
+	if q, _ := url.ParseQuery(rawQuery); q.Get("last") == "" {
+		return upstream.TagPage{Body: []byte(`{"name":"x","tags":["a","b"]}`), Next: url.Values{"n": {"2"}, "last": {"b"}}}, nil
+	}
+	return upstream.TagPage{Body: []byte(`{"name":"x","tags":["c"]}`)}, nil
+}
+
+// TestTagListPages: a tag list upstream pages is paged for the client too:
+// the answer has a Link to the next page under the mirror's own path, with
+// the client's other parameters (ns) kept, and following it asks upstream
+// for that page. Clients that page (crane, skopeo) would otherwise stop
+// after the first.
+func TestTagListPages(t *testing.T) {
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	corp := &pagedTags{stubUpstream: stubUpstream{"registry.corp:5000"}}
+	s, err := New(Options{Registries: []Upstream{stubUpstream{"docker.io"}, corp}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := serveOnce(s, "GET", "/v2/team/x/tags/list?n=2&ns=registry.corp%3A5000", "203.0.113.7")
+	wantLink := `</v2/team/x/tags/list?last=b&n=2&ns=registry.corp%3A5000>; rel="next"`
+	if got := string(resp.Header.Peek("Link")); resp.StatusCode() != 200 || got != wantLink {
+		t.Fatalf("first page: %d, Link %q, want %q", resp.StatusCode(), got, wantLink)
+	}
+	resp = serveOnce(s, "GET", "/v2/team/x/tags/list?last=b&n=2&ns=registry.corp%3A5000", "203.0.113.7")
+	if resp.StatusCode() != 200 || string(resp.Body()) != `{"name":"x","tags":["c"]}` || len(resp.Header.Peek("Link")) != 0 {
+		t.Fatalf("second page: %d %s, Link %q", resp.StatusCode(), resp.Body(), resp.Header.Peek("Link"))
+	}
+	if want := []string{"n=2", "last=b&n=2"}; !slices.Equal(corp.asked, want) {
+		t.Errorf("upstream was asked %q, want %q", corp.asked, want)
 	}
 }

@@ -78,11 +78,11 @@ func (u *meteredUpstream) GetBlob(ctx context.Context, repo string, d digest.Dig
 	return b, err
 }
 
-func (u *meteredUpstream) ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error) {
+func (u *meteredUpstream) ListTags(ctx context.Context, repo, rawQuery string) (upstream.TagPage, error) {
 	start := time.Now()
-	body, err := u.Upstream.ListTags(ctx, repo, rawQuery)
-	u.done("tags", start, int64(len(body)), err)
-	return body, err
+	page, err := u.Upstream.ListTags(ctx, repo, rawQuery)
+	u.done("tags", start, int64(len(page.Body)), err)
+	return page, err
 }
 
 func (u *meteredReferrers) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, upstream.Descriptor, error) {

@@ -37,8 +37,8 @@ func (u stubUpstream) HeadBlob(context.Context, string, digest.Digest) (int64, e
 func (u stubUpstream) GetBlob(context.Context, string, digest.Digest, int64) (*upstream.Blob, error) {
 	return nil, upstream.ErrUnavailable
 }
-func (u stubUpstream) ListTags(context.Context, string, string) ([]byte, error) {
-	return nil, upstream.ErrUnavailable
+func (u stubUpstream) ListTags(context.Context, string, string) (upstream.TagPage, error) {
+	return upstream.TagPage{}, upstream.ErrUnavailable
 }
 
 // policy lets clients that send "X-Team: corp" see registry corp.

@@ -38,7 +38,7 @@ type Upstream interface {
 	GetManifest(ctx context.Context, repo, ref string) ([]byte, upstream.Descriptor, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error)
-	ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error)
+	ListTags(ctx context.Context, repo, rawQuery string) (upstream.TagPage, error)
 }
 
 // FillHooks lets the cache's owner hear about fills. Hold is called before a

@@ -14,7 +14,8 @@ import (
 
 // serveTags passes /v2/<name>/tags/list through to upstream, and keeps the
 // last full answer to serve while upstream is down or the mirror offline.
-// A page of a paginated listing (n, last) is passed through only.
+// A page of a paginated listing (n, last) is passed through only; when
+// upstream says there is a next page, so does the answer (nextTagsLink).
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	query := url.Values{}
 	for _, key := range []string{"n", "last"} {
@@ -26,13 +27,37 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 		load: func() ([]byte, error) { return s.answers.TagList(rq.registry, rq.repo) },
 		save: func(body []byte) error { return s.answers.SetTagList(rq.registry, rq.repo, body) },
 	}
+	var next url.Values
 	body, outcome, err := s.keptAnswer(rq, rq.repo, "tags", kept, len(query) == 0,
-		func(uctx context.Context) ([]byte, error) { return rq.up.ListTags(uctx, rq.repo, query.Encode()) })
+		func(uctx context.Context) ([]byte, error) {
+			page, err := rq.up.ListTags(uctx, rq.repo, query.Encode())
+			next = page.Next
+			return page.Body, err
+		})
 	ex.outcome = outcome
 	if err != nil {
 		return reply{}, err
 	}
+	if next != nil && outcome == OutcomeMiss {
+		ctx.Response.Header.Set("Link", nextTagsLink(ex.path, ctx.QueryArgs(), next))
+	}
 	return bodyReply("application/json", body), nil
+}
+
+// nextTagsLink is the Link header that points a client to the next page of
+// a tag list: the path it asked, with its query (ns included) but for n and
+// last, which are the next page's.
+func nextTagsLink(path string, asked *fasthttp.Args, next url.Values) string {
+	query := url.Values{}
+	for k, v := range asked.All() {
+		if key := string(k); key != "n" && key != "last" {
+			query.Add(key, string(v))
+		}
+	}
+	for k, vs := range next {
+		query[k] = vs
+	}
+	return "<" + path + "?" + query.Encode() + `>; rel="next"`
 }
 
 // keptRecord is the cache record where keptAnswer keeps an answer.

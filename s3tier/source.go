@@ -24,7 +24,7 @@ type Upstream interface {
 	GetManifest(ctx context.Context, repo, ref string) ([]byte, upstream.Descriptor, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error)
-	ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error)
+	ListTags(ctx context.Context, repo, rawQuery string) (upstream.TagPage, error)
 }
 
 // Source reads through L2 in front of next (the owner peer or upstream);
@@ -83,7 +83,7 @@ func (s *Source) Name() string { return s.next.Name() }
 func (s *Source) Repository(name string) string { return s.next.Repository(name) }
 
 // ListTags is next's: tag lists are not kept in L2.
-func (s *Source) ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error) {
+func (s *Source) ListTags(ctx context.Context, repo, rawQuery string) (upstream.TagPage, error) {
 	return s.next.ListTags(ctx, repo, rawQuery)
 }
 

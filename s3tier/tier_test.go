@@ -102,9 +102,9 @@ func (f *failingNext) GetBlob(context.Context, string, digest.Digest, int64) (*u
 	f.calls++
 	return nil, upstream.ErrUnavailable
 }
-func (f *failingNext) ListTags(context.Context, string, string) ([]byte, error) {
+func (f *failingNext) ListTags(context.Context, string, string) (upstream.TagPage, error) {
 	f.calls++
-	return nil, upstream.ErrUnavailable
+	return upstream.TagPage{}, upstream.ErrUnavailable
 }
 
 // TestUploadIfNoneMatchAndRangedRead: a committed blob (small: one PUT;

@@ -256,14 +256,14 @@ func (f *Failover) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 }
 
 // ListTags asks each source in turn.
-func (f *Failover) ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error) {
-	var body []byte
+func (f *Failover) ListTags(ctx context.Context, repo, rawQuery string) (TagPage, error) {
+	var page TagPage
 	_, err := f.each(ctx, "GET tags of "+repo, "", true, func(ctx context.Context, r *Registry) error {
 		var err error
-		body, err = r.ListTags(ctx, repo, rawQuery)
+		page, err = r.ListTags(ctx, repo, rawQuery)
 		return err
 	})
-	return body, err
+	return page, err
 }
 
 // Referrers asks each source in turn.

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -119,21 +120,70 @@ func (r *Registry) GetManifest(ctx context.Context, repo, ref string) ([]byte, D
 	return body, Descriptor{Digest: d, MediaType: mt, Size: int64(len(body))}, nil
 }
 
-// ListTags returns the body of GET /v2/<repo>/tags/list?<rawQuery> (the
-// query, e.g. "n=100&last=x", is re-encoded), capped at 4 MiB (ErrTooLarge).
-func (r *Registry) ListTags(ctx context.Context, repo, rawQuery string) ([]byte, error) {
+// TagPage is one page of a repository's tag list: the body as upstream
+// sent it and, when upstream says there is a next page (a Link header with
+// rel="next"), that page's query: its n and last, and nothing else, for
+// the mirror to offer under its own path (a Link's URL is never followed).
+type TagPage struct {
+	Body []byte
+	Next url.Values // nil: the last page
+}
+
+// ListTags returns GET /v2/<repo>/tags/list?<rawQuery> (the query, e.g.
+// "n=100&last=x", is re-encoded), its body capped at 4 MiB (ErrTooLarge).
+func (r *Registry) ListTags(ctx context.Context, repo, rawQuery string) (TagPage, error) {
 	repo, err := r.checkRepo(repo)
 	if err != nil {
-		return nil, err
+		return TagPage{}, err
 	}
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, fmt.Errorf("%w: tags query %q: %v", ErrInvalidName, rawQuery, err)
+		return TagPage{}, fmt.Errorf("%w: tags query %q: %v", ErrInvalidName, rawQuery, err)
 	}
 	req := request{method: http.MethodGet, repo: repo, path: "tags/list", query: q.Encode(),
 		header: http.Header{"Accept": {"application/json"}}}
-	body, _, err := r.getSmall(ctx, req, maxTagListSize, "GET tags of "+repo)
-	return body, err
+	body, hdr, err := r.getSmall(ctx, req, maxTagListSize, "GET tags of "+repo)
+	if err != nil {
+		return TagPage{}, err
+	}
+	return TagPage{Body: body, Next: nextTagPage(hdr.Values("Link"))}, nil
+}
+
+// nextTagPage is the n and last of the rel="next" link among links
+// (RFC 8288: "<url>; rel=next", several per header or in several
+// headers), or nil when there is none or it names no last.
+func nextTagPage(links []string) url.Values {
+	for _, header := range links {
+		for _, link := range strings.Split(header, ",") {
+			target, params, ok := strings.Cut(link, ";")
+			target = strings.TrimSpace(target)
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") || !relNext(params) {
+				continue
+			}
+			u, err := url.Parse(target[1 : len(target)-1])
+			if err != nil || u.Query().Get("last") == "" {
+				continue
+			}
+			next := url.Values{"last": {u.Query().Get("last")}}
+			if n := u.Query().Get("n"); n != "" {
+				next.Set("n", n)
+			}
+			return next
+		}
+	}
+	return nil
+}
+
+// relNext reports whether a link's parameters have rel="next" (the rel
+// may list several types).
+func relNext(params string) bool {
+	for _, p := range strings.Split(params, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), "rel") && slices.Contains(strings.Fields(strings.ToLower(strings.Trim(strings.TrimSpace(v), `"`))), "next") {
+			return true
+		}
+	}
+	return false
 }
 
 // getSmall does req and reads its 200 body whole, up to max bytes.

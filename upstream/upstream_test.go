@@ -587,16 +587,46 @@ func TestListTags(t *testing.T) {
 	up.Tag(t, "a", "v2", img)
 	up.Tag(t, "a", "v3", img)
 	r := newReg(t, up, Options{})
-	body, err := r.ListTags(context.Background(), "a", "n=2")
+	page, err := r.ListTags(context.Background(), "a", "n=2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.TrimSpace(string(body)); got != `{"name":"a","tags":["v1","v2"]}` {
+	if got := strings.TrimSpace(string(page.Body)); got != `{"name":"a","tags":["v1","v2"]}` {
 		t.Fatalf("tags: %s", got)
 	}
-	body, err = r.ListTags(context.Background(), "a", "last=v2")
-	if err != nil || !strings.Contains(string(body), `["v3"]`) {
-		t.Fatalf("tags after v2: %s %v", body, err)
+	page, err = r.ListTags(context.Background(), "a", "last=v2")
+	if err != nil || !strings.Contains(string(page.Body), `["v3"]`) {
+		t.Fatalf("tags after v2: %s %v", page.Body, err)
+	}
+}
+
+// TestNextTagPage: the next page of a tag list is read from upstream's
+// Link header (RFC 8288, as registries write it), keeping only its n and
+// last: the link's host and path are never used.
+func TestNextTagPage(t *testing.T) {
+	for _, tc := range []struct {
+		links []string
+		want  string // url.Values encoded; "" for none
+	}{
+		{nil, ""},
+		{[]string{`</v2/a/tags/list?n=2&last=v2>; rel="next"`}, "last=v2&n=2"},
+		{[]string{`<https://other.example/v2/a/tags/list?last=v2&n=2&x=y>; rel=next`}, "last=v2&n=2"},
+		{[]string{`</v2/a/tags/list?last=v2>; rel="next"`}, "last=v2"},
+		{[]string{`</v2/a/tags/list?n=2&last=v0>; rel="prev", </v2/a/tags/list?n=2&last=v4>; rel="next"`}, "last=v4&n=2"},
+		{[]string{`</v2/a/tags/list?n=2&last=v0>; rel="prev"`, `</v2/a/tags/list?n=2&last=v4>; REL="Next"`}, "last=v4&n=2"},
+		{[]string{`</v2/a/tags/list?n=2&last=v4>; title="x"; rel="first next"`}, "last=v4&n=2"},
+		{[]string{`</v2/a/tags/list?n=2>; rel="next"`}, ""},       // no last: nothing to go on from
+		{[]string{`/v2/a/tags/list?n=2&last=v2; rel="next"`}, ""}, // not a link
+		{[]string{`</v2/a/tags/list?n=2&last=v2>`}, ""},
+		{[]string{`<%zz>; rel="next"`}, ""},
+	} {
+		got := ""
+		if next := nextTagPage(tc.links); next != nil {
+			got = next.Encode()
+		}
+		if got != tc.want {
+			t.Errorf("nextTagPage(%q) = %q, want %q", tc.links, got, tc.want)
+		}
 	}
 }
 
