@@ -260,3 +260,49 @@ func TestCanceled(t *testing.T) {
 		t.Errorf("Write: err = %v", err)
 	}
 }
+
+// TestPartialIndexLacksOnlyWholePlatforms: a partial index may lack a
+// child manifest (a platform never pulled), not part of a child that is
+// there. Write refuses an index whose present child lacks a layer, and
+// Read refuses an archive whose present child lacks one, each naming the
+// layer, rather than counting that child as a platform left out.
+func TestPartialIndexLacksOnlyWholePlatforms(t *testing.T) {
+	idx := multiArch(t, 7)
+	im, err := idx.IndexManifest()
+	must(t, err)
+	layerOf := func(i int) digest.Digest {
+		img, err := idx.Image(im.Manifests[i].Digest)
+		must(t, err)
+		layers, err := img.Layers()
+		must(t, err)
+		d, err := layers[0].Digest()
+		must(t, err)
+		return digest.Digest(d.String())
+	}
+	arm64 := digest.Digest(im.Manifests[1].Digest.String())
+
+	s := newStore()
+	img := s.addIndex(t, "docker.io/library/multi:1", idx)
+	img.Partial = true
+	s.remove(layerOf(1)) // arm64's manifest is there, one of its layers not
+	if _, err := Write(t.Context(), io.Discard, s, []Image{img}, nil); !errors.Is(err, ErrIncomplete) || !strings.Contains(err.Error(), layerOf(1).String()) {
+		t.Fatalf("Write, a present child lacking a layer: err = %v, want ErrIncomplete naming %s", err, layerOf(1))
+	}
+
+	s = newStore()
+	img = s.addIndex(t, "docker.io/library/multi:1", idx)
+	img.Partial = true
+	s.remove(arm64) // a platform never pulled: fine
+	var buf bytes.Buffer
+	if _, err := Write(t.Context(), &buf, s, []Image{img}, nil); err != nil {
+		t.Fatal(err)
+	}
+	imgs, _, _, err := Read(t.Context(), bytes.NewReader(buf.Bytes()), newStore(), nil)
+	if err != nil || len(imgs) != 1 || imgs[0].MissingChildren != 1 {
+		t.Fatalf("Read, one platform left out: %+v, %v; want it read with 1 missing child", imgs, err)
+	}
+	_, _, _, err = Read(t.Context(), bytes.NewReader(rebuild(t, buf.Bytes(), layerOf(0), "")), newStore(), nil)
+	if !errors.Is(err, ErrIncomplete) || !strings.Contains(err.Error(), layerOf(0).String()) {
+		t.Fatalf("Read, the present child lacking a layer: err = %v, want ErrIncomplete naming %s", err, layerOf(0))
+	}
+}

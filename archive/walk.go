@@ -171,7 +171,10 @@ func (w *walker) visit(desc v1.Descriptor, manifest bool) error {
 	if desc.MediaType.IsIndex() {
 		for _, child := range m.Manifests {
 			err := w.visit(child, true)
-			if err != nil && w.missingChild != nil && errors.Is(err, ErrIncomplete) {
+			// Only the child manifest's own absence is a platform left out:
+			// a child that is there lacking a layer is an incomplete image.
+			var missing *missingManifest
+			if w.missingChild != nil && errors.As(err, &missing) && missing.d.String() == child.Digest.String() {
 				w.missingChild(child)
 				continue
 			}
@@ -217,13 +220,24 @@ func isKnownManifest(mt types.MediaType) bool {
 	return false
 }
 
+// missingManifest is ErrIncomplete for a manifest that is not there, naming
+// it, so that a walk tells an index's absent child from a present one with
+// something missing below it.
+type missingManifest struct{ d digest.Digest }
+
+func (e *missingManifest) Error() string {
+	return fmt.Sprintf("%v: manifest %s is missing", ErrIncomplete, e.d)
+}
+
+func (e *missingManifest) Unwrap() error { return ErrIncomplete }
+
 // ReadManifest reads and verifies a manifest of at most maxManifestSize
 // bytes. wantSize < 0 means unknown.
 func ReadManifest(src BlobSource, d digest.Digest, wantSize int64) ([]byte, int64, error) {
 	rc, size, err := src.Open(d)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, 0, fmt.Errorf("%w: manifest %s is missing", ErrIncomplete, d)
+			return nil, 0, &missingManifest{d}
 		}
 		return nil, 0, fmt.Errorf("archive: opening manifest %s: %w", d, err)
 	}
