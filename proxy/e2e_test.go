@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -582,5 +583,72 @@ func TestTagListPages(t *testing.T) {
 	}
 	if want := []string{"n=2", "last=b&n=2"}; !slices.Equal(corp.asked, want) {
 		t.Errorf("upstream was asked %q, want %q", corp.asked, want)
+	}
+}
+
+// holdBook is FillHooks that keeps the eviction holds in a book.
+type holdBook struct {
+	mu   sync.Mutex
+	held map[digest.Digest]int
+}
+
+func (h *holdBook) Hold(d digest.Digest) func() {
+	h.mu.Lock()
+	h.held[d]++
+	h.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			h.mu.Lock()
+			h.held[d]--
+			h.mu.Unlock()
+		})
+	}
+}
+
+func (h *holdBook) NoSpace(context.Context, int64) bool { return false }
+
+// commitsSeen is a cache observer that notes which commits were made
+// without an eviction hold on their digest.
+type commitsSeen struct {
+	book   *holdBook
+	mu     sync.Mutex
+	added  int
+	unheld []digest.Digest
+}
+
+func (c *commitsSeen) BlobAdded(info cache.BlobInfo) {
+	c.book.mu.Lock()
+	held := c.book.held[info.Digest] > 0
+	c.book.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.added++
+	if !held {
+		c.unheld = append(c.unheld, info.Digest)
+	}
+}
+func (c *commitsSeen) BlobAccessed(digest.Digest, time.Time) {}
+func (c *commitsSeen) BlobRemoved(digest.Digest)             {}
+
+// TestCommitsHeldAgainstEviction: whatever a pull stores (the manifest as
+// well as its blobs) is committed under an eviction hold on its digest, so
+// that a commit racing eviction's delete of the same digest waits for the
+// delete to end: otherwise the delete's late notice makes eviction forget
+// the blob just stored, which then is never evicted nor counted.
+func TestCommitsHeldAgainstEviction(t *testing.T) {
+	up := testupstream.Start(t)
+	img := up.PushRandomImage(t, "library/alpine", "latest", 2, 4096)
+	book := &holdBook{held: map[digest.Digest]int{}}
+	m := startMirror(t, up, func(st *mirrorSetup) { st.Hooks = book })
+	seen := &commitsSeen{book: book}
+	m.store.Subscribe(seen)
+	if got := testpull.NS(t, m.url, "docker.io", "library/alpine", "latest"); got != testupstream.Digest(t, img) {
+		t.Fatalf("pulled %s", got)
+	}
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	if seen.added != 4 || len(seen.unheld) != 0 {
+		t.Fatalf("%d commits (want 4: manifest, config, 2 layers), without a hold: %v", seen.added, seen.unheld)
 	}
 }

@@ -107,7 +107,15 @@ func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want
 	if s.isPrivate(rq.registry) {
 		put = s.manifests.PutScoped // kept out of the shared tier
 	}
+	// Under an eviction hold, as a fill writes: a Put racing eviction's
+	// delete of the same digest waits for it to end, so that the delete's
+	// late notice cannot make eviction forget the manifest just stored.
+	release := func() {}
+	if s.opts.Hooks != nil {
+		release = s.opts.Hooks.Hold(got)
+	}
 	info, err := put(got, mediaType, body)
+	release()
 	if err != nil {
 		s.log.Error("caching manifest", "registry", rq.registry, "repo", rq.repo, "digest", got, "err", err)
 		info = cache.BlobInfo{Digest: got, Size: int64(len(body)), MediaType: mediaType}
