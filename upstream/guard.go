@@ -224,16 +224,41 @@ func (g *addrGuard) proxy(req *http.Request) (*url.URL, error) {
 	return u, err
 }
 
+// loggable is u as errors and logs may show it: without a password, and
+// without its query, which after a redirect is a blob store's presigned
+// URL (a signature, a credential) or a CDN's token.
+func loggable(u *url.URL) string {
+	c := *u
+	c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = "", false, "", ""
+	s := c.Redacted()
+	if u.RawQuery != "" {
+		s += "?…"
+	}
+	return s
+}
+
+// withoutQuery drops the query from the URL a transport error names (the
+// last hop's, a redirect target's after a redirect): see loggable.
+func withoutQuery(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		if u, perr := url.Parse(uerr.URL); perr == nil {
+			uerr.URL = loggable(u)
+		}
+	}
+	return err
+}
+
 // checkURL refuses, before any connection, a URL that is not http(s) or
 // whose host is "localhost" or an IP literal the dialer would refuse. It
 // catches what a proxy would otherwise hide from the dialer.
 func (g *addrGuard) checkURL(u *url.URL) error {
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return refuse("URL scheme refused", "%q", u.Redacted())
+		return refuse("URL scheme refused", "%q", loggable(u))
 	}
 	port, err := portOf(u)
 	if err != nil {
-		return refuse("URL refused", "%q: %v", u.Redacted(), err)
+		return refuse("URL refused", "%q: %v", loggable(u), err)
 	}
 	host := strings.ToLower(u.Hostname())
 	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
@@ -244,7 +269,7 @@ func (g *addrGuard) checkURL(u *url.URL) error {
 		return nil // a name: the dialer checks what it resolves to
 	}
 	if err := g.allowed("", netip.AddrPortFrom(ip, port)); err != nil {
-		return fmt.Errorf("%w (URL %q)", err, u.Redacted())
+		return fmt.Errorf("%w (URL %q)", err, loggable(u))
 	}
 	return nil
 }
@@ -282,15 +307,15 @@ func sameOrigin(a, b *url.URL) bool {
 // thus work, without the registry's credentials.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) > maxRedirects {
-		return refuse("too many redirects", "more than %d, last to %s", maxRedirects, req.URL.Redacted())
+		return refuse("too many redirects", "more than %d, last to %s", maxRedirects, loggable(req.URL))
 	}
 	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
-		return refuse("redirect to a non-HTTP URL refused", "%q", req.URL.Redacted())
+		return refuse("redirect to a non-HTTP URL refused", "%q", loggable(req.URL))
 	}
 	if req.URL.Scheme == "http" {
 		for _, v := range via {
 			if v.URL.Scheme == "https" {
-				return refuse("redirect from https to http refused", "%s to %s", v.URL.Redacted(), req.URL.Redacted())
+				return refuse("redirect from https to http refused", "%s to %s", loggable(v.URL), loggable(req.URL))
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -69,6 +70,34 @@ func TestRedirectToCanary(t *testing.T) {
 				t.Fatalf("after the redirect is gone: %v", err)
 			}
 		})
+	}
+}
+
+// TestSignedURLsStayOutOfErrors: a redirect target's query (a blob
+// store's presigned URL: signature, credential) is not repeated in the
+// error the caller gets, nor in the registry's log, when the redirect is
+// refused or the hop fails.
+func TestSignedURLsStayOutOfErrors(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "library/alpine", "3.20", 1, 100)
+	var log syncBuffer
+	r := newReg(t, up, Options{Name: "docker.io", Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	const secret = "sig-6d1f0c2a"
+	for _, target := range []string{
+		testupstream.StartCanaries(t)[0].URL() + "/obj?X-Amz-Signature=" + secret, // refused: another loopback port
+		"ftp://cdn.example/obj?token=" + secret,                                   // refused: not http(s)
+	} {
+		up.RedirectManifests(target)
+		_, _, err := r.GetManifest(context.Background(), "alpine", "3.20")
+		if err == nil {
+			t.Fatalf("redirect to %s: no error", target)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("redirect to %s: the error names the query: %v", target, err)
+		}
+	}
+	if strings.Contains(log.String(), secret) {
+		t.Errorf("the log names a redirect target's query:\n%s", log.String())
 	}
 }
 

@@ -456,7 +456,7 @@ func (r *Registry) send(ctx context.Context, req request, u, authz string) (*htt
 	}
 	resp, err := r.client.Do(hr)
 	if err != nil {
-		return nil, err
+		return nil, withoutQuery(err)
 	}
 	if resp.StatusCode >= 500 {
 		err := r.checkResponse(resp)
