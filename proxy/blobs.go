@@ -41,7 +41,8 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 		if ok || err != nil {
 			return r, err
 		}
-		// The blob reached the cache meanwhile: serve it from there.
+		// The blob reached the cache meanwhile (serve it from there), or
+		// left it as this client came (a new fill).
 	}
 	return reply{}, fmt.Errorf("%w: %s vanished from the cache", errNotCached, d)
 }
@@ -72,7 +73,9 @@ func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) 
 // blobDownload answers a GET of a blob that is not cached from the one
 // upstream download of its digest: a pass-through already running, else a
 // fill (started or joined), else a pass-through when the disk is full. ok
-// is false when the fill found the blob cached after all.
+// is false when the fill found the blob cached after all, or when the
+// blob of the fill this client joined was evicted before it could open it:
+// serveBlob then asks again.
 func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
 	if p := s.passes.joinable(rq.ref.digest); p != nil {
 		r, err := s.servePassThrough(ctx, ex, rq, p.reason)
@@ -101,6 +104,9 @@ func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 		}
 	}
 	r, err = s.serveFill(ctx, ex, rq, f)
+	if errors.Is(err, errFillEvicted) {
+		return reply{}, false, nil // serveBlob asks again: a new fill
+	}
 	return r, true, err
 }
 
@@ -405,7 +411,7 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f
 	}
 	file, err := f.writer.OpenReader()
 	if err != nil {
-		return s.serveEndedFill(ctx, ex, f)
+		return s.serveEndedFill(ctx, ex, rq, f)
 	}
 	setBlobHeaders(ctx, f.digest.String())
 	rng, status, err := applyRange(ctx, size)
@@ -428,17 +434,29 @@ func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f
 }
 
 // serveEndedFill answers a client that came as the fill ended, with how it
-// ended: its error, or the blob now cached.
-func (s *Server) serveEndedFill(ctx *fasthttp.RequestCtx, ex *exchange, f *fill) (reply, error) {
-	if err := f.wait(); err != nil {
+// ended: the blob now cached, else the fill's error. A fill that ran out of
+// disk space leaves this client the pass-through its followers get; a blob
+// evicted between the commit and this client's open is errFillEvicted, for
+// blobDownload to start over.
+func (s *Server) serveEndedFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f *fill) (reply, error) {
+	if err := f.wait(); isNoSpace(err) {
+		return s.servePassThrough(ctx, ex, rq, reasonDiskFull)
+	} else if err != nil {
 		return reply{}, err
 	}
 	cached, info, err := s.blobs.Open(f.digest)
+	if errors.Is(err, cache.ErrNotFound) {
+		return reply{}, fmt.Errorf("%w: %s", errFillEvicted, f.digest)
+	}
 	if err != nil {
 		return reply{}, err
 	}
 	return s.serveFile(ctx, ex, cached, info)
 }
+
+// errFillEvicted: a fill's blob was evicted before a client that came as
+// the fill ended could open it.
+var errFillEvicted = errors.New("the blob was evicted as its fill ended")
 
 // fillFallback is how a follower of f (whose blob has size bytes) goes on
 // when the fill fails for lack of disk space: it streams the rest from the

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/internal/testupstream"
@@ -243,4 +246,74 @@ func (g *passGroup) readers(d digest.Digest) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.readers)
+}
+
+// endedFill is a fill of d that has ended with err, its body committed to
+// s's cache when err is nil.
+func endedFill(t *testing.T, s *Server, d digest.Digest, content []byte, err error) *fill {
+	t.Helper()
+	w, cerr := s.blobs.Create(d, "application/octet-stream")
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	if _, werr := w.Write(content); werr != nil {
+		t.Fatal(werr)
+	}
+	f := newFill(d, w)
+	f.start(int64(len(content)))
+	if err == nil {
+		if _, cerr := w.Commit(int64(len(content))); cerr != nil {
+			t.Fatal(cerr)
+		}
+	} else {
+		w.Cancel()
+	}
+	f.finish(err)
+	return f
+}
+
+// TestClientOfAnEndedFill: a client that joined a fill just as it ended,
+// and opens the blob only after, gets the blob even when the fill ran out
+// of disk space (from the pass-through, as the fill's followers do), and
+// when the blob was evicted between the commit and the client's open it
+// gets errFillEvicted, on which blobDownload starts a new download: never
+// an error for a blob upstream has.
+func TestClientOfAnEndedFill(t *testing.T) {
+	up := testupstream.Start(t)
+	img, layer := up.PushLargeBlobImage(t, "library/big", "latest", 64<<10)
+	l, err := img.LayerByDigest(v1.Hash{Algorithm: "sha256", Hex: layer.Encoded()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, rq := passServer(t, up, "library/big", layer)
+	serve := func(f *fill) (reply, error) {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetRequestURI("/v2/library/big/blobs/" + layer.String())
+		return s.serveEndedFill(&ctx, newExchange(s, &ctx), rq, f)
+	}
+
+	r, err := serve(endedFill(t, s, layer, body, fmt.Errorf("writing: %w", cache.ErrNoSpace)))
+	if err != nil || r.stream == nil {
+		t.Fatalf("a fill that ran out of space: %+v, %v; want the pass-through's stream", r, err)
+	}
+	got, err := io.ReadAll(r.stream)
+	r.stream.(io.Closer).Close()
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("a fill that ran out of space: %d bytes, %v; want the blob", len(got), err)
+	}
+	f := endedFill(t, s, layer, body, nil)
+	if err := s.opts.Store.(*cache.Store).Delete(layer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := serve(f); !errors.Is(err, errFillEvicted) {
+		t.Fatalf("a fill whose blob was evicted at once: %v, want errFillEvicted", err)
+	}
 }
