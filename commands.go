@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
+	"github.com/opencontainers/go-digest"
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
@@ -87,6 +88,9 @@ func pinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("pin: name at least one image")
 			}
+			if err := checkOperands(c, "pin"); err != nil {
+				return err
+			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				var failed int
 				for _, ref := range c.Args().Slice() {
@@ -111,6 +115,17 @@ func pinCommand() *cli.Command {
 	}
 }
 
+// pinName is the pin an argument of unpin names: an image's full reference,
+// or a digest as it is (import pins an image it has no name for under its
+// digest).
+func pinName(arg string) (string, error) {
+	if _, err := digest.Parse(arg); err == nil {
+		return arg, nil
+	}
+	ref, err := imageref.Parse(arg)
+	return ref.String(), err
+}
+
 func unpinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "unpin",
@@ -121,18 +136,21 @@ func unpinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("unpin: name at least one image")
 			}
+			if err := checkOperands(c, "unpin"); err != nil {
+				return err
+			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				var errs []error
 				for _, arg := range c.Args().Slice() {
-					ref, err := imageref.Parse(arg)
+					name, err := pinName(arg)
 					if err == nil {
-						err = t.Ops.Unpin(ctx, ref.String())
+						err = t.Ops.Unpin(ctx, name)
 					}
 					if err != nil {
 						errs = append(errs, fmt.Errorf("%s: %w", arg, err))
 						continue
 					}
-					fmt.Fprintf(c.App.Writer, "unpinned %s\n", ref)
+					fmt.Fprintf(c.App.Writer, "unpinned %s\n", name)
 				}
 				return errors.Join(errs...)
 			})

@@ -357,3 +357,36 @@ func TestConfigPins(t *testing.T) {
 	m = startMirror(t, up, withPins)
 	eventually(t, "the config pin to be applied from the cache", pinned)
 }
+
+// TestUnpinADigestPin: a pin named by a digest (import pins an image it has
+// no name for under its digest) is removed by unpin with that digest, not
+// taken for the image docker.io/library/sha256.
+func TestUnpinADigestPin(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.LogLevel = "warn"
+	if err := cfg.finish(); err != nil {
+		t.Fatal(err)
+	}
+	log, err := newLogger(cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := openStack(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("an untagged image")
+	if err := st.Ops.Pin(context.Background(), d.String(), []digest.Digest{d}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLIErr("unpin", "--data-dir", cfg.DataDir, "--log-level", "warn", d.String()); err != nil || !strings.Contains(out, "unpinned "+d.String()) {
+		t.Fatalf("unpin %s: %v\n%s", d, err, out)
+	}
+	if du := runCLI(t, "du", "--data-dir", cfg.DataDir, "--log-level", "warn"); !strings.Contains(du, "(0 pins)") {
+		t.Errorf("du after the unpin:\n%s", du)
+	}
+}

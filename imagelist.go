@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -37,7 +38,7 @@ func imageRefs(c *cli.Context, args []string) ([]imageref.Ref, error) {
 		}
 	}
 	for _, a := range args {
-		r, err := imageref.Parse(a)
+		r, err := parseOperand(a)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -63,6 +64,32 @@ func imageRefs(c *cli.Context, args []string) ([]imageref.Ref, error) {
 		}
 	}
 	return refs, errors.Join(errs...)
+}
+
+// parseOperand parses an image named as an argument. An argument that
+// looks like a flag is refused with its own message: urfave/cli reads flags
+// only before the arguments, so "purge alpine --keep-blobs" would
+// otherwise purge alpine without --keep-blobs, then fail on the flag.
+func parseOperand(arg string) (imageref.Ref, error) {
+	if strings.HasPrefix(arg, "-") && arg != "-" {
+		return imageref.Ref{}, fmt.Errorf("%q comes after the images: flags go before them", arg)
+	}
+	return imageref.Parse(arg)
+}
+
+// checkOperands checks every argument of a command that acts on each in
+// turn (purge, pin, unpin) before it acts on any.
+func checkOperands(c *cli.Context, cmd string) error {
+	var errs []error
+	for _, a := range c.Args().Slice() {
+		if _, err := parseOperand(a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s: nothing done: %w", cmd, err)
+	}
+	return nil
 }
 
 // imageSelection reads a command's choice of images: those in args (and

@@ -223,6 +223,19 @@ func TestPurgeKeepsSharedBase(t *testing.T) {
 	baseConfig, _ := base.ConfigName()
 	shared := testupstream.LayerDigests(t, base)
 
+	// A flag after the images (urfave/cli reads flags only before them) is
+	// refused before anything is purged: it would have purged base:1 whole.
+	for _, cmd := range []string{"purge", "pin", "unpin"} {
+		var out strings.Builder
+		err := newCLI(&out, &out).Run([]string{"regmirror", cmd, "--data-dir", m.cfg.DataDir, "--server", m.url, "library/base:1", "--keep-blobs"})
+		if err == nil || !strings.Contains(err.Error(), `"--keep-blobs" comes after the images: flags go before them`) || out.Len() != 0 {
+			t.Fatalf("%s with a trailing flag: %v, said %q", cmd, err, out.String())
+		}
+	}
+	if !cached(t, m, baseDigest) {
+		t.Fatal("purge with a trailing flag purged the image")
+	}
+
 	// Through the management API (the running server holds the data dir).
 	var out strings.Builder
 	err = newCLI(&out, &out).Run([]string{"regmirror", "purge", "--data-dir", m.cfg.DataDir, "--server", m.url, "library/base:1"})
