@@ -353,6 +353,10 @@ func TestCatalog(t *testing.T) {
 	if string(body) != `{"repositories":["org/tool"]}` {
 		t.Fatalf("catalog of ghcr.io: %s", body)
 	}
+	resp, body = get(t, http.MethodGet, r.m.url+"/v2/_catalog?n=0") // was a recovered panic: index -1
+	if resp.StatusCode != http.StatusOK || string(body) != `{"repositories":[]}` || resp.Header.Get("Link") != "" {
+		t.Fatalf("n=0: %d %s, Link %q; want an empty page", resp.StatusCode, body, resp.Header.Get("Link"))
+	}
 	resp, body = get(t, http.MethodGet, r.m.url+"/v2/_catalog?n=x")
 	wantWireError(t, resp, body, http.StatusBadRequest, "PAGINATION_NUMBER_INVALID")
 }

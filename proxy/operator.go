@@ -256,8 +256,12 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, er
 	if err != nil {
 		return reply{}, err
 	}
-	if len(names) > q.n {
+	// n=0 asks for an empty page, which has no last name to go on from.
+	more := len(names) > q.n
+	if more {
 		names = names[:q.n]
+	}
+	if more && q.n > 0 {
 		next := url.Values{"n": {strconv.Itoa(q.n)}, "last": {names[q.n-1]}}
 		if ns := ctx.QueryArgs().Peek("ns"); len(ns) > 0 {
 			next.Set("ns", string(ns))
