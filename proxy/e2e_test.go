@@ -512,6 +512,36 @@ func TestOutageServesStaleFast(t *testing.T) {
 	}
 }
 
+// TestMovedTagGetFailsServesStale: the tag moved upstream, whose HEAD
+// answers but whose manifest GET does not (Docker Hub's pull budget spent:
+// 429, or a failing GET path: 503). The cached manifest is served stale,
+// as when the HEAD fails, and the registry is marked out.
+func TestMovedTagGetFailsServesStale(t *testing.T) {
+	for _, code := range []int{http.StatusTooManyRequests, http.StatusServiceUnavailable} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			up := testupstream.Start(t)
+			first := up.PushRandomImage(t, "library/app", "latest", 1, 512)
+			m := startMirror(t, up, func(c *mirrorSetup) {
+				c.TagTTL = time.Nanosecond
+				c.OutageBackoff = time.Hour
+			})
+			pullAll(t, m, "library/app:latest")
+			up.PushRandomImage(t, "library/app", "latest", 1, 512)
+			up.SetManifestGETStatus(code, "60")
+			resp, body := send(t, http.MethodGet, m.url+"/v2/library/app/manifests/latest")
+			if resp.StatusCode != 200 || digest.FromBytes(body) != testupstream.Digest(t, first) || resp.Header.Get("X-Regmirror-Cache") != "stale" {
+				t.Fatalf("GET of the moved tag's manifest answered %d upstream: mirror %d, cache %q, %.100s; want the cached manifest, stale",
+					code, resp.StatusCode, resp.Header.Get("X-Regmirror-Cache"), body)
+			}
+			heads := up.ManifestRequests(http.MethodHead)
+			send(t, http.MethodGet, m.url+"/v2/library/app/manifests/latest")
+			if n := up.ManifestRequests(http.MethodHead); n != heads {
+				t.Errorf("the registry was asked again (%d HEADs) instead of being marked out", n-heads)
+			}
+		})
+	}
+}
+
 // TestOfflineTagList: offline, the kept tag list is served without asking
 // upstream; a page of a paginated listing, never kept, is refused at once.
 func TestOfflineTagList(t *testing.T) {

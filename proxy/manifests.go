@@ -335,7 +335,13 @@ func (s *Server) refreshTag(ctx context.Context, rq request, rec cache.TagRecord
 			return m, OutcomeRevalidated, nil
 		}
 	}
-	return s.fetchTag(ctx, rq, rec, desc.Digest)
+	m, outcome, err := s.fetchTag(ctx, rq, rec, desc.Digest)
+	if err != nil {
+		// The HEAD answered but the GET of the moved tag's manifest did not
+		// (a pull budget spent, a failing GET path): as for a failed HEAD.
+		return s.staleAfterFailure(rq, rec, err)
+	}
+	return m, outcome, nil
 }
 
 // headTag asks upstream with a HEAD what rq's tag points to. A

@@ -13,8 +13,11 @@ type faults struct {
 	down       bool
 	status     int
 	retryAfter string
-	cutAfter   int64 // -1: off
-	corrupt    bool
+	// getStatus, when set, answers manifest GETs only (HEADs still work):
+	// a registry whose pull budget is spent, or whose GET path fails.
+	getStatus int
+	cutAfter  int64 // -1: off
+	corrupt   bool
 
 	// Body faults (LieBlobLength, TrickleBlobs); zero is off.
 	lying        bool
@@ -53,6 +56,17 @@ func (s *Server) SetStatus(code int, retryAfter string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults.status = code
+	s.faults.retryAfter = retryAfter
+}
+
+// SetManifestGETStatus makes every authorized manifest GET answer code, as
+// SetStatus does, while manifest HEADs and everything else still work (as
+// Docker Hub answers a HEAD, which costs no pull, once the pull budget is
+// spent). Code 0 clears it.
+func (s *Server) SetManifestGETStatus(code int, retryAfter string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.getStatus = code
 	s.faults.retryAfter = retryAfter
 }
 

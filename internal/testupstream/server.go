@@ -215,6 +215,10 @@ func (s *Server) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		writeStatusFault(w, r, f.status, f.retryAfter)
 		return
 	}
+	if f.getStatus != 0 && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
+		writeStatusFault(w, r, f.getStatus, f.retryAfter)
+		return
+	}
 	if s.serveHostile(w, r) {
 		return
 	}
