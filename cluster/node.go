@@ -34,8 +34,16 @@ type Options struct {
 	// DialTimeout bounds connecting to a peer. Default 2s.
 	DialTimeout time.Duration
 	// HeaderTimeout bounds waiting for an owner's response headers, which
-	// it sends once its own fill has started. Default 30s.
+	// it sends once its own fill has started: longer than the owner may
+	// wait for its upstream's (30s, then retries). Default 90s. A peer
+	// that stops answering pings is given up on sooner (markDown).
 	HeaderTimeout time.Duration
+	// StallTimeout is how long an owner's body may send nothing before
+	// this node gives up on it, marks it down and resumes the download
+	// elsewhere: longer than the owner's own guard on its upstream's body
+	// (60s), so that an owner waiting on a slow upstream is not taken for
+	// a stuck one. Default 90s.
+	StallTimeout time.Duration
 	// MaxSkew is how far a peer request's timestamp may be from this
 	// node's clock, and how long its nonce is remembered. Default 30s.
 	MaxSkew time.Duration
@@ -69,7 +77,20 @@ type Node struct {
 }
 
 // forward is one request for a blob in flight to an owner.
-type forward struct{ cancel context.CancelCauseFunc }
+type forward struct {
+	peer   string
+	cancel context.CancelCauseFunc
+}
+
+// Why a forward is cut, besides errAskedByPeer: each makes the download
+// resume from the next source.
+var (
+	// errPeerDown: the owner was marked down (it failed a ping, or another
+	// request to it failed) while this forward ran.
+	errPeerDown = errors.New("cluster: the owner was marked down")
+	// errPeerStalled: the owner's body sent nothing for StallTimeout.
+	errPeerStalled = errors.New("cluster: the owner's body stalled")
+)
 
 // errAskedByPeer cuts a forward when a peer asks this node for the same
 // digest: the views disagree, and this node fills it itself.
@@ -98,7 +119,8 @@ func New(o Options) (*Node, error) {
 	setDefault(&o.PingInterval, 2*time.Second)
 	setDefault(&o.PingTimeout, 2*time.Second)
 	setDefault(&o.DialTimeout, 2*time.Second)
-	setDefault(&o.HeaderTimeout, 30*time.Second)
+	setDefault(&o.HeaderTimeout, 90*time.Second)
+	setDefault(&o.StallTimeout, 90*time.Second)
 	setDefault(&o.MaxSkew, 30*time.Second)
 	setDefault(&o.ServingFor, time.Hour)
 	if o.Now == nil {
@@ -210,9 +232,22 @@ func (n *Node) ping(ctx context.Context, peer string) error {
 	return nil
 }
 
+// The downloads in flight to a peer going down are cut: a peer that stops
+// answering (a frozen process, a partition) would otherwise hold them,
+// and every client waiting on them, until a timeout measured in hours.
 func (n *Node) markDown(peer string, err error) {
-	if n.health.down(peer, err) {
-		n.log.Warn("peer down: its digests go to the next owner until it answers a ping", "peer", peer, "err", err)
+	if !n.health.down(peer, err) {
+		return
+	}
+	n.log.Warn("peer down: its digests go to the next owner until it answers a ping", "peer", peer, "err", err)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, fs := range n.forwards {
+		for f := range fs {
+			if f.peer == peer {
+				f.cancel(errPeerDown)
+			}
+		}
 	}
 }
 

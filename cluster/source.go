@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -111,7 +112,7 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	f := &forward{cancel: cancel}
+	f := &forward{peer: peer, cancel: cancel}
 	n.track(d, f)
 	fail := func(err error, down bool) (*upstream.Blob, error) {
 		n.untrack(d, f)
@@ -148,13 +149,16 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 		resp.Body.Close()
 		return fail(fmt.Errorf("peer %s answered digest %s for %s", peer, got, d), true)
 	}
-	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body}
+	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body,
+		stall: time.AfterFunc(n.o.StallTimeout, func() { cancel(errPeerStalled) })}
 	return b, nil
 }
 
 // peerBody is an owner's stream. A read error (the owner died, or cut the
-// body because its fill failed) marks the owner down and is ErrUnavailable,
-// so the fill resumes, from the next owner or this node's own sources.
+// body because its fill failed), a body that sends nothing for
+// StallTimeout, or the owner marked down meanwhile is ErrUnavailable, so
+// the fill resumes, from the next owner or this node's own sources; the
+// first two mark the owner down.
 type peerBody struct {
 	n      *Node
 	peer   string
@@ -162,18 +166,26 @@ type peerBody struct {
 	f      *forward
 	ctx    context.Context
 	body   io.ReadCloser
+	stall  *time.Timer // cuts the forward when the body sends nothing
 	closed bool
 }
 
 func (b *peerBody) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
+	if n > 0 {
+		b.stall.Reset(b.n.o.StallTimeout)
+	}
 	if err == nil || err == io.EOF {
 		return n, err
 	}
-	if errors.Is(context.Cause(b.ctx), errAskedByPeer) {
+	switch cause := context.Cause(b.ctx); {
+	case errors.Is(cause, errAskedByPeer):
 		return n, fmt.Errorf("%w: %w", upstream.ErrUnavailable, errAskedByPeer)
-	}
-	if b.ctx.Err() == nil {
+	case errors.Is(cause, errPeerStalled), errors.Is(cause, errPeerDown):
+		b.n.fallbacks.Add(1)
+		b.n.markDown(b.peer, cause)
+		err = cause
+	case b.ctx.Err() == nil:
 		b.n.fallbacks.Add(1)
 		b.n.markDown(b.peer, err)
 	}
@@ -185,6 +197,7 @@ func (b *peerBody) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.stall.Stop()
 	b.n.untrack(b.d, b.f)
 	err := b.body.Close()
 	b.f.cancel(nil)

@@ -287,3 +287,63 @@ func TestServingCutsForward(t *testing.T) {
 		t.Fatalf("the resume: %v, own source asked %d times, want 1", err, own.gets.Load())
 	}
 }
+
+// TestFrozenOwnerIsGivenUp: an owner that sends headers and a few bytes,
+// then nothing (a frozen process, a partition), does not hold the
+// download: once the owner is marked down (a failed ping) the forward is
+// cut at once, and without a ping the body's stall timeout cuts it and
+// marks the owner down. Either way the read ends with ErrUnavailable, on
+// which the fill resumes from the next source.
+func TestFrozenOwnerIsGivenUp(t *testing.T) {
+	secret := []byte("0123456789abcdef0123")
+	const content = "the blob's content, served by the owner"
+	for _, how := range []string{"marked down", "stalled"} {
+		t.Run(how, func(t *testing.T) {
+			release := make(chan struct{})
+			defer close(release)
+			frozen := make(chan struct{}, 1)
+			owner := newOwner(t, secret, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+				w.Write([]byte(content[:5]))
+				w.(http.Flusher).Flush()
+				frozen <- struct{}{}
+				<-release
+			})
+			self := "http://127.0.0.1:1"
+			o := Options{Self: self, Peers: []string{owner.URL}, Secret: secret}
+			if how == "stalled" {
+				o.StallTimeout = 100 * time.Millisecond
+			}
+			n, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.PingAll(context.Background())
+			b, err := n.Wrap(&fakeUpstream{content: content}).GetBlob(context.Background(), "library/alpine", ownedBy(owner.URL, self), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-frozen
+			if how == "marked down" {
+				n.markDown(owner.URL, errors.New("ping: timeout"))
+			}
+			done := make(chan error, 1)
+			go func() { _, err := io.ReadAll(b.Body); done <- err }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, upstream.ErrUnavailable) {
+					t.Fatalf("read ended with %v, want ErrUnavailable", err)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("the read of the frozen owner's body did not end")
+			}
+			b.Body.Close()
+			if peers := n.Stats().Peers; len(peers) != 1 || peers[0].Up {
+				t.Errorf("peers after the owner froze: %+v, want it down", peers)
+			}
+			if n.Stats().Fallbacks != 1 {
+				t.Errorf("%d fallbacks counted, want 1", n.Stats().Fallbacks)
+			}
+		})
+	}
+}
