@@ -208,7 +208,7 @@ func (c *config) finish() error {
 			r.URL = "https://" + r.Name
 		}
 		if !isBaseURL(r.URL) {
-			errs = append(errs, fmt.Errorf("registry %q: url %q: want http(s)://host[:port] with nothing after it, e.g. https://%s", r.Name, r.URL, strings.TrimPrefix(r.URL, "//")))
+			errs = append(errs, badBaseURL(fmt.Sprintf("registry %q: url", r.Name), r.URL))
 		}
 		if err := r.resolvePassword(fmt.Sprintf("registry %q", r.Name)); err != nil {
 			errs = append(errs, err)

@@ -112,6 +112,17 @@ password = "p"
 			t.Errorf("%q: err = %v, want one about %q", c.toml, err, c.want)
 		}
 	}
+	// A URL with credentials in it is refused without repeating them.
+	for _, key := range []string{"url = ", "mirrors = [{ url = "} {
+		toml := "[[registry]]\nname = \"r.example\"\n" + key + "\"https://bob:hunter2@r.example/v2\""
+		if strings.HasPrefix(key, "mirrors") {
+			toml += " }]"
+		}
+		_, err := load(toml)
+		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "e.g. https://r.example") {
+			t.Errorf("%s with a password in it: err = %v; want it refused, the password not shown, the example its host", key, err)
+		}
+	}
 
 	// The example's registry section stays valid, commented entries
 	// included.

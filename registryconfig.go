@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 
@@ -120,7 +121,7 @@ func (r *registryConfig) checkMirrors() error {
 	for i := range r.Mirrors {
 		m := &r.Mirrors[i]
 		if !isBaseURL(m.URL) {
-			errs = append(errs, fmt.Errorf("registry %q: mirror %q: want http(s)://host[:port] with nothing after it", r.Name, m.URL))
+			errs = append(errs, badBaseURL(fmt.Sprintf("registry %q: mirror", r.Name), m.URL))
 			continue
 		}
 		if seen[strings.TrimSuffix(m.URL, "/")] {
@@ -133,6 +134,20 @@ func (r *registryConfig) checkMirrors() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// badBaseURL is the error for what's URL raw, which is not a base URL. The
+// URL is shown without a password in it (credentials belong in username
+// and password), and the example is built from its host.
+func badBaseURL(what, raw string) error {
+	shown, example := raw, "https://registry.example.com"
+	if u, err := url.Parse(raw); err == nil {
+		shown = u.Redacted()
+		if u.Host != "" {
+			example = "https://" + u.Host
+		}
+	}
+	return fmt.Errorf("%s %q: want http(s)://host[:port] with nothing after it, e.g. %s", what, shown, example)
 }
 
 // isBaseURL: http(s)://host[:port], nothing after it (a registry's or a
