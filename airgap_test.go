@@ -473,3 +473,31 @@ func TestPreloadReferrers(t *testing.T) {
 		t.Fatalf("filtered referrers: %d %v %s", resp.StatusCode, resp.Header, body)
 	}
 }
+
+// TestPreloadLeavesTheWatchAndPinListsToServe: preload on a free data dir
+// pulls through a mirror it starts for itself, which fetches what the
+// command names and nothing else: not the config's watch list or pin
+// list, which are serve's (and would spend upstream's pull budget).
+func TestPreloadLeavesTheWatchAndPinListsToServe(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "library/alpine", "latest", 1, 1000)
+	up.PushRandomImage(t, "library/watched", "latest", 1, 1000)
+	up.PushRandomImage(t, "library/pinned", "latest", 1, 1000)
+	conf := writeTestConfig(t, filepath.Join(t.TempDir(), "data"), up.URL())
+	body, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = append([]byte("pin = [\"pinned:latest\"]\n"), body...)
+	body = append(body, []byte("\n[[watch]]\nimages = [\"watched:latest\"]\n")...)
+	if err := os.WriteFile(conf, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up.Reset() // the pushes' own requests
+	runCLI(t, "preload", "--config", conf, "alpine:latest")
+	for _, repo := range []string{"library/watched", "library/pinned"} {
+		if n := up.Count(http.MethodGet, "/v2/"+repo+"/manifests/latest") + up.Count(http.MethodHead, "/v2/"+repo+"/manifests/latest"); n != 0 {
+			t.Errorf("preload asked upstream for %s %d times", repo, n)
+		}
+	}
+}

@@ -146,7 +146,11 @@ func loadConfig(c *cli.Context) (config, error) {
 		def := cfg.registry(cfg.DefaultRegistry)
 		setString("upstream-url", &def.URL)
 		setString("upstream-username", &def.Username)
-		setString("upstream-password", &def.Password)
+		if c.IsSet("upstream-password") {
+			// The flag (or its environment twin) beats the file's password
+			// in every form, not only the literal one.
+			def.Password, def.PasswordEnv, def.PasswordFile = c.String("upstream-password"), "", ""
+		}
 	}
 	return cfg, cfg.finish()
 }

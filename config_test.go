@@ -69,6 +69,24 @@ func TestConfigPrecedence(t *testing.T) {
 	if cfg.Listen != ":8000" || cfg.TagTTL.Duration != 2*time.Minute || cfg.registry("docker.io").URL != "http://127.0.0.1:1" || cfg.Offline {
 		t.Fatalf("flags over env: %+v", cfg)
 	}
+
+	// The upstream password from the environment (or the flag) beats the
+	// file's in every form: password_file and password_env too.
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("from-file\n"), 0o600)
+	t.Setenv("FILE_PW", "from-file-env")
+	for _, source := range []string{"password_file = \"" + pw + "\"", "password_env = \"FILE_PW\"", "password = \"from-file\""} {
+		os.WriteFile(file, []byte("[[registry]]\nname = \"docker.io\"\nusername = \"bob\"\n"+source+"\n"), 0o600)
+		t.Setenv("REGMIRROR_UPSTREAM_PASSWORD", "from-env")
+		cfg, err = loadWith(t, "--config", file)
+		if err != nil || cfg.registry("docker.io").Password != "from-env" {
+			t.Errorf("file's %s, REGMIRROR_UPSTREAM_PASSWORD set: password %q, %v; want the environment's", source, cfg.registry("docker.io").Password, err)
+		}
+		cfg, err = loadWith(t, "--config", file, "--upstream-password", "from-flag")
+		if err != nil || cfg.registry("docker.io").Password != "from-flag" {
+			t.Errorf("file's %s, --upstream-password: password %q, %v; want the flag's", source, cfg.registry("docker.io").Password, err)
+		}
+	}
 }
 
 func TestConfigErrors(t *testing.T) {

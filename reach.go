@@ -156,10 +156,14 @@ func reachLocal(ctx context.Context, cfg config, log *slog.Logger, mode reachMod
 }
 
 // startLocalMirror starts a mirror on the data dir in this process, on
-// 127.0.0.1:0, for a command to pull through.
+// 127.0.0.1:0, for a command to pull through. It serves that command only:
+// the config's watch list and pin list are left to serve, or they would
+// fetch (and spend upstream's pull budget on) images nobody asked this
+// command for.
 func startLocalMirror(cfg config, log *slog.Logger) (*target, error) {
 	local := cfg
 	local.Listen = "127.0.0.1:0"
+	local.Watch, local.Pin = nil, nil
 	a, err := newApp(local, quietLogger(cfg, log))
 	if err != nil {
 		return nil, err
