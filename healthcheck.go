@@ -19,7 +19,7 @@ func healthcheckCommand() *cli.Command {
 		Usage: "exit 0 when the running server is ready (GET /readyz), 1 otherwise",
 		Description: "Asks the server this config describes (listen, TLS), or --server. " +
 			"With --liveness it asks /healthz instead: the process answers at all.",
-		Flags: append(commonFlags(), serverFlag,
+		Flags: append(append(commonFlags(), listenFlags()...), serverFlag,
 			&cli.BoolFlag{Name: "liveness", Usage: "check /healthz (alive) instead of /readyz (ready to serve)"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "give up after this long"},
 		),

@@ -173,6 +173,13 @@ func TestReadyzAndHealthcheck(t *testing.T) {
 	if err := run(); err != nil {
 		t.Fatalf("healthcheck of a ready mirror: %v", err)
 	}
+	// Without --server, where serve listens: REGMIRROR_LISTEN (as the
+	// container image sets it) counts for healthcheck as for serve.
+	t.Setenv("REGMIRROR_LISTEN", m.host)
+	var out strings.Builder
+	if err := newCLI(&out, &out).Run([]string{"regmirror", "healthcheck"}); err != nil {
+		t.Fatalf("healthcheck with REGMIRROR_LISTEN=%s: %v", m.host, err)
+	}
 
 	// The disk below min_free with nothing to evict: not ready, and why.
 	full := startMirror(t, up, func(c *config) { c.Cache.MinFree = "1000PiB" })
@@ -180,7 +187,6 @@ func TestReadyzAndHealthcheck(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "below min_free") {
 		t.Fatalf("/readyz below min_free: %d %s", resp.StatusCode, body)
 	}
-	var out strings.Builder
 	if err := newCLI(&out, &out).Run([]string{"regmirror", "healthcheck", "--server", full.url}); err == nil {
 		t.Error("healthcheck of an unready mirror succeeded")
 	}

@@ -10,17 +10,25 @@ import (
 	"github.com/regmirror/regmirror/internal/logbuf"
 )
 
+// listenFlags say where serve listens and whether with TLS; healthcheck
+// takes them too, with their environment twins, to ask the server where
+// it listens.
+func listenFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "listen", Value: defaultConfig().Listen, Usage: "address to listen on", EnvVars: []string{"REGMIRROR_LISTEN"}},
+		&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS with this PEM certificate (chain) file", EnvVars: []string{"REGMIRROR_TLS_CERT"}},
+		&cli.StringFlag{Name: "tls-key", Usage: "the PEM private key for --tls-cert", EnvVars: []string{"REGMIRROR_TLS_KEY"}},
+	}
+}
+
 func serveCommand() *cli.Command {
 	d := defaultConfig()
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the mirror",
-		Flags: append(append(commonFlags(), upstreamFlags()...),
-			&cli.StringFlag{Name: "listen", Value: d.Listen, Usage: "address to listen on", EnvVars: []string{"REGMIRROR_LISTEN"}},
+		Flags: append(append(append(commonFlags(), upstreamFlags()...), listenFlags()...),
 			&cli.DurationFlag{Name: "tag-ttl", Value: d.TagTTL.Duration, Usage: "how long a cached tag is served before it is revalidated", EnvVars: []string{"REGMIRROR_TAG_TTL"}},
 			&cli.BoolFlag{Name: "offline", Value: d.Offline, Usage: "never contact upstream; serve only what is cached", EnvVars: []string{"REGMIRROR_OFFLINE"}},
-			&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS with this PEM certificate (chain) file", EnvVars: []string{"REGMIRROR_TLS_CERT"}},
-			&cli.StringFlag{Name: "tls-key", Usage: "the PEM private key for --tls-cert", EnvVars: []string{"REGMIRROR_TLS_KEY"}},
 			maxSizeFlag(),
 		),
 		Action: func(c *cli.Context) error {
