@@ -347,6 +347,17 @@ func (c *config) tagPolicy() (*tagpolicy.Policy, error) {
 	return tagpolicy.New(rules, c.TagTTL.Duration)
 }
 
+// tagTTL is tag_ttl as the proxy and the S3 tier take it. A tag_ttl of 0
+// means "revalidate on every request" (as a tag policy's ttl = "0s" does);
+// their Options read 0 as "the default" (5 minutes), so 0 is passed as
+// the shortest TTL there is.
+func (c config) tagTTL() time.Duration {
+	if c.TagTTL.Duration == 0 {
+		return time.Nanosecond
+	}
+	return c.TagTTL.Duration
+}
+
 // privateRegistries names the registries whose cached content is served to
 // a repository only once upstream has shown it there.
 func (c *config) privateRegistries() map[string]bool {

@@ -111,7 +111,7 @@ func (c config) proxyOptions(log *slog.Logger) (proxy.Options, error) {
 	return proxy.Options{
 		DefaultRegistry:     c.DefaultRegistry,
 		HostAliases:         c.hostAliases(),
-		TagTTL:              c.TagTTL.Duration,
+		TagTTL:              c.tagTTL(),
 		TagPolicy:           policy,
 		Offline:             c.Offline,
 		FillTimeout:         c.Server.FillTimeout.Duration,

@@ -87,7 +87,7 @@ func (c *s3Config) options(cfg config, log *slog.Logger) (s3tier.Options, error)
 	return s3tier.Options{
 		Endpoint: c.Endpoint, Bucket: c.Bucket, Prefix: c.Prefix, Region: c.Region,
 		AccessKey: c.AccessKey, SecretKey: secret, PathStyle: c.PathStyle, Redirect: c.Redirect,
-		TagTTL: cfg.TagTTL.Duration, Timeout: c.Timeout.Duration, Backoff: c.Backoff.Duration, Logger: log,
+		TagTTL: cfg.tagTTL(), Timeout: c.Timeout.Duration, Backoff: c.Backoff.Duration, Logger: log,
 	}, nil
 }
 

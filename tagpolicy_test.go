@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/testpull"
+	"github.com/regmirror/regmirror/internal/testupstream"
 )
 
 // metricValue reads a sample (or a family's sum) from m's /metrics.
@@ -58,5 +60,26 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTagTTLZero: tag_ttl = "0s" revalidates the tag on every request (a
+// HEAD each), as policy explain says, instead of being taken for "unset"
+// and the default 5 minutes.
+func TestTagTTLZero(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "library/alpine", "latest", 1, 1000)
+	m := startMirror(t, up, func(c *config) { c.TagTTL = duration{0} })
+	pullAll(t, m, "alpine:latest")
+	heads := up.ManifestRequests(http.MethodHead)
+	for range 3 {
+		pullAll(t, m, "alpine:latest")
+	}
+	if n := up.ManifestRequests(http.MethodHead) - heads; n != 3 {
+		t.Errorf("3 pulls with tag_ttl 0s sent %d HEADs upstream, want 3", n)
+	}
+	var out strings.Builder
+	if err := explainPolicy(&out, m.cfg, "alpine"); err != nil || !strings.Contains(out.String(), "every request") {
+		t.Errorf("policy explain: %v\n%s", err, out.String())
 	}
 }
