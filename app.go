@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +62,11 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Server.TLSCertFile != "" { // a bad pair fails here, before the data dir is touched
+		if _, err := tls.LoadX509KeyPair(cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("server.tls_cert_file/tls_key_file: %w", err)
+		}
+	}
 	// Listen first: a port in use fails before the disk is touched, and
 	// while the index opens (after a crash the reconcile walks every file)
 	// probes get /readyz 503 and clients a clear 503 instead of a refusal.
@@ -91,6 +98,15 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	a.token = token
 	if err := admin.WriteServerURL(cfg.DataDir, a.url()); err != nil {
+		return nil, err
+	}
+	var certPEM []byte
+	if cfg.Server.TLSCertFile != "" {
+		if certPEM, err = os.ReadFile(cfg.Server.TLSCertFile); err != nil {
+			return nil, fmt.Errorf("tls_cert: %w", err)
+		}
+	}
+	if err := admin.WriteServerCert(cfg.DataDir, certPEM); err != nil {
 		return nil, err
 	}
 	metrics := prometheus.NewRegistry()

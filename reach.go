@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -145,6 +148,15 @@ func reachLocal(ctx context.Context, cfg config, log *slog.Logger, mode reachMod
 	if cl.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if strings.HasPrefix(url, "https://") {
+		if certPEM, err := admin.ReadServerCert(cfg.DataDir); err == nil {
+			tlsConfig, err := trustOwnCertificate(certPEM)
+			if err != nil {
+				return nil, err
+			}
+			cl.HTTP.Transport = &http.Transport{TLSClientConfig: tlsConfig, Proxy: nil}
+		}
+	}
 	if mode == reachMirror { // pulls go to url: make sure it is there
 		if _, err := cl.Usage(ctx, 0); err != nil {
 			return nil, serverGone(cfg.DataDir, url, err)
@@ -256,6 +268,35 @@ func serverURL(explicit, listen string) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
+// trustOwnCertificate is the TLS configuration of a command that reaches
+// the server holding its data dir: it trusts the certificate the server
+// wrote there (admin.ServerCertFile), pinned, whatever names it was issued
+// for. The command reaches the server at the address the server wrote
+// beside it (an IP, often 127.0.0.1), which a certificate for the server's
+// public name does not cover; whoever reads the data dir's token is that
+// server's admin anyway.
+func trustOwnCertificate(pemBytes []byte) (*tls.Config, error) {
+	var own [][]byte
+	for block, rest := pem.Decode(pemBytes); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type == "CERTIFICATE" {
+			own = append(own, block.Bytes)
+		}
+	}
+	if len(own) == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", admin.ServerCertFile)
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, //nolint:gosec // the certificate is pinned by VerifyPeerCertificate
+		VerifyPeerCertificate: func(chain [][]byte, _ [][]*x509.Certificate) error {
+			if len(chain) > 0 && slices.ContainsFunc(own, func(c []byte) bool { return bytes.Equal(c, chain[0]) }) {
+				return nil
+			}
+			return fmt.Errorf("the server's certificate is not the one in the data dir's %s", admin.ServerCertFile)
+		},
+	}, nil
+}
+
 // remoteClient is the management client for --username or --client-cert,
 // nil when neither is given (then the data dir decides).
 func remoteClient(c *cli.Context) (*admin.Client, error) {
@@ -309,9 +350,9 @@ func remoteClient(c *cli.Context) (*admin.Client, error) {
 // connections when done: the server may be shutting down next.
 func (t *target) PullTransport() *authTransport {
 	base := http.DefaultTransport.(*http.Transport).Clone()
-	if t.Remote {
+	if t.Client != nil {
 		if tr, ok := t.Client.HTTP.Transport.(*http.Transport); ok {
-			base = tr.Clone() // the server's CA and the admin's certificate
+			base = tr.Clone() // the server's CA or pinned certificate, the admin's certificate
 		}
 	}
 	return &authTransport{t: t, base: base}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -21,6 +22,12 @@ const TokenFile = "admin-token"
 // the running server answers on this box, so that commands find a server
 // whatever port it listens on.
 const ServerURLFile = "server-url"
+
+// ServerCertFile is the file in the data dir that holds the certificate
+// (PEM) a server with TLS answers with, so that commands on this box trust
+// exactly it at the address in ServerURLFile, which its names need not
+// cover.
+const ServerCertFile = "server-cert.pem"
 
 // WriteToken makes a new random token, stores it in dataDir (mode 0600,
 // replaced atomically) and returns it. The server calls it at start.
@@ -43,6 +50,27 @@ func WriteServerURL(dataDir, url string) error {
 		return fmt.Errorf("server url: %w", err)
 	}
 	return nil
+}
+
+// WriteServerCert records in dataDir the certificate the server answers
+// with (see ServerCertFile), or removes an earlier one when certPEM is nil.
+func WriteServerCert(dataDir string, certPEM []byte) error {
+	if certPEM == nil {
+		if err := os.Remove(filepath.Join(dataDir, ServerCertFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		return nil
+	}
+	if err := writeFile(dataDir, ServerCertFile, strings.TrimSpace(string(certPEM))); err != nil {
+		return fmt.Errorf("server certificate: %w", err)
+	}
+	return nil
+}
+
+// ReadServerCert reads the certificate the server running on dataDir
+// wrote (PEM).
+func ReadServerCert(dataDir string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(dataDir, ServerCertFile))
 }
 
 // ReadServerURL reads the URL the server running on dataDir wrote.

@@ -77,16 +77,31 @@ func newAccessServer(t *testing.T, acc Access, tls bool) *Server {
 }
 
 func serveFrom(s *Server, ip, path, auth string) (int, string, string) {
+	return serveFromTo(s, ip, "0.0.0.0", path, auth)
+}
+
+// serveFromTo is serveFrom on a connection to the server's address local.
+func serveFromTo(s *Server, ip, local, path, auth string) (int, string, string) {
 	var req fasthttp.Request
 	req.SetRequestURI(path)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
 	var ctx fasthttp.RequestCtx
-	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
+	ctx.Init2(addrConn{local: &net.TCPAddr{IP: net.ParseIP(local), Port: 5000}, remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}}, nil, false)
+	req.CopyTo(&ctx.Request)
 	s.Handler()(&ctx)
 	return ctx.Response.StatusCode(), string(ctx.Response.Body()), string(ctx.Response.Header.Peek("WWW-Authenticate"))
 }
+
+// addrConn is a connection that only has its two addresses.
+type addrConn struct {
+	net.Conn
+	local, remote net.Addr
+}
+
+func (c addrConn) LocalAddr() net.Addr  { return c.local }
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
 
 func basicHeader(u, p string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p))
@@ -173,6 +188,14 @@ func TestInternalToken(t *testing.T) {
 	}
 	if status, _, _ := serveFrom(s, "127.0.0.1", "/v2/", "Bearer other"); status != 401 {
 		t.Errorf("loopback with another token: %d, want 401", status)
+	}
+	// A server that listens on one address is reached there by its own
+	// commands: from that address to itself counts as this machine.
+	if status, _, _ := serveFromTo(s, "10.0.0.5", "10.0.0.5", "/v2/", "Bearer internal"); status != 200 {
+		t.Errorf("from the server's own address with the internal token: %d", status)
+	}
+	if status, _, _ := serveFromTo(s, "10.0.0.6", "10.0.0.5", "/v2/", "Bearer internal"); status != 401 {
+		t.Errorf("from another address of its network with the internal token: %d, want 401", status)
 	}
 }
 

@@ -523,7 +523,15 @@ func resourceOf(e endpoint) resource {
 // adminPrefix is where management requests go (see package admin).
 const adminPrefix = "/_regmirror/"
 
-func isLoopback(ip net.IP) bool { return ip != nil && ip.IsLoopback() }
+// fromThisHost reports whether the request comes from this machine: over
+// loopback, or to an address of this machine from that same address (a
+// server that listens on one address only, "10.0.0.5:5000", is reached
+// there by its own commands). TCP cannot complete a connection whose
+// source address a remote host forged to be the server's own.
+func fromThisHost(ctx *fasthttp.RequestCtx) bool {
+	ip := ctx.RemoteIP()
+	return ip != nil && (ip.IsLoopback() || ip.Equal(ctx.LocalIP()))
+}
 
 // Streamed bodies release their descriptors in Close, which fasthttp calls
 // when the response ends or the client goes away.
