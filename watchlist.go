@@ -131,11 +131,14 @@ func (w *warmer) Warm(ctx context.Context, t watch.Target, full bool) (watch.Res
 		case check.Outcome == proxy.OutcomeStale:
 			return res, fmt.Errorf("%s: upstream did not answer; the cached tag stays", ref)
 		}
-		res.Digest, res.Moved = check.Digest.String(), check.Moved() && check.Previous != ""
+		// Moved since the cache's record, or since this image was last
+		// warmed (a client's pull may have seen the move first).
+		moved := check.Moved() || t.Warmed != "" && check.Digest.String() != t.Warmed
+		res.Digest, res.Moved = check.Digest.String(), moved && (check.Previous != "" || t.Warmed != "")
 		if check.Outcome == proxy.OutcomeMiss {
 			res.Fetched++ // the new manifest
 		}
-		if !check.Moved() && !full {
+		if !moved && !full {
 			return res, nil
 		}
 		top.Digest = check.Digest

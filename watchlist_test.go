@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,45 @@ func TestWatchListWarmsMovedTag(t *testing.T) {
 	}
 	if last, next := metricValue(t, m, "regmirror_watch_last_run_timestamp_seconds"), metricValue(t, m, "regmirror_watch_next_run_timestamp_seconds"); last <= 0 || next <= last {
 		t.Errorf("last run %v, next run %v", last, next)
+	}
+}
+
+// TestWatchListSeesAMoveAClientSawFirst: a client's pull that follows a
+// tag move before the next watch pass updates the cache's record; the
+// pass still sees the move (against what it last warmed), fetches the new
+// graph and pins it there.
+func TestWatchListSeesAMoveAClientSawFirst(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomImage(t, "library/app", "latest", 2, 64<<10)
+	m := startMirror(t, up, func(c *config) {
+		c.TagTTL = duration{time.Nanosecond}
+		c.Watch = []watchConfig{{Images: []string{"docker.io/library/app:latest"}, Interval: duration{24 * time.Hour}, Pin: true}}
+	})
+	ctx := context.Background()
+	<-m.app.watch.RunNow(ctx)
+	second := up.PushRandomImage(t, "library/app", "latest", 2, 64<<10)
+	if resp, _ := get(t, http.MethodGet, m.url+"/v2/library/app/manifests/latest"); resp.Header.Get("Docker-Content-Digest") != testupstream.Digest(t, second).String() {
+		t.Fatalf("the client's manifest GET: %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+	}
+	<-m.app.watch.RunNow(ctx)
+	if st := m.app.watchStatus(); len(st) != 1 || st[0].Result != "moved" || st[0].Moves != 1 || st[0].Digest != testupstream.Digest(t, second).String() {
+		t.Fatalf("watch status: %+v", st)
+	}
+	files := blobFiles(t, m.cfg.DataDir)
+	for _, d := range graphDigests(t, second) {
+		if !files[d.Encoded()] {
+			t.Errorf("the new graph's %s is not cached", d)
+		}
+	}
+	var pin []digest.Digest
+	m.app.cache.Store.Pins(func(name string, ds []digest.Digest) error {
+		if name == "docker.io/library/app:latest" {
+			pin = ds
+		}
+		return nil
+	})
+	if !slices.Contains(pin, testupstream.Digest(t, second)) {
+		t.Errorf("the pin lists %v, not the new image %s", pin, testupstream.Digest(t, second))
 	}
 }
 

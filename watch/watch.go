@@ -23,6 +23,11 @@ type Target struct {
 	Platforms []string
 	// Pin keeps the image's current graph pinned.
 	Pin bool
+	// Warmed is the digest the image's last successful warm-up left it at
+	// ("" before the first), set by the Scheduler for each run: a tag that
+	// moved since has moved for the watch list even when a client's pull
+	// saw the move first and updated the cache's record.
+	Warmed string
 }
 
 // Result is what one warm-up did.
@@ -210,6 +215,7 @@ func (s *Scheduler) warm(ctx context.Context, g Group, t Target) {
 	}
 	st.Interval = g.Interval
 	full := s.full[t.Image]
+	t.Warmed = st.Digest
 	s.mu.Unlock()
 
 	start := s.o.Now()
