@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/internal/testpull"
 	"github.com/regmirror/regmirror/internal/testupstream"
+	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/status"
 )
 
@@ -134,6 +136,10 @@ func TestRateLimitShield(t *testing.T) {
 	}
 	if up.ManifestRequests(http.MethodHead) != heads || up.ManifestRequests(http.MethodGet) != gets {
 		t.Error("the shield let a revalidation through")
+	}
+	// The watch list's revalidation defers (it is not a failure of the image).
+	if _, err := m.app.proxy.RevalidateTag(context.Background(), "docker.io", "library/app", "1"); !errors.Is(err, proxy.ErrUpstreamOut) {
+		t.Errorf("RevalidateTag while shielded: %v, want ErrUpstreamOut (the watch list defers)", err)
 	}
 	if v, _ := testpull.MetricSum(t, m.url, "regmirror_upstream_ratelimit_shield", "registry", "docker.io"); v != 1 {
 		t.Errorf("shield gauge %v, want 1", v)

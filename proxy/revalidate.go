@@ -11,8 +11,9 @@ import (
 )
 
 // ErrUpstreamOut is returned by RevalidateTag while the registry is marked
-// out after a failure (the outage back-off, or a 429's Retry-After): the
-// caller should try again later instead of adding to the load.
+// out after a failure (the outage back-off, or a 429's Retry-After), or
+// while its pull budget is low and the tag is cached: the caller should
+// try again later instead of adding to the load.
 var ErrUpstreamOut = errors.New("upstream is backing off after a failure")
 
 // TagCheck is what RevalidateTag found.
@@ -58,6 +59,11 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 	rec, err := s.tags.Tag(rq.registry, rq.repo, tag)
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return TagCheck{}, err
+	}
+	if rec.Digest != "" && s.shielded(rq.registry) {
+		// The pull budget is low: refreshTag would serve the cached tag
+		// without asking, which is backing off, not a failure.
+		return TagCheck{}, fmt.Errorf("%w: %s's pull budget is low", ErrUpstreamOut, rq.registry)
 	}
 	pol := s.tagPolicy(rq)
 	ch := s.flights.DoChan(tagKeyOf(rq).flight(), func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
