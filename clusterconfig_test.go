@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/cluster"
+	"github.com/regmirror/regmirror/proxy"
 )
 
 // TestClusterConfig: [cluster] is checked at load: self (or
@@ -60,5 +63,13 @@ func TestClusterConfig(t *testing.T) {
 				t.Fatalf("got %v, want an error about %s", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestPeerHeadersAgree: the header an owner marks an upstream failure with
+// (proxy) is the one the asking node reads (cluster).
+func TestPeerHeadersAgree(t *testing.T) {
+	if proxy.PeerUpstreamFailedHeader != cluster.UpstreamFailedHeader {
+		t.Errorf("proxy sets %q, cluster reads %q", proxy.PeerUpstreamFailedHeader, cluster.UpstreamFailedHeader)
 	}
 }

@@ -16,6 +16,11 @@ import (
 // Header carries a peer request's signature (see the package doc).
 const Header = "X-Regmirror-Peer"
 
+// UpstreamFailedHeader is set by an owner on an error answer its own
+// upstream caused (the proxy's hdrUpstreamFailed): the asker falls back
+// for that request without marking the owner down.
+const UpstreamFailedHeader = "X-Regmirror-Upstream-Failed"
+
 // PingPath is the peer health endpoint the proxy answers.
 const PingPath = "/_regmirror/peer"
 

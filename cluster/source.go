@@ -143,7 +143,10 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 	default:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
-		return fail(fmt.Errorf("peer %s answered %s", peer, resp.Status), resp.StatusCode >= 500 || resp.StatusCode == http.StatusUnauthorized)
+		// The owner failing because its upstream did is no sign of it
+		// being down: this request falls back, the owner keeps its digests.
+		down := (resp.StatusCode >= 500 && resp.Header.Get(UpstreamFailedHeader) == "") || resp.StatusCode == http.StatusUnauthorized
+		return fail(fmt.Errorf("peer %s answered %s", peer, resp.Status), down)
 	}
 	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.String() {
 		resp.Body.Close()

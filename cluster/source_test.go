@@ -95,6 +95,9 @@ func TestSourceForwardsAndFallsBack(t *testing.T) {
 		switch mode.Load() {
 		case "500":
 			w.WriteHeader(http.StatusInternalServerError)
+		case "503 upstream":
+			w.Header().Set(UpstreamFailedHeader, "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
 		case "cut":
 			w.Header().Set("Content-Length", strconv.Itoa(len(content)))
 			w.Write([]byte(content[:5]))
@@ -164,6 +167,17 @@ func TestSourceForwardsAndFallsBack(t *testing.T) {
 	before := own.gets.Load()
 	if b, err := src.GetBlob(ctx, "library/x", d, 5); err != nil || own.gets.Load() != before+1 || b.Offset != 5 {
 		t.Fatalf("resume after the cut: %v, own source %d→%d", err, before, own.gets.Load())
+	}
+
+	// A 5xx the owner's upstream caused: this request falls back, and the
+	// owner keeps its digests (it is not marked down).
+	mode.Store("503 upstream")
+	before = own.gets.Load()
+	n.PingAll(ctx)
+	if b, err := src.GetBlob(ctx, "library/x", d, 0); err != nil || own.gets.Load() != before+1 {
+		t.Fatalf("owner's upstream failed: %v, own source not asked", err)
+	} else if got, _ := readAll(t, b); got != content || !isUp() {
+		t.Fatalf("owner's upstream failed: %q, owner up %v; want it still up", got, isUp())
 	}
 
 	// 5xx: falls back at once and marks the owner down.

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
 
 	"github.com/regmirror/regmirror/access"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // Peers is what the proxy needs from a cluster of mirrors (package
@@ -26,6 +28,27 @@ const peerUser = "regmirror-peer"
 
 // peerPingPath is where the peers' health pings go (cluster.PingPath).
 const peerPingPath = "/_regmirror/peer"
+
+// PeerUpstreamFailedHeader marks an error answer to a peer that this
+// node's upstream caused (cluster.UpstreamFailedHeader): the asking node
+// then fetches that blob itself without taking this node for down, which
+// would send every digest this node owns elsewhere until its next ping.
+const PeerUpstreamFailedHeader = "X-Regmirror-Upstream-Failed"
+
+var hdrUpstreamFailed = []byte(PeerUpstreamFailedHeader)
+
+// markUpstreamFailure sets hdrUpstreamFailed on an error answer to a
+// verified peer when err is upstream's doing: it failed, rate limited,
+// refused or sent content that is not what it should be.
+func markUpstreamFailure(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
+	if ex.user != peerUser {
+		return
+	}
+	if isUpstreamOutage(err) || errors.Is(err, errUpstreamCorrupt) || errors.Is(err, upstream.ErrRefused) ||
+		errors.Is(err, upstream.ErrInvalidManifest) || errors.Is(err, upstream.ErrTooLarge) {
+		ctx.Response.Header.SetCanonical(hdrUpstreamFailed, []byte("1"))
+	}
+}
 
 func (s *Server) verifyPeer(ctx *fasthttp.RequestCtx) (bool, error) {
 	return s.opts.Peers.Verify(string(ctx.Method()), string(ctx.RequestURI()), func(name string) string {

@@ -29,6 +29,11 @@ func (f *fakePeers) Verify(method, uri string, header func(string) string) (bool
 func (f *fakePeers) Serving(d digest.Digest) { f.serving = append(f.serving, d) }
 
 func serveWithPeer(s *Server, method, uri, peer string) int {
+	return peerAnswer(s, method, uri, peer).StatusCode()
+}
+
+// peerAnswer is the response to a request signed peer ("" for none).
+func peerAnswer(s *Server, method, uri, peer string) *fasthttp.Response {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -38,7 +43,9 @@ func serveWithPeer(s *Server, method, uri, peer string) int {
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP("203.0.113.7"), Port: 40000}, nil)
 	s.Handler()(&ctx)
-	return ctx.Response.StatusCode()
+	var resp fasthttp.Response
+	ctx.Response.CopyTo(&resp)
+	return &resp
 }
 
 // TestPeerRequestsPassAccess: with access control that knows nobody, a
@@ -53,8 +60,8 @@ func TestPeerRequestsPassAccess(t *testing.T) {
 	d := digest.FromString("some blob")
 	blob := "/v2/library/alpine/blobs/" + d.String() + "?ns=docker.io"
 
-	if code := serveWithPeer(s, "GET", blob, ""); code != 401 {
-		t.Fatalf("unsigned, unknown client: %d, want 401", code)
+	if resp := peerAnswer(s, "GET", blob, ""); resp.StatusCode() != 401 || len(resp.Header.PeekBytes(hdrUpstreamFailed)) != 0 {
+		t.Fatalf("unsigned, unknown client: %d (%s: %q), want 401 without it", resp.StatusCode(), hdrUpstreamFailed, resp.Header.PeekBytes(hdrUpstreamFailed))
 	}
 	if code := serveWithPeer(s, "GET", blob, "bad"); code != 401 {
 		t.Fatalf("bad signature: %d, want 401", code)
@@ -62,9 +69,15 @@ func TestPeerRequestsPassAccess(t *testing.T) {
 	if len(peers.serving) != 0 {
 		t.Fatal("a refused request reached Serving")
 	}
-	// Signed: past access control; the upstream (nothing listens) is what fails.
-	if code := serveWithPeer(s, "GET", blob, "good"); code == 401 || code == 403 {
+	// Signed: past access control; the upstream (nothing listens) is what
+	// fails, and the answer says so, for the asker not to take this node
+	// for down.
+	resp := peerAnswer(s, "GET", blob, "good")
+	if code := resp.StatusCode(); code == 401 || code == 403 {
 		t.Fatalf("verified peer: %d, refused by access control", code)
+	}
+	if string(resp.Header.PeekBytes(hdrUpstreamFailed)) != "1" {
+		t.Errorf("verified peer, upstream down: %d without %s", resp.StatusCode(), hdrUpstreamFailed)
 	}
 	if len(peers.serving) != 1 || peers.serving[0] != d {
 		t.Fatalf("Serving got %v, want [%s]", peers.serving, d)

@@ -69,6 +69,7 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, ex *exchange, r reply, err err
 	switch {
 	case err != nil:
 		w := writeError(ctx, err, ex.resource)
+		markUpstreamFailure(ctx, ex, err)
 		ex.errorCode, ex.detail = w.Code, err.Error()
 		if ex.registry == "" {
 			ex.asked = askedRegistry(ctx, ex.path)
