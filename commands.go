@@ -31,6 +31,9 @@ func gcCommand() *cli.Command {
 			if c.Bool("s3") {
 				return gcS3(c)
 			}
+			if c.IsSet("older-than") {
+				return errors.New("gc: --older-than goes with --s3 (the local cache is evicted by its budget, least recently used first)")
+			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
 				if err := sameBudget(ctx, c, t); err != nil {
 					return err
@@ -44,10 +47,10 @@ func gcCommand() *cli.Command {
 					return err
 				}
 				fmt.Fprintf(c.App.Writer, "evicted %d blobs (%s) from %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), t.Where)
-				if res.Failed > 0 {
-					fmt.Fprintf(c.App.Writer, "%d blobs could not be deleted (see the log)\n", res.Failed)
-				}
 				fmt.Fprintf(c.App.Writer, "cache now %s\n", sizeVsBudget(u))
+				if res.Failed > 0 {
+					return fmt.Errorf("gc: %d blobs could not be deleted (see the log)", res.Failed)
+				}
 				return nil
 			})
 		},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -277,6 +278,18 @@ func TestGCAndDuCommands(t *testing.T) {
 	out := run("gc", "--data-dir", m.cfg.DataDir, "--server", m.url, "--log-level", "error")
 	if !strings.Contains(out, "evicted 0 blobs") {
 		t.Errorf("gc under budget: %s", out)
+	}
+	// --server is the cache asked, even when --data-dir names a free (here:
+	// no) data dir: never a new empty cache reported as the server's.
+	elsewhere := filepath.Join(t.TempDir(), "data")
+	if out, err := runCLIErr("du", "--data-dir", elsewhere, "--server", m.url); err == nil || !strings.Contains(err.Error(), "management token") {
+		t.Errorf("du --server with another data dir: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(elsewhere); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("du --server made a data dir: %v", err)
+	}
+	if _, err := runCLIErr("gc", "--data-dir", m.cfg.DataDir, "--server", m.url, "--older-than", "30d"); err == nil || !strings.Contains(err.Error(), "goes with --s3") {
+		t.Errorf("gc --older-than without --s3: %v, want it refused (it would evict by the budget instead)", err)
 	}
 	out = run("pin", "--data-dir", m.cfg.DataDir, "--server", m.url, "library/a")
 	if !strings.Contains(out, "pinned docker.io/library/a:latest") {

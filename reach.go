@@ -121,8 +121,13 @@ func reach(c *cli.Context, mode reachMode) (*target, error) {
 	return t, nil
 }
 
-// reachLocal opens the data dir of cfg, or reaches the server holding it.
+// reachLocal opens the data dir of cfg, or reaches the server holding it;
+// a server named with --server is reached whether the data dir is free or
+// not (a free one would be the wrong cache, or a new empty one).
 func reachLocal(ctx context.Context, cfg config, log *slog.Logger, mode reachMode, server string) (*target, error) {
+	if server != "" && mode != reachDataDir {
+		return reachServer(ctx, cfg, log, mode, server)
+	}
 	var err error
 	switch mode {
 	case reachMirror:
@@ -143,10 +148,17 @@ func reachLocal(ctx context.Context, cfg config, log *slog.Logger, mode reachMod
 	if mode == reachDataDir {
 		return nil, fmt.Errorf("the data dir %s is in use by a running regmirror; stop it, run this command, then start it again", cfg.DataDir)
 	}
+	return reachServer(ctx, cfg, log, mode, server)
+}
+
+// reachServer reaches the server holding cfg's data dir (at server, when
+// given), with the management token it wrote there.
+func reachServer(ctx context.Context, cfg config, log *slog.Logger, mode reachMode, server string) (*target, error) {
 	url := findServer(server, cfg)
 	cl := admin.NewClient(url, "")
+	var err error
 	if cl.Token, err = admin.ReadToken(cfg.DataDir); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the management token of %s (the server's data dir, --data-dir): %w", url, err)
 	}
 	if strings.HasPrefix(url, "https://") {
 		if certPEM, err := admin.ReadServerCert(cfg.DataDir); err == nil {
