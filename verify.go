@@ -46,7 +46,7 @@ func verifyCommand() *cli.Command {
 						return err
 					}
 					if n := len(res.Corrupt); n > 0 {
-						return fmt.Errorf("verify: %d corrupt blobs removed; the next pull fetches them again (or run verify --repair)", n)
+						return fmt.Errorf("verify: %d corrupt or missing blobs removed; the next pull fetches them again (or run verify --repair)", n)
 					}
 					return nil
 				})
@@ -96,10 +96,19 @@ func runVerify(ctx context.Context, c *cli.Context, ops admin.Ops, where string,
 	}
 	pg.Wait()
 	w := c.App.Writer
+	missing := 0
 	for _, cb := range res.Corrupt {
+		if cb.Missing {
+			missing++
+			fmt.Fprintf(w, "MISSING  %s (%s, %s): file gone, record dropped\n", cb.Digest, humanize.IBytes(uint64(cb.Size)), seenIn(cb))
+			continue
+		}
 		fmt.Fprintf(w, "CORRUPT  %s (%s, %s) removed\n", cb.Digest, humanize.IBytes(uint64(cb.Size)), seenIn(cb))
 	}
-	fmt.Fprintf(w, "verified %d blobs (%s) in %s: %d corrupt", res.Blobs, humanize.IBytes(uint64(res.Bytes)), where, len(res.Corrupt))
+	fmt.Fprintf(w, "verified %d blobs (%s) in %s: %d corrupt", res.Blobs, humanize.IBytes(uint64(res.Bytes)), where, len(res.Corrupt)-missing)
+	if missing > 0 {
+		fmt.Fprintf(w, ", %d missing", missing)
+	}
 	if res.Vanished > 0 {
 		fmt.Fprintf(w, ", %d evicted during the run", res.Vanished)
 	}

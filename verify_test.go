@@ -124,6 +124,23 @@ func TestVerifyCommand(t *testing.T) {
 	if !strings.Contains(out, "verified 5 blobs") || !strings.Contains(out, ": 0 corrupt") {
 		t.Fatalf("verify of a repaired cache:\n%s", out)
 	}
+
+	// A file gone while the mirror was stopped (the clean start trusts the
+	// index, so its record stays): reported missing, and repaired.
+	if err := os.Remove(filepath.Join(m.cfg.DataDir, "blobs", "sha256", layers[0].Encoded()[:2], layers[0].Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	before = up.BlobGETs(layers[0])
+	out = runCLI(t, "verify", "--config", conf, "--repair")
+	if !strings.Contains(out, "MISSING  "+layers[0].String()) || !strings.Contains(out, "1 missing") || !strings.Contains(out, "repaired "+layers[0].String()) {
+		t.Fatalf("verify --repair with a file missing:\n%s", out)
+	}
+	if got := up.BlobGETs(layers[0]) - before; got != 1 {
+		t.Fatalf("repairing the missing file cost %d upstream GETs, want 1", got)
+	}
+	if n := verifyBlobFiles(t, m.cfg.DataDir); n != 5 {
+		t.Fatalf("%d intact blob files after the repair, want 5", n)
+	}
 }
 
 // TestScrubFindsCorruptBlob: the background scrub, driven by a trigger in

@@ -38,16 +38,18 @@ type VerifyResult struct {
 	Blobs    int64         `json:"blobs"`    // blobs re-hashed
 	Bytes    int64         `json:"bytes"`    // bytes read
 	Vanished int64         `json:"vanished"` // evicted while the run went on
-	Corrupt  []CorruptBlob `json:"corrupt"`  // found corrupt, and removed
+	Corrupt  []CorruptBlob `json:"corrupt"`  // found corrupt (or missing), and removed
 }
 
-// CorruptBlob is a blob whose content did not match its digest. It was
-// removed; Registry and Repo name a repository it was seen in (empty if
-// none is known), where it can be fetched again.
+// CorruptBlob is a blob whose content did not match its digest, or whose
+// file was missing (Missing). It was removed; Registry and Repo name a
+// repository it was seen in (empty if none is known), where it can be
+// fetched again.
 type CorruptBlob struct {
 	Digest    digest.Digest `json:"digest"`
 	Size      int64         `json:"size"`
 	MediaType string        `json:"media_type"`
+	Missing   bool          `json:"missing,omitempty"`
 	Registry  string        `json:"registry,omitempty"`
 	Repo      string        `json:"repository,omitempty"`
 }
@@ -78,6 +80,9 @@ func (l *Local) Verify(ctx context.Context, rate int64, progress func(done, tota
 	for _, info := range rep.Corrupt {
 		res.Corrupt = append(res.Corrupt, CorruptBlob{Digest: info.Digest, Size: info.Size, MediaType: info.MediaType})
 	}
+	for _, info := range rep.Missing {
+		res.Corrupt = append(res.Corrupt, CorruptBlob{Digest: info.Digest, Size: info.Size, MediaType: info.MediaType, Missing: true})
+	}
 	for i := range res.Corrupt {
 		where[res.Corrupt[i].Digest] = &res.Corrupt[i]
 	}
@@ -91,7 +96,11 @@ func (l *Local) Verify(ctx context.Context, rate int64, progress func(done, tota
 		err = errors.Join(err, lerr)
 	}
 	for _, c := range res.Corrupt {
-		l.log().Warn("verify: removed a corrupt blob", "digest", c.Digest, "size", c.Size, "registry", c.Registry, "repository", c.Repo)
+		what := "verify: removed a corrupt blob"
+		if c.Missing {
+			what = "verify: dropped the record of a blob whose file is missing"
+		}
+		l.log().Warn(what, "digest", c.Digest, "size", c.Size, "registry", c.Registry, "repository", c.Repo)
 	}
 	return res, err
 }

@@ -176,10 +176,11 @@ func (s *Store) put(d digest.Digest, mediaType string, data []byte, scoped bool)
 }
 
 // dropStale removes the record for d if its file is (still) missing or of
-// the wrong size. The file, if any, is removed as well.
-func (s *Store) dropStale(d digest.Digest, hex, why string) {
+// the wrong size. The file, if any, is removed as well. It reports whether
+// it dropped a record (not when another change got there first).
+func (s *Store) dropStale(d digest.Digest, hex, why string) (dropped bool) {
 	if err := s.rlock(); err != nil {
-		return
+		return false
 	}
 	mu := s.stripe(hex)
 	mu.Lock()
@@ -187,13 +188,13 @@ func (s *Store) dropStale(d digest.Digest, hex, why string) {
 	if err != nil {
 		mu.Unlock()
 		s.closeMu.RUnlock()
-		return
+		return false
 	}
 	path := s.blobPath(hex)
 	if fi, err := os.Stat(path); err == nil && fi.Size() == rec.size {
 		mu.Unlock() // repaired meanwhile by a Commit
 		s.closeMu.RUnlock()
-		return
+		return false
 	}
 	err = s.update(func(txn *badger.Txn) error { return txn.Delete(blobKey(d)) })
 	if err == nil {
@@ -205,11 +206,12 @@ func (s *Store) dropStale(d digest.Digest, hex, why string) {
 	s.closeMu.RUnlock()
 	if err != nil {
 		s.log.Error("dropping stale blob record", "digest", d, "err", err)
-		return
+		return false
 	}
 	s.forgetAccess(d)
 	s.log.Warn("dropped blob record", "digest", d, "reason", why)
 	s.obs.removed(d)
+	return true
 }
 
 // Delete removes the index record and then the file. Readers holding the

@@ -42,6 +42,11 @@ type VerifyReport struct {
 	// Corrupt lists the blobs whose content did not match their digest.
 	// Each was removed from index and disk at once.
 	Corrupt []BlobInfo
+	// Missing lists the blobs whose record was there but whose file was
+	// not (deleted by hand while the mirror was stopped, a lost disk
+	// sector): each record was dropped. Unlike Vanished, nothing else
+	// removed them.
+	Missing []BlobInfo
 	// Vanished counts blobs evicted or replaced before or while they were
 	// read: nothing to judge.
 	Vanished int64
@@ -91,6 +96,8 @@ func (s *Store) VerifyAll(ctx context.Context, opts VerifyOptions) (VerifyReport
 		ok, n, err := v.verify(ctx, info)
 		rep.Bytes += n
 		switch {
+		case errors.Is(err, errFileMissing):
+			rep.Missing = append(rep.Missing, info)
 		case errors.Is(err, errVanished):
 			rep.Vanished++
 		case err != nil:
@@ -110,6 +117,10 @@ func (s *Store) VerifyAll(ctx context.Context, opts VerifyOptions) (VerifyReport
 // read.
 var errVanished = errors.New("cache: blob vanished during verification")
 
+// errFileMissing: the blob's record was there without its file, and was
+// dropped.
+var errFileMissing = errors.New("cache: blob file missing")
+
 type verifier struct {
 	s        *Store
 	lim      *rate.Limiter
@@ -127,8 +138,10 @@ func (v *verifier) verify(ctx context.Context, info BlobInfo) (ok bool, read int
 	}
 	f, err := os.Open(s.blobPath(hx))
 	if errors.Is(err, os.ErrNotExist) {
-		s.dropStale(info.Digest, hx, "file missing")
-		return false, 0, errVanished
+		if s.dropStale(info.Digest, hx, "file missing") {
+			return false, 0, errFileMissing
+		}
+		return false, 0, errVanished // evicted meanwhile
 	}
 	if err != nil {
 		return false, 0, fmt.Errorf("cache: verify %s: %w", info.Digest, err)
