@@ -94,6 +94,7 @@ type Scheduler struct {
 	mu     sync.Mutex
 	status map[string]*Status
 	full   map[string]bool // images whose next run walks the whole graph
+	group  map[string]int  // the group that last listed each image
 }
 
 // New builds a Scheduler; Run starts it.
@@ -107,7 +108,7 @@ func New(o Options) *Scheduler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{o: o, log: o.Logger, status: map[string]*Status{}, full: map[string]bool{}}
+	s := &Scheduler{o: o, log: o.Logger, status: map[string]*Status{}, full: map[string]bool{}, group: map[string]int{}}
 	for range o.Groups {
 		s.kick = append(s.kick, make(chan chan struct{}))
 	}
@@ -121,7 +122,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.loop(ctx, g, s.kick[i])
+			s.loop(ctx, i, g, s.kick[i])
 		}()
 	}
 	wg.Wait()
@@ -155,10 +156,10 @@ func (s *Scheduler) RunNow(ctx context.Context) <-chan struct{} {
 	return all
 }
 
-func (s *Scheduler) loop(ctx context.Context, g Group, kick chan chan struct{}) {
+func (s *Scheduler) loop(ctx context.Context, gi int, g Group, kick chan chan struct{}) {
 	var done chan struct{} // a RunNow caller waiting for this pass
 	for {
-		s.pass(ctx, g)
+		s.pass(ctx, gi, g)
 		if done != nil {
 			close(done)
 			done = nil
@@ -192,16 +193,40 @@ func (s *Scheduler) scheduled(g Group, next time.Time) {
 	}
 }
 
-func (s *Scheduler) pass(ctx context.Context, g Group) {
+func (s *Scheduler) pass(ctx context.Context, gi int, g Group) {
 	targets, err := g.Targets()
 	if err != nil {
 		s.log.Warn("watch list: reading the images", "err", err)
+	} else {
+		s.forgetUnlisted(gi, targets)
 	}
 	for _, t := range targets {
 		if ctx.Err() != nil {
 			return
 		}
+		s.mu.Lock()
+		s.group[t.Image] = gi
+		s.mu.Unlock()
 		s.warm(ctx, g, t)
+	}
+}
+
+// forgetUnlisted drops the state of the images group gi listed before and
+// lists no more (taken off a watch file): the status page and /metrics
+// show only what is watched.
+func (s *Scheduler) forgetUnlisted(gi int, targets []Target) {
+	listed := map[string]bool{}
+	for _, t := range targets {
+		listed[t.Image] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for image, g := range s.group {
+		if g == gi && !listed[image] {
+			delete(s.status, image)
+			delete(s.full, image)
+			delete(s.group, image)
+		}
 	}
 }
 

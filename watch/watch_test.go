@@ -78,3 +78,37 @@ func TestScheduler(t *testing.T) {
 		t.Errorf("moved: %+v", st[0])
 	}
 }
+
+// TestSchedulerForgetsUnlistedImages: an image taken off the list (a
+// watch file edited) leaves the status, from the next pass on.
+func TestSchedulerForgetsUnlistedImages(t *testing.T) {
+	var mu sync.Mutex
+	images := []string{"docker.io/library/a:latest", "docker.io/library/b:latest"}
+	s := New(Options{
+		Groups: []Group{{Interval: 24 * time.Hour, Targets: func() ([]Target, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			var ts []Target
+			for _, i := range images {
+				ts = append(ts, Target{Image: i})
+			}
+			return ts, nil
+		}}},
+		Warmer: &fakeWarmer{},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-s.RunNow(ctx)
+	if st := s.Status(); len(st) != 2 {
+		t.Fatalf("status of two watched images: %+v", st)
+	}
+	mu.Lock()
+	images = images[:1]
+	mu.Unlock()
+	<-s.RunNow(ctx)
+	if st := s.Status(); len(st) != 1 || st[0].Image != "docker.io/library/a:latest" {
+		t.Fatalf("status after b was taken off the list: %+v", st)
+	}
+}
