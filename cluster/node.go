@@ -90,6 +90,9 @@ var (
 	errPeerDown = errors.New("cluster: the owner was marked down")
 	// errPeerStalled: the owner's body sent nothing for StallTimeout.
 	errPeerStalled = errors.New("cluster: the owner's body stalled")
+	// errOwnerCorrupt: the owner sent a whole body that was not the digest
+	// (its copy is damaged).
+	errOwnerCorrupt = errors.New("cluster: the owner sent content that is not the digest")
 )
 
 // errAskedByPeer cuts a forward when a peer asks this node for the same
@@ -273,6 +276,12 @@ func (n *Node) Verify(method, uri string, header func(name string) string) (ok b
 // resumes from upstream.
 func (n *Node) Serving(d digest.Digest) {
 	n.served.Add(1)
+	n.fillHere(d, errAskedByPeer)
+}
+
+// fillHere makes this node fill d from its own sources for ServingFor, and
+// cuts the forwards of d in flight with cause.
+func (n *Node) fillHere(d digest.Digest, cause error) {
 	now := n.o.Now()
 	n.mu.Lock()
 	if len(n.serving) >= maxServing {
@@ -287,7 +296,7 @@ func (n *Node) Serving(d digest.Digest) {
 	delete(n.forwards, d)
 	n.mu.Unlock()
 	for f := range cut {
-		f.cancel(errAskedByPeer)
+		f.cancel(cause)
 	}
 }
 

@@ -154,6 +154,15 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 	}
 	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body,
 		stall: time.AfterFunc(n.o.StallTimeout, func() { cancel(errPeerStalled) })}
+	if offset == 0 {
+		// The owner's copy is damaged (a disk flipped a bit): this node
+		// fetches d from its own sources for a while, instead of getting
+		// the same wrong bytes from the owner on every try.
+		b.Refute = func() {
+			n.log.Warn("peer sent a blob that is not its digest; fetching it from this node's own sources", "peer", peer, "digest", d)
+			n.fillHere(d, errOwnerCorrupt)
+		}
+	}
 	return b, nil
 }
 

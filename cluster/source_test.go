@@ -361,3 +361,42 @@ func TestFrozenOwnerIsGivenUp(t *testing.T) {
 		})
 	}
 }
+
+// TestCorruptOwnerCopyIsRefuted: an owner whose copy of a blob is damaged
+// sends a whole body that is not the digest; once the fill says so
+// (Refuted), this node fetches that digest from its own sources instead
+// of getting the same wrong bytes from the owner on every try. The owner
+// keeps its other digests.
+func TestCorruptOwnerCopyIsRefuted(t *testing.T) {
+	secret := []byte("0123456789abcdef0123")
+	const content = "the blob's content, served by the owner"
+	owner := newOwner(t, secret, func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.ToUpper(content))) // damaged
+	})
+	self := "http://127.0.0.1:1"
+	n, err := New(Options{Self: self, Peers: []string{owner.URL}, Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n.PingAll(ctx)
+	own := &fakeUpstream{content: content}
+	src := n.Wrap(own)
+	d := ownedBy(owner.URL, self)
+	b, err := src.GetBlob(ctx, "library/x", d, 0)
+	if err != nil || own.gets.Load() != 0 {
+		t.Fatalf("first try: %v, own source asked %d times; want the owner asked", err, own.gets.Load())
+	}
+	readAll(t, b)
+	b.Refuted()
+	b, err = src.GetBlob(ctx, "library/x", d, 0)
+	if err != nil || own.gets.Load() != 1 {
+		t.Fatalf("after the refute: %v, own source asked %d times, want 1", err, own.gets.Load())
+	}
+	if got, _ := readAll(t, b); got != content {
+		t.Fatalf("after the refute: %q", got)
+	}
+	if !n.Stats().Peers[0].Up || n.forwardTo(digest.FromString("another blob")) == "" && n.Owner(digest.FromString("another blob")) == owner.URL {
+		t.Errorf("the refute took the owner out for other digests: %+v", n.Stats().Peers)
+	}
+}
