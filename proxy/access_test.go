@@ -47,15 +47,8 @@ func (f *fakeAccess) May(user, registry, repo string) bool { return repo != "den
 
 func newAccessServer(t *testing.T, acc Access, tls bool) *Server {
 	t.Helper()
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	reg := unreachable(t, "docker.io")
+	store := tempStore(t)
 	o := Options{Registries: []Upstream{reg}, Store: store, Access: acc,
 		Admin: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Header.Get("Authorization") != "Bearer tok" {

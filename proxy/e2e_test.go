@@ -592,11 +592,7 @@ func (p *pagedTags) ListTags(_ context.Context, _ string, rawQuery string) (upst
 // for that page. Clients that page (crane, skopeo) would otherwise stop
 // after the first.
 func TestTagListPages(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	corp := &pagedTags{stubUpstream: stubUpstream{"registry.corp:5000"}}
 	s, err := New(Options{Registries: []Upstream{stubUpstream{"docker.io"}, corp}, Store: store})
 	if err != nil {

@@ -13,11 +13,7 @@ import (
 // newTestFill is a fill whose download the test drives by hand.
 func newTestFill(t *testing.T, content []byte) (*fill, *cache.Store) {
 	t.Helper()
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	w, err := store.Create(digest.FromBytes(content), "application/octet-stream")
 	if err != nil {
 		t.Fatal(err)

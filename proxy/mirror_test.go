@@ -129,3 +129,25 @@ func pullAll(t testing.TB, m *testMirror, s string) digest.Digest {
 	t.Helper()
 	return testpull.All(t, m.ref(t, s))
 }
+
+// tempStore is a cache in a temp dir, closed when the test ends.
+func tempStore(t testing.TB) *cache.Store {
+	t.Helper()
+	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// unreachable is registry name at an address nothing answers on: for
+// tests that must not, or need not, reach an upstream.
+func unreachable(t testing.TB, name string) *upstream.Registry {
+	t.Helper()
+	reg, err := upstream.New(upstream.Options{Name: name, URL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}

@@ -15,10 +15,7 @@ import (
 // registry.hub.docker.com to docker.io while upstream's isDockerHub did
 // not, so "alpine" there stayed "alpine" instead of "library/alpine".
 func TestDockerHubAliasesAgree(t *testing.T) {
-	hub, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	hub := unreachable(t, "docker.io")
 	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

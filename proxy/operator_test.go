@@ -73,11 +73,7 @@ func fetch(t *testing.T, c *http.Client, path string, header ...string) (int, st
 }
 
 func TestOperatorViewsFollowPullPolicy(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	d := digest.FromString("m")
 	for _, rr := range [][2]string{{"docker.io", "library/a"}, {"corp", "secret/app"}} {
 		if err := store.SetTag(rr[0], rr[1], "1", cache.TagRecord{Digest: d}); err != nil {
@@ -124,11 +120,7 @@ type denyAll struct{}
 func (denyAll) MayPull(*fasthttp.RequestCtx, string, string) bool { return false }
 
 func TestStatusPageNeedsPull(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	s, err := New(Options{Registries: []Upstream{stubUpstream{"docker.io"}}, Store: store, Operator: OperatorOptions{PullPolicy: denyAll{}}})
 	if err != nil {
 		t.Fatal(err)
@@ -153,11 +145,7 @@ type budgetUpstream struct {
 func (u budgetUpstream) Stats() upstream.Stats { return *u.st }
 
 func TestShieldFollowsTheBudgetAndLogs(t *testing.T) {
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	st := &upstream.Stats{}
 	var logs strings.Builder
 	s, err := New(Options{

@@ -47,11 +47,7 @@ func passServer(t *testing.T, up *testupstream.Server, repo string, d digest.Dig
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := tempStore(t)
 	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
 	if err != nil {
 		t.Fatal(err)

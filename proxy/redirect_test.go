@@ -8,7 +8,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/valyala/fasthttp"
 
-	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -27,15 +26,8 @@ func (r *redirecting) BlobRedirect(context.Context, string, digest.Digest) (stri
 // the URL a BlobRedirector offers (outcome "redirect"); a HEAD, a peer's
 // request and the mirror's own pulls (internal token) are not redirected.
 func TestBlobRedirect(t *testing.T) {
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	reg := unreachable(t, "docker.io")
+	store := tempStore(t)
 	up := &redirecting{Registry: reg}
 	s, err := New(Options{Registries: []Upstream{up}, Store: store, InternalToken: "tok", Peers: &fakePeers{}})
 	if err != nil {
@@ -88,19 +80,9 @@ func serveOnce(s *Server, method, uri, ip string, header ...string) *fasthttp.Re
 // there (confirmInRepo), so a redirect, which skips that, is offered only
 // for a digest linked to the repository.
 func TestBlobRedirectNeedsALink(t *testing.T) {
-	hub, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	corp, err := upstream.New(upstream.Options{Name: "registry.corp:5000", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	hub := unreachable(t, "docker.io")
+	corp := unreachable(t, "registry.corp:5000")
+	store := tempStore(t)
 	s, err := New(Options{Registries: []Upstream{&redirecting{Registry: hub}, corp}, Store: store,
 		PrivateRegistries: map[string]bool{"registry.corp:5000": true}})
 	if err != nil {

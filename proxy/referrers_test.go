@@ -5,9 +5,6 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/regmirror/regmirror/cache"
-	"github.com/regmirror/regmirror/upstream"
 )
 
 // TestReferrersServedFromOwnRecord: an offline mirror, and one whose
@@ -18,15 +15,8 @@ func TestReferrersServedFromOwnRecord(t *testing.T) {
 	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"digest":"` +
 		digest.FromString("sig").String() + `","artifactType":"application/x-sig"}]}`
 	for _, offline := range []bool{true, false} {
-		reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		store, err := cache.Open(cache.Options{Dir: t.TempDir()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { store.Close() })
+		reg := unreachable(t, "docker.io")
+		store := tempStore(t)
 		s, err := New(Options{Registries: []Upstream{reg}, Store: store, Offline: offline})
 		if err != nil {
 			t.Fatal(err)

@@ -5,8 +5,6 @@ import (
 	"net"
 	"strings"
 	"testing"
-
-	"github.com/regmirror/regmirror/upstream"
 )
 
 func TestParsePath(t *testing.T) {
@@ -141,10 +139,7 @@ func FuzzParseReference(f *testing.F) {
 // which configured registry every addressing form names, and refuses the
 // others.
 func TestRouterResolve(t *testing.T) {
-	hub, err := upstream.New(upstream.Options{Name: "docker.io", URL: "http://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	hub := unreachable(t, "docker.io")
 	r, err := newRouter(map[string]Upstream{
 		"docker.io":          hub,
 		"ghcr.io":            stubUpstream{"ghcr.io"},
