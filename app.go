@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +42,10 @@ type app struct {
 	token string
 	// tiers are the cluster (and S3) in front of the upstreams (tiers.go).
 	tiers *tiers
+	// ownTLS trusts exactly this server's certificate, for its own pulls
+	// through itself (watch list, config pins, a command's local mirror)
+	// at an address its certificate need not cover; nil without TLS.
+	ownTLS *tls.Config
 }
 
 // newApp builds every component, listens and opens the cache; Run serves.
@@ -102,8 +105,11 @@ func newApp(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	var certPEM []byte
 	if cfg.Server.TLSCertFile != "" {
-		if certPEM, err = os.ReadFile(cfg.Server.TLSCertFile); err != nil {
-			return nil, fmt.Errorf("tls_cert: %w", err)
+		if certPEM, err = readCertificates(cfg.Server.TLSCertFile); err != nil {
+			return nil, err
+		}
+		if a.ownTLS, err = trustOwnCertificate(certPEM); err != nil {
+			return nil, err
 		}
 	}
 	if err := admin.WriteServerCert(cfg.DataDir, certPEM); err != nil {
@@ -293,7 +299,7 @@ func (a *app) pinConfigured(ctx context.Context) {
 // operations, and its URL to pull through.
 func (a *app) target() *target {
 	return &target{Ops: a.cache.Ops, Blobs: admin.Source{Store: a.cache.Store}, Where: "the config's pin list",
-		URL: a.url(), Token: a.token, Stack: a.cache, Config: a.cfg, Log: a.log}
+		URL: a.url(), Token: a.token, TLS: a.ownTLS, Stack: a.cache, Config: a.cfg, Log: a.log}
 }
 
 // logWriter turns lines written to it into log records.

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -64,6 +63,9 @@ type target struct {
 	// Remote says Client is a server on another box (--username or
 	// --client-cert), managed as one of its admins.
 	Remote bool
+	// TLS, when set, is how pulls through URL trust a server on this box
+	// (trustOwnCertificate).
+	TLS *tls.Config
 	// Stack is set when the data dir was opened in this process.
 	Stack *stack.Stack
 	// Config and Log are the command's.
@@ -202,7 +204,7 @@ func startLocalMirror(cfg config, log *slog.Logger) (*target, error) {
 		return nil, fmt.Errorf("the local server stopped before serving: %v", err)
 	}
 	return &target{Ops: a.cache.Ops, Blobs: admin.Source{Store: a.cache.Store}, Where: cfg.DataDir,
-		URL: a.url(), Token: a.token, Stack: a.cache, Config: cfg, Log: log,
+		URL: a.url(), Token: a.token, TLS: a.ownTLS, Stack: a.cache, Config: cfg, Log: log,
 		close: func() error { cancel(); return <-done }}, nil
 }
 
@@ -288,25 +290,44 @@ func serverURL(explicit, listen string) string {
 // public name does not cover; whoever reads the data dir's token is that
 // server's admin anyway.
 func trustOwnCertificate(pemBytes []byte) (*tls.Config, error) {
-	var own [][]byte
-	for block, rest := pem.Decode(pemBytes); block != nil; block, rest = pem.Decode(rest) {
-		if block.Type == "CERTIFICATE" {
-			own = append(own, block.Bytes)
-		}
+	block, rest := pem.Decode(pemBytes)
+	for block != nil && block.Type != "CERTIFICATE" {
+		block, rest = pem.Decode(rest)
 	}
-	if len(own) == 0 {
+	if block == nil {
 		return nil, fmt.Errorf("%s: no PEM certificate in it", admin.ServerCertFile)
 	}
+	leaf := block.Bytes // the server's own certificate leads its chain
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, //nolint:gosec // the certificate is pinned by VerifyPeerCertificate
 		VerifyPeerCertificate: func(chain [][]byte, _ [][]*x509.Certificate) error {
-			if len(chain) > 0 && slices.ContainsFunc(own, func(c []byte) bool { return bytes.Equal(c, chain[0]) }) {
+			if len(chain) > 0 && bytes.Equal(chain[0], leaf) {
 				return nil
 			}
 			return fmt.Errorf("the server's certificate is not the one in the data dir's %s", admin.ServerCertFile)
 		},
 	}, nil
+}
+
+// readCertificates reads the CERTIFICATE blocks of a PEM file, leaving out
+// anything else (a key kept in the same file must not be copied into the
+// data dir).
+func readCertificates(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tls_cert: %w", err)
+	}
+	var out []byte
+	for block, rest := pem.Decode(b); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type == "CERTIFICATE" {
+			out = append(out, pem.EncodeToMemory(block)...)
+		}
+	}
+	if out == nil {
+		return nil, fmt.Errorf("tls_cert %s: no PEM certificate in it", path)
+	}
+	return out, nil
 }
 
 // remoteClient is the management client for --username or --client-cert,
@@ -366,6 +387,9 @@ func (t *target) PullTransport() *authTransport {
 		if tr, ok := t.Client.HTTP.Transport.(*http.Transport); ok {
 			base = tr.Clone() // the server's CA or pinned certificate, the admin's certificate
 		}
+	}
+	if t.TLS != nil {
+		base.TLSClientConfig = t.TLS
 	}
 	return &authTransport{t: t, base: base}
 }
