@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
@@ -12,7 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/regmirror/regmirror/admin"
-	"github.com/regmirror/regmirror/imageref"
+	"github.com/regmirror/regmirror/airgap"
 	"github.com/regmirror/regmirror/internal/stack"
 )
 
@@ -91,7 +92,7 @@ func pinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("pin: name at least one image")
 			}
-			if err := checkOperands(c, "pin"); err != nil {
+			if err := checkOperands(c, "pin", nil); err != nil {
 				return err
 			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {
@@ -119,14 +120,22 @@ func pinCommand() *cli.Command {
 }
 
 // pinName is the pin an argument of unpin names: an image's full reference,
-// or a digest as it is (import pins an image it has no name for under its
-// digest).
+// a digest as it is (import pins an image it has no name for under its
+// digest), or the pin of a preload killed midway ("<image> (preloading)",
+// as du counts it).
 func pinName(arg string) (string, error) {
 	if _, err := digest.Parse(arg); err == nil {
 		return arg, nil
 	}
-	ref, err := imageref.Parse(arg)
-	return ref.String(), err
+	image, preloading := strings.CutSuffix(arg, airgap.PreloadingSuffix)
+	ref, err := parseOperand(image)
+	if err != nil {
+		return "", err
+	}
+	if preloading {
+		return ref.String() + airgap.PreloadingSuffix, nil
+	}
+	return ref.String(), nil
 }
 
 func unpinCommand() *cli.Command {
@@ -139,7 +148,7 @@ func unpinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("unpin: name at least one image")
 			}
-			if err := checkOperands(c, "unpin"); err != nil {
+			if err := checkOperands(c, "unpin", func(a string) error { _, err := pinName(a); return err }); err != nil {
 				return err
 			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regmirror/regmirror/admin"
+	"github.com/regmirror/regmirror/airgap"
 	"github.com/regmirror/regmirror/internal/realclient"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
@@ -373,7 +374,8 @@ func TestConfigPins(t *testing.T) {
 
 // TestUnpinADigestPin: a pin named by a digest (import pins an image it has
 // no name for under its digest) is removed by unpin with that digest, not
-// taken for the image docker.io/library/sha256.
+// taken for the image docker.io/library/sha256; so is the pin a preload
+// killed midway left, by its name.
 func TestUnpinADigestPin(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.DataDir = t.TempDir()
@@ -390,14 +392,20 @@ func TestUnpinADigestPin(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := digest.FromString("an untagged image")
-	if err := st.Ops.Pin(context.Background(), d.String(), []digest.Digest{d}); err != nil {
-		t.Fatal(err)
+	// And the pin a preload killed midway left (airgap.PreloadingSuffix).
+	preloading := "docker.io/library/app:1" + airgap.PreloadingSuffix
+	for _, name := range []string{d.String(), preloading} {
+		if err := st.Ops.Pin(context.Background(), name, []digest.Digest{d}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := runCLIErr("unpin", "--data-dir", cfg.DataDir, "--log-level", "warn", d.String()); err != nil || !strings.Contains(out, "unpinned "+d.String()) {
-		t.Fatalf("unpin %s: %v\n%s", d, err, out)
+	for _, name := range []string{d.String(), "app:1" + airgap.PreloadingSuffix} {
+		if out, err := runCLIErr("unpin", "--data-dir", cfg.DataDir, "--log-level", "warn", name); err != nil || !strings.Contains(out, "unpinned ") {
+			t.Fatalf("unpin %s: %v\n%s", name, err, out)
+		}
 	}
 	if du := runCLI(t, "du", "--data-dir", cfg.DataDir, "--log-level", "warn"); !strings.Contains(du, "(0 pins)") {
 		t.Errorf("du after the unpin:\n%s", du)

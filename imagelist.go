@@ -78,11 +78,15 @@ func parseOperand(arg string) (imageref.Ref, error) {
 }
 
 // checkOperands checks every argument of a command that acts on each in
-// turn (purge, pin, unpin) before it acts on any.
-func checkOperands(c *cli.Context, cmd string) error {
+// turn (purge, pin, unpin) before it acts on any: as an image (nil valid),
+// or with valid.
+func checkOperands(c *cli.Context, cmd string, valid func(string) error) error {
+	if valid == nil {
+		valid = func(a string) error { _, err := parseOperand(a); return err }
+	}
 	var errs []error
 	for _, a := range c.Args().Slice() {
-		if _, err := parseOperand(a); err != nil {
+		if err := valid(a); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -161,11 +161,14 @@ type PreloadOptions struct {
 	Progress Progress
 }
 
-// preloadingPin names the pin that holds an image's content while a
-// preload downloads it. It is not an image reference, so the image list
-// does not show it; a preload killed midway leaves it, and the next
-// preload of the image removes it.
-func preloadingPin(ref imageref.Ref) string { return ref.String() + " (preloading)" }
+// PreloadingSuffix ends the name of the pin that holds an image's content
+// while a preload downloads it (preloadingPin). Such a name is not an
+// image reference, so the image list does not show it; a preload killed
+// midway leaves it, the next preload of the image removes it, and so does
+// unpin given the name.
+const PreloadingSuffix = " (preloading)"
+
+func preloadingPin(ref imageref.Ref) string { return ref.String() + PreloadingSuffix }
 
 // PreloadResult sums up a preload.
 type PreloadResult struct {
@@ -198,14 +201,19 @@ func Preload(ctx context.Context, p *Puller, o PreloadOptions) PreloadResult {
 		partial := preloadingPin(ref)
 		pulled, err := p.Pull(ctx, ref, PullOptions{Platforms: o.Platforms, Bar: bars[i], Total: total,
 			Pin: func(ctx context.Context, ds []digest.Digest) error { return o.Pins.Pin(ctx, partial, ds) }})
+		// The pins are settled even when the preload is being interrupted
+		// (Ctrl-C cancels ctx): a pin of the download left behind would
+		// keep its blobs from eviction.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		if err == nil {
-			err = o.Pins.Pin(ctx, ref.String(), pulled.Digests)
+			err = o.Pins.Pin(pctx, ref.String(), pulled.Digests)
 		}
 		// The image's own pin holds what arrived (or the earlier run's
 		// pin still does): the pin of the download goes.
-		if uerr := o.Pins.Unpin(ctx, partial); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
+		if uerr := o.Pins.Unpin(pctx, partial); uerr != nil && !errors.Is(uerr, admin.ErrNoSuchPin) {
 			err = errors.Join(err, uerr)
 		}
+		cancel()
 		res.Blobs += pulled.Fetched
 		res.FetchedBytes += pulled.FetchedBytes
 		res.CachedBytes += pulled.CachedBytes

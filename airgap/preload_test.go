@@ -156,3 +156,51 @@ func TestPreloadFailureKeepsTheEarlierPin(t *testing.T) {
 		t.Fatalf("after the failed preload: pins %v, want %s pinning %v as before", book.pins, ref, want)
 	}
 }
+
+// cancelOnFirstPin is a pinBook that, like a client of a running server,
+// fails once its context is cancelled, and cancels the preload's context
+// at the first pin (Ctrl-C while the image downloads).
+type cancelOnFirstPin struct {
+	pinBook
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func (c *cancelOnFirstPin) Pin(ctx context.Context, name string, ds []digest.Digest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := c.pinBook.Pin(ctx, name, ds)
+	c.once.Do(c.cancel)
+	return err
+}
+
+func (c *cancelOnFirstPin) Unpin(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.pinBook.Unpin(ctx, name)
+}
+
+// TestInterruptedPreloadLeavesNoPin: a preload interrupted while the image
+// downloads (its context cancelled) still removes the pin of the download,
+// which would otherwise keep its blobs from eviction.
+func TestInterruptedPreloadLeavesNoPin(t *testing.T) {
+	up := testupstream.Start(t)
+	up.PushRandomOCIImage(t, "org/app", "v2", 2, 4<<10)
+	p, err := NewPuller(Mirror{URL: up.URL(), DefaultRegistry: "docker.io"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ref, _ := imageref.Parse("org/app:v2")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	book := &cancelOnFirstPin{pinBook: pinBook{pins: map[string][]digest.Digest{}}, cancel: cancel}
+	if res := Preload(ctx, p, PreloadOptions{Refs: []imageref.Ref{ref}, Pins: book, Out: io.Discard}); res.Failed != 1 {
+		t.Fatalf("interrupted preload: %+v, want a failure", res)
+	}
+	if len(book.pins) != 0 {
+		t.Errorf("pins left by the interrupted preload: %v", book.pins)
+	}
+}
