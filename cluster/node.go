@@ -38,11 +38,12 @@ type Options struct {
 	// wait for its upstream's (30s, then retries). Default 90s. A peer
 	// that stops answering pings is given up on sooner (markDown).
 	HeaderTimeout time.Duration
-	// StallTimeout is how long an owner's body may send nothing before
-	// this node gives up on it, marks it down and resumes the download
-	// elsewhere: longer than the owner's own guard on its upstream's body
-	// (60s), so that an owner waiting on a slow upstream is not taken for
-	// a stuck one. Default 90s.
+	// StallTimeout is how long a read of an owner's body may wait for
+	// bytes before this node gives up on it, marks it down and resumes the
+	// download elsewhere: longer than an owner may itself wait on its
+	// upstream (its body guard, 60s, then a resume's 30s for headers), so
+	// that an owner waiting on a slow upstream is not taken for a stuck
+	// one. Default 2m.
 	StallTimeout time.Duration
 	// MaxSkew is how far a peer request's timestamp may be from this
 	// node's clock, and how long its nonce is remembered. Default 30s.
@@ -123,7 +124,7 @@ func New(o Options) (*Node, error) {
 	setDefault(&o.PingTimeout, 2*time.Second)
 	setDefault(&o.DialTimeout, 2*time.Second)
 	setDefault(&o.HeaderTimeout, 90*time.Second)
-	setDefault(&o.StallTimeout, 90*time.Second)
+	setDefault(&o.StallTimeout, 2*time.Minute)
 	setDefault(&o.MaxSkew, 30*time.Second)
 	setDefault(&o.ServingFor, time.Hour)
 	if o.Now == nil {

@@ -124,7 +124,7 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 	}
 	resp, err := n.client.Do(req)
 	if err != nil {
-		return fail(err, ctx.Err() == nil && !errors.Is(context.Cause(fctx), errAskedByPeer))
+		return fail(err, ctx.Err() == nil && !cutHere(context.Cause(fctx)))
 	}
 	b := &upstream.Blob{Size: -1}
 	switch resp.StatusCode {
@@ -152,8 +152,9 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 		resp.Body.Close()
 		return fail(fmt.Errorf("peer %s answered digest %s for %s", peer, got, d), true)
 	}
-	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body,
-		stall: time.AfterFunc(n.o.StallTimeout, func() { cancel(errPeerStalled) })}
+	stall := time.AfterFunc(time.Hour, func() { cancel(errPeerStalled) })
+	stall.Stop() // armed only while a Read waits on the owner
+	b.Body = &peerBody{n: n, peer: peer, d: d, f: f, ctx: fctx, body: resp.Body, stall: stall}
 	if offset == 0 {
 		// The owner's copy is damaged (a disk flipped a bit): this node
 		// fetches d from its own sources for a while, instead of getting
@@ -164,6 +165,13 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 		}
 	}
 	return b, nil
+}
+
+// cutHere reports whether a forward was cut by this node for a reason of
+// its own (a peer asked for the digest, the owner was already marked down,
+// its copy of the digest was refuted), not because the owner failed.
+func cutHere(cause error) bool {
+	return errors.Is(cause, errAskedByPeer) || errors.Is(cause, errPeerDown) || errors.Is(cause, errOwnerCorrupt)
 }
 
 // peerBody is an owner's stream. A read error (the owner died, or cut the
@@ -183,19 +191,26 @@ type peerBody struct {
 }
 
 func (b *peerBody) Read(p []byte) (int, error) {
+	// The stall clock runs only while this Read waits on the owner: time
+	// the reader spends elsewhere (a slow disk, a full pass-through
+	// window) is not the owner's.
+	b.stall.Reset(b.n.o.StallTimeout)
 	n, err := b.body.Read(p)
-	if n > 0 {
-		b.stall.Reset(b.n.o.StallTimeout)
-	}
+	b.stall.Stop()
 	if err == nil || err == io.EOF {
 		return n, err
 	}
 	switch cause := context.Cause(b.ctx); {
 	case errors.Is(cause, errAskedByPeer):
 		return n, fmt.Errorf("%w: %w", upstream.ErrUnavailable, errAskedByPeer)
-	case errors.Is(cause, errPeerStalled), errors.Is(cause, errPeerDown):
+	case errors.Is(cause, errPeerStalled):
 		b.n.fallbacks.Add(1)
 		b.n.markDown(b.peer, cause)
+		err = cause
+	case errors.Is(cause, errPeerDown), errors.Is(cause, errOwnerCorrupt):
+		// Already marked down, or refuted for this digest only: marking it
+		// down again could take out an owner a ping has just brought back.
+		b.n.fallbacks.Add(1)
 		err = cause
 	case b.ctx.Err() == nil:
 		b.n.fallbacks.Add(1)

@@ -400,3 +400,38 @@ func TestCorruptOwnerCopyIsRefuted(t *testing.T) {
 		t.Errorf("the refute took the owner out for other digests: %+v", n.Stats().Peers)
 	}
 }
+
+// TestStallClockRunsOnlyInRead: time the reader spends away from the body
+// (a slow disk, a full pass-through window) does not count as the owner
+// stalling: an owner that sent everything is not given up on however long
+// the reader pauses between reads.
+func TestStallClockRunsOnlyInRead(t *testing.T) {
+	secret := []byte("0123456789abcdef0123")
+	content := strings.Repeat("x", 256<<10)
+	owner := newOwner(t, secret, func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(content))
+	})
+	self := "http://127.0.0.1:1"
+	n, err := New(Options{Self: self, Peers: []string{owner.URL}, Secret: secret, StallTimeout: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.PingAll(context.Background())
+	b, err := n.Wrap(&fakeUpstream{content: content}).GetBlob(context.Background(), "library/alpine", ownedBy(owner.URL, self), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Body.Close()
+	buf := make([]byte, 1024)
+	if _, err := io.ReadFull(b.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the reader away, ten stall timeouts long
+	rest, err := io.ReadAll(b.Body)
+	if err != nil || len(rest) != len(content)-len(buf) {
+		t.Fatalf("after the reader's pause: %d bytes, %v", len(rest), err)
+	}
+	if !n.Stats().Peers[0].Up {
+		t.Errorf("the owner was marked down for the reader's pause: %+v", n.Stats().Peers)
+	}
+}
