@@ -127,7 +127,7 @@ const internalUser = "regmirror"
 // through the server with it, whatever the rules say. Whoever can read the
 // token from the data dir may manage the mirror anyway.
 func (s *Server) internalClient(ctx *fasthttp.RequestCtx) bool {
-	if s.opts.InternalToken == "" || !fromThisHost(ctx) {
+	if s.opts.InternalToken == "" || !s.fromThisHost(ctx) {
 		return false
 	}
 	want := "Bearer " + s.opts.InternalToken
@@ -156,7 +156,7 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, ex *exchange) (reply, erro
 			return delegated, nil
 		}
 	}
-	if !fromThisHost(ctx) {
+	if !s.fromThisHost(ctx) {
 		if s.opts.Access != nil {
 			s.accessMetrics.denied.WithLabelValues("not_admin").Inc()
 		}

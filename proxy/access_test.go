@@ -182,8 +182,14 @@ func TestInternalToken(t *testing.T) {
 	if status, _, _ := serveFrom(s, "127.0.0.1", "/v2/", "Bearer other"); status != 401 {
 		t.Errorf("loopback with another token: %d, want 401", status)
 	}
+	// A server that listens on every address: only loopback is this machine
+	// (a relay on the box connecting from one of its addresses is not).
+	if status, _, _ := serveFromTo(s, "10.0.0.5", "10.0.0.5", "/v2/", "Bearer internal"); status != 401 {
+		t.Errorf("listening everywhere, from its own address with the internal token: %d, want 401", status)
+	}
 	// A server that listens on one address is reached there by its own
 	// commands: from that address to itself counts as this machine.
+	s.listenIP = net.ParseIP("10.0.0.5")
 	if status, _, _ := serveFromTo(s, "10.0.0.5", "10.0.0.5", "/v2/", "Bearer internal"); status != 200 {
 		t.Errorf("from the server's own address with the internal token: %d", status)
 	}

@@ -196,6 +196,9 @@ type Server struct {
 	// space that eviction could not make; until then misses are streamed
 	// from upstream without caching instead of starting fills doomed to fail.
 	diskFullUntil atomic.Int64
+	// listenIP is the one address Serve listens on, nil when it listens on
+	// every address (or another kind of listener): see fromThisHost.
+	listenIP net.IP
 }
 
 // diskFullBackoff is how long misses bypass the cache after a full disk.
@@ -331,6 +334,9 @@ func setDefault(d *time.Duration, def time.Duration) {
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Debug("connection caps", "max_connections", describeCaps(s.conns.maxConns), "max_connections_per_ip", describeCaps(s.conns.maxPerIP))
+	if a, ok := ln.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
+		s.listenIP = a.IP
+	}
 	ln = &guardedListener{Listener: ln, lim: s.conns,
 		deadlineSlack: deadlineSlack(s.opts.ReadTimeout, s.opts.WriteTimeout, s.opts.IdleTimeout)}
 	if s.opts.TLSCertFile != "" {
@@ -524,13 +530,15 @@ func resourceOf(e endpoint) resource {
 const adminPrefix = "/_regmirror/"
 
 // fromThisHost reports whether the request comes from this machine: over
-// loopback, or to an address of this machine from that same address (a
-// server that listens on one address only, "10.0.0.5:5000", is reached
-// there by its own commands). TCP cannot complete a connection whose
-// source address a remote host forged to be the server's own.
-func fromThisHost(ctx *fasthttp.RequestCtx) bool {
+// loopback, or, for a server that listens on one address only
+// ("10.0.0.5:5000", where its own commands reach it), from that address
+// to itself. TCP cannot complete a connection whose source address a
+// remote host forged to be the server's own. A server listening on every
+// address is reached over loopback by its commands, so a relay on the box
+// that connects from one of its addresses does not count.
+func (s *Server) fromThisHost(ctx *fasthttp.RequestCtx) bool {
 	ip := ctx.RemoteIP()
-	return ip != nil && (ip.IsLoopback() || ip.Equal(ctx.LocalIP()))
+	return ip != nil && (ip.IsLoopback() || s.listenIP != nil && ip.Equal(s.listenIP) && ip.Equal(ctx.LocalIP()))
 }
 
 // Streamed bodies release their descriptors in Close, which fasthttp calls
