@@ -323,20 +323,11 @@ func TestFrozenOwnerIsGivenUp(t *testing.T) {
 				frozen <- struct{}{}
 				<-release
 			})
-			self := "http://127.0.0.1:1"
-			o := Options{Self: self, Peers: []string{owner.URL}, Secret: secret}
+			o := Options{Peers: []string{owner.URL}, Secret: secret}
 			if how == "stalled" {
 				o.StallTimeout = 100 * time.Millisecond
 			}
-			n, err := New(o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n.PingAll(context.Background())
-			b, err := n.Wrap(&fakeUpstream{content: content}).GetBlob(context.Background(), "library/alpine", ownedBy(owner.URL, self), 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			n, b := forwardedBlob(t, o, content)
 			<-frozen
 			if how == "marked down" {
 				n.markDown(owner.URL, errors.New("ping: timeout"))
@@ -411,16 +402,7 @@ func TestStallClockRunsOnlyInRead(t *testing.T) {
 	owner := newOwner(t, secret, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(content))
 	})
-	self := "http://127.0.0.1:1"
-	n, err := New(Options{Self: self, Peers: []string{owner.URL}, Secret: secret, StallTimeout: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.PingAll(context.Background())
-	b, err := n.Wrap(&fakeUpstream{content: content}).GetBlob(context.Background(), "library/alpine", ownedBy(owner.URL, self), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, b := forwardedBlob(t, Options{Peers: []string{owner.URL}, Secret: secret, StallTimeout: 20 * time.Millisecond}, content)
 	defer b.Body.Close()
 	buf := make([]byte, 1024)
 	if _, err := io.ReadFull(b.Body, buf); err != nil {
@@ -434,4 +416,23 @@ func TestStallClockRunsOnlyInRead(t *testing.T) {
 	if !n.Stats().Peers[0].Up {
 		t.Errorf("the owner was marked down for the reader's pause: %+v", n.Stats().Peers)
 	}
+}
+
+// forwardedBlob is a node of o (its Self filled in) whose one peer, the
+// owner o.Peers[0], answered its ping, and the blob of a digest that owner
+// owns as the node gets it: forwarded, content being the node's own
+// source's.
+func forwardedBlob(t *testing.T, o Options, content string) (*Node, *upstream.Blob) {
+	t.Helper()
+	o.Self = "http://127.0.0.1:1"
+	n, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.PingAll(context.Background())
+	b, err := n.Wrap(&fakeUpstream{content: content}).GetBlob(context.Background(), "library/alpine", ownedBy(o.Peers[0], o.Self), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, b
 }
