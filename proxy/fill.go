@@ -320,10 +320,7 @@ func (s *Server) startFill(rq request) (*fill, error) {
 	if s.isPrivate(rq.registry) {
 		w.Scope() // kept out of the shared tier
 	}
-	release := func() {}
-	if s.opts.Hooks != nil {
-		release = s.opts.Hooks.Hold(d)
-	}
+	release := s.hold(d)
 	f := newFill(d, w)
 	f.request = rq
 	f.begun = s.opts.Now()

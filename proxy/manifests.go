@@ -110,10 +110,7 @@ func (s *Server) fetchManifest(ctx context.Context, rq request, ref string, want
 	// Under an eviction hold, as a fill writes: a Put racing eviction's
 	// delete of the same digest waits for it to end, so that the delete's
 	// late notice cannot make eviction forget the manifest just stored.
-	release := func() {}
-	if s.opts.Hooks != nil {
-		release = s.opts.Hooks.Hold(got)
-	}
+	release := s.hold(got)
 	info, err := put(got, mediaType, body)
 	release()
 	if err != nil {

@@ -206,6 +206,15 @@ const diskFullBackoff = 30 * time.Second
 
 func (s *Server) diskFull() bool { return s.opts.Now().UnixNano() < s.diskFullUntil.Load() }
 
+// hold keeps eviction off d while it is written (FillHooks.Hold); the
+// release does nothing without hooks.
+func (s *Server) hold(d digest.Digest) (release func()) {
+	if s.opts.Hooks == nil {
+		return func() {}
+	}
+	return s.opts.Hooks.Hold(d)
+}
+
 // makeRoom asks the cache's owner to free need bytes (0: whatever it can)
 // after a write failed for lack of space; it reports whether it did.
 func (s *Server) makeRoom(need int64) bool {
