@@ -263,10 +263,7 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, er
 	}
 	if more && q.n > 0 {
 		next := url.Values{"n": {strconv.Itoa(q.n)}, "last": {names[q.n-1]}}
-		if ns := ctx.QueryArgs().Peek("ns"); len(ns) > 0 {
-			next.Set("ns", string(ns))
-		}
-		ctx.Response.Header.Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, catalogPath, next.Encode()))
+		ctx.Response.Header.Set("Link", nextPageLink(catalogPath, ctx.QueryArgs(), next))
 	}
 	if names == nil {
 		names = []string{}

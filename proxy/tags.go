@@ -15,7 +15,7 @@ import (
 // serveTags passes /v2/<name>/tags/list through to upstream, and keeps the
 // last full answer to serve while upstream is down or the mirror offline.
 // A page of a paginated listing (n, last) is passed through only; when
-// upstream says there is a next page, so does the answer (nextTagsLink).
+// upstream says there is a next page, so does the answer (nextPageLink).
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	query := url.Values{}
 	for _, key := range []string{"n", "last"} {
@@ -39,15 +39,15 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 		return reply{}, err
 	}
 	if next != nil && outcome == OutcomeMiss {
-		ctx.Response.Header.Set("Link", nextTagsLink(ex.path, ctx.QueryArgs(), next))
+		ctx.Response.Header.Set("Link", nextPageLink(ex.path, ctx.QueryArgs(), next))
 	}
 	return bodyReply("application/json", body), nil
 }
 
-// nextTagsLink is the Link header that points a client to the next page of
-// a tag list: the path it asked, with its query (ns included) but for n and
-// last, which are the next page's.
-func nextTagsLink(path string, asked *fasthttp.Args, next url.Values) string {
+// nextPageLink is the Link header that points a client to the next page of
+// a paginated list (tags, the catalog): the path it asked, with its query
+// (ns included) but for n and last, which are the next page's.
+func nextPageLink(path string, asked *fasthttp.Args, next url.Values) string {
 	query := url.Values{}
 	for k, v := range asked.All() {
 		if key := string(k); key != "n" && key != "last" {
