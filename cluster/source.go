@@ -207,7 +207,7 @@ func (b *peerBody) Read(p []byte) (int, error) {
 		b.n.fallbacks.Add(1)
 		b.n.markDown(b.peer, cause)
 		err = cause
-	case errors.Is(cause, errPeerDown), errors.Is(cause, errOwnerCorrupt):
+	case cutHere(cause):
 		// Already marked down, or refuted for this digest only: marking it
 		// down again could take out an owner a ping has just brought back.
 		b.n.fallbacks.Add(1)
