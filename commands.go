@@ -92,7 +92,7 @@ func pinCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("pin: name at least one image")
 			}
-			if err := checkOperands(c, "pin", nil); err != nil {
+			if err := checkOperands(c, "pin", anImage); err != nil {
 				return err
 			}
 			return withTarget(c, reachCache, func(ctx context.Context, t *target) error {

@@ -77,13 +77,15 @@ func parseOperand(arg string) (imageref.Ref, error) {
 	return imageref.Parse(arg)
 }
 
+// anImage is checkOperands' check for commands whose arguments are images.
+func anImage(arg string) error {
+	_, err := parseOperand(arg)
+	return err
+}
+
 // checkOperands checks every argument of a command that acts on each in
-// turn (purge, pin, unpin) before it acts on any: as an image (nil valid),
-// or with valid.
+// turn (purge, pin, unpin) with valid, before it acts on any.
 func checkOperands(c *cli.Context, cmd string, valid func(string) error) error {
-	if valid == nil {
-		valid = func(a string) error { _, err := parseOperand(a); return err }
-	}
 	var errs []error
 	for _, a := range c.Args().Slice() {
 		if err := valid(a); err != nil {

@@ -27,7 +27,7 @@ func purgeCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return errors.New("purge: name at least one image (or repository, with --all-tags)")
 			}
-			if err := checkOperands(c, "purge", nil); err != nil {
+			if err := checkOperands(c, "purge", anImage); err != nil {
 				return err
 			}
 			return withTarget(c, reachCache, func(ctx context.Context, ca *target) error {
