@@ -121,21 +121,26 @@ func pinCommand() *cli.Command {
 
 // pinName is the pin an argument of unpin names: an image's full reference,
 // a digest as it is (import pins an image it has no name for under its
-// digest), or the pin of a preload killed midway ("<image> (preloading)",
-// as du counts it).
+// digest), or a pin left by a command killed midway: a preload's
+// ("<image> (preloading)", as du counts it) or a large pin's being
+// assembled ("<image> (pinning)", see admin.Client.Pin).
 func pinName(arg string) (string, error) {
 	if _, err := digest.Parse(arg); err == nil {
 		return arg, nil
 	}
-	image, preloading := strings.CutSuffix(arg, airgap.PreloadingSuffix)
+	// A preload's pin may itself be assembled in parts: the suffixes come
+	// in this order.
+	image, suffix := arg, ""
+	for _, s := range []string{admin.PinningSuffix, airgap.PreloadingSuffix} {
+		if i, ok := strings.CutSuffix(image, s); ok {
+			image, suffix = i, s+suffix
+		}
+	}
 	ref, err := parseOperand(image)
 	if err != nil {
 		return "", err
 	}
-	if preloading {
-		return ref.String() + airgap.PreloadingSuffix, nil
-	}
-	return ref.String(), nil
+	return ref.String() + suffix, nil
 }
 
 func unpinCommand() *cli.Command {

@@ -375,7 +375,7 @@ func TestConfigPins(t *testing.T) {
 // TestUnpinADigestPin: a pin named by a digest (import pins an image it has
 // no name for under its digest) is removed by unpin with that digest, not
 // taken for the image docker.io/library/sha256; so is the pin a preload
-// killed midway left, by its name.
+// killed midway left, by its name, and a large pin a client left half sent.
 func TestUnpinADigestPin(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.DataDir = t.TempDir()
@@ -392,9 +392,12 @@ func TestUnpinADigestPin(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := digest.FromString("an untagged image")
-	// And the pin a preload killed midway left (airgap.PreloadingSuffix).
+	// And the pin a preload killed midway left (airgap.PreloadingSuffix),
+	// and those a client killed while it sent a large pin in parts left
+	// (admin.PinningSuffix), of an image and of a preload.
 	preloading := "docker.io/library/app:1" + airgap.PreloadingSuffix
-	for _, name := range []string{d.String(), preloading} {
+	pinning := []string{"docker.io/library/app:1" + admin.PinningSuffix, preloading + admin.PinningSuffix}
+	for _, name := range append([]string{d.String(), preloading}, pinning...) {
 		if err := st.Ops.Pin(context.Background(), name, []digest.Digest{d}); err != nil {
 			t.Fatal(err)
 		}
@@ -402,12 +405,42 @@ func TestUnpinADigestPin(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{d.String(), "app:1" + airgap.PreloadingSuffix} {
+	for _, name := range []string{d.String(), "app:1" + airgap.PreloadingSuffix, "app:1" + admin.PinningSuffix,
+		"app:1" + airgap.PreloadingSuffix + admin.PinningSuffix} {
 		if out, err := runCLIErr("unpin", "--data-dir", cfg.DataDir, "--log-level", "warn", name); err != nil || !strings.Contains(out, "unpinned ") {
 			t.Fatalf("unpin %s: %v\n%s", name, err, out)
 		}
 	}
 	if du := runCLI(t, "du", "--data-dir", cfg.DataDir, "--log-level", "warn"); !strings.Contains(du, "(0 pins)") {
 		t.Errorf("du after the unpin:\n%s", du)
+	}
+}
+
+// TestLargePinThroughTheServer: a preload of a large image through a
+// running server pins more digests than the server reads in one request
+// body (64 KiB, ~880 digests; before: a 413 and no pin). The client sends
+// it in parts and the server ends with exactly one pin holding them all.
+func TestLargePinThroughTheServer(t *testing.T) {
+	m := startMirror(t, nil)
+	var ds []digest.Digest
+	for i := range 2000 {
+		ds = append(ds, digest.FromString(fmt.Sprint("layer ", i)))
+	}
+	const name = "docker.io/library/big:1"
+	if err := adminClient(t, m).Pin(t.Context(), name, ds); err != nil {
+		t.Fatalf("pin of %d digests through the server: %v", len(ds), err)
+	}
+	n := 0
+	if err := m.app.cache.Store.Pins(func(pin string, got []digest.Digest) error {
+		n++
+		if pin != name || len(got) != len(ds) {
+			t.Errorf("pin %q with %d digests, want %q with %d", pin, len(got), name, len(ds))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("%d pins, want 1 (the parts' pin goes)", n)
 	}
 }

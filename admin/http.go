@@ -36,7 +36,27 @@ type pinRequest struct {
 	Name    string          `json:"name"`
 	Digests []digest.Digest `json:"digests,omitempty"`
 	Ref     string          `json:"ref,omitempty"` // resolve this reference instead
+	// A pin too large for one request (the server reads at most 64 KiB of
+	// body) is sent in parts: Add adds Digests to the pin called Name, and
+	// From then replaces Name's digests with the pin From's, which goes.
+	Add  bool   `json:"add,omitempty"`
+	From string `json:"from,omitempty"`
 }
+
+// pinParts assembles a pin sent in parts (pinRequest.Add, From).
+type pinParts interface {
+	AddToPin(ctx context.Context, name string, digests []digest.Digest) error
+	MovePin(ctx context.Context, from, to string) error
+}
+
+// PinningSuffix ends the name of the pin a Client assembles a large pin
+// under (see Client.Pin). A client killed midway leaves it; unpin given
+// the name removes it, and so does the next such pin of that name.
+const PinningSuffix = " (pinning)"
+
+// pinChunk is the most digests one pin request carries: ~38 KiB of JSON,
+// well under the server's 64 KiB request body limit.
+const pinChunk = 512
 
 // Handler answers the operations over HTTP for requests that carry token
 // (see TokenFile). The caller may restrict further who reaches it (the
@@ -81,7 +101,7 @@ func OpenHandler(ops Ops) http.Handler {
 			reply(w, nil, fmt.Errorf("%w: a pin needs a name", ErrInvalidRef))
 			return
 		}
-		reply(w, struct{}{}, ops.Pin(r.Context(), req.Name, req.Digests))
+		reply(w, struct{}{}, pin(r.Context(), ops, req))
 	})
 	mux.HandleFunc("DELETE "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, ops.Unpin(r.Context(), r.URL.Query().Get("name")))
@@ -96,6 +116,24 @@ func OpenHandler(ops Ops) http.Handler {
 		mux.HandleFunc("POST "+PathPrefix+"verify", serveVerify(v))
 	}
 	return mux
+}
+
+// pin carries out a pin request that names its digests, whole or in parts.
+func pin(ctx context.Context, ops Ops, req pinRequest) error {
+	if !req.Add && req.From == "" {
+		return ops.Pin(ctx, req.Name, req.Digests)
+	}
+	parts, ok := ops.(pinParts)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: this server takes a pin in one request only", ErrInvalidRef)
+	case req.Add && req.From != "":
+		return fmt.Errorf("%w: a pin request both adds and moves", ErrInvalidRef)
+	case req.Add:
+		return parts.AddToPin(ctx, req.Name, req.Digests)
+	default:
+		return parts.MovePin(ctx, req.From, req.Name)
+	}
 }
 
 func reply(w http.ResponseWriter, v any, err error) {
@@ -236,9 +274,34 @@ func (c *Client) Images(ctx context.Context) ([]Image, error) {
 	return imgs, err
 }
 
-// Pin implements Ops.
+// Pin implements Ops. A pin of more than pinChunk digests is assembled
+// under a pin of its own (name+PinningSuffix), a part at a time, and then
+// moved onto name in one step: the old pin of that name holds its digests
+// until the new one is whole, and a failure midway leaves it as it was.
 func (c *Client) Pin(ctx context.Context, name string, digests []digest.Digest) error {
-	return c.do(ctx, http.MethodPost, PathPrefix+"pins", pinRequest{Name: name, Digests: digests}, nil)
+	if len(digests) <= pinChunk {
+		return c.postPin(ctx, pinRequest{Name: name, Digests: digests})
+	}
+	staging := name + PinningSuffix
+	err := c.postPin(ctx, pinRequest{Name: staging, Digests: digests[:pinChunk]})
+	for rest := digests[pinChunk:]; err == nil && len(rest) > 0; {
+		part := rest[:min(len(rest), pinChunk)]
+		rest = rest[len(part):]
+		err = c.postPin(ctx, pinRequest{Name: staging, Digests: part, Add: true})
+	}
+	if err == nil {
+		return c.postPin(ctx, pinRequest{Name: name, From: staging})
+	}
+	// What was assembled goes (best effort, even when ctx is done); one
+	// left behind is replaced by the next pin of name that comes in parts.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = c.Unpin(uctx, staging)
+	return err
+}
+
+func (c *Client) postPin(ctx context.Context, req pinRequest) error {
+	return c.do(ctx, http.MethodPost, PathPrefix+"pins", req, nil)
 }
 
 // PinRef implements Ops.

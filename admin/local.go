@@ -8,7 +8,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
@@ -49,6 +51,11 @@ type Local struct {
 	// FreeSpace reports free bytes on the cache's filesystem (may be nil).
 	FreeSpace func() (int64, error)
 	Logger    *slog.Logger
+
+	// pinning serialises the pin edits: each reads every pin, then writes
+	// one and tells eviction, and two at once could leave a digest
+	// unpinned that a pin lists.
+	pinning sync.Mutex
 }
 
 var _ Ops = (*Local)(nil)
@@ -150,6 +157,45 @@ func (l *Local) Images(ctx context.Context) ([]Image, error) {
 // Pin implements Ops. A pin of the same name is replaced: digests it
 // listed that no pin lists any more become evictable again.
 func (l *Local) Pin(ctx context.Context, name string, digests []digest.Digest) error {
+	l.pinning.Lock()
+	defer l.pinning.Unlock()
+	return l.setPin(name, digests)
+}
+
+// AddToPin adds digests to the pin called name (creating it), for a pin
+// sent in parts (see Client.Pin).
+func (l *Local) AddToPin(ctx context.Context, name string, digests []digest.Digest) error {
+	l.pinning.Lock()
+	defer l.pinning.Unlock()
+	mine, _, err := l.pinsBesides(name)
+	if err != nil {
+		return err
+	}
+	all := slices.Concat(mine, digests)
+	slices.Sort(all)
+	return l.setPin(name, slices.Compact(all))
+}
+
+// MovePin replaces the digests of the pin called to with those of the pin
+// called from, which goes: the last step of a pin sent in parts. Nothing
+// both list is unpinned at any point.
+func (l *Local) MovePin(ctx context.Context, from, to string) error {
+	l.pinning.Lock()
+	defer l.pinning.Unlock()
+	moved, _, err := l.pinsBesides(from)
+	if err != nil {
+		return err
+	}
+	if moved == nil {
+		return fmt.Errorf("%w: %s", ErrNoSuchPin, from)
+	}
+	if err := l.setPin(to, moved); err != nil {
+		return err
+	}
+	return l.unpin(from)
+}
+
+func (l *Local) setPin(name string, digests []digest.Digest) error {
 	old, others, err := l.pinsBesides(name)
 	if err != nil {
 		return err
@@ -259,6 +305,12 @@ func (l *Local) Closure(ctx context.Context, root digest.Digest, seen func(info 
 
 // Unpin implements Ops.
 func (l *Local) Unpin(ctx context.Context, name string) error {
+	l.pinning.Lock()
+	defer l.pinning.Unlock()
+	return l.unpin(name)
+}
+
+func (l *Local) unpin(name string) error {
 	mine, others, err := l.pinsBesides(name)
 	if err != nil {
 		return err
