@@ -93,8 +93,8 @@ type Scheduler struct {
 
 	mu     sync.Mutex
 	status map[string]*Status
-	full   map[string]bool // images whose next run walks the whole graph
-	group  map[string]int  // the group that last listed each image
+	full   map[string]bool         // images whose next run walks the whole graph
+	groups map[string]map[int]bool // the groups whose last pass listed each image
 }
 
 // New builds a Scheduler; Run starts it.
@@ -108,7 +108,7 @@ func New(o Options) *Scheduler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{o: o, log: o.Logger, status: map[string]*Status{}, full: map[string]bool{}, group: map[string]int{}}
+	s := &Scheduler{o: o, log: o.Logger, status: map[string]*Status{}, full: map[string]bool{}, groups: map[string]map[int]bool{}}
 	for range o.Groups {
 		s.kick = append(s.kick, make(chan chan struct{}))
 	}
@@ -205,15 +205,18 @@ func (s *Scheduler) pass(ctx context.Context, gi int, g Group) {
 			return
 		}
 		s.mu.Lock()
-		s.group[t.Image] = gi
+		if s.groups[t.Image] == nil {
+			s.groups[t.Image] = map[int]bool{}
+		}
+		s.groups[t.Image][gi] = true
 		s.mu.Unlock()
 		s.warm(ctx, g, t)
 	}
 }
 
 // forgetUnlisted drops the state of the images group gi listed before and
-// lists no more (taken off a watch file): the status page and /metrics
-// show only what is watched.
+// lists no more (taken off a watch file) unless another group still lists
+// them: the status page and /metrics show only what is watched.
 func (s *Scheduler) forgetUnlisted(gi int, targets []Target) {
 	listed := map[string]bool{}
 	for _, t := range targets {
@@ -221,11 +224,15 @@ func (s *Scheduler) forgetUnlisted(gi int, targets []Target) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for image, g := range s.group {
-		if g == gi && !listed[image] {
+	for image, gs := range s.groups {
+		if !gs[gi] || listed[image] {
+			continue
+		}
+		delete(gs, gi)
+		if len(gs) == 0 {
 			delete(s.status, image)
 			delete(s.full, image)
-			delete(s.group, image)
+			delete(s.groups, image)
 		}
 	}
 }

@@ -112,3 +112,73 @@ func TestSchedulerForgetsUnlistedImages(t *testing.T) {
 		t.Fatalf("status after b was taken off the list: %+v", st)
 	}
 }
+
+// TestImageInTwoGroups: an image two groups list stays watched when one of
+// them drops it (before: forgotten, then warmed again in full by the other
+// group's next pass), and goes when the last one does.
+func TestImageInTwoGroups(t *testing.T) {
+	var mu sync.Mutex
+	a, b := "docker.io/library/a:latest", "docker.io/library/b:latest"
+	lists := [][]string{{a, b}, {b}}
+	group := func(i int) Group {
+		return Group{Interval: 24 * time.Hour, Targets: func() ([]Target, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			var ts []Target
+			for _, img := range lists[i] {
+				ts = append(ts, Target{Image: img})
+			}
+			return ts, nil
+		}}
+	}
+	w := &imageWarmer{}
+	s := New(Options{Groups: []Group{group(0), group(1)}, Warmer: w})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-s.RunNow(ctx)
+	mu.Lock()
+	lists[0] = []string{a}
+	mu.Unlock()
+	for range 3 {
+		<-s.RunNow(ctx)
+	}
+	if st := s.Status(); len(st) != 2 {
+		t.Fatalf("status after one of b's two groups dropped it: %+v", st)
+	}
+	if n := w.fullRuns(b); n != 1 {
+		t.Errorf("b was warmed in full %d times, want once (the first run)", n)
+	}
+	mu.Lock()
+	lists[1] = nil
+	mu.Unlock()
+	<-s.RunNow(ctx)
+	if st := s.Status(); len(st) != 1 || st[0].Image != a {
+		t.Fatalf("status after both groups dropped b: %+v", st)
+	}
+}
+
+// imageWarmer records which images were warmed in full.
+type imageWarmer struct {
+	mu   sync.Mutex
+	full map[string]int
+}
+
+func (w *imageWarmer) Warm(_ context.Context, t Target, full bool) (Result, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if full {
+		if w.full == nil {
+			w.full = map[string]int{}
+		}
+		w.full[t.Image]++
+	}
+	return Result{Digest: "sha256:x"}, nil
+}
+
+func (w *imageWarmer) fullRuns(image string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.full[image]
+}
