@@ -96,7 +96,10 @@ func (s clientSource) request(method string, d digest.Digest) (*http.Response, e
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.c.send(req)
+	// A body is read at the pace of whatever it goes to (an export's
+	// disk, push-to's remote registry): a layer of many GiB may take
+	// hours, so only ctx bounds it.
+	resp, err := s.c.sendUntimed(req)
 	if err != nil {
 		return nil, err
 	}

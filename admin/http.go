@@ -189,10 +189,24 @@ func (c *Client) Authorize(req *http.Request) {
 	}
 }
 
-// send does req with the client's credentials.
+// send does req with the client's credentials, within the client's
+// timeout.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
+	return c.sendWith(c.HTTP, req)
+}
+
+// sendUntimed is send for a request whose answer may take hours (a
+// verify of a large cache, a blob of many GiB read at the pace of a slow
+// push): it has no limit but req's context.
+func (c *Client) sendUntimed(req *http.Request) (*http.Response, error) {
+	hc := *c.HTTP
+	hc.Timeout = 0
+	return c.sendWith(&hc, req)
+}
+
+func (c *Client) sendWith(hc *http.Client, req *http.Request) (*http.Response, error) {
 	c.Authorize(req)
-	resp, err := c.HTTP.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)
 	}

@@ -3,12 +3,14 @@ package admin
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -137,4 +139,26 @@ func pinsOf(t *testing.T, s *cache.Store) map[string][]digest.Digest {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestBlobStreamsHaveNoClientTimeout: reading a cached blob through the
+// server (export, push-to) is bounded by its context only, not by the
+// client's timeout for management calls (an hour: a layer of many GiB
+// pushed over a slow link takes longer). A timeout of 1 ns stands for it.
+func TestBlobStreamsHaveNoClientTimeout(t *testing.T) {
+	l, s, _ := newLocal(t)
+	d, size := put(t, s, ociConfig, map[string]string{"a": "config"})
+	srv := httptest.NewServer(Handler(l, "tok"))
+	defer srv.Close()
+	c := NewClient(srv.URL, "tok")
+	c.HTTP.Timeout = time.Nanosecond
+	rc, n, err := c.BlobSource(t.Context()).Open(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil || n != size || digest.FromBytes(b) != d {
+		t.Fatalf("read %d bytes (size %d), err %v", len(b), n, err)
+	}
 }

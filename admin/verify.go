@@ -166,12 +166,9 @@ func (c *Client) Verify(ctx context.Context, rate int64, progress func(done, tot
 	if err != nil {
 		return VerifyResult{}, err
 	}
-	c.Authorize(req)
-	hc := *c.HTTP
-	hc.Timeout = 0
-	resp, err := hc.Do(req)
+	resp, err := c.sendUntimed(req)
 	if err != nil {
-		return VerifyResult{}, fmt.Errorf("%w at %s: %v", ErrUnavailable, c.BaseURL, err)
+		return VerifyResult{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
