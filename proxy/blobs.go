@@ -23,6 +23,7 @@ const blobContentType = "application/octet-stream"
 // take it).
 func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
 	d := rq.ref.digest
+	var retried error
 	for attempt := 0; attempt < 2; attempt++ {
 		if r, ok, err := s.cachedBlob(ctx, ex, rq); ok || err != nil {
 			return r, err
@@ -38,11 +39,17 @@ func (s *Server) serveBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (
 			return r, nil
 		}
 		r, ok, err := s.blobDownload(ctx, ex, rq)
-		if ok || err != nil {
+		if ok {
 			return r, err
 		}
 		// The blob reached the cache meanwhile (serve it from there), or
-		// left it as this client came (a new fill).
+		// left it as this client came, or the fill this client joined
+		// failed for a reason of its own repository: a new fill. Its
+		// error stands if there is no other try.
+		retried = err
+	}
+	if retried != nil {
+		return reply{}, retried
 	}
 	return reply{}, fmt.Errorf("%w: %s vanished from the cache", errNotCached, d)
 }
@@ -73,9 +80,10 @@ func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) 
 // blobDownload answers a GET of a blob that is not cached from the one
 // upstream download of its digest: a pass-through already running, else a
 // fill (started or joined), else a pass-through when the disk is full. ok
-// is false when the fill found the blob cached after all, or when the
-// blob of the fill this client joined was evicted before it could open it:
-// serveBlob then asks again.
+// is false when the fill found the blob cached after all, when the blob of
+// the fill this client joined was evicted before it could open it, or when
+// that fill, started for another repository, failed on a size a manifest of
+// that repository gave (err says so): serveBlob then asks again.
 func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
 	if p := s.passes.joinable(rq.ref.digest); p != nil {
 		r, err := s.servePassThrough(ctx, ex, rq, p.reason)
@@ -104,8 +112,11 @@ func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 		}
 	}
 	r, err = s.serveFill(ctx, ex, rq, f)
-	if errors.Is(err, errFillEvicted) {
+	switch {
+	case errors.Is(err, errFillEvicted):
 		return reply{}, false, nil // serveBlob asks again: a new fill
+	case errors.Is(err, errDescriptorLength) && !f.request.sameRepo(rq):
+		return reply{}, false, err // the starting repository's manifest: a new fill
 	}
 	return r, true, err
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -164,6 +165,59 @@ func TestLyingLengthAgainstDescriptor(t *testing.T) {
 	resp, body := send(t, http.MethodGet, blobURL(m, "library/liar", d))
 	if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != d {
 		t.Fatalf("honest again: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+// TestDescriptorLengthOfAnotherRepo: a fill started for a repository whose
+// manifest gave a layer another size than upstream announces fails its
+// own clients (502, as above), but a client of another repository that
+// joined it gets a fill of its own and the blob: that manifest says
+// nothing about the layer there.
+func TestDescriptorLengthOfAnotherRepo(t *testing.T) {
+	up := testupstream.Start(t)
+	const size = 200 << 10
+	img, d := up.PushLargeBlobImage(t, "library/good", "latest", size)
+	up.Push(t, "library/bad", "latest", img)
+	m := startMirror(t, up)
+	m.sizes.note("docker.io", "library/bad", digest.FromString("a manifest of library/bad"),
+		[]byte(`{"schemaVersion":2,"layers":[{"digest":"`+d.String()+`","size":`+strconv.Itoa(size+5)+`}]}`))
+	gate := up.Gate(d).HoldHeaders()
+	type answer struct {
+		status int
+		got    digest.Digest
+	}
+	get := func(repo string, into chan<- answer) {
+		resp, err := http.Get(blobURL(m, repo, d))
+		if err != nil {
+			into <- answer{}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		into <- answer{resp.StatusCode, digest.FromBytes(body)}
+	}
+	bad, good := make(chan answer, 1), make(chan answer, 1)
+	go get("library/bad", bad)
+	<-gate.Arrived()
+	go get("library/good", good)
+	eventually(t, "the second client to join the fill", func() bool {
+		f := m.fills.get(d)
+		if f == nil {
+			return false
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.waiting == 2
+	})
+	gate.Open()
+	if a := <-bad; a.status != http.StatusBadGateway {
+		t.Errorf("the repository whose descriptor disagrees: status %d, want 502", a.status)
+	}
+	if a := <-good; a.status != http.StatusOK || a.got != d {
+		t.Errorf("the other repository's client: status %d, body %s; want 200 and the blob", a.status, a.got)
+	}
+	if n := up.BlobGETs(d); n != 2 {
+		t.Errorf("%d upstream GETs, want 2: the refused one and the other repository's own", n)
 	}
 }
 

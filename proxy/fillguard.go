@@ -23,6 +23,12 @@ var (
 	// errUpstreamLength: upstream announced (or sent) a size that cannot be
 	// the digest's. It is an upstream error (502), never resumed.
 	errUpstreamLength = fmt.Errorf("%w: the size upstream announced contradicts the digest (%w)", errUpstreamCorrupt, cache.ErrSizeMismatch)
+	// errDescriptorLength: upstream announced another size than a manifest
+	// of the asking repository gave the digest's descriptor. Which of the
+	// two lies is not known, and it says nothing about the digest in other
+	// repositories: their clients who joined such a fill get one of their
+	// own (blobDownload).
+	errDescriptorLength = fmt.Errorf("%w, or a manifest of this repository does", errUpstreamLength)
 	// errUpstreamTooSlow: an upstream body fell below the minimum rate; the
 	// fill resumes it with a Range request, a few times, then gives up.
 	errUpstreamTooSlow = fmt.Errorf("%w: upstream is sending too slowly", upstream.ErrUnavailable)
@@ -44,7 +50,7 @@ func (s *Server) checkAnnouncedSize(rq request, d digest.Digest, size int64) err
 		return fmt.Errorf("%w: %d bytes announced for %s", errUpstreamLength, size, d)
 	}
 	if known, ok := s.sizes.get(rq.registry, rq.repo, d); ok && known != size {
-		return fmt.Errorf("%w: %d bytes announced for %s, its descriptor says %d", errUpstreamLength, size, d, known)
+		return fmt.Errorf("%w: %d bytes announced for %s, its descriptor says %d", errDescriptorLength, size, d, known)
 	}
 	return nil
 }

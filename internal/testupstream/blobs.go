@@ -188,6 +188,9 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Dige
 		}
 	}
 
+	if head >= 0 && g.holdsHeaders() {
+		(&blobWriter{ctx: r.Context(), closing: s.closing, gate: g}).wait()
+	}
 	announced := length
 	if f.lying && !partial { // LieBlobLength
 		announced, length = f.lieLength, min(length, f.lieLength)

@@ -124,6 +124,7 @@ func (s *Server) gate(d digest.Digest) *Gate {
 type Gate struct {
 	mu         sync.Mutex
 	head       int64
+	headers    bool // hold before the headers
 	requests   int
 	openOnce   sync.Once
 	opened     chan struct{}
@@ -138,6 +139,21 @@ func (g *Gate) SetHeadBytes(n int64) *Gate {
 	defer g.mu.Unlock()
 	g.head = n
 	return g
+}
+
+// HoldHeaders makes a held request wait before it sends its status and
+// headers, as an upstream slow to answer does. It returns g for chaining.
+func (g *Gate) HoldHeaders() *Gate {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.headers = true
+	return g
+}
+
+func (g *Gate) holdsHeaders() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.headers
 }
 
 // Open releases every held request and lets later ones pass. Idempotent.
