@@ -116,6 +116,8 @@ func toWire(err error, res resource) wireError {
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream sent something that is not a valid manifest; it was not cached"
 	case errors.Is(err, upstream.ErrRefused):
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "UNAVAILABLE", "upstream pointed the mirror somewhere it may not go"
+	case errors.Is(err, upstream.ErrBadRequest):
+		w.Status, w.Code, w.Message = http.StatusBadGateway, "UNSUPPORTED", "upstream refused the request"
 	case errors.Is(err, upstream.ErrTooLarge):
 		w.Status, w.Code, w.Message = http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is larger than this mirror accepts"
 	case errors.Is(err, errUpstreamCorrupt), errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeMismatch):

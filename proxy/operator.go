@@ -281,15 +281,27 @@ type catalogPage struct {
 	only string // one registry's repositories, by bare name; "": all
 }
 
+// pageSize reads a list request's n: ok is false when there is none, and
+// anything but a non-negative integer is errPaginationInvalid.
+func pageSize(args *fasthttp.Args) (n int, ok bool, err error) {
+	v := args.Peek("n")
+	if len(v) == 0 {
+		return 0, false, nil
+	}
+	n, err = strconv.Atoi(string(v))
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("%w: n=%q", errPaginationInvalid, v)
+	}
+	return n, true, nil
+}
+
 // catalogQuery reads a catalog request's n, last, and ?ns= or Host alias.
 func (s *Server) catalogQuery(ctx *fasthttp.RequestCtx) (catalogPage, error) {
 	args := ctx.QueryArgs()
 	q := catalogPage{n: defaultCatalogPage, last: string(args.Peek("last"))}
-	if v := args.Peek("n"); len(v) > 0 {
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 0 {
-			return q, fmt.Errorf("%w: n=%q", errPaginationInvalid, v)
-		}
+	if n, ok, err := pageSize(args); err != nil {
+		return q, err
+	} else if ok {
 		q.n = min(n, maxCatalogPage)
 	}
 	ns, host := string(args.Peek("ns")), s.routes.hostOf(ctx)

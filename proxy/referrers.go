@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
@@ -44,6 +45,11 @@ func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq reque
 			return body, err
 		})
 	ex.outcome = outcome
+	if errors.Is(err, upstream.ErrBadRequest) {
+		// An upstream without the API may refuse it (400, 405) instead
+		// of a 404: either way clients fall back to the tag schema.
+		return reply{}, fmt.Errorf("%w: %s has no referrers API (%w)", errUnknownEndpoint, rq.registry, err)
+	}
 	if err != nil {
 		return reply{}, err
 	}

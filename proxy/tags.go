@@ -17,6 +17,10 @@ import (
 // A page of a paginated listing (n, last) is passed through only; when
 // upstream says there is a next page, so does the answer (nextPageLink).
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, error) {
+	// Checked here: upstream's 400 would be no answer to keep or serve.
+	if _, _, err := pageSize(ctx.QueryArgs()); err != nil {
+		return reply{}, err
+	}
 	query := url.Values{}
 	for _, key := range []string{"n", "last"} {
 		if v := ctx.QueryArgs().Peek(key); len(v) > 0 {

@@ -37,6 +37,11 @@ var (
 	// ErrInvalidName: a repository, reference or digest argument that is not
 	// valid; no request was made.
 	ErrInvalidName = errors.New("upstream: invalid name")
+	// ErrBadRequest: a 4xx other than 401, 403, 404, 408 and 429. Upstream
+	// refused this request as such (a query it does not take, an API it
+	// does not have): it says nothing about upstream's health, so it is no
+	// outage and is not retried.
+	ErrBadRequest = errors.New("upstream: request refused")
 )
 
 // ClientReason returns a short description of err that may be shown to a
@@ -60,7 +65,7 @@ func ClientReason(err error) (reason string, ok bool) {
 	case errors.Is(err, ErrRefused):
 		return ErrRefused.Error(), true
 	}
-	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName} {
+	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName, ErrBadRequest} {
 		if !errors.Is(err, s) {
 			continue
 		}
@@ -111,7 +116,10 @@ func (r *Registry) checkResponse(resp *http.Response, ok ...int) error {
 }
 
 // classifyStatus maps a registry error to a sentinel: 429 and 5xx by
-// status first, then the error codes, then the other statuses.
+// status first, then the error codes, then the other statuses. Only what
+// can be upstream's trouble (5xx, 408, 429, UNAVAILABLE, an answer that is
+// no HTTP error at all) is ErrUnavailable: a client's odd query that
+// upstream answers 400 must not mark the registry out for everyone.
 func classifyStatus(e *transport.Error) error {
 	switch {
 	case e.StatusCode == http.StatusTooManyRequests:
@@ -140,6 +148,11 @@ func classifyStatus(e *transport.Error) error {
 		return ErrUnauthorized
 	case http.StatusForbidden:
 		return ErrDenied
+	case http.StatusRequestTimeout:
+		return ErrUnavailable
+	}
+	if e.StatusCode >= 400 && e.StatusCode < 500 {
+		return ErrBadRequest
 	}
 	return ErrUnavailable
 }
@@ -173,7 +186,7 @@ func classify(ctx context.Context, what string, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("upstream: %s: %w", what, cerr)
 	}
-	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName} {
+	for _, s := range []error{ErrNotFound, ErrUnauthorized, ErrDenied, ErrRateLimited, ErrUnavailable, ErrTooLarge, ErrInvalidName, ErrBadRequest} {
 		if errors.Is(err, s) {
 			return err
 		}
