@@ -250,7 +250,13 @@ func (a *app) Run(ctx context.Context) error {
 		sctx, cancel := withTimeout(a.cfg.Server.ShutdownTimeout.Duration)
 		defer cancel()
 		a.log.Info("shutting down")
-		if err := a.proxy.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		err := a.proxy.Shutdown(sctx)
+		// A stop that came while the mirror was starting (a crash's
+		// reconcile can take minutes) may find Serve not yet holding the
+		// listener, and Shutdown then has nothing to stop: closing the
+		// listener ends Serve either way.
+		_ = a.ln.Close()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		} else if err != nil {
 			return errShutdownTimeout

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/signal"
 	"syscall"
@@ -46,6 +47,9 @@ func serveCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// After the first signal a second one ends the process at
+			// once (the default), for a shutdown an admin will not wait out.
+			context.AfterFunc(ctx, stop)
 			a, err := newApp(cfg, log)
 			if err != nil {
 				return err
