@@ -82,8 +82,8 @@ func (s *Server) cachedBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) 
 // fill (started or joined), else a pass-through when the disk is full. ok
 // is false when the fill found the blob cached after all, when the blob of
 // the fill this client joined was evicted before it could open it, or when
-// that fill, started for another repository, failed on a size a manifest of
-// that repository gave (err says so): serveBlob then asks again.
+// that fill, started for another repository or registry, failed for a
+// reason of its source's (err says which): serveBlob then asks again.
 func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (r reply, ok bool, err error) {
 	if p := s.passes.joinable(rq.ref.digest); p != nil {
 		r, err := s.servePassThrough(ctx, ex, rq, p.reason)
@@ -115,10 +115,20 @@ func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 	switch {
 	case errors.Is(err, errFillEvicted):
 		return reply{}, false, nil // serveBlob asks again: a new fill
-	case errors.Is(err, errDescriptorLength) && !f.request.sameRepo(rq):
-		return reply{}, false, err // the starting repository's manifest: a new fill
+	case err != nil && !f.request.sameRepo(rq) && !isLocalFailure(err):
+		return reply{}, false, err // the starting repository's trouble: a new fill
 	}
 	return r, true, err
+}
+
+// isLocalFailure reports whether a fill's error is this mirror's own (its
+// disk) rather than what the fill's source said or did. Only the latter
+// may not hold for a client of another repository or registry, whose own
+// fill asks its own upstream: upstream's 404 for repository X, or a size
+// X's manifest gave, says nothing about the same digest in Y.
+func isLocalFailure(err error) bool {
+	var werr *cacheWriteError
+	return errors.As(err, &werr) || isNoSpace(err)
 }
 
 // headBlobUpstream answers a HEAD for a blob that is not cached without

@@ -221,6 +221,57 @@ func TestDescriptorLengthOfAnotherRepo(t *testing.T) {
 	}
 }
 
+// TestJoinedFillOfAnotherRegistryFails: a fill of a digest started through
+// another registry (anyone may ask any configured registry for any digest)
+// that fails there, before an answer, does not fail the clients of a
+// registry that has the blob and joined it: each gets a fill of its own.
+// Before, one client asking a registry that lacks a layer, or lies about
+// it, could fail that layer for everyone.
+func TestJoinedFillOfAnotherRegistryFails(t *testing.T) {
+	r := startRegistries(t)
+	img, d := r.hub.PushLargeBlobImage(t, "library/app", "v1", 64<<10)
+	r.ghcr.Push(t, "someone/else", "v1", img)
+	r.ghcr.LieBlobLength(0) // 0 bytes announced for a non-empty blob: refused before any answer
+	gate := r.ghcr.Gate(d).HoldHeaders()
+	type answer struct {
+		status int
+		got    digest.Digest
+	}
+	get := func(url string, into chan<- answer) {
+		resp, err := http.Get(url)
+		if err != nil {
+			into <- answer{}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		into <- answer{resp.StatusCode, digest.FromBytes(body)}
+	}
+	other, hub := make(chan answer, 1), make(chan answer, 1)
+	go get(blobURL(r.m, "someone/else", d)+"?ns="+ghcrName, other)
+	<-gate.Arrived()
+	go get(blobURL(r.m, "library/app", d), hub)
+	eventually(t, "the docker.io client to join the ghcr.io fill", func() bool {
+		f := r.m.fills.get(d)
+		if f == nil {
+			return false
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.waiting == 2
+	})
+	gate.Open()
+	if a := <-other; a.status != http.StatusBadGateway {
+		t.Errorf("the ghcr.io client: status %d, want 502", a.status)
+	}
+	if a := <-hub; a.status != http.StatusOK || a.got != d {
+		t.Errorf("the docker.io client: status %d, body %s; want 200 and the blob", a.status, a.got)
+	}
+	if n := r.hub.BlobGETs(d); n != 1 {
+		t.Errorf("%d docker.io GETs, want 1", n)
+	}
+}
+
 // TestSlowUpstreamResumedThenGivenUp (item 9): a body trickling below
 // server.min_upstream_rate is dropped once the window is spent and resumed
 // with a Range request; a resumed body at full speed completes the fill,
