@@ -403,3 +403,26 @@ func TestBodyPanicIsRecovered(t *testing.T) {
 		t.Errorf("WriteTo of a plain reader: %d %v %q", n, err, out.String())
 	}
 }
+
+// TestPanicInATagRevalidation: a bug that panics inside a tag revalidation
+// (here: the registry's methods are missing) is that revalidation's error
+// for every caller. Before, singleflight raised the panic again in a
+// goroutine of its own for a DoChan caller (the watch list's
+// RevalidateTag), which no recover reaches: the process ended.
+func TestPanicInATagRevalidation(t *testing.T) {
+	g := startGuardServer(t, tempStore(t))
+	if _, err := g.RevalidateTag(t.Context(), "docker.io", "library/x", "latest"); !errors.Is(err, errPanic) {
+		t.Fatalf("RevalidateTag: %v, want the panic as an error", err)
+	}
+	resp, err := http.Get("http://" + g.addr + "/v2/library/x/manifests/latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("a client of the tag: status %d, want 500", resp.StatusCode)
+	}
+	if n := counterValue(t, g.guard.panics); n != 2 {
+		t.Errorf("regmirror_panics_total = %v, want 2", n)
+	}
+}

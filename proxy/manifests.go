@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,13 +178,13 @@ func (s *Server) manifestByTag(rq request) (manifest, Outcome, error) {
 	if s.opts.Offline {
 		return manifest{}, OutcomeNone, fmt.Errorf("%w: %s/%s:%s", errOffline, rq.registry, rq.repo, tag)
 	}
-	v, err, shared := s.flights.Do(key.flight(), func() (any, error) {
+	v, err, shared := s.flights.Do(key.flight(), s.tagFlight(rq, func() (tagResult, error) {
 		w := s.tagWaits.start(key)
 		r, err := tagResult{}, error(errTagFlightAborted) // what the joiners get if the flight panics
 		defer func() { s.tagWaits.end(key, w, r, err) }()
 		r, err = s.revalidateTag(rq, rec, pol)
 		return r, err
-	})
+	}))
 	if err != nil {
 		return manifest{}, OutcomeNone, err
 	}
@@ -204,6 +205,25 @@ func (s *Server) revalidateTag(rq request, rec cache.TagRecord, pol tagpolicy.De
 		}
 	}
 	return s.refreshTagDetached(rq, rec, pol)
+}
+
+// tagFlight makes run a tag flight's function that turns a panic into the
+// flight's error (logged with its stack, counted). singleflight raises a
+// flight's panic again in every caller, and for a DoChan caller (the watch
+// list) or a background revalidation that happens in a goroutine no
+// recover reaches: one bug in a revalidation would end the process.
+func (s *Server) tagFlight(rq request, run func() (tagResult, error)) func() (any, error) {
+	return func() (v any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				s.guard.panics.Inc()
+				s.log.Error("panic in a tag revalidation (a bug; its clients get a 500)", "registry", rq.registry,
+					"repo", rq.repo, "tag", rq.ref.tag, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				v, err = nil, fmt.Errorf("%w: %v", errPanic, p)
+			}
+		}()
+		return run()
+	}
 }
 
 // refreshTagDetached is refreshTag under a context of its own: the

@@ -66,7 +66,7 @@ func (s *Server) RevalidateTag(ctx context.Context, registry, repo, tag string) 
 		return TagCheck{}, fmt.Errorf("%w: %s's pull budget is low", ErrUpstreamOut, rq.registry)
 	}
 	pol := s.tagPolicy(rq)
-	ch := s.flights.DoChan(tagKeyOf(rq).flight(), func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
+	ch := s.flights.DoChan(tagKeyOf(rq).flight(), s.tagFlight(rq, func() (tagResult, error) { return s.refreshTagDetached(rq, rec, pol) }))
 	select {
 	case <-ctx.Done():
 		return TagCheck{}, ctx.Err()

@@ -60,7 +60,7 @@ func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tag
 			bg.mu.Unlock()
 		}()
 		start := time.Now()
-		_, err, _ := s.flights.Do(key, func() (any, error) { return s.refreshTagDetached(rq, rec, pol) })
+		_, err, _ := s.flights.Do(key, s.tagFlight(rq, func() (tagResult, error) { return s.refreshTagDetached(rq, rec, pol) }))
 		s.metrics.backgroundRevalidation(err)
 		if err != nil {
 			s.log.Warn("background revalidation failed", "registry", rq.registry, "repo", rq.repo, "tag", rq.ref.tag, "err", err)
