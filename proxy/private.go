@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/opencontainers/go-digest"
 
@@ -60,7 +61,9 @@ func (s *Server) confirmInRepo(rq request, d digest.Digest, res resource) error 
 		s.log.Info("cached content not confirmed in this repository: offline", "private", s.isPrivate(rq.registry), "registry", rq.registry, "repo", rq.repo, "digest", d)
 		return fmt.Errorf("%w: %s", errOffline, d)
 	}
-	_, err, _ := s.flights.Do("confirm\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
+	// The resource is in the key: a manifest's HEAD says nothing of a
+	// blob of the same digest, nor the other way round.
+	_, err, _ := s.flights.Do("confirm\x00"+strconv.Itoa(int(res))+"\x00"+rq.registry+"\x00"+rq.repo+"\x00"+d.String(), func() (any, error) {
 		ctx, cancel := s.upstreamContext()
 		defer cancel()
 		var err error

@@ -587,3 +587,55 @@ func pullNS(t *testing.T, m *testMirror, registry, repo, tag string) digest.Dige
 	t.Helper()
 	return testpull.NS(t, m.url, registry, repo, tag)
 }
+
+// TestConfirmationsOfAManifestAndABlobApart: in a private registry, a blob
+// GET of a cached digest not yet confirmed in this repository asks
+// upstream's blob HEAD, even while a manifest-form request for the same
+// digest waits on upstream's manifest HEAD. Before, the two shared one
+// confirmation: the blob's client got the manifest HEAD's 404 for a blob
+// upstream has in that repository.
+func TestConfirmationsOfAManifestAndABlobApart(t *testing.T) {
+	r := startRegistries(t)
+	img := r.corp.PushRandomImage(t, "team/a", "v1", 1, 4096)
+	layer := testupstream.LayerDigests(t, img)[0]
+	r.front.AllowBlobs("team/a")
+	pullNS(t, r.m, corpName, "team/a", "v1")
+	r.corp.Push(t, "team/b", "v1", img)
+	r.front.AllowBlobs("team/b")
+	gate := r.corp.GateManifestHeads()
+	defer gate.Open()
+	asManifest := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(r.m.url + "/v2/" + corpName + "/team/b/manifests/" + layer.String())
+		if err != nil {
+			asManifest <- -1
+			return
+		}
+		resp.Body.Close()
+		asManifest <- resp.StatusCode
+	}()
+	<-gate.Arrived()
+	blob := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(r.m.url + "/v2/" + corpName + "/team/b/blobs/" + layer.String())
+		if err != nil {
+			blob <- -1
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		blob <- resp.StatusCode
+	}()
+	select {
+	case status := <-blob:
+		if status != http.StatusOK {
+			t.Errorf("blob GET in team/b: %d, want 200", status)
+		}
+	case <-time.After(10 * time.Second): // only when it waits on the held manifest HEAD
+		t.Error("the blob GET waited on the manifest HEAD of its digest")
+	}
+	gate.Open()
+	if status := <-asManifest; status != http.StatusNotFound {
+		t.Errorf("a layer asked for as a manifest: %d, want 404", status)
+	}
+}
