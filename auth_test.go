@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/regmirror/regmirror/admin"
 	"github.com/regmirror/regmirror/internal/testlog"
 	"github.com/regmirror/regmirror/internal/testupstream"
 )
@@ -402,5 +404,44 @@ func TestCatalogWithAuth(t *testing.T) {
 	}
 	if resp, body := get(t, http.MethodGet, m.url+"/_regmirror/status", "Authorization", basicAuth("ci", "cipw")); resp.StatusCode != http.StatusOK || strings.Contains(string(body), "someuser") {
 		t.Errorf("ci's status page: %d (mentions someuser: %v)", resp.StatusCode, strings.Contains(string(body), "someuser"))
+	}
+}
+
+// TestRemoteAdminCredentialsStayWithTheServer: the transport of a remote
+// admin's pulls (preload --server https://... --username) adds the admin's
+// password only to requests to that server. A redirect the registry
+// client follows (a presigned URL of the shared store) used to carry it
+// there, and was forced to https.
+func TestRemoteAdminCredentialsStayWithTheServer(t *testing.T) {
+	var atStore string
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		atStore = r.Header.Get("Authorization")
+		w.Write([]byte("blob"))
+	}))
+	defer store.Close()
+	var atServer string
+	server := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		atServer = r.Header.Get("Authorization")
+		http.Redirect(w, r, store.URL+"/bucket/blob?X-Amz-Signature=abc", http.StatusTemporaryRedirect)
+	}))
+	defer server.Close()
+	cl := admin.NewClient(server.URL, "")
+	cl.Username, cl.Password = "alice", "s3cret"
+	cl.HTTP.Transport = server.Client().Transport
+	tg := &target{Client: cl, Remote: true, URL: server.URL}
+	resp, err := (&http.Client{Transport: tg.PullTransport()}).Get(server.URL + "/v2/library/x/blobs/sha256:00")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "blob" {
+		t.Fatalf("through the redirect: %d %q", resp.StatusCode, body)
+	}
+	if !strings.HasPrefix(atServer, "Basic ") {
+		t.Errorf("the server got Authorization %q, want the admin's", atServer)
+	}
+	if atStore != "" {
+		t.Errorf("the store got Authorization %q, want none", atStore)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 
@@ -391,16 +392,27 @@ func (t *target) PullTransport() *authTransport {
 	if t.TLS != nil {
 		base.TLSClientConfig = t.TLS
 	}
-	return &authTransport{t: t, base: base}
+	host := ""
+	if u, err := url.Parse(t.URL); err == nil {
+		host = u.Host
+	}
+	return &authTransport{t: t, base: base, host: host}
 }
 
-// authTransport authorizes each request as PullTransport says.
+// authTransport authorizes each request to the server as PullTransport
+// says, and nothing else: a request elsewhere (a redirect the registry
+// client follows, say to a presigned URL of a shared store) goes as it is,
+// without the token or an admin's password.
 type authTransport struct {
 	t    *target
 	base *http.Transport
+	host string // the server's host:port
 }
 
 func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != a.host {
+		return a.base.RoundTrip(req)
+	}
 	req = req.Clone(req.Context())
 	switch {
 	case a.t.Remote:

@@ -20,11 +20,14 @@ type BlobRedirector interface {
 const OutcomeRedirect Outcome = "redirect"
 
 // redirectBlob answers a miss with a 307 when rq's upstream offers a URL.
-// The mirror's own pulls (preload, pins) and peers' requests are never
-// redirected: they are asked to fill this node's cache.
+// The mirror's own pulls (preload, pins), an admin's (a remote preload
+// through this server) and peers' requests are never redirected: they are
+// asked to fill this node's cache, and an admin's client would carry its
+// credentials along.
 func (s *Server) redirectBlob(ctx *fasthttp.RequestCtx, ex *exchange, rq request) (reply, bool) {
 	r, ok := s.plain[rq.registry].(BlobRedirector)
-	if !ok || s.fills.get(rq.ref.digest) != nil || ex.user == peerUser || s.internalClient(ctx) {
+	if !ok || s.fills.get(rq.ref.digest) != nil || ex.user == peerUser || s.internalClient(ctx) ||
+		s.opts.Access != nil && ex.user != "" && s.opts.Access.IsAdmin(ex.user) {
 		return reply{}, false
 	}
 	if !s.linked(rq, rq.ref.digest) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/base64"
 	"net"
 	"testing"
 
@@ -98,5 +99,27 @@ func TestBlobRedirectNeedsALink(t *testing.T) {
 	}
 	if resp := serveOnce(s, "GET", blob, "203.0.113.7"); resp.StatusCode() != 307 {
 		t.Fatalf("linked digest: %d, want 307", resp.StatusCode())
+	}
+}
+
+// TestAdminsAreNotRedirected: an admin's blob GET (a remote `preload
+// --server ... --username`) is not redirected to the shared store: it is
+// meant to fill this node's cache, and the admin's client adds its
+// credentials to every request it sends, the store's included. Other
+// users are.
+func TestAdminsAreNotRedirected(t *testing.T) {
+	up := &redirecting{Registry: unreachable(t, "docker.io")}
+	acc := &fakeAccess{users: map[string]string{"alice": "a", "bob": "b"}, admins: map[string]bool{"alice": true}}
+	s, err := New(Options{Registries: []Upstream{up}, Store: tempStore(t), Access: acc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := "/v2/library/alpine/blobs/" + digest.FromString("b").String()
+	basic := func(user, pw string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw)) }
+	if r := serveOnce(s, "GET", blob, "203.0.113.7", "Authorization", basic("alice", "a")); r.StatusCode() == 307 {
+		t.Error("an admin's blob GET was redirected")
+	}
+	if r := serveOnce(s, "GET", blob, "203.0.113.7", "Authorization", basic("bob", "b")); r.StatusCode() != 307 {
+		t.Errorf("a user's blob GET: %d, want 307", r.StatusCode())
 	}
 }
