@@ -43,7 +43,7 @@ func (p accessPolicy) MayPull(ctx *fasthttp.RequestCtx, registry, repo string) b
 	if !ok {
 		var err error
 		if p.s.internalClient(ctx) {
-			user = internalUser
+			user = internalMark
 		} else if user, err = p.s.opts.Access.Identify(accessClient(ctx)); err != nil {
 			user = ""
 		}
@@ -52,7 +52,7 @@ func (p accessPolicy) MayPull(ctx *fasthttp.RequestCtx, registry, repo string) b
 	switch user {
 	case "":
 		return false
-	case internalUser:
+	case internalMark:
 		return true
 	}
 	return p.s.opts.Access.May(user, registry, repo)
@@ -119,8 +119,13 @@ func (s *Server) authorize(ctx *fasthttp.RequestCtx, ex *exchange, registry, rep
 	return withChallenge(err)
 }
 
-// internalUser is who a request with the internal token is.
+// internalUser is who a request with the internal token is, in logs.
 const internalUser = "regmirror"
+
+// internalMark stands for the internal token's client where an identity
+// decides what it may see: no name access control identifies can be it
+// (a user or certificate named "regmirror" saw everything before).
+const internalMark = "\x00internal"
 
 // internalClient tells a loopback request that carries the internal token
 // (the management token): the mirror's own preload and config pins pull

@@ -267,3 +267,28 @@ func TestAccessSeesResolvedNames(t *testing.T) {
 		}
 	}
 }
+
+// TestAUserNamedRegmirror: an identity access control gives the name the
+// internal token's client has in logs ("regmirror") sees only what its
+// rules allow on the status page and in the catalog; only the token sees
+// everything.
+func TestAUserNamedRegmirror(t *testing.T) {
+	acc := &fakeAccess{users: map[string]string{internalUser: "pw"}}
+	s, err := New(Options{Registries: []Upstream{unreachable(t, "docker.io")}, Store: tempStore(t), Access: acc, InternalToken: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	may := func(ip, authorization string) bool {
+		var req fasthttp.Request
+		req.Header.Set("Authorization", authorization)
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, nil)
+		return accessPolicy{s}.MayPull(&ctx, "docker.io", "denied/repo")
+	}
+	if may("203.0.113.7", "Basic "+base64.StdEncoding.EncodeToString([]byte(internalUser+":pw"))) {
+		t.Error(`a user named "regmirror" may see a repository its rules deny`)
+	}
+	if !may("127.0.0.1", "Bearer tok") {
+		t.Error("the internal token's client may not see everything")
+	}
+}
