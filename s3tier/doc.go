@@ -37,7 +37,9 @@
 // # Outages
 //
 // Every request to the store waits at most Options.Timeout for an answer's
-// headers. A store that fails (connection error, timeout, 5xx) opens a
+// headers, and a blob body's read at most Options.StallTimeout for bytes
+// (then it fails with ErrUnavailable and the fill resumes from the next
+// source). A store that fails (connection error, timeout, stall, 5xx) opens a
 // breaker: reads skip L2 for Options.Backoff, so misses go straight to the
 // next source and cache hits, which never touch L2, are not slowed. Uploads
 // wait in a bounded queue and drain when the store answers again; each

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -316,8 +317,13 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 			return nil, false
 		}
 	}
-	body, info, hdr, err := t.core.GetObject(ctx, t.o.Bucket, t.blobKey(d), opts)
+	// The request has a context of its own, which the body's stall guard
+	// cancels: a store that stops sending must not hold the fill (and every
+	// client of d) until the fill's own deadline.
+	rctx, cancel := context.WithCancelCause(ctx)
+	body, info, hdr, err := t.core.GetObject(rctx, t.o.Bucket, t.blobKey(d), opts)
 	if err != nil {
+		cancel(nil)
 		r := minio.ToErrorResponse(err)
 		switch {
 		case isNotFound(err):
@@ -341,28 +347,74 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 				start, size = 0, info.Size // the whole object: the range was ignored
 			} else {
 				body.Close()
+				cancel(nil)
 				return nil, false
 			}
 		}
 	}
 	t.stats.hits.Add(1)
 	t.remember(d)
-	blob := &upstream.Blob{Body: &countedBody{ReadCloser: body, n: &t.stats.hitBytes}, Offset: start, Size: size}
+	blob := &upstream.Blob{Body: t.guard(rctx, cancel, body, d), Offset: start, Size: size}
 	if start == 0 {
 		blob.Refute = func() { t.corruptObject(d) }
 	}
 	return blob, true
 }
 
-type countedBody struct {
-	io.ReadCloser
-	n interface{ Add(int64) int64 }
+// errStalled: an L2 body sent nothing for StallTimeout.
+var errStalled = errors.New("s3 body stalled")
+
+// guard wraps an L2 body (ctx and cancel are its request's) so that a Read
+// waiting StallTimeout for the store cancels the request, and a stalled or
+// cut body fails with ErrUnavailable: the fill resumes from the next
+// source. Close cancels.
+func (t *Tier) guard(ctx context.Context, cancel context.CancelCauseFunc, body io.ReadCloser, d digest.Digest) io.ReadCloser {
+	g := &guardedBody{t: t, d: d, ctx: ctx, cancel: cancel, body: body}
+	g.stall = time.AfterFunc(time.Hour, func() { cancel(errStalled) })
+	g.stall.Stop() // armed only while a Read waits on the store
+	return g
 }
 
-func (b *countedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
+type guardedBody struct {
+	t      *Tier
+	d      digest.Digest
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	body   io.ReadCloser
+	stall  *time.Timer
+	once   sync.Once
+}
+
+func (g *guardedBody) Read(p []byte) (int, error) {
+	// The stall clock runs only while this Read waits on the store: time
+	// the reader spends elsewhere (a slow disk, a full pass-through
+	// window) is not the store's.
+	g.stall.Reset(g.t.o.StallTimeout)
+	n, err := g.body.Read(p)
+	g.stall.Stop()
+	g.t.stats.hitBytes.Add(int64(n))
+	if err == nil || err == io.EOF {
+		return n, err
+	}
+	switch cause := context.Cause(g.ctx); {
+	case errors.Is(cause, errStalled):
+		err = fmt.Errorf("%w: s3 blob %s: no data for %v", upstream.ErrUnavailable, g.d, g.t.o.StallTimeout)
+		g.t.failed("GET blob "+g.d.String(), err) // a hung store: skip it for a while
+		return n, err
+	case cause != nil:
+		return n, err // the caller gave up, or closed the body
+	}
+	return n, fmt.Errorf("%w: s3 blob %s: %w", upstream.ErrUnavailable, g.d, err)
+}
+
+func (g *guardedBody) Close() error {
+	var err error
+	g.once.Do(func() {
+		g.stall.Stop()
+		err = g.body.Close()
+		g.cancel(nil)
+	})
+	return err
 }
 
 // BlobRedirect returns a presigned URL for d when redirects are on, d is

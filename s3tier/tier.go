@@ -57,6 +57,11 @@ type Options struct {
 	Timeout time.Duration
 	// Backoff is how long L2 is skipped after the store failed. Default 30s.
 	Backoff time.Duration
+	// StallTimeout fails a read of a blob body that waits this long for
+	// the store (the fill resumes from the next source, and L2 is skipped
+	// for Backoff). Default upstream.DefaultStallTimeout, as for upstream
+	// bodies.
+	StallTimeout time.Duration
 	// UploadTimeout bounds one upload. Default 30m.
 	UploadTimeout time.Duration
 	// PartSize is the part size of multipart uploads: minio-go otherwise
@@ -175,6 +180,7 @@ func New(o Options) (*Tier, error) {
 	setDefault(&o.TagTTL, 5*time.Minute)
 	setDefault(&o.Timeout, 5*time.Second)
 	setDefault(&o.Backoff, 30*time.Second)
+	setDefault(&o.StallTimeout, upstream.DefaultStallTimeout)
 	setDefault(&o.UploadTimeout, 30*time.Minute)
 	setDefault(&o.RedirectExpiry, 15*time.Minute)
 	if o.RedirectMinSize <= 0 {
