@@ -14,7 +14,9 @@
 //
 // Only content a node has verified is written: an object is uploaded from a
 // committed L1 file (the cache checked its digest), never from a body in
-// flight. The PUT carries If-None-Match: * so an object is written once; a
+// flight, and hashed again as it is read: a file damaged on disk since its
+// commit is not uploaded (a multipart upload is aborted, not completed) and
+// the cache drops it. The PUT carries If-None-Match: * so an object is written once; a
 // 412 means another node has it already, and counts as success. A tag record
 // is rewritten only by a check newer than the one it holds (the newer
 // checked-at wins; two nodes writing within the same instant may race, and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,10 +22,13 @@ import (
 	"github.com/regmirror/regmirror/upstream"
 )
 
-// Files is what the tier needs from the local cache (L1): the committed,
-// verified file of a digest, to upload it. *cache.Store has it.
+// Files is what the tier needs from the local cache (L1): the committed
+// file of a digest, to upload it. *cache.Store has it. Open checks the
+// file's size only; OpenVerified's reader fails at the end, and has the
+// cache drop the blob, if the content is not d (damaged on disk since).
 type Files interface {
 	Open(d digest.Digest) (*os.File, cache.BlobInfo, error)
+	OpenVerified(d digest.Digest) (io.ReadCloser, cache.BlobInfo, error)
 }
 
 // Options configures a Tier. Zero values take the defaults named.

@@ -135,7 +135,7 @@ func TestUploadIfNoneMatchAndRangedRead(t *testing.T) {
 		tier.forget(d)
 		f, _, _ := st.Open(d)
 		if size > 5<<20 {
-			err = tier.putMultipart(context.Background(), tier.blobKey(d), f, int64(size), minio.PutObjectOptions{})
+			err = tier.putMultipart(context.Background(), tier.blobKey(d), f, int64(size), minio.PutObjectOptions{}, func(context.Context) error { return nil })
 		} else {
 			opts := minio.PutObjectOptions{}
 			opts.SetMatchETagExcept("*")
@@ -336,6 +336,10 @@ func TestTagRecordNewerWins(t *testing.T) {
 type brokenFiles struct{}
 
 func (brokenFiles) Open(digest.Digest) (*os.File, cache.BlobInfo, error) {
+	return nil, cache.BlobInfo{}, errors.New("input/output error")
+}
+
+func (brokenFiles) OpenVerified(digest.Digest) (io.ReadCloser, cache.BlobInfo, error) {
 	return nil, cache.BlobInfo{}, errors.New("input/output error")
 }
 

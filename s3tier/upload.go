@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -142,7 +143,10 @@ func (t *Tier) upload(j job) error {
 	return t.putBlob(j.d)
 }
 
-// putBlob uploads d's committed L1 file, unless L2 has it already.
+// putBlob uploads d's committed L1 file, unless L2 has it already. What
+// is uploaded is checked against d on the way (the file may have been
+// damaged on disk since its commit, its size unchanged): an object is
+// written only if every byte of it was.
 func (t *Tier) putBlob(d digest.Digest) error {
 	ctx, cancel := context.WithTimeout(t.ctx, t.o.UploadTimeout)
 	defer cancel()
@@ -154,16 +158,12 @@ func (t *Tier) putBlob(d digest.Digest) error {
 	if !t.usable() {
 		return errDown
 	}
-	f, info, err := t.o.Files.Open(d)
+	vr, info, err := t.o.Files.OpenVerified(d)
 	if err != nil {
-		if errors.Is(err, cache.ErrNotFound) {
-			t.stats.dropped.Add(1) // evicted or purged before its turn
-			return nil
-		}
-		t.stats.failures.Add(1)
-		return fmt.Errorf("s3: reading the cached file: %w", err) // not errDown: no retry
+		return t.unreadable(err)
 	}
-	defer f.Close()
+	defer vr.Close()
+	check := &checkedReader{r: vr}
 	opts := minio.PutObjectOptions{
 		ContentType:  "application/octet-stream",
 		UserMetadata: map[string]string{mediaTypeMeta: info.MediaType},
@@ -173,10 +173,29 @@ func (t *Tier) putBlob(d digest.Digest) error {
 		opts.ContentType = info.MediaType
 	}
 	if info.Size > int64(t.o.PartSize) {
-		err = t.putMultipart(ctx, t.blobKey(d), f, info.Size, opts)
+		// Parts are read in parallel from the file; the verified reader
+		// reads it once more in order, and the upload completes only if
+		// that read matched d.
+		var f *os.File
+		if f, _, err = t.o.Files.Open(d); err != nil {
+			return t.unreadable(err)
+		}
+		defer f.Close()
+		err = t.putMultipart(ctx, t.blobKey(d), f, info.Size, opts, func(ctx context.Context) error { return drain(ctx, check) })
 	} else {
 		opts.SetMatchETagExcept("*")
-		_, err = t.client.PutObject(ctx, t.o.Bucket, t.blobKey(d), f, info.Size, opts)
+		_, err = t.client.PutObject(ctx, t.o.Bucket, t.blobKey(d), check, info.Size, opts)
+	}
+	if lerr := check.failure(); lerr != nil {
+		if err == nil {
+			t.corruptObject(d) // cannot be, the body having been cut short; but never leave it
+		}
+		t.stats.failures.Add(1)
+		if errors.Is(lerr, cache.ErrDigestMismatch) {
+			t.log.Warn("s3: not uploading a cached blob that no longer matches its digest (the cache removed it)", "digest", d, "err", lerr)
+			return nil
+		}
+		return fmt.Errorf("s3: reading the cached file: %w", lerr) // not errDown: no retry
 	}
 	switch {
 	case err == nil:
@@ -192,6 +211,58 @@ func (t *Tier) putBlob(d digest.Digest) error {
 		return nil
 	}
 	return t.uploadFailed("PUT "+d.String(), err)
+}
+
+// unreadable handles an L1 file that could not be opened for upload.
+func (t *Tier) unreadable(err error) error {
+	if errors.Is(err, cache.ErrNotFound) {
+		t.stats.dropped.Add(1) // evicted or purged before its turn
+		return nil
+	}
+	t.stats.failures.Add(1)
+	return fmt.Errorf("s3: reading the cached file: %w", err) // not errDown: no retry
+}
+
+// checkedReader keeps the first error of the cache's verified reader: a
+// local failure (the file is not d, or cannot be read) that no retry of
+// the store would fix, and that must not count as the store's.
+type checkedReader struct {
+	r   io.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// failure is the local error met, if any. The transport may still be
+// reading the body when an upload returns (the store answered early).
+func (c *checkedReader) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// drain reads r to its end, or until ctx is done.
+func drain(ctx context.Context, r io.Reader) error {
+	buf := make([]byte, 256<<10)
+	for ctx.Err() == nil {
+		if _, err := r.Read(buf); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }
 
 // errDown: the store could not answer (the breaker was open, or an
@@ -249,8 +320,9 @@ const uploadThreads = 4
 // putMultipart uploads size bytes of f as PartSize parts read with ReadAt
 // (parallel, nothing buffered beyond the transport's), and completes the
 // upload with If-None-Match: * (minio-go's PutObject drops that header on
-// the completion, so the parts are driven here). A failure aborts it.
-func (t *Tier) putMultipart(ctx context.Context, key string, f io.ReaderAt, size int64, opts minio.PutObjectOptions) error {
+// the completion, so the parts are driven here) once verify, run alongside
+// the parts, has returned nil. A failure of either aborts it.
+func (t *Tier) putMultipart(ctx context.Context, key string, f io.ReaderAt, size int64, opts minio.PutObjectOptions, verify func(context.Context) error) error {
 	id, err := t.core.NewMultipartUpload(ctx, t.o.Bucket, key, opts)
 	if err != nil {
 		return err
@@ -262,6 +334,14 @@ func (t *Tier) putMultipart(ctx context.Context, key string, f io.ReaderAt, size
 	next := make(chan int)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	verified := make(chan error, 1)
+	go func() {
+		err := verify(pctx)
+		if err != nil {
+			cancel() // the parts stop: this upload is not completed
+		}
+		verified <- err
+	}()
 	var wg sync.WaitGroup
 	for range min(uploadThreads, n) {
 		wg.Add(1)
@@ -290,10 +370,14 @@ feed:
 	}
 	close(next)
 	wg.Wait()
+	verr := <-verified
 	select {
 	case err = <-errs:
 	default:
 		err = pctx.Err()
+	}
+	if err == nil {
+		err = verr
 	}
 	if err == nil {
 		var done minio.PutObjectOptions
