@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -238,8 +239,11 @@ func (l *Local) stillNeeded(ctx context.Context, ps purgeStore, doomed, pinned m
 		}
 		ds, err := l.Closure(ctx, root, nil)
 		if err != nil && !errors.Is(err, ErrNotCached) {
-			// An image we cannot read is kept whole, as far as we know it.
-			l.log().Warn("purge: reading another image's graph; keeping what it names", "digest", root, "err", err)
+			// An image whose graph cannot be walked (a media type not
+			// known, a record that lost it) is kept whole, as far as
+			// the digests its manifests mention say.
+			l.log().Warn("purge: reading another image's graph; keeping every digest it mentions", "digest", root, "err", err)
+			ds = append(ds, l.mentioned(root)...)
 		}
 		for _, d := range ds {
 			keep[d] = true
@@ -248,6 +252,42 @@ func (l *Local) stillNeeded(ctx context.Context, ps purgeStore, doomed, pinned m
 	}
 	return keep, nil
 }
+
+// digestText is how a manifest names what it refers to.
+var digestText = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
+
+// mentioned is every digest the cached blob root names, and those the
+// blobs it names name in turn, read as text: what a graph that cannot be
+// walked refers to, at most. Only blobs the size of a manifest are read.
+func (l *Local) mentioned(root digest.Digest) []digest.Digest {
+	var out []digest.Digest
+	seen := map[digest.Digest]bool{root: true}
+	for next := []digest.Digest{root}; len(next) > 0; {
+		d := next[len(next)-1]
+		next = next[:len(next)-1]
+		f, info, err := l.Store.Open(d)
+		if err != nil {
+			continue
+		}
+		var raw []byte
+		if info.Size <= maxManifestBytes {
+			raw, _ = io.ReadAll(io.LimitReader(f, maxManifestBytes))
+		}
+		f.Close()
+		for _, m := range digestText.FindAll(raw, -1) {
+			if md := digest.Digest(m); !seen[md] {
+				seen[md] = true
+				out = append(out, md)
+				next = append(next, md)
+			}
+		}
+	}
+	return out
+}
+
+// maxManifestBytes is the largest manifest the mirror keeps (the proxy's
+// and the archive's cap).
+const maxManifestBytes = 4 << 20
 
 // parsePurgeRef reads the request's reference: an image, or with AllTags a
 // repository without tag or digest.
