@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/valyala/fasthttp"
@@ -290,5 +292,26 @@ func TestAUserNamedRegmirror(t *testing.T) {
 	}
 	if !may("127.0.0.1", "Bearer tok") {
 		t.Error("the internal token's client may not see everything")
+	}
+}
+
+// TestRefusedClientsLearnNoRegistries: a client access control refuses
+// gets the same answer whether ?ns= names a configured registry or not.
+// Before, /v2/?ns=secret.example answered 403 "not configured" where a
+// configured one answered 401, and the catalog likewise.
+func TestRefusedClientsLearnNoRegistries(t *testing.T) {
+	s := newAccessServer(t, &fakeAccess{users: map[string]string{"bob": "pw"}}, false)
+	answer := func(uri string, header ...string) string {
+		r := serveOnce(s, "GET", uri, "203.0.113.7", header...)
+		return fmt.Sprintf("%d %s", r.StatusCode(), r.Body())
+	}
+	for _, path := range []string{"/v2/", "/v2/_catalog"} {
+		if known, unknown := answer(path+"?ns=docker.io"), answer(path+"?ns=secret.example"); known != unknown {
+			t.Errorf("%s without credentials: configured %q, not configured %q", path, known, unknown)
+		}
+	}
+	bob := "Basic " + base64.StdEncoding.EncodeToString([]byte("bob:pw"))
+	if got := answer("/v2/?ns=secret.example", "Authorization", bob); !strings.HasPrefix(got, "403") {
+		t.Errorf("/v2/?ns= of a registry not configured, to a user: %s, want 403", got)
 	}
 }

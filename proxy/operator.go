@@ -274,6 +274,9 @@ func (s *Server) serveCatalog(ctx *fasthttp.RequestCtx, ex *exchange) (reply, er
 	return bodyReply("application/json", body), nil
 }
 
+// notARegistry is a catalog page's registry that matches none.
+const notARegistry = "\x00"
+
 // catalogPage is what a catalog request asks for.
 type catalogPage struct {
 	n    int    // page size
@@ -307,7 +310,12 @@ func (s *Server) catalogQuery(ctx *fasthttp.RequestCtx) (catalogPage, error) {
 	ns, host := string(args.Peek("ns")), s.routes.hostOf(ctx)
 	if _, aliased := s.routes.alias(host); ns != "" || aliased {
 		up, err := s.routes.registry(ns, "", host)
-		if err != nil {
+		if err != nil && !s.maySeeStatus(ctx) {
+			// Who may pull nothing gets the empty page it would get for
+			// a configured registry: which ones are is not its to learn.
+			q.only = notARegistry
+			return q, nil
+		} else if err != nil {
 			return q, err
 		}
 		q.only = up.Name()

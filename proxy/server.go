@@ -494,10 +494,12 @@ func (s *Server) serveRegistry(ctx *fasthttp.RequestCtx, ex *exchange) (reply, e
 // serveBase answers /v2/, the API version check, for whoever may pull from
 // the registry the request names.
 func (s *Server) serveBase(ctx *fasthttp.RequestCtx, ex *exchange) (reply, error) {
-	if _, err := s.routes.registry(string(ctx.QueryArgs().Peek("ns")), "", s.routes.hostOf(ctx)); err != nil {
+	// Who is refused learns nothing more, such as which registries are
+	// configured (the ?ns= check's answer).
+	if err := s.authorize(ctx, ex, "", ""); err != nil {
 		return reply{}, err
 	}
-	if err := s.authorize(ctx, ex, "", ""); err != nil {
+	if _, err := s.routes.registry(string(ctx.QueryArgs().Peek("ns")), "", s.routes.hostOf(ctx)); err != nil {
 		return reply{}, err
 	}
 	return bodyReply("application/json", []byte("{}")), nil
