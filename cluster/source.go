@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regmirror/regmirror/imageref"
 	"github.com/regmirror/regmirror/upstream"
 )
 
@@ -101,7 +103,7 @@ func (s *source) GetBlob(ctx context.Context, repo string, d digest.Digest, offs
 // expected 200 or 206 is an error, and so is a connection error; a 5xx or
 // a connection error marks the peer down.
 func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
-	uri := "/v2/" + repo + "/blobs/" + d.String() + "?ns=" + url.QueryEscape(registry)
+	uri := "/v2/" + peerPath(registry, repo) + "/blobs/" + d.String() + "?ns=" + url.QueryEscape(registry)
 	fctx, cancel := context.WithCancelCause(ctx)
 	req, err := http.NewRequestWithContext(fctx, http.MethodGet, peer+uri, nil)
 	if err != nil {
@@ -229,4 +231,17 @@ func (b *peerBody) Close() error {
 	err := b.body.Close()
 	b.f.cancel(nil)
 	return err
+}
+
+// peerPath is repo as a peer's /v2/ path names it with ?ns=registry. A
+// peer takes a first component that names the ?ns= registry for a path
+// prefix (containerd's override_path sends both), so a repository that
+// itself begins so ("corp.example/team" on corp.example) goes behind one:
+// else the owner would fetch, and serve, another repository ("team").
+func peerPath(registry, repo string) string {
+	first, _, ok := strings.Cut(repo, "/")
+	if ok && imageref.IsHost(first) && imageref.CanonicalRegistry(first) == imageref.CanonicalRegistry(registry) {
+		return registry + "/" + repo
+	}
+	return repo
 }

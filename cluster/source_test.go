@@ -436,3 +436,22 @@ func forwardedBlob(t *testing.T, o Options, content string) (*Node, *upstream.Bl
 	}
 	return n, b
 }
+
+// TestPeerPath: the path a peer is asked names the very repository, also
+// one that begins with its registry's name, which the owner would
+// otherwise take for a path prefix and drop (and fetch "team" with the
+// mirror's credentials for a client of "corp.example/team"). The proxy's
+// TestRouterResolve reads the form back.
+func TestPeerPath(t *testing.T) {
+	for _, c := range []struct{ registry, repo, want string }{
+		{"docker.io", "library/alpine", "library/alpine"},
+		{"ghcr.io", "org/app", "org/app"},
+		{"corp.example", "corp.example/team", "corp.example/corp.example/team"},
+		{"docker.io", "index.docker.io/x", "docker.io/index.docker.io/x"}, // an alias of the registry, as the owner reads it
+		{"ghcr.io", "docker.io/x", "docker.io/x"},                         // another registry's name is part of the name
+	} {
+		if got := peerPath(c.registry, c.repo); got != c.want {
+			t.Errorf("peerPath(%q, %q) = %q, want %q", c.registry, c.repo, got, c.want)
+		}
+	}
+}

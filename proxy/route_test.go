@@ -167,6 +167,7 @@ func TestRouterResolve(t *testing.T) {
 		{"path prefix, Docker Hub alias, any case", manifest("Index.Docker.IO/alpine"), "", "", "docker.io", "library/alpine", nil},
 		{"path prefix and the same ?ns= (override_path)", manifest("ghcr.io/org/app"), "ghcr.io", "", "ghcr.io", "org/app", nil},
 		{"a host-like first component ?ns= does not name is part of the name", manifest("ghcr.io/org/app"), "docker.io", "", "docker.io", "ghcr.io/org/app", nil},
+		{"a repository that begins with its registry's name, behind it (a peer's form, cluster.peerPath)", manifest("ghcr.io/ghcr.io/team"), "ghcr.io", "", "ghcr.io", "ghcr.io/team", nil},
 		{"where a port is not allowed", manifest("localhost:5000/x"), "ghcr.io", "", "", "", errNameInvalid},
 		{"Host alias", manifest("org/app"), "", "ghcr.mirror.lan", "ghcr.io", "org/app", nil},
 		{"Host alias with a port it was not written with", manifest("org/app"), "", "GHCR.mirror.lan:443", "ghcr.io", "org/app", nil},
