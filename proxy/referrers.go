@@ -13,9 +13,9 @@ import (
 )
 
 // Referrers (GET /v2/<name>/referrers/<digest>, OCI distribution 1.1) are
-// passed through to upstream, unfiltered, and the last answer per subject
-// is kept in the cache's referrers record (not a blob, so eviction does not
-// see it). While upstream is down, or the mirror offline, that
+// passed through to upstream, unfiltered, and the last answer per cached
+// subject is kept in the cache's referrers record (not a blob, so eviction
+// does not see it). While upstream is down, or the mirror offline, that
 // answer is served. An artifactType query is applied here, to the cached
 // or fetched answer, and announced with OCI-Filters-Applied, so one record
 // serves every filter. Upstream's 404 (no referrers API) is passed on;
@@ -37,7 +37,15 @@ func (s *Server) serveReferrers(ctx *fasthttp.RequestCtx, ex *exchange, rq reque
 	}
 	kept := keptRecord{
 		load: func() ([]byte, error) { return s.answers.Referrers(rq.registry, rq.repo, d) },
-		save: func(body []byte) error { return s.answers.SetReferrers(rq.registry, rq.repo, d, body) },
+		save: func(body []byte) error {
+			// Kept only for a subject the cache holds: any client may
+			// ask about any of 2^256 digests, and a record for each
+			// would grow the index without bound, outside the budget.
+			if _, err := s.blobs.Stat(d); err != nil {
+				return nil
+			}
+			return s.answers.SetReferrers(rq.registry, rq.repo, d, body)
+		},
 	}
 	body, outcome, err := s.keptAnswer(rq, rq.repo+"@"+d.String(), "referrers", kept, true,
 		func(uctx context.Context) ([]byte, error) {

@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // TestReferrersServedFromOwnRecord: an offline mirror, and one whose
@@ -38,5 +42,48 @@ func TestReferrersServedFromOwnRecord(t *testing.T) {
 		if code, _, _ := serveFrom(s, "127.0.0.1", "/v2/org/other/referrers/"+subject.String(), ""); code == 200 {
 			t.Fatalf("offline=%v: another repository's subject answered", offline)
 		}
+	}
+}
+
+// TestReferrersKeptOnlyForCachedSubjects: an answer is kept for a subject
+// the cache holds, and for no other: a client asking about random digests
+// used to add an index record for each, forever and outside the budget.
+func TestReferrersKeptOnlyForCachedSubjects(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/" {
+			w.Header().Set("Content-Type", mediaTypeOCIIndex)
+			w.Write([]byte(`{"schemaVersion":2,"mediaType":"` + mediaTypeOCIIndex + `","manifests":[]}`))
+		}
+	}))
+	defer up.Close()
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := tempStore(t)
+	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := []byte(`{"schemaVersion":2}`)
+	cached := digest.FromBytes(manifest)
+	if _, err := store.Put(cached, mediaTypeOCIIndex, manifest); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if code, _, _ := serveFrom(s, "127.0.0.1", "/v2/org/app/referrers/"+digest.FromString(fmt.Sprint(i)).String(), ""); code != 200 {
+			t.Fatalf("referrers of a digest not cached: %d", code)
+		}
+	}
+	if code, _, _ := serveFrom(s, "127.0.0.1", "/v2/org/app/referrers/"+cached.String(), ""); code != 200 {
+		t.Fatalf("referrers of a cached manifest: %d", code)
+	}
+	for i := range 20 {
+		if _, err := store.Referrers("docker.io", "org/app", digest.FromString(fmt.Sprint(i))); err == nil {
+			t.Fatal("an answer about a digest not cached was kept")
+		}
+	}
+	if _, err := store.Referrers("docker.io", "org/app", cached); err != nil {
+		t.Errorf("the answer about a cached manifest was not kept: %v", err)
 	}
 }
