@@ -128,7 +128,7 @@ func (n *Node) fetch(ctx context.Context, peer, registry, repo string, d digest.
 	if err != nil {
 		return fail(err, ctx.Err() == nil && !cutHere(context.Cause(fctx)))
 	}
-	b := &upstream.Blob{Size: -1}
+	b := &upstream.Blob{Size: -1, Tier: "peer"}
 	switch resp.StatusCode {
 	case http.StatusOK:
 		b.Size = resp.ContentLength

@@ -71,6 +71,9 @@ func (u *meteredUpstream) HeadBlob(ctx context.Context, repo string, d digest.Di
 func (u *meteredUpstream) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (*upstream.Blob, error) {
 	start := time.Now()
 	b, err := u.Upstream.GetBlob(ctx, repo, d, offset)
+	if err == nil && b.Tier != "" {
+		return b, nil // a shared tier's body, counted by the tier: no upstream traffic
+	}
 	u.done("blob", start, 0, err)
 	if err == nil {
 		b.Body = &countingBody{ReadCloser: b.Body, u: u}

@@ -354,7 +354,7 @@ func (t *Tier) getBlob(ctx context.Context, d digest.Digest, offset int64) (*ups
 	}
 	t.stats.hits.Add(1)
 	t.remember(d)
-	blob := &upstream.Blob{Body: t.guard(rctx, cancel, body, d), Offset: start, Size: size}
+	blob := &upstream.Blob{Body: t.guard(rctx, cancel, body, d), Offset: start, Size: size, Tier: "s3"}
 	if start == 0 {
 		blob.Refute = func() { t.corruptObject(d) }
 	}

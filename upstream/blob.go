@@ -32,6 +32,10 @@ type Blob struct {
 	// caller's own check, which it makes anyway before it stores or
 	// finishes a body, is the one that keeps wrong content out.
 	Refute func()
+	// Tier names the shared tier that sent Body ("s3", "peer"), or is ""
+	// for the registry itself: only the registry's bytes are upstream
+	// traffic (metrics, the status page's savings).
+	Tier string
 }
 
 // Refuted tells b's source, once, that its whole body was not the digest
