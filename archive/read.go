@@ -115,6 +115,7 @@ type reader struct {
 	sink BlobSink
 
 	index      *v1.IndexManifest
+	indexTypes map[digest.Digest]string // the media types index.json gives its manifests
 	layout     bool
 	dockerSave bool // manifest.json seen: a `docker save` tarball
 
@@ -210,6 +211,12 @@ func (rd *reader) small(tr *tar.Reader, hdr *tar.Header, name string) error {
 		return fmt.Errorf("%w: index.json: %v", ErrCorrupt, err)
 	}
 	rd.index = &idx
+	rd.indexTypes = make(map[digest.Digest]string, len(idx.Manifests))
+	for _, m := range idx.Manifests {
+		if _, seen := rd.indexTypes[digest.Digest(m.Digest.String())]; !seen {
+			rd.indexTypes[digest.Digest(m.Digest.String())] = string(m.MediaType)
+		}
+	}
 	return nil
 }
 
@@ -259,17 +266,10 @@ func (rd *reader) blob(tr *tar.Reader, hdr *tar.Header, d digest.Digest) error {
 	return nil
 }
 
-// knownType is d's media type if index.json has been read and names it.
+// knownType is d's media type if index.json has been read and names it
+// (the first entry that does, if several do).
 func (rd *reader) knownType(d digest.Digest) string {
-	if rd.index == nil {
-		return ""
-	}
-	for _, m := range rd.index.Manifests {
-		if m.Digest.String() == string(d) {
-			return string(m.MediaType)
-		}
-	}
-	return ""
+	return rd.indexTypes[d]
 }
 
 // check runs after the stream: index.json and oci-layout exist, and every
