@@ -117,6 +117,21 @@
 // summary. Usage totals are computed from its result and then maintained in
 // memory.
 //
+// # A full disk
+//
+// Badger writes its memtable log and value log through mmapped sparse
+// files: on a full filesystem a store into a new page is not an error but
+// SIGBUS, which kills the process. So blob writes, the one large consumer
+// of the data dir, stop while the filesystem still has
+// Options.IndexReserve free (default DefaultIndexReserve, 112 MiB: two
+// memtables, one value-log file and a margin; at most half of a small
+// filesystem): Create and Write fail with ErrNoSpace, as on a really full
+// disk, and the caller frees space or passes the download through. Free
+// space is measured with statfs when Create or Write has spent what the
+// last measurement allowed (at most 4 MiB, shared by all Writers), and
+// again after every refusal. Other processes filling the filesystem are
+// not guarded against.
+//
 // # Clean shutdown
 //
 // Close, after its final access flush and Badger's close have succeeded,

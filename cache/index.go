@@ -12,6 +12,12 @@ import (
 
 // The Badger index: its options, writes and logging.
 
+// Badger's file sizes, which DefaultIndexReserve is computed from.
+const (
+	memTableSize     = 16 << 20
+	valueLogFileSize = 64 << 20
+)
+
 // badgerOptions are the index's Badger options.
 func badgerOptions(dir string, log *slog.Logger) badger.Options {
 	return badger.DefaultOptions(dir).
@@ -23,11 +29,11 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 		WithSyncWrites(true).
 		// The index is small: records are tens of bytes. Keep Badger's
 		// memory and preallocated files modest.
-		WithMemTableSize(16 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(2).
 		WithBlockCacheSize(16 << 20).
 		WithCompression(options.None).
-		WithValueLogFileSize(64 << 20).
+		WithValueLogFileSize(valueLogFileSize).
 		WithNumCompactors(2).
 		WithMetricsEnabled(false)
 }

@@ -30,6 +30,7 @@ func Open(opts Options) (*Store, error) {
 	if err := s.makeDirs(); err != nil {
 		return nil, err
 	}
+	s.space = newSpaceGuard(s.tmpDir, s.indexDir(), opts.IndexReserve, s.log)
 	lock, err := lockDir(s.dir)
 	if err != nil {
 		return nil, err

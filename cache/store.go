@@ -51,6 +51,14 @@ type Options struct {
 	// ScrubTrigger, if not nil, starts a scrub pass whenever it delivers,
 	// instead of a ticker of ScrubInterval (tests drive the scrub with it).
 	ScrubTrigger <-chan time.Time
+	// IndexReserve is the free space, in bytes, that blob writes leave on
+	// the data dir's filesystem for the index: a Writer's Create or Write
+	// that would go below it fails with ErrNoSpace. Badger writes through
+	// mmapped files, and a full filesystem kills the process there (SIGBUS)
+	// instead of failing the write. 0 means DefaultIndexReserve, or half
+	// the filesystem if that is less (logged); a positive value is kept as
+	// given; a negative value turns the check off. Linux only.
+	IndexReserve int64
 }
 
 // BlobInfo describes one indexed blob.
@@ -106,6 +114,8 @@ type Store struct {
 
 	usedBytes atomic.Int64
 	usedBlobs atomic.Int64
+
+	space *spaceGuard // the index's reserve; nil: unchecked
 
 	scrubRate   int64
 	verifyStats verifyCounters

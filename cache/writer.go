@@ -46,7 +46,8 @@ type Writer struct {
 }
 
 // Create starts writing the blob d under tmp/. The caller must end with
-// Commit or Cancel.
+// Commit or Cancel. If the data dir's free space is already down to
+// Options.IndexReserve, the error wraps ErrNoSpace.
 func (s *Store) Create(d digest.Digest, mediaType string) (*Writer, error) {
 	hex, err := validateDigest(d)
 	if err != nil {
@@ -56,6 +57,9 @@ func (s *Store) Create(d digest.Digest, mediaType string) (*Writer, error) {
 		return nil, err
 	}
 	s.closeMu.RUnlock()
+	if err := s.space.take(0); err != nil {
+		return nil, fmt.Errorf("cache: create blob %s: %w", d, err)
+	}
 	f, err := os.CreateTemp(s.tmpDir, "sha256-"+hex[:16]+"-*")
 	if err != nil {
 		return nil, fmt.Errorf("cache: create temp file: %w", classify(err))
@@ -63,9 +67,10 @@ func (s *Store) Create(d digest.Digest, mediaType string) (*Writer, error) {
 	return &Writer{s: s, d: d, hex: hex, mediaType: mediaType, f: f, h: sha256.New(), path: f.Name()}, nil
 }
 
-// Write appends p to the temp file and the running hash. A full disk yields
-// an error wrapping ErrNoSpace, after which the writer remains usable. After
-// any other error every later Write and Commit fail with it.
+// Write appends p to the temp file and the running hash. A full disk, or
+// one whose free space is down to Options.IndexReserve, yields an error
+// wrapping ErrNoSpace, after which the writer remains usable. After any
+// other error every later Write and Commit fail with it.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -75,6 +80,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	var n int
 	var err error
+	if err = w.s.space.take(int64(len(p))); err != nil {
+		// Nothing written: p may be written again once space is freed.
+		return 0, fmt.Errorf("cache: write blob %s: %w", w.d, err)
+	}
 	if w.s.writeHook != nil {
 		n, err = w.s.writeHook(w.f, p)
 	} else {
