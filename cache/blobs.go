@@ -140,7 +140,9 @@ func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
 }
 
 // Put verifies and stores small content (a manifest). If d is already
-// stored, it returns the existing information without writing.
+// stored, it returns the existing information without writing the
+// content; only a record that has the generic type reconcile gives a blob
+// found without one (application/octet-stream) takes mediaType.
 func (s *Store) Put(d digest.Digest, mediaType string, data []byte) (BlobInfo, error) {
 	return s.put(d, mediaType, data, false)
 }
@@ -158,6 +160,12 @@ func (s *Store) put(d digest.Digest, mediaType string, data []byte, scoped bool)
 	}
 	if info, err := s.Stat(d); err == nil {
 		if fi, err := os.Stat(s.blobPath(hex)); err == nil && fi.Size() == info.Size {
+			if info.MediaType == defaultMediaType && mediaType != "" && mediaType != defaultMediaType {
+				if err := s.SetMediaType(d, mediaType); err != nil {
+					return BlobInfo{}, err
+				}
+				info.MediaType = mediaType
+			}
 			return info, nil
 		}
 	}

@@ -99,8 +99,12 @@
 //   - files in tmp/ are downloads in progress: Open removes them all;
 //   - a blob file without a record (crash between rename and index write, or
 //     between a Delete's two steps) is re-hashed; if it matches its name it is
-//     indexed again with media type "application/octet-stream" (the only
-//     information lost), otherwise it is removed;
+//     indexed again, otherwise it is removed. Its media type was lost with
+//     the record: a file of at most 4 MiB that is a manifest or index
+//     (schemaVersion 2 and the shape of one) gets its own mediaType, or the
+//     OCI type of its shape; anything else "application/octet-stream". Put
+//     of a stored blob whose record has that generic type records the type
+//     it is given;
 //   - a record whose file is missing or has another size is dropped;
 //   - names under blobs/sha256 that are not valid digests in the right
 //     fan-out directory are removed.

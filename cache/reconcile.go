@@ -153,8 +153,11 @@ func (s *Store) checkRecords(r *reconciliation) error {
 // repairIndex drops the records checkRecords condemned and indexes again
 // the files left without a record, in one write batch. Such a file is
 // left by a crash between rename and index write (or between a Delete's
-// two steps); only verified content is kept.
+// two steps); only verified content is kept. Its media type was lost with
+// the record; a manifest is recognised by its content (sniffMediaType),
+// since clients refuse one served as application/octet-stream.
 func (s *Store) repairIndex(r *reconciliation) error {
+	var buf []byte // for the small files, read whole
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, k := range r.drop {
@@ -165,7 +168,7 @@ func (s *Store) repairIndex(r *reconciliation) error {
 	}
 	for name, f := range r.files {
 		path := filepath.Join(s.blobDir, name[:2], name)
-		ok, err := fileHasDigest(path, name)
+		ok, mediaType, err := checkOrphan(path, name, f.size, &buf)
 		if err != nil {
 			return fmt.Errorf("cache: verify %s: %w", path, err)
 		}
@@ -175,11 +178,11 @@ func (s *Store) repairIndex(r *reconciliation) error {
 			}
 			continue
 		}
-		rec := blobRecord{size: f.size, mediaType: defaultMediaType, created: f.mtime, lastAccess: f.mtime}
+		rec := blobRecord{size: f.size, mediaType: mediaType, created: f.mtime, lastAccess: f.mtime}
 		if err := wb.Set(blobKey(digest.NewDigestFromEncoded(digest.SHA256, name)), rec.encode()); err != nil {
 			return fmt.Errorf("cache: reconcile index: %w", classify(err))
 		}
-		s.log.Info("re-indexed blob found without a record", "digest", "sha256:"+name, "size", f.size)
+		s.log.Info("re-indexed blob found without a record", "digest", "sha256:"+name, "size", f.size, "media_type", mediaType)
 		r.reindexed++
 		r.kept++
 		r.bytes += f.size
@@ -209,6 +212,35 @@ func (s *Store) trustClean(c cleanState) error {
 
 func isFanout(name string) bool {
 	return len(name) == 2 && isLowerHex(name[0]) && isLowerHex(name[1])
+}
+
+// checkOrphan reports whether the file at path, of size bytes, hashes to
+// want, and the media type to record for it. A file of at most maxSniffSize
+// bytes (every manifest) is read whole into *buf, hashed and sniffed; a
+// larger one is hashed as a stream and is no manifest.
+func checkOrphan(path, want string, size int64, buf *[]byte) (bool, string, error) {
+	if size > maxSniffSize {
+		ok, err := fileHasDigest(path, want)
+		return ok, defaultMediaType, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false, "", err
+	}
+	defer f.Close()
+	if *buf == nil {
+		*buf = make([]byte, maxSniffSize+1)
+	}
+	n, err := io.ReadFull(f, *buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return false, "", err
+	}
+	b := (*buf)[:n]
+	sum := sha256.Sum256(b)
+	if int64(n) != size || hex.EncodeToString(sum[:]) != want {
+		return false, "", nil
+	}
+	return true, sniffMediaType(b), nil
 }
 
 func fileHasDigest(path, want string) (bool, error) {

@@ -219,3 +219,72 @@ func TestCrashBetweenRenameAndIndex(t *testing.T) {
 		t.Fatalf("after reconcile: %+v, %v", info, err)
 	}
 }
+
+// TestReindexedManifestKeepsItsType: a manifest found without a record
+// (crash between rename and index write) is re-indexed with its own media
+// type, read from its content, not application/octet-stream, which clients
+// refuse for a manifest. Other content keeps the generic type. A record
+// that has the generic type takes the real one when the manifest is
+// stored again.
+func TestReindexedManifestKeepsItsType(t *testing.T) {
+	desc := `{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:` + strings.Repeat("a", 64) + `","size":1}`
+	cfg := `{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":2}`
+	random, _ := blob(3000, 31)
+	cases := []struct {
+		name, body, want string
+	}{
+		{"oci manifest", `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":` + cfg + `,"layers":[` + desc + `]}`, mediaTypeOCIManifest},
+		{"oci manifest without mediaType", `{"schemaVersion":2,"config":` + cfg + `,"layers":[]}`, mediaTypeOCIManifest},
+		{"oci index without mediaType", ` {"schemaVersion":2,"manifests":[` + desc + `]}` + "\n", mediaTypeOCIIndex},
+		{"oci index", `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`, mediaTypeOCIIndex},
+		{"docker manifest", `{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":` + cfg + `,"layers":[` + desc + `]}`, mediaTypeDockerManifest},
+		{"docker list", `{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[` + desc + `]}`, mediaTypeDockerList},
+		{"image config", `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`, defaultMediaType},
+		{"schema 1", `{"schemaVersion":1,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":` + cfg + `,"layers":[]}`, defaultMediaType},
+		{"type contradicts shape", `{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","manifests":[]}`, defaultMediaType},
+		{"both shapes", `{"schemaVersion":2,"config":` + cfg + `,"layers":[],"manifests":[]}`, defaultMediaType},
+		{"artifact type", `{"schemaVersion":2,"mediaType":"application/vnd.example+json","config":` + cfg + `,"layers":[]}`, defaultMediaType},
+		{"random bytes", string(random), defaultMediaType},
+	}
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ds := make([]digest.Digest, len(cases))
+	for i, c := range cases {
+		ds[i] = digest.FromString(c.body)
+		mustPut(t, s, []byte(c.body), ds[i], "application/vnd.oci.image.manifest.v1+json")
+		// Drop only the record, as if the index write had been lost.
+		s.closeMu.RLock()
+		err := s.update(func(txn *badgerTxn) error { return txn.Delete(blobKey(ds[i])) })
+		s.closeMu.RUnlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	simulateCrash(t, dir)
+
+	s2 := openStore(t, dir)
+	for i, c := range cases {
+		if info, err := s2.Stat(ds[i]); err != nil || info.MediaType != c.want {
+			t.Errorf("%s: re-indexed as %q (%v), want %q", c.name, info.MediaType, err, c.want)
+		}
+	}
+
+	// Stored again with its type (the proxy fetched it): the generic type
+	// is corrected; a real type is never overwritten.
+	cfgBody := cases[6]
+	info, err := s2.Put(ds[6], "application/vnd.oci.image.config.v1+json", []byte(cfgBody.body))
+	if err != nil || info.MediaType != "application/vnd.oci.image.config.v1+json" {
+		t.Fatalf("Put over a generic record: %+v, %v", info, err)
+	}
+	if info, err := s2.Stat(ds[6]); err != nil || info.MediaType != "application/vnd.oci.image.config.v1+json" {
+		t.Fatalf("record after Put: %+v, %v", info, err)
+	}
+	info, err = s2.Put(ds[0], "application/json", []byte(cases[0].body))
+	if err != nil || info.MediaType != mediaTypeOCIManifest {
+		t.Fatalf("Put over a typed record: %+v, %v", info, err)
+	}
+	if info, err := s2.Stat(ds[0]); err != nil || info.MediaType != mediaTypeOCIManifest {
+		t.Fatalf("typed record after Put: %+v, %v", info, err)
+	}
+}
