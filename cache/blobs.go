@@ -206,7 +206,9 @@ func (s *Store) dropStale(d digest.Digest, hex, why string) (dropped bool) {
 	}
 	err = s.update(func(txn *badger.Txn) error { return txn.Delete(blobKey(d)) })
 	if err == nil {
-		os.Remove(path)
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			s.leftFile("removing stale blob file", "digest", d, "err", rerr)
+		}
 		s.usedBytes.Add(-rec.size)
 		s.usedBlobs.Add(-1)
 	}
@@ -241,9 +243,7 @@ func (s *Store) Delete(d digest.Digest) error {
 			s.usedBytes.Add(-rec.size)
 			s.usedBlobs.Add(-1)
 			if rerr := os.Remove(s.blobPath(hex)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				// The record is gone; reconcile re-indexes or removes the
-				// file at the next start.
-				s.log.Warn("removing blob file", "digest", d, "err", rerr)
+				s.leftFile("removing blob file", "digest", d, "err", rerr)
 			}
 		}
 	}

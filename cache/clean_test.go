@@ -1,11 +1,16 @@
 package cache
 
 import (
+	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // junkPath is a name reconcile removes ("not a fan-out directory"), used to
@@ -177,5 +182,70 @@ func TestFailedCloseWritesNoMarker(t *testing.T) {
 	}
 	if _, path := reopenLogs(t, dir); path != "reconciled" {
 		t.Fatalf("Open after a failed Close: %s, want a full reconcile", path)
+	}
+}
+
+// TestLeftFileMeansReconcile: a run that leaves a blob file without a
+// record (its removal failed: here the fan-out directory is immutable)
+// writes no clean-shutdown marker, so the next Open reconciles and the file
+// is counted again (Delete: still the verified content) or removed (a stale
+// record's file of the wrong size), instead of lying in blobs/ unseen.
+func TestLeftFileMeansReconcile(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		damage  func(t *testing.T, path string) // before the removal
+		remove  func(s *Store, d digest.Digest) error
+		indexed bool // after the next Open
+	}{
+		{"delete", nil, func(s *Store, d digest.Digest) error { return s.Delete(d) }, true},
+		{"stale record", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 100); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *Store, d digest.Digest) error {
+			if _, _, err := s.Open(d); !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("Open of a blob of the wrong size: %v, want ErrNotFound", err)
+			}
+			return nil
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openStore(t, dir)
+			data, d := blob(1000, 78)
+			mustPut(t, s, data, d, "x")
+			path := blobFile(s, d)
+			if c.damage != nil {
+				c.damage(t, path)
+			}
+			fan := filepath.Dir(path)
+			if out, err := exec.Command("chattr", "+i", fan).CombinedOutput(); err != nil {
+				t.Skipf("chattr +i: %v %s", err, out)
+			}
+			t.Cleanup(func() { exec.Command("chattr", "-i", fan).Run() })
+			err := c.remove(s, d)
+			exec.Command("chattr", "-i", fan).Run()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !exists(path) {
+				t.Fatal("the file was removed from an immutable directory")
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s2, path2 := reopenLogs(t, dir)
+			if path2 != "reconciled" {
+				t.Fatalf("Open after a run that left a file without a record: %s, want a full reconcile", path2)
+			}
+			bytes, blobs := s2.Usage()
+			_, serr := s2.Stat(d)
+			switch {
+			case c.indexed && (serr != nil || bytes != 1000 || blobs != 1):
+				t.Fatalf("left file not re-indexed: Stat %v, usage %d bytes / %d blobs", serr, bytes, blobs)
+			case !c.indexed && (serr == nil || bytes != 0 || blobs != 0 || exists(path)):
+				t.Fatalf("damaged left file kept: Stat %v, usage %d bytes / %d blobs, on disk %v", serr, bytes, blobs, exists(path))
+			}
+		})
 	}
 }

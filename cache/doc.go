@@ -98,7 +98,8 @@
 //
 //   - files in tmp/ are downloads in progress: Open removes them all;
 //   - a blob file without a record (crash between rename and index write, or
-//     between a Delete's two steps) is re-hashed; if it matches its name it is
+//     between a Delete's two steps; or, in a run that then closed cleanly,
+//     a removal or an index write that failed) is re-hashed; if it matches its name it is
 //     indexed again, otherwise it is removed. Its media type was lost with
 //     the record: a file of at most 4 MiB that is a manifest or index
 //     (schemaVersion 2 and the shape of one) gets its own mediaType, or the
@@ -139,7 +140,11 @@
 // # Clean shutdown
 //
 // Close, after its final access flush and Badger's close have succeeded,
-// writes data_dir/clean-shutdown (temp file, fsync, rename, fsync of the
+// and unless the run left a blob file without a record (a Delete, stale or
+// corrupt blob whose file could not be removed, a Commit whose index write
+// failed after the rename: the file is then for reconcile to index again
+// or remove, and is not counted in Usage until it has), writes
+// data_dir/clean-shutdown (temp file, fsync, rename, fsync of the
 // dir): a format version, the data dir's absolute path and inode, and the
 // usage totals. Open reads it and removes it, durably, before Badger is
 // opened and before anything can change. A marker that is present, of this

@@ -162,8 +162,11 @@ func (s *Store) startLoops(opts Options) {
 }
 
 // Close flushes access times, stops the background loops and closes the
-// index; if all of that succeeded it then writes the clean-shutdown marker
-// (see clean.go), so the next Open can skip the full reconcile. It is idempotent; later calls return the first call's result.
+// index; if all of that succeeded, and no blob file was left without a
+// record during the run (a removal or an index write that failed), it then
+// writes the clean-shutdown marker (see clean.go), so the next Open can
+// skip the full reconcile. It is idempotent; later calls return the first
+// call's result.
 // Writers still open are abandoned; their temp files are removed at the
 // next Open.
 func (s *Store) Close() error {
@@ -183,7 +186,11 @@ func (s *Store) Close() error {
 		}
 		derr := s.db.Close()
 		var merr error
-		if ferr == nil && derr == nil {
+		switch {
+		case ferr != nil || derr != nil:
+		case s.dirty.Load():
+			s.log.Warn("not writing the clean-shutdown marker: a blob file may be left without a record; the next start reconciles")
+		default:
 			// Index and files agree: the next Open may skip the reconcile.
 			if merr = s.putCleanMarker(); merr != nil {
 				merr = fmt.Errorf("cache: write clean-shutdown marker: %w", merr)

@@ -115,6 +115,11 @@ type Store struct {
 	usedBytes atomic.Int64
 	usedBlobs atomic.Int64
 
+	// dirty: a blob file may have been left in blobs/ without a record
+	// (its removal or its index write failed). Close then writes no
+	// clean-shutdown marker, so that the next Open reconciles.
+	dirty atomic.Bool
+
 	space *spaceGuard // the index's reserve; nil: unchecked
 
 	scrubRate   int64
@@ -169,4 +174,12 @@ func (s *Store) blobPath(hex string) string {
 // Usage returns the total size and number of indexed blobs. O(1).
 func (s *Store) Usage() (bytes int64, blobs int) {
 	return s.usedBytes.Load(), int(s.usedBlobs.Load())
+}
+
+// leftFile records that a blob file may now be in blobs/ without a record,
+// which only the startup reconcile finds (to index it again or remove it):
+// the next Open must not skip it.
+func (s *Store) leftFile(msg string, args ...any) {
+	s.dirty.Store(true)
+	s.log.Warn(msg+"; the next start reconciles", args...)
 }

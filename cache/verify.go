@@ -214,7 +214,7 @@ func (s *Store) dropCorrupt(d digest.Digest, hx string, fi os.FileInfo) bool {
 			s.usedBlobs.Add(-1)
 		}
 		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-			s.log.Warn("removing corrupt blob file", "digest", d, "err", rerr)
+			s.leftFile("removing corrupt blob file", "digest", d, "err", rerr)
 		}
 	}
 	mu.Unlock()

@@ -240,7 +240,7 @@ func (w *Writer) publish(size int64) (info BlobInfo, added, replaced bool, err e
 	// From here on the verified file is in blobs/. On a later failure it
 	// stays there unindexed (the next Commit of this digest, or the next
 	// startup reconcile, indexes it), and the writer is finished without
-	// removing anything.
+	// removing anything (abandon).
 	if err := syncDir(filepath.Dir(final)); err != nil {
 		w.abandon(final)
 		return BlobInfo{}, false, false, fmt.Errorf("cache: sync dir for blob %s: %w", w.d, classify(err))
@@ -279,8 +279,10 @@ func (w *Writer) finish(final string, info BlobInfo, existed bool) {
 }
 
 // abandon finishes a writer whose file was already renamed to final but
-// could not be indexed: nothing is removed, OpenReader fails.
+// could not be indexed: nothing is removed, OpenReader fails, and the Store
+// is marked for a reconcile at the next start.
 func (w *Writer) abandon(final string) {
+	w.s.leftFile("blob file left in place without a record", "digest", w.d)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.f.Close()
