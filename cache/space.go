@@ -95,3 +95,13 @@ func (g *spaceGuard) take(n int64) error {
 	g.budget = min(avail, max(spaceCheckEvery, n)) - n
 	return nil
 }
+
+// IndexReserve is the free space blob writes leave for the index on the
+// data dir's filesystem (0 when unchecked): eviction must keep at least
+// that free, or it would count as room what downloads may not use.
+func (s *Store) IndexReserve() int64 {
+	if s.space == nil {
+		return 0
+	}
+	return s.space.reserve
+}

@@ -107,6 +107,11 @@ func (st *Stack) startEviction(o Options) error {
 				"min_free", humanize.IBytes(uint64(minFree)), "filesystem", humanize.IBytes(uint64(total)))
 		}
 	}
+	if r := st.Store.IndexReserve(); minFree < r {
+		// Downloads stop where the index's reserve begins: room below it
+		// is none to eviction either, or it would make too little.
+		minFree = r
+	}
 	st.Evictor, err = eviction.New(eviction.Options{
 		MaxBytes:      budget,
 		HighWatermark: o.HighWatermark,
