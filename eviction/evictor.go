@@ -340,6 +340,25 @@ func (e *Evictor) Touch(key string, at time.Time) {
 func (e *Evictor) Remove(key string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.removeLocked(key)
+}
+
+// RemoveUnless is Remove, unless back reports (asked under the evictor's
+// lock, so no Add can slip between) that the key is committed again. The
+// cache reports a removal after the fact: a delete that raced a new
+// commit of the same blob (purge, the scrub) could otherwise forget the
+// entry that commit added, leaving the blob on disk, uncounted and never
+// evicted.
+func (e *Evictor) RemoveUnless(key string, back func() bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if back() {
+		return
+	}
+	e.removeLocked(key)
+}
+
+func (e *Evictor) removeLocked(key string) {
 	i := e.lookup(key)
 	if i == 0 {
 		return

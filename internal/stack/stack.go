@@ -134,7 +134,7 @@ func (st *Stack) startEviction(o Options) error {
 	for d := range pinned {
 		st.Evictor.SetPinned(d.String(), true)
 	}
-	st.Store.Subscribe(evictionObserver{st.Evictor})
+	st.Store.Subscribe(evictionObserver{st.Evictor, st.Store})
 	shown := budget
 	if budget == NoBudget {
 		shown = 0
@@ -251,7 +251,10 @@ func (h FillHooks) NoSpace(ctx context.Context, need int64) bool {
 
 // evictionObserver tells the evictor what the cache does: eviction
 // subscribes to the cache, never the other way round.
-type evictionObserver struct{ e *eviction.Evictor }
+type evictionObserver struct {
+	e     *eviction.Evictor
+	store *cache.Store
+}
 
 func (o evictionObserver) BlobAdded(info cache.BlobInfo) {
 	o.e.Add(eviction.Entry{Key: info.Digest.String(), Size: info.Size, LastAccess: info.LastAccess})
@@ -259,4 +262,6 @@ func (o evictionObserver) BlobAdded(info cache.BlobInfo) {
 
 func (o evictionObserver) BlobAccessed(d digest.Digest, at time.Time) { o.e.Touch(d.String(), at) }
 
-func (o evictionObserver) BlobRemoved(d digest.Digest) { o.e.Remove(d.String()) }
+func (o evictionObserver) BlobRemoved(d digest.Digest) {
+	o.e.RemoveUnless(d.String(), func() bool { _, err := o.store.Stat(d); return err == nil })
+}

@@ -104,3 +104,33 @@ func TestBudget(t *testing.T) {
 		t.Errorf("Budget(50%%) on a real filesystem = %d, %v", got, err)
 	}
 }
+
+// TestLateRemovalKeepsARecommittedBlob: the cache tells eviction of a
+// delete after the fact. A delete from outside eviction (purge, the scrub)
+// whose notice arrives after the same blob was committed again must not
+// make eviction forget it: it would stay on disk, uncounted and never
+// evicted, until the next start.
+func TestLateRemovalKeepsARecommittedBlob(t *testing.T) {
+	st, err := Open(Options{Dir: t.TempDir(), MaxSize: "10KiB", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d := put(t, st, 'x', 1<<10)
+	if err := st.Store.Delete(d); err != nil {
+		t.Fatal(err)
+	}
+	if again := put(t, st, 'x', 1<<10); again != d {
+		t.Fatal("a different blob")
+	}
+	evictionObserver{st.Evictor, st.Store}.BlobRemoved(d) // the delete's notice, late
+	if s := st.Evictor.Stats(); s.Blobs != 1 || s.Bytes != 1<<10 {
+		t.Errorf("eviction knows %d blobs, %d bytes; want the recommitted one", s.Blobs, s.Bytes)
+	}
+	if err := st.Store.Delete(d); err != nil {
+		t.Fatal(err)
+	}
+	if s := st.Evictor.Stats(); s.Blobs != 0 {
+		t.Errorf("eviction still knows %d blobs after a delete", s.Blobs)
+	}
+}
