@@ -21,6 +21,13 @@ const Anonymous = "anonymous"
 // anyUser in a rule's users means every identified user but Anonymous.
 const anyUser = "*"
 
+// reservedUsers are the identities the proxy gives its own requests
+// (proxy/access.go internalUser: loopback requests with the internal
+// token; proxy/peer.go peerUser: signed requests from cluster peers), which
+// it lets see and pull everything. No htpasswd entry, certificate or rule
+// may claim them.
+var reservedUsers = map[string]bool{"regmirror": true, "regmirror-peer": true}
+
 // Errors the proxy maps to registry wire codes.
 var (
 	// ErrUnauthenticated: no acceptable identity (401 UNAUTHORIZED).
@@ -166,6 +173,8 @@ func New(opts Options) (*Control, error) {
 		switch {
 		case user == "":
 			errs = append(errs, fmt.Errorf("%s: empty user name", where))
+		case reservedUsers[user]:
+			errs = append(errs, fmt.Errorf("%s: %q is reserved for the mirror's own requests", where, user))
 		case user == Anonymous || user == anyUser || known(user):
 		case opts.ClientCerts:
 			c.log.Warn("auth: user is not in the htpasswd file; only a client certificate with this CN can be it", "where", where, "user", user)
@@ -248,7 +257,7 @@ func (c *Control) Identify(cl Client) (string, error) {
 			user = name
 		}
 	}
-	if user == "" && c.opts.ClientCerts && cl.CertCN != "" && cl.CertCN != Anonymous && cl.CertCN != anyUser {
+	if user == "" && c.opts.ClientCerts && cl.CertCN != "" && cl.CertCN != Anonymous && cl.CertCN != anyUser && !reservedUsers[cl.CertCN] {
 		user = cl.CertCN
 	}
 	if user == "" && c.trusted(cl.IP) {

@@ -143,6 +143,9 @@ func TestIdentify(t *testing.T) {
 		{"certificate", Client{IP: outside, CertCN: "node1"}, "node1", nil},
 		{"certificate, Hub login forwarded", Client{IP: outside, CertCN: "node1", Authorization: basic("hubuser", "x")}, "node1", nil},
 		{"certificate named anonymous is no identity", Client{IP: outside, CertCN: "anonymous"}, "", ErrUnauthenticated},
+		{"certificate named as the mirror's own requests is no identity", Client{IP: outside, CertCN: "regmirror"}, "", ErrUnauthenticated},
+		{"certificate named as a peer is no identity", Client{IP: outside, CertCN: "regmirror-peer"}, "", ErrUnauthenticated},
+		{"certificate named as a peer, trusted network", Client{IP: inside, CertCN: "regmirror-peer"}, Anonymous, nil},
 		{"basic header case", Client{IP: outside, Authorization: "basic " + base64.StdEncoding.EncodeToString([]byte("ci:cipw"))}, "ci", nil},
 	}
 	for _, tt := range tests {
@@ -255,6 +258,16 @@ func TestHtpasswdReload(t *testing.T) {
 	if err := id("dave", "davepw"); err != nil {
 		t.Fatalf("new user: %v", err)
 	}
+	// Naming a user as the mirror's own requests is a broken edit too.
+	os.WriteFile(path, []byte(htpasswdLines(t, "ci", "new", "regmirror", "x")), 0o600)
+	clk.Advance(2 * time.Second)
+	os.Chtimes(path, clk.Now().Add(time.Hour), clk.Now().Add(time.Hour))
+	if err := id("regmirror", "x"); err == nil {
+		t.Fatal("an htpasswd entry took the name of the mirror's own requests")
+	}
+	if err := id("ci", "new"); err != nil {
+		t.Fatalf("an edit naming a reserved user locked out a user: %v", err)
+	}
 	// A broken edit keeps the last good table.
 	os.WriteFile(path, []byte("ci:plaintext\n"), 0o600)
 	clk.Advance(2 * time.Second)
@@ -334,6 +347,8 @@ func TestValidation(t *testing.T) {
 	dir := t.TempDir()
 	good := writeHtpasswd(t, "ci", "cipw")
 	bad := filepath.Join(dir, "bad")
+	reserved := filepath.Join(dir, "reserved")
+	os.WriteFile(reserved, []byte(htpasswdLines(t, "ci", "x", "regmirror", "x", "regmirror-peer", "x")), 0o600)
 	os.WriteFile(bad, []byte(htpasswdLines(t, "ci", "x")+"# comment\n\nplain:secret\nmd5:$apr1$abc$def\nnocolon\n"), 0o600)
 	tests := []struct {
 		name string
@@ -349,6 +364,9 @@ func TestValidation(t *testing.T) {
 		{"unknown admin", Options{HtpasswdFile: good, Admins: []string{"root"}}, []string{"auth.admins[0]", `"root"`}},
 		{"no users in a rule", Options{HtpasswdFile: good, Rules: []Rule{{Allow: []string{"**"}}}}, []string{"auth.rule[0]: names no users"}},
 		{"nobody identifiable", Options{}, []string{"nobody can be identified"}},
+		{"internal users in htpasswd", Options{HtpasswdFile: reserved}, []string{"line 2", `"regmirror"`, "line 3", `"regmirror-peer"`, "reserved"}},
+		{"internal user in a rule", Options{HtpasswdFile: good, ClientCerts: true, Rules: []Rule{{Users: []string{"ci", "regmirror-peer"}, Allow: []string{"**"}}}}, []string{"auth.rule[0].users[1]", `"regmirror-peer"`, "reserved"}},
+		{"internal user an admin", Options{HtpasswdFile: good, ClientCerts: true, Admins: []string{"regmirror"}}, []string{"auth.admins[0]", `"regmirror"`, "reserved"}},
 		{"negative rate", Options{HtpasswdFile: good, RatePerClient: -1}, []string{"rate_per_client"}},
 	}
 	for _, tt := range tests {

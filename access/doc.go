@@ -8,6 +8,10 @@
 //     checked at most once a second when a credential is verified.
 //   - A client certificate that the TLS layer verified against the
 //     configured client CA names the user by its Common Name.
+//     "regmirror" and "regmirror-peer", the identities the proxy gives its
+//     own and its cluster peers' requests, are nobody's: an htpasswd entry
+//     or rule naming them is a configuration error, a certificate with
+//     either CN identifies no one.
 //   - A client whose address is in a trusted network is the user
 //     "anonymous".
 //   - Anyone else is unauthenticated (ErrUnauthenticated), including a

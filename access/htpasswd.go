@@ -121,6 +121,9 @@ func readHtpasswd(path string, gen uint64) (*userTable, error) {
 		case user == Anonymous || user == "*":
 			errs = append(errs, fmt.Errorf("%s line %d: %q is reserved and cannot be a user name", path, n, user))
 			continue
+		case reservedUsers[user]:
+			errs = append(errs, fmt.Errorf("%s line %d: %q is reserved for the mirror's own requests and cannot be a user name", path, n, user))
+			continue
 		case tbl.hashes[user] != nil:
 			errs = append(errs, fmt.Errorf("%s line %d: user %q appears twice", path, n, user))
 			continue
