@@ -137,7 +137,8 @@ func New(opts Options) (*Control, error) {
 		return nil, err
 	}
 	c.creds.ttl = opts.CredentialTTL
-	c.creds.entries = map[[32]byte]credEntry{}
+	c.creds.accepted = map[[32]byte]credEntry{}
+	c.creds.refused = map[[32]byte]credEntry{}
 	c.fails.entries = map[string]*failure{}
 	var errs []error
 	if opts.HtpasswdFile != "" {

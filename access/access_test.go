@@ -222,6 +222,39 @@ func TestCredentialCache(t *testing.T) {
 	}
 }
 
+// A flood of wrong credentials does not push accepted ones out of the
+// cache: users keep their verified login without running bcrypt again.
+func TestRefusalsDoNotEvictAcceptedCredentials(t *testing.T) {
+	var real atomic.Int64
+	orig := compareHash
+	compareHash = func(h, p []byte) error {
+		if strings.HasPrefix(string(p), "wrong") {
+			return bcrypt.ErrMismatchedHashAndPassword // fast: thousands of them
+		}
+		real.Add(1)
+		return orig(h, p)
+	}
+	t.Cleanup(func() { compareHash = orig })
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := Client{IP: net.ParseIP("203.0.113.5"), Authorization: basic("ci", "cipw")}
+	if _, err := c.Identify(user); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxCredEntries + 10 {
+		c.Identify(Client{IP: net.ParseIP("198.51.100.1"), Authorization: basic("ci", fmt.Sprint("wrong", i))})
+	}
+	if _, err := c.Identify(user); err != nil {
+		t.Fatal(err)
+	}
+	if got := real.Load(); got != 1 {
+		t.Fatalf("after %d wrong credentials the user's login ran bcrypt %d times in all, want 1 (still cached)", maxCredEntries+10, got)
+	}
+}
+
 func TestHtpasswdReload(t *testing.T) {
 	clk := testclock.New()
 	path := writeHtpasswd(t, "ci", "old")

@@ -21,11 +21,12 @@
 //     identifies; it just does not count.
 //
 // Verifying a password runs bcrypt every time it is not in a short-lived
-// cache of verified credentials (keyed by an HMAC of user and password under
-// a per-process random key, cleared when the htpasswd file changes): an
-// unknown user is compared against a dummy hash, so a wrong user name costs
-// the same time as a wrong password. An address that keeps failing waits
-// longer before each new verification.
+// cache of verified and refused credentials (keyed by an HMAC of user and
+// password under a per-process random key, cleared when the htpasswd file
+// changes; refusals are kept apart, so that a flood of wrong ones cannot
+// push out the accepted ones): an unknown user is compared against a dummy
+// hash, so a wrong user name costs the same time as a wrong password. An
+// address that keeps failing waits longer before each new verification.
 //
 // Rules are ordered: the first rule whose users include the identity
 // decides. Within it a matching deny glob wins over a matching allow glob;

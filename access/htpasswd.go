@@ -151,26 +151,28 @@ func readHtpasswd(path string, gen uint64) (*userTable, error) {
 	return tbl, nil
 }
 
-// credCache remembers verified (and refused) credentials for a short time,
+// credCache remembers verified and refused credentials for a short time,
 // so that bcrypt runs once per client and TTL, not once per request. Keys
 // are HMACs of user and password under a per-process random key: the
-// passwords themselves are never kept.
+// passwords themselves are never kept. Refusals are kept apart, so that a
+// flood of wrong credentials, which fills and clears them, never drops an
+// accepted one.
 type credCache struct {
-	key     []byte
-	macs    sync.Pool // of hash.Hash: HMAC-SHA256 under key
-	ttl     time.Duration
-	mu      sync.Mutex
-	entries map[[sha256.Size]byte]credEntry
+	key      []byte
+	macs     sync.Pool // of hash.Hash: HMAC-SHA256 under key
+	ttl      time.Duration
+	mu       sync.Mutex
+	accepted map[[sha256.Size]byte]credEntry
+	refused  map[[sha256.Size]byte]credEntry
 }
 
 type credEntry struct {
-	ok      bool
 	gen     uint64
 	expires time.Time
 }
 
-// maxCredEntries bounds the cache; past it expired entries are dropped,
-// and if that is not enough, all.
+// maxCredEntries bounds each of accepted and refused; past it expired
+// entries are dropped, and if that is not enough, all of that map.
 const maxCredEntries = 4096
 
 func (c *credCache) keyOf(user, password string) [sha256.Size]byte {
@@ -191,27 +193,33 @@ func (c *credCache) keyOf(user, password string) [sha256.Size]byte {
 func (c *credCache) get(k [sha256.Size]byte, gen uint64, now time.Time) (ok, found bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, found := c.entries[k]
-	if !found || e.gen != gen || !now.Before(e.expires) {
-		return false, false
+	if e, in := c.accepted[k]; in && e.gen == gen && now.Before(e.expires) {
+		return true, true
 	}
-	return e.ok, true
+	if e, in := c.refused[k]; in && e.gen == gen && now.Before(e.expires) {
+		return false, true
+	}
+	return false, false
 }
 
 func (c *credCache) put(k [sha256.Size]byte, ok bool, gen uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.entries) >= maxCredEntries {
-		for key, e := range c.entries {
+	m := c.refused
+	if ok {
+		m = c.accepted
+	}
+	if len(m) >= maxCredEntries {
+		for key, e := range m {
 			if e.gen != gen || !now.Before(e.expires) {
-				delete(c.entries, key)
+				delete(m, key)
 			}
 		}
-		if len(c.entries) >= maxCredEntries {
-			clear(c.entries)
+		if len(m) >= maxCredEntries {
+			clear(m)
 		}
 	}
-	c.entries[k] = credEntry{ok: ok, gen: gen, expires: now.Add(c.ttl)}
+	m[k] = credEntry{gen: gen, expires: now.Add(c.ttl)}
 }
 
 // compareHash is bcrypt's comparison; tests count its calls.
