@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -40,10 +41,19 @@ var (
 )
 
 // RateLimitError says when the client may try again.
-type RateLimitError struct{ RetryAfter time.Duration }
+type RateLimitError struct {
+	RetryAfter time.Duration
+	// failedLogins: refused because the address keeps failing to log in,
+	// not for its request rate.
+	failedLogins bool
+}
 
 func (e *RateLimitError) Error() string {
-	return fmt.Sprintf("%v: over the per-client rate, retry in %v", ErrRateLimited, e.RetryAfter.Round(time.Millisecond))
+	why := "over the per-client rate"
+	if e.failedLogins {
+		why = "too many failed logins from this address"
+	}
+	return fmt.Sprintf("%v: %s, retry in %v", ErrRateLimited, why, e.RetryAfter.Round(time.Millisecond))
 }
 
 func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
@@ -108,6 +118,9 @@ type Control struct {
 	rules    []rule
 	fails    failures
 	limits   *limiters // nil without a rate
+	// bcryptSlots bounds the bcrypt comparisons running at once, so that
+	// a flood of logins from many addresses leaves a core for serving.
+	bcryptSlots chan struct{}
 }
 
 type rule struct {
@@ -131,7 +144,8 @@ func New(opts Options) (*Control, error) {
 	if opts.CredentialTTL <= 0 {
 		opts.CredentialTTL = time.Minute
 	}
-	c := &Control{opts: opts, log: opts.Logger, admins: map[string]bool{}}
+	c := &Control{opts: opts, log: opts.Logger, admins: map[string]bool{},
+		bcryptSlots: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))}
 	c.creds.key = make([]byte, 32)
 	if _, err := rand.Read(c.creds.key); err != nil {
 		return nil, err
@@ -139,6 +153,7 @@ func New(opts Options) (*Control, error) {
 	c.creds.ttl = opts.CredentialTTL
 	c.creds.accepted = map[[32]byte]credEntry{}
 	c.creds.refused = map[[32]byte]credEntry{}
+	c.creds.flights = map[[32]byte]*credFlight{}
 	c.fails.entries = map[string]*failure{}
 	var errs []error
 	if opts.HtpasswdFile != "" {
@@ -251,10 +266,16 @@ func parseNetwork(s string) (*net.IPNet, error) {
 // Identify says who the client is: a user name, or Anonymous. It fails
 // with ErrUnauthenticated or ErrRateLimited.
 func (c *Control) Identify(cl Client) (string, error) {
+	addr := cl.IP.String()
 	user, sentPassword := "", false
+	var chk credCheck
 	if name, password, ok := parseBasic(cl.Authorization); ok && c.users != nil {
 		sentPassword = true
-		if c.checkPassword(cl.IP, name, password) {
+		var err error
+		if chk, err = c.checkPassword(addr, name, password); err != nil {
+			return "", err
+		}
+		if chk.ok {
 			user = name
 		}
 	}
@@ -264,21 +285,29 @@ func (c *Control) Identify(cl Client) (string, error) {
 	if user == "" && c.trusted(cl.IP) {
 		user = Anonymous
 	}
+	// The failure is counted before the address's turn is given back, so
+	// that the next verification from there waits for it.
+	if sentPassword {
+		c.fails.end(chk.turn, addr, user == "", c.opts.Now())
+	}
+	if c.limits != nil {
+		key, byAddr := "user:"+user, user == Anonymous || user == ""
+		if byAddr {
+			key = "ip:" + addr
+		}
+		// An address that paid for verifying its credential does not pay
+		// again for being anonymous or unidentified.
+		if !(byAddr && chk.charged) {
+			if wait := c.limits.take(key, c.opts.Now()); wait > 0 {
+				return user, &RateLimitError{RetryAfter: wait}
+			}
+		}
+	}
 	if user == "" {
 		if sentPassword {
-			c.fails.add(cl.IP.String(), c.opts.Now())
 			return "", fmt.Errorf("%w: wrong user name or password", ErrUnauthenticated)
 		}
 		return "", fmt.Errorf("%w: log in to this mirror", ErrUnauthenticated)
-	}
-	if c.limits != nil {
-		key := "user:" + user
-		if user == Anonymous {
-			key = "ip:" + cl.IP.String()
-		}
-		if wait := c.limits.take(key, c.opts.Now()); wait > 0 {
-			return user, &RateLimitError{RetryAfter: wait}
-		}
 	}
 	return user, nil
 }
@@ -360,26 +389,66 @@ func (c *Control) trusted(ip net.IP) bool {
 	return false
 }
 
+// credCheck is what checking a Basic credential found.
+type credCheck struct {
+	ok bool
+	// charged: the address's rate paid for a failed verification.
+	charged bool
+	// turn is the address's verification slot (see failures), held until
+	// Identify has counted the failure, if any.
+	turn *failure
+}
+
 // checkPassword verifies a Basic credential: from the cache when it was
-// verified (or refused) lately, else with bcrypt, against a dummy hash for
-// an unknown user so that the answer takes as long either way.
-func (c *Control) checkPassword(ip net.IP, user, password string) bool {
+// verified (or refused) lately, by waiting for the verification of the same
+// credential already running, else with bcrypt, against a dummy hash for
+// an unknown user so that the answer takes as long either way. Before
+// bcrypt runs the address must have a request of its rate left and must
+// get a turn (see failures); either can refuse it with a *RateLimitError.
+// At most cap(bcryptSlots) comparisons run at once; the others wait.
+func (c *Control) checkPassword(addr, user, password string) (credCheck, error) {
 	tbl := c.users.table()
-	now := c.opts.Now()
 	k := c.creds.keyOf(user, password)
-	if ok, found := c.creds.get(k, tbl.gen, now); found {
-		return ok
+	fl, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
+	if found {
+		return credCheck{ok: ok}, nil
 	}
-	if d := c.fails.delay(ip.String(), now); d > 0 {
-		c.opts.Sleep(d)
+	if fl != nil {
+		<-fl.done
+		return credCheck{ok: fl.ok}, nil
+	}
+	// A verification is refused when the address is out of requests, and
+	// a failed one costs it a request: it cannot guess faster than its
+	// rate, while users logging in from one address (NAT, a CI farm) do
+	// not use up its budget.
+	var chk credCheck
+	if c.limits != nil {
+		if wait := c.limits.due("ip:"+addr, c.opts.Now()); wait > 0 {
+			return chk, &RateLimitError{RetryAfter: wait}
+		}
+	}
+	turn, wait, err := c.fails.begin(addr, c.opts.Now())
+	if err != nil {
+		return chk, err
+	}
+	chk.turn = turn
+	fl = c.creds.fly(k, tbl.gen)
+	if wait > 0 {
+		c.opts.Sleep(wait)
 	}
 	hash, known := tbl.hashes[user]
 	if !known {
 		hash = tbl.dummy
 	}
-	ok := bcryptMatch(hash, password) && known
-	c.creds.put(k, ok, tbl.gen, now)
-	return ok
+	c.bcryptSlots <- struct{}{}
+	chk.ok = bcryptMatch(hash, password) && known
+	<-c.bcryptSlots
+	c.creds.land(k, fl, chk.ok, c.opts.Now())
+	if !chk.ok && c.limits != nil {
+		c.limits.charge("ip:"+addr, c.opts.Now())
+		chk.charged = true
+	}
+	return chk, nil
 }
 
 // parseBasic reads an HTTP Basic Authorization header.
@@ -396,17 +465,23 @@ func parseBasic(h string) (user, password string, ok bool) {
 	return user, password, ok && user != ""
 }
 
-// failures counts failed logins per address; past failFree of them within
-// failWindow, each further verification from there waits, doubling up to
-// failMaxDelay.
+// failures counts failed logins per address and hands out the address's
+// turns to verify a password. The first failFree verifications go at once
+// (those in flight count as failures to be, so that many parallel
+// connections cannot all slip under the threshold); past failFree failures
+// within failWindow, one at a time, each after a wait doubling from
+// failBase up to failMaxDelay. A request that finds a turn taken is
+// refused at once (retry after the wait) rather than queued: connections
+// piling up on an address would each wait and then all verify together.
 type failures struct {
 	mu      sync.Mutex
 	entries map[string]*failure
 }
 
 type failure struct {
-	n    int
-	last time.Time
+	n         int // failed logins, the last at last
+	last      time.Time
+	verifying int // turns out
 }
 
 const (
@@ -417,37 +492,65 @@ const (
 	maxFailAddrs = 10000
 )
 
-func (f *failures) add(addr string, now time.Time) {
+// begin takes a turn for addr: how long to wait before verifying, and the
+// turn to give back to end; a *RateLimitError when another is out.
+func (f *failures) begin(addr string, now time.Time) (*failure, time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	e := f.entry(addr, now)
+	if e == nil {
+		return nil, 0, nil // under attack from many addresses: each still pays bcrypt
+	}
+	if e.n+e.verifying < failFree {
+		e.verifying++
+		return e, 0, nil
+	}
+	wait := min(failBase<<min(max(e.n-failFree, 0), 16), failMaxDelay)
+	if e.verifying > 0 {
+		return nil, 0, &RateLimitError{RetryAfter: wait, failedLogins: true}
+	}
+	e.verifying++
+	return e, wait, nil
+}
+
+// end gives back turn (nil: none was taken) and counts a failed login.
+func (f *failures) end(turn *failure, addr string, failed bool, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if turn != nil {
+		turn.verifying-- // entries with turns out are never dropped: turn is addr's
+	}
+	if !failed {
+		return
+	}
+	if e := f.entry(addr, now); e != nil {
+		e.n++
+		e.last = now
+	}
+}
+
+// entry is addr's record, its failures forgotten once failWindow old; nil
+// when too many addresses have one.
+func (f *failures) entry(addr string, now time.Time) *failure {
 	e := f.entries[addr]
-	if e == nil || now.Sub(e.last) > failWindow {
+	if e == nil {
 		if len(f.entries) >= maxFailAddrs {
 			for k, old := range f.entries {
-				if now.Sub(old.last) > failWindow {
+				if old.verifying == 0 && (old.n == 0 || now.Sub(old.last) > failWindow) {
 					delete(f.entries, k)
 				}
 			}
 			if len(f.entries) >= maxFailAddrs {
-				return // under attack from many addresses: each still pays bcrypt
+				return nil
 			}
 		}
 		e = &failure{}
 		f.entries[addr] = e
 	}
-	e.n++
-	e.last = now
-}
-
-func (f *failures) delay(addr string, now time.Time) time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	e := f.entries[addr]
-	if e == nil || now.Sub(e.last) > failWindow || e.n < failFree {
-		return 0
+	if now.Sub(e.last) > failWindow {
+		e.n = 0
 	}
-	shift := min(e.n-failFree, 16)
-	return min(failBase<<shift, failMaxDelay)
+	return e
 }
 
 // limiters holds one token bucket per client key, forgetting clients idle
@@ -476,6 +579,32 @@ func newLimiters(perSecond float64) *limiters {
 // take spends one request of key's budget; it returns 0 when allowed, else
 // how long until the next request would be.
 func (l *limiters) take(key string, now time.Time) time.Duration {
+	e := l.entry(key, now)
+	if e.AllowN(now, 1) {
+		return 0
+	}
+	r := e.ReserveN(now, 1)
+	wait := r.DelayFrom(now)
+	r.CancelAt(now)
+	return max(wait, time.Millisecond)
+}
+
+// due is how long until key may spend a request (0: now), spending none.
+func (l *limiters) due(key string, now time.Time) time.Duration {
+	tokens := l.entry(key, now).TokensAt(now)
+	if tokens >= 1 {
+		return 0
+	}
+	return max(time.Duration((1-tokens)/float64(l.limit)*float64(time.Second)), time.Millisecond)
+}
+
+// charge spends one request of key's budget, running into debt (a longer
+// wait for its next ones) when there is none left.
+func (l *limiters) charge(key string, now time.Time) {
+	l.entry(key, now).ReserveN(now, 1)
+}
+
+func (l *limiters) entry(key string, now time.Time) *rate.Limiter {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.entries[key]
@@ -494,11 +623,5 @@ func (l *limiters) take(key string, now time.Time) time.Duration {
 		l.entries[key] = e
 	}
 	e.seen = now
-	if e.lim.AllowN(now, 1) {
-		return 0
-	}
-	r := e.lim.ReserveN(now, 1)
-	wait := r.DelayFrom(now)
-	r.CancelAt(now)
-	return max(wait, time.Millisecond)
+	return e.lim
 }

@@ -25,8 +25,13 @@
 // password under a per-process random key, cleared when the htpasswd file
 // changes; refusals are kept apart, so that a flood of wrong ones cannot
 // push out the accepted ones): an unknown user is compared against a dummy
-// hash, so a wrong user name costs the same time as a wrong password. An
-// address that keeps failing waits longer before each new verification.
+// hash, so a wrong user name costs the same time as a wrong password.
+// Parallel requests with one credential share its verification. An address
+// gets five verifications at once (those in flight count as failures to
+// be); past five failures, one at a time, each waiting longer, and a
+// request that finds one in flight is refused (ErrRateLimited) at once. At
+// most GOMAXPROCS-1 (at least one) comparisons run at once, whatever the
+// addresses.
 //
 // Rules are ordered: the first rule whose users include the identity
 // decides. Within it a matching deny glob wins over a matching allow glob;
@@ -37,7 +42,11 @@
 // crosses them (see Glob).
 //
 // An optional per-client rate (requests per second, keyed by user name, or
-// by address for "anonymous") answers ErrRateLimited above it.
+// by address for "anonymous" and unidentified clients) answers
+// ErrRateLimited above it. A password verification needs a request of the
+// address's rate left, and spends it only when it fails: an address cannot
+// guess faster than the rate, and users logging in from one address do not
+// use it up.
 //
 // The package knows nothing of HTTP servers: the proxy hands it the client's
 // address, Authorization header and verified certificate name (Client) and

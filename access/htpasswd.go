@@ -164,11 +164,20 @@ type credCache struct {
 	mu       sync.Mutex
 	accepted map[[sha256.Size]byte]credEntry
 	refused  map[[sha256.Size]byte]credEntry
+	// flights are the verifications running: parallel requests with one
+	// credential (a client pulling layers at once) share one.
+	flights map[[sha256.Size]byte]*credFlight
 }
 
 type credEntry struct {
 	gen     uint64
 	expires time.Time
+}
+
+type credFlight struct {
+	gen  uint64
+	done chan struct{} // closed once ok is set
+	ok   bool
 }
 
 // maxCredEntries bounds each of accepted and refused; past it expired
@@ -190,28 +199,48 @@ func (c *credCache) keyOf(user, password string) [sha256.Size]byte {
 	return k
 }
 
-func (c *credCache) get(k [sha256.Size]byte, gen uint64, now time.Time) (ok, found bool) {
+// lookup finds k's verdict (found), else the verification of k running
+// (fl), else neither.
+func (c *credCache) lookup(k [sha256.Size]byte, gen uint64, now time.Time) (fl *credFlight, ok, found bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, in := c.accepted[k]; in && e.gen == gen && now.Before(e.expires) {
-		return true, true
+		return nil, true, true
 	}
 	if e, in := c.refused[k]; in && e.gen == gen && now.Before(e.expires) {
-		return false, true
+		return nil, false, true
 	}
-	return false, false
+	if fl := c.flights[k]; fl != nil && fl.gen == gen {
+		return fl, false, false
+	}
+	return nil, false, false
 }
 
-func (c *credCache) put(k [sha256.Size]byte, ok bool, gen uint64, now time.Time) {
+// fly records that k is being verified.
+func (c *credCache) fly(k [sha256.Size]byte, gen uint64) *credFlight {
+	fl := &credFlight{gen: gen, done: make(chan struct{})}
+	c.mu.Lock()
+	c.flights[k] = fl
+	c.mu.Unlock()
+	return fl
+}
+
+// land keeps fl's verdict and hands it to those waiting.
+func (c *credCache) land(k [sha256.Size]byte, fl *credFlight, ok bool, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.flights[k] == fl {
+		delete(c.flights, k)
+	}
+	fl.ok = ok
+	close(fl.done)
 	m := c.refused
 	if ok {
 		m = c.accepted
 	}
 	if len(m) >= maxCredEntries {
 		for key, e := range m {
-			if e.gen != gen || !now.Before(e.expires) {
+			if e.gen != fl.gen || !now.Before(e.expires) {
 				delete(m, key)
 			}
 		}
@@ -219,7 +248,7 @@ func (c *credCache) put(k [sha256.Size]byte, ok bool, gen uint64, now time.Time)
 			clear(m)
 		}
 	}
-	m[k] = credEntry{gen: gen, expires: now.Add(c.ttl)}
+	m[k] = credEntry{gen: fl.gen, expires: now.Add(c.ttl)}
 }
 
 // compareHash is bcrypt's comparison; tests count its calls.
