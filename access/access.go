@@ -266,13 +266,22 @@ func parseNetwork(s string) (*net.IPNet, error) {
 // Identify says who the client is: a user name, or Anonymous. It fails
 // with ErrUnauthenticated or ErrRateLimited.
 func (c *Control) Identify(cl Client) (string, error) {
-	addr := cl.IP.String()
+	// The address as a string costs an allocation: made only when a
+	// verification, a failure or a per-address rate needs it, not for a
+	// login the cache knows.
+	var addr string
+	addrOf := func() string {
+		if addr == "" {
+			addr = cl.IP.String()
+		}
+		return addr
+	}
 	user, sentPassword := "", false
 	var chk credCheck
 	if name, password, ok := parseBasic(cl.Authorization); ok && c.users != nil {
 		sentPassword = true
 		var err error
-		if chk, err = c.checkPassword(addr, name, password); err != nil {
+		if chk, err = c.checkPassword(addrOf, name, password); err != nil {
 			return "", err
 		}
 		if chk.ok {
@@ -287,13 +296,13 @@ func (c *Control) Identify(cl Client) (string, error) {
 	}
 	// The failure is counted before the address's turn is given back, so
 	// that the next verification from there waits for it.
-	if sentPassword {
-		c.fails.end(chk.turn, addr, user == "", c.opts.Now())
+	if sentPassword && (chk.turn != nil || user == "") {
+		c.fails.end(chk.turn, addrOf(), user == "", c.opts.Now())
 	}
 	if c.limits != nil {
 		key, byAddr := "user:"+user, user == Anonymous || user == ""
 		if byAddr {
-			key = "ip:" + addr
+			key = "ip:" + addrOf()
 		}
 		// An address that paid for verifying its credential does not pay
 		// again for being anonymous or unidentified.
@@ -406,7 +415,7 @@ type credCheck struct {
 // bcrypt runs the address must have a request of its rate left and must
 // get a turn (see failures); either can refuse it with a *RateLimitError.
 // At most cap(bcryptSlots) comparisons run at once; the others wait.
-func (c *Control) checkPassword(addr, user, password string) (credCheck, error) {
+func (c *Control) checkPassword(addrOf func() string, user, password string) (credCheck, error) {
 	tbl := c.users.table()
 	k := c.creds.keyOf(user, password)
 	fl, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
@@ -417,6 +426,7 @@ func (c *Control) checkPassword(addr, user, password string) (credCheck, error) 
 		<-fl.done
 		return credCheck{ok: fl.ok}, nil
 	}
+	addr := addrOf()
 	// A verification is refused when the address is out of requests, and
 	// a failed one costs it a request: it cannot guess faster than its
 	// rate, while users logging in from one address (NAT, a CI farm) do
