@@ -137,6 +137,9 @@ func toWire(err error, res resource) wireError {
 		w.RetryAfter = time.Second
 	case errors.Is(err, errTooManyConnections):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror has too many connections, retry later"
+	case errors.Is(err, errPassThroughMemory):
+		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is downloading too many blobs at once, retry later"
+		w.RetryAfter = capRetryAfter
 	case errors.Is(err, errStarting):
 		w.Status, w.Code, w.Message, w.RetryAfter = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is starting, retry shortly", 5*time.Second
 	case errors.Is(err, errPanic):

@@ -431,7 +431,10 @@ func (s *Server) acceptFillBody(ctx context.Context, cancel context.CancelFunc, 
 		if err := s.canCache(blob.Size); err != nil {
 			// Nothing is written or evicted: the body goes on to a
 			// shared pass-through, which this fill's clients join.
-			s.handOff(ctx, cancel, f, rq, blob, reasonCannotFit)
+			if herr := s.handOff(ctx, cancel, f, rq, blob, reasonCannotFit); herr != nil {
+				blob.Body.Close()
+				return herr
+			}
 			return fmt.Errorf("%w: %w", errCannotFit, err)
 		}
 		f.start(blob.Size)

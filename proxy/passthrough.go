@@ -28,7 +28,11 @@ import (
 // because the cache's disk is full or too small, so a temp file would need
 // the very space that is missing (or another filesystem nobody sized).
 // Memory is one window per digest being passed through, whatever the
-// blob's size and the number of clients. The download waits for the
+// number of clients, and no larger than the blob when its size is known;
+// all windows together stay within Options.PassThroughMemory (a new
+// pass-through over it is refused, see passbudget.go). A window counts until
+// its download has ended and its last client has left, since clients
+// read what is left of it after the end. The download waits for the
 // slowest client to free room in the window, but for at most
 // defaultPassLagWait at a time; a client that has not made room by then is
 // cut (its connection ends short; it retries), so a stalled client can hold
@@ -64,6 +68,12 @@ type passGroup struct {
 	// set them small).
 	window  int64
 	lagWait time.Duration
+
+	// used is the bytes the shares not yet released hold, their windows
+	// and overhead (admitPassLocked); warned is when a refusal was last
+	// logged.
+	used   int64
+	warned time.Time
 }
 
 // joinable is the pass-through of d that new clients may join, or nil.
@@ -102,6 +112,10 @@ type passShare struct {
 	err      error // why it failed; nil after done means verified
 	gone     bool  // left the group: takes no new clients
 	expired  bool  // the wait for room in the window timed out
+	// released: the window went back to the group's budget (the download
+	// ended and no client is left or expected); guarded by the group's
+	// lock and mu both.
+	released bool
 }
 
 // tailLocked is the oldest offset still in the window.
@@ -117,15 +131,15 @@ func (p *passShare) pos(r *passReader) int64 { return max(r.off, p.base) }
 // left its group (unless it completed and still holds off in its window:
 // a handed-off blob smaller than the window may be whole before its first
 // client arrives), or its window has moved past off and the client has no
-// local prefix to bridge the gap. Call with the group's lock and p.mu held.
+// local prefix to bridge the gap, or its window went back to the budget.
+// Call with the group's lock and p.mu held.
 func (p *passShare) attachLocked(prefix io.ReaderAt, prefixEnd, off, end int64, reserved bool) *passReader {
 	if reserved && p.reserved > 0 {
 		p.reserved--
 	}
-	if (p.gone || p.done) && !(p.done && p.err == nil) {
-		return nil
-	}
-	if off < p.tailLocked() && (off >= p.base || prefix == nil || prefixEnd < p.base || p.tailLocked() != p.base) {
+	if p.released || (p.gone || p.done) && !(p.done && p.err == nil) ||
+		off < p.tailLocked() && (off >= p.base || prefix == nil || prefixEnd < p.base || p.tailLocked() != p.base) {
+		p.releaseLocked() // this may have been the last client expected
 		return nil
 	}
 	r := &passReader{p: p, prefix: prefix, off: off, end: end}
@@ -153,6 +167,10 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 	g := &s.passes
 	d := rq.ref.digest
 	anyRepo := s.linked(rq, d)
+	size, ok := s.sizes.get(rq.registry, rq.repo, d)
+	if !ok {
+		size = -1
+	}
 	g.mu.Lock()
 	for _, p := range []*passShare{share, g.shares[d]} {
 		if p == nil || p != share && !anyRepo && !p.rq.sameRepo(rq) {
@@ -170,7 +188,11 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 	if prefix != nil {
 		base = prefixEnd
 	}
-	p := s.newPassShareLocked(rq, reason, base)
+	p, err := s.newPassShareLocked(rq, reason, base, size)
+	if err != nil {
+		g.mu.Unlock()
+		return s.refusedPass(rq, reason, err)
+	}
 	r := p.attachLocked(prefix, prefixEnd, off, end, false)
 	g.mu.Unlock()
 	// The local prefix is hashed here, by its owner (its descriptor is
@@ -193,10 +215,15 @@ func (s *Server) joinPassVia(share *passShare, reserved bool, rq request, reason
 // upstream request. The clients already waiting for the fill have a place
 // kept at offset 0 (the window does not move on without them, within the
 // lag allowance), so that none of them misses the start and costs a second
-// download; they join through joinPassVia.
-func (s *Server) handOff(ctx context.Context, cancel context.CancelFunc, f *fill, rq request, blob *upstream.Blob, reason string) {
+// download; they join through joinPassVia. Over the memory budget it
+// refuses (the caller closes the body and fails the fill with the error).
+func (s *Server) handOff(ctx context.Context, cancel context.CancelFunc, f *fill, rq request, blob *upstream.Blob, reason string) error {
 	s.passes.mu.Lock()
-	p := s.newPassShareLocked(rq, reason, 0)
+	p, err := s.newPassShareLocked(rq, reason, 0, blob.Size)
+	if err != nil {
+		s.passes.mu.Unlock()
+		return err
+	}
 	f.mu.Lock()
 	// At least the client that started the fill comes, even if it has not
 	// reached serveFill yet.
@@ -205,12 +232,14 @@ func (s *Server) handOff(ctx context.Context, cancel context.CancelFunc, f *fill
 	f.mu.Unlock()
 	s.passes.mu.Unlock()
 	s.startPass(ctx, cancel, p, blob, sha256.New())
+	return nil
 }
 
-// newPassShareLocked creates a share and makes it the joinable one for its
-// digest (one still running keeps serving the clients it has). Call with
-// the group's lock held.
-func (s *Server) newPassShareLocked(rq request, reason string, base int64) *passShare {
+// newPassShareLocked creates a share for a blob of size bytes (-1: not
+// known yet), its window reserved from the budget, and makes it the
+// joinable one for its digest (one still running keeps serving the clients
+// it has). Call with the group's lock held.
+func (s *Server) newPassShareLocked(rq request, reason string, base, size int64) (*passShare, error) {
 	g := &s.passes
 	if g.shares == nil {
 		g.shares = make(map[digest.Digest]*passShare)
@@ -221,6 +250,10 @@ func (s *Server) newPassShareLocked(rq request, reason string, base int64) *pass
 	}
 	if lagWait <= 0 {
 		lagWait = defaultPassLagWait
+	}
+	window = passWindowFor(window, size, base)
+	if err := s.admitPassLocked(window + passShareOverhead); err != nil {
+		return nil, err
 	}
 	p := &passShare{
 		s: s, digest: rq.ref.digest, rq: rq, reason: reason,
@@ -236,7 +269,7 @@ func (s *Server) newPassShareLocked(rq request, reason string, base int64) *pass
 		old.mu.Unlock()
 	}
 	g.shares[p.digest] = p
-	return p
+	return p, nil
 }
 
 // startPass runs p's download in its own goroutine, detached from every
@@ -286,11 +319,32 @@ func (p *passShare) startResult() (int64, error) {
 	return p.size, nil
 }
 
+// start publishes the size, and gives back to the budget the part of the
+// window a blob smaller than it does not need (no byte is in it yet).
 func (p *passShare) start(size int64) {
+	g := &p.s.passes
+	g.mu.Lock()
 	p.mu.Lock()
 	p.size = size
+	if w := passWindowFor(p.window, size, p.base); w < p.window && p.ring == nil && !p.released {
+		g.used -= p.window - w
+		p.window = w
+	}
 	p.mu.Unlock()
+	g.mu.Unlock()
 	p.startMu.Do(func() { close(p.started) })
+}
+
+// releaseLocked gives p's window back to the budget once nothing can read
+// it any more: the download ended and no client is attached or expected.
+// Call with the group's lock and p.mu held.
+func (p *passShare) releaseLocked() {
+	if p.released || !p.done || len(p.readers) > 0 || p.reserved > 0 {
+		return
+	}
+	p.released = true
+	p.ring = nil
+	p.s.passes.used -= p.window + passShareOverhead
 }
 
 // finish ends the download and takes the share out of its group.
@@ -302,6 +356,7 @@ func (p *passShare) finish(err error) {
 	}
 	p.mu.Lock()
 	p.done, p.err, p.gone = true, err, true
+	p.releaseLocked()
 	p.mu.Unlock()
 	g.mu.Unlock()
 	p.data.Broadcast()
@@ -501,6 +556,7 @@ func (p *passShare) detach(r *passReader) {
 			delete(g.shares, p.digest)
 		}
 	}
+	p.releaseLocked()
 	p.mu.Unlock()
 	g.mu.Unlock()
 	p.room.Broadcast()

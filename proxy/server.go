@@ -116,6 +116,11 @@ type Options struct {
 	// MaxConnections. Negative: no cap. Behind a reverse proxy every client
 	// has the proxy's address: raise it or turn it off there.
 	MaxConnectionsPerIP int
+	// PassThroughMemory bounds the memory of the windows of blobs streamed
+	// without caching (disk full, or too large to cache); a pass-through
+	// that would exceed it is answered 503 with Retry-After. Default (0)
+	// DefaultPassThroughMemory; negative: no bound.
+	PassThroughMemory int64
 	// TLSCertFile and TLSKeyFile, when set, serve HTTPS (PEM files; the
 	// certificate file may hold the chain).
 	TLSCertFile, TLSKeyFile string
