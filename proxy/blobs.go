@@ -93,7 +93,7 @@ func (s *Server) blobDownload(ctx *fasthttp.RequestCtx, ex *exchange, rq request
 		r, err := s.servePassThrough(ctx, ex, rq, reasonDiskFull)
 		return r, true, err
 	}
-	f, joined, err := s.joinFill(rq)
+	f, joined, err := s.joinFill(rq, s.fillStarterOf(ctx, ex))
 	switch {
 	case isNoSpace(err):
 		r, err := s.servePassThrough(ctx, ex, rq, reasonDiskFull)

@@ -137,7 +137,10 @@ func toWire(err error, res resource) wireError {
 		w.RetryAfter = time.Second
 	case errors.Is(err, errTooManyConnections):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror has too many connections, retry later"
-	case errors.Is(err, errPassThroughMemory):
+	case errors.Is(err, errTooManyFillsPerClient):
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many downloads started from this address are still running, retry later"
+		w.RetryAfter = capRetryAfter
+	case errors.Is(err, errTooManyFills), errors.Is(err, errPassThroughMemory):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is downloading too many blobs at once, retry later"
 		w.RetryAfter = capRetryAfter
 	case errors.Is(err, errStarting):

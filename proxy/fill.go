@@ -259,10 +259,12 @@ func (r *follower) Close() error {
 	return err
 }
 
-// fillGroup tracks the fills in progress, at most one per digest.
+// fillGroup tracks the fills in progress, at most one per digest, and
+// counts them against the caps (fillcap.go).
 type fillGroup struct {
 	mu    sync.Mutex
 	fills map[digest.Digest]*fill
+	caps  fillCaps
 }
 
 func (g *fillGroup) get(d digest.Digest) *fill {
@@ -285,42 +287,54 @@ func (g *fillGroup) remove(f *fill) {
 	g.mu.Unlock()
 }
 
-// joinFill returns the fill for rq's digest, starting it if none runs.
-// It returns nil, nil when the blob reached the cache meanwhile. singleflight
-// collapses concurrent starts; the fill object carries everything after.
-func (s *Server) joinFill(rq request) (f *fill, joined bool, err error) {
+// joinFill returns the fill for rq's digest, starting it for who if none
+// runs (within the caps: joining is never refused). It returns nil, nil
+// when the blob reached the cache meanwhile. singleflight collapses
+// concurrent starts; the fill object carries everything after.
+func (s *Server) joinFill(rq request, who fillStarter) (f *fill, joined bool, err error) {
 	d := rq.ref.digest
-	if f := s.fills.get(d); f != nil {
-		return f, true, nil
-	}
-	v, err, shared := s.flights.Do("fill\x00"+d.String(), func() (any, error) {
+	for attempt := 0; ; attempt++ {
 		if f := s.fills.get(d); f != nil {
-			return f, nil
+			return f, true, nil
 		}
-		if _, err := s.blobs.Stat(d); err == nil {
-			return (*fill)(nil), nil
+		v, err, shared := s.flights.Do("fill\x00"+d.String(), func() (any, error) {
+			if f := s.fills.get(d); f != nil {
+				return f, nil
+			}
+			if _, err := s.blobs.Stat(d); err == nil {
+				return (*fill)(nil), nil
+			}
+			return s.startFill(rq, who)
+		})
+		if shared && attempt == 0 && errors.Is(err, errTooManyFillsPerClient) {
+			continue // another address's cap, not this client's: its own try
 		}
-		return s.startFill(rq)
-	})
-	if err != nil {
-		return nil, false, err
+		if err != nil {
+			return nil, false, err
+		}
+		return v.(*fill), shared, nil
 	}
-	return v.(*fill), shared, nil
 }
 
-func (s *Server) startFill(rq request) (*fill, error) {
+func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 	d := rq.ref.digest
+	uncount, err := s.admitFill(who)
+	if err != nil {
+		return nil, err
+	}
 	w, err := s.blobs.Create(d, "application/octet-stream")
 	if isNoSpace(err) && s.makeRoom(createRoom) {
 		w, err = s.blobs.Create(d, "application/octet-stream")
 	}
 	if err != nil {
+		uncount()
 		return nil, err
 	}
 	if s.isPrivate(rq.registry) {
 		w.Scope() // kept out of the shared tier
 	}
-	release := s.hold(d)
+	hold := s.hold(d)
+	release := func() { hold(); uncount() } // when the fill ends
 	f := newFill(d, w)
 	f.request = rq
 	f.begun = s.opts.Now()

@@ -116,6 +116,17 @@ type Options struct {
 	// MaxConnections. Negative: no cap. Behind a reverse proxy every client
 	// has the proxy's address: raise it or turn it off there.
 	MaxConnectionsPerIP int
+	// MaxFills caps the blob downloads into the cache running at once
+	// (fills run on after their clients leave); a request that would
+	// start one more is answered 503 with Retry-After. Joining a running
+	// fill is never refused. Default (0) DefaultMaxFills; negative: no cap.
+	MaxFills int
+	// MaxFillsPerClient caps the fills running that one client address
+	// started (counted until each fill ends, not until the client
+	// leaves); one more is answered 429 with Retry-After. The mirror's own
+	// pulls (internal token) and verified peers are not counted here.
+	// Default (0) DefaultMaxFillsPerClient; negative: no cap.
+	MaxFillsPerClient int
 	// PassThroughMemory bounds the memory of the windows of blobs streamed
 	// without caching (disk full, or too large to cache); a pass-through
 	// that would exceed it is answered 503 with Retry-After. Default (0)
