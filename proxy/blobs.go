@@ -421,6 +421,7 @@ func (b *fileBody) Close() error {
 // status line and headers go out at once (flush), not when the first few
 // KiB of a slow body have filled fasthttp's write buffer.
 func (s *Server) serveFill(ctx *fasthttp.RequestCtx, ex *exchange, rq request, f *fill) (reply, error) {
+	ex.follow(f)
 	ticket := f.enter()
 	size, err := f.startResult()
 	if errors.Is(err, errCannotFit) {

@@ -138,10 +138,10 @@ func toWire(err error, res resource) wireError {
 	case errors.Is(err, errTooManyConnections):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror has too many connections, retry later"
 	case errors.Is(err, errTooManyFillsPerClient):
-		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many downloads started from this address are still running, retry later"
+		w.Status, w.Code, w.Message = http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many downloads this address started and left are still running, retry later"
 		w.RetryAfter = capRetryAfter
 	case errors.Is(err, errTooManyFills), errors.Is(err, errPassThroughMemory):
-		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is downloading too many blobs at once, retry later"
+		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is busy with too many downloads, retry later"
 		w.RetryAfter = capRetryAfter
 	case errors.Is(err, errStarting):
 		w.Status, w.Code, w.Message, w.RetryAfter = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is starting, retry shortly", 5*time.Second

@@ -66,6 +66,10 @@ type fill struct {
 	begun   time.Time
 
 	followers atomic.Int32 // clients reading it now (status page)
+	// attached counts the clients whose requests are on it now, waiting
+	// for its start included: a fill with none is abandoned (fillcap.go).
+	attached atomic.Int32
+	starter  fillStarter // who started it
 
 	started     chan struct{} // closed once size or startErr is known
 	startedOnce sync.Once
@@ -259,8 +263,8 @@ func (r *follower) Close() error {
 	return err
 }
 
-// fillGroup tracks the fills in progress, at most one per digest, and
-// counts them against the caps (fillcap.go).
+// fillGroup tracks the fills in progress, at most one per digest (and
+// the caps' warnings, fillcap.go).
 type fillGroup struct {
 	mu    sync.Mutex
 	fills map[digest.Digest]*fill
@@ -318,8 +322,7 @@ func (s *Server) joinFill(rq request, who fillStarter) (f *fill, joined bool, er
 
 func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 	d := rq.ref.digest
-	uncount, err := s.admitFill(who)
-	if err != nil {
+	if err := s.admitFill(who); err != nil {
 		return nil, err
 	}
 	w, err := s.blobs.Create(d, "application/octet-stream")
@@ -327,16 +330,14 @@ func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 		w, err = s.blobs.Create(d, "application/octet-stream")
 	}
 	if err != nil {
-		uncount()
 		return nil, err
 	}
 	if s.isPrivate(rq.registry) {
 		w.Scope() // kept out of the shared tier
 	}
-	hold := s.hold(d)
-	release := func() { hold(); uncount() } // when the fill ends
+	release := s.hold(d)
 	f := newFill(d, w)
-	f.request = rq
+	f.request, f.starter = rq, who
 	f.begun = s.opts.Now()
 	s.fills.put(f)
 	s.fillsAlive.Add(1)

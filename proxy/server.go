@@ -116,16 +116,17 @@ type Options struct {
 	// MaxConnections. Negative: no cap. Behind a reverse proxy every client
 	// has the proxy's address: raise it or turn it off there.
 	MaxConnectionsPerIP int
-	// MaxFills caps the blob downloads into the cache running at once
-	// (fills run on after their clients leave); a request that would
-	// start one more is answered 503 with Retry-After. Joining a running
-	// fill is never refused. Default (0) DefaultMaxFills; negative: no cap.
+	// MaxFills caps the blob downloads into the cache that run on with no
+	// client reading them (fills outlive their clients); while that many
+	// run, a request that would start one more is answered 503 with
+	// Retry-After. Fills clients read are bounded by the connection caps;
+	// joining a running fill is never refused. Default (0)
+	// DefaultMaxFills; negative: no cap.
 	MaxFills int
-	// MaxFillsPerClient caps the fills running that one client address
-	// started (counted until each fill ends, not until the client
-	// leaves); one more is answered 429 with Retry-After. The mirror's own
-	// pulls (internal token) and verified peers are not counted here.
-	// Default (0) DefaultMaxFillsPerClient; negative: no cap.
+	// MaxFillsPerClient is MaxFills for the fills one client address
+	// started (answered 429). The mirror's own pulls (internal token) and
+	// verified peers are not counted here. Default (0)
+	// DefaultMaxFillsPerClient; negative: no cap.
 	MaxFillsPerClient int
 	// PassThroughMemory bounds the memory of the windows of blobs streamed
 	// without caching (disk full, or too large to cache); a pass-through
@@ -408,6 +409,7 @@ type exchange struct {
 	status    int
 	errorCode string // the registry error code answered, if any
 	detail    string // the whole error behind it
+	fill      *fill  // the fill the client reads, until done (follow)
 	logged    atomic.Bool
 }
 
@@ -416,6 +418,7 @@ func (e *exchange) done(bytes int64, err error) {
 	if e.logged.Swap(true) {
 		return
 	}
+	e.unfollow()
 	// The start's wall clock moved on by the monotonic clock: one clock
 	// read where time.Now takes two.
 	now := e.start.Add(time.Since(e.start))
