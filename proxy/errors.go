@@ -143,6 +143,8 @@ func toWire(err error, res resource) wireError {
 	case errors.Is(err, errTooManyFills), errors.Is(err, errPassThroughMemory):
 		w.Status, w.Code, w.Message = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is busy with too many downloads, retry later"
 		w.RetryAfter = capRetryAfter
+	case errors.Is(err, errStopping):
+		w.Status, w.Code, w.Message, w.RetryAfter = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is shutting down, retry shortly", 5*time.Second
 	case errors.Is(err, errStarting):
 		w.Status, w.Code, w.Message, w.RetryAfter = http.StatusServiceUnavailable, "UNAVAILABLE", "the mirror is starting, retry shortly", 5*time.Second
 	case errors.Is(err, errPanic):

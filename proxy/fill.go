@@ -325,6 +325,15 @@ func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 	if err := s.admitFill(who); err != nil {
 		return nil, err
 	}
+	if !s.fillsAlive.start() {
+		return nil, errStopping
+	}
+	started := false
+	defer func() {
+		if !started {
+			s.fillsAlive.done()
+		}
+	}()
 	w, err := s.blobs.Create(d, "application/octet-stream")
 	if isNoSpace(err) && s.makeRoom(createRoom) {
 		w, err = s.blobs.Create(d, "application/octet-stream")
@@ -340,8 +349,8 @@ func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 	f.request, f.starter = rq, who
 	f.begun = s.opts.Now()
 	s.fills.put(f)
-	s.fillsAlive.Add(1)
 	s.metrics.fillsInProgress.Inc()
+	started = true
 	go s.fillInBackground(f, rq, release)
 	return f, nil
 }
@@ -350,7 +359,7 @@ func (s *Server) startFill(rq request, who fillStarter) (*fill, error) {
 // every client; then it takes f out of the group, wakes its followers, and
 // logs and counts how it ended.
 func (s *Server) fillInBackground(f *fill, rq request, release func()) {
-	defer s.fillsAlive.Done()
+	defer s.fillsAlive.done()
 	defer s.metrics.fillsInProgress.Dec()
 	defer release()
 	ctx, cancel := context.WithTimeout(s.fillCtx, s.opts.FillTimeout)

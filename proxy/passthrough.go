@@ -280,10 +280,17 @@ func (s *Server) startPass(ctx context.Context, cancel context.CancelFunc, p *pa
 	p.mu.Lock()
 	p.cancel = cancel
 	p.mu.Unlock()
+	if !s.fillsAlive.start() {
+		if blob != nil {
+			blob.Body.Close()
+		}
+		cancel()
+		p.finish(errStopping)
+		return
+	}
 	s.metrics.passThrough(p.reason, p.rq.registry)
-	s.fillsAlive.Add(1)
 	go func() {
-		defer s.fillsAlive.Done()
+		defer s.fillsAlive.done()
 		defer cancel()
 		start := time.Now()
 		err := p.run(ctx, blob, h)

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -196,7 +195,7 @@ type Server struct {
 	// only at shutdown.
 	fillCtx    context.Context
 	stopFills  context.CancelFunc
-	fillsAlive sync.WaitGroup
+	fillsAlive background
 
 	metricsHandler   fasthttp.RequestHandler
 	adminHandler     fasthttp.RequestHandler
@@ -376,7 +375,7 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.ShutdownWithContext(ctx)
 	s.stopFills()
-	s.fillsAlive.Wait()
+	s.fillsAlive.stopAndWait()
 	return err
 }
 

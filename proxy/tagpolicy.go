@@ -49,11 +49,14 @@ func (s *Server) revalidateInBackground(rq request, rec cache.TagRecord, pol tag
 		bg.mu.Unlock()
 		return
 	}
+	if !s.fillsAlive.start() {
+		bg.mu.Unlock()
+		return // shutting down: the client has its answer from the cache
+	}
 	bg.running[key] = true
 	bg.mu.Unlock()
-	s.fillsAlive.Add(1)
 	go func() {
-		defer s.fillsAlive.Done()
+		defer s.fillsAlive.done()
 		defer func() {
 			bg.mu.Lock()
 			delete(bg.running, key)
