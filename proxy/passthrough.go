@@ -111,7 +111,6 @@ type passShare struct {
 	done     bool  // the download ended
 	err      error // why it failed; nil after done means verified
 	gone     bool  // left the group: takes no new clients
-	expired  bool  // the wait for room in the window timed out
 	// released: the window went back to the group's budget (the download
 	// ended and no client is left or expected); guarded by the group's
 	// lock and mu both.
@@ -479,12 +478,15 @@ func (p *passShare) copyBody(ctx context.Context, body io.Reader, buf []byte, h 
 func (p *passShare) put(ctx context.Context, b []byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// expired is this put's own (set under p.mu by its timer): a flag on p
+	// could be set by the timer of a put that already returned, and cut
+	// the next put's slow clients with no wait at all.
 	var timer *time.Timer
+	expired := false
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
-		p.expired = false
 	}()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -495,12 +497,12 @@ func (p *passShare) put(ctx context.Context, b []byte) error {
 		}
 		need := p.head + int64(len(b)) - p.window // every client must be at or past this
 		blocked := p.reserved > 0 && p.base < need
-		if blocked && p.expired {
+		if blocked && expired {
 			p.reserved, blocked = 0, false // those clients are late: they will start afresh
 		}
 		for r := range p.readers {
 			if p.pos(r) < need {
-				if p.expired {
+				if expired {
 					r.cut = true
 					delete(p.readers, r)
 					p.s.log.Warn("pass-through: cutting a client that fell behind", "digest", p.digest, "offset", r.off, "head", p.head)
@@ -515,7 +517,7 @@ func (p *passShare) put(ctx context.Context, b []byte) error {
 		if timer == nil {
 			timer = time.AfterFunc(p.lagWait, func() {
 				p.mu.Lock()
-				p.expired = true
+				expired = true
 				p.mu.Unlock()
 				p.room.Broadcast()
 			})
