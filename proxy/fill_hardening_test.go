@@ -181,40 +181,12 @@ func TestDescriptorLengthOfAnotherRepo(t *testing.T) {
 	m := startMirror(t, up)
 	m.sizes.note("docker.io", "library/bad", digest.FromString("a manifest of library/bad"),
 		[]byte(`{"schemaVersion":2,"layers":[{"digest":"`+d.String()+`","size":`+strconv.Itoa(size+5)+`}]}`))
-	gate := up.Gate(d).HoldHeaders()
-	type answer struct {
-		status int
-		got    digest.Digest
+	bad, good := joinedFailingFill(t, m, up.Gate(d).HoldHeaders(), blobURL(m, "library/bad", d), blobURL(m, "library/good", d))
+	if bad.status != http.StatusBadGateway {
+		t.Errorf("the repository whose descriptor disagrees: status %d, want 502", bad.status)
 	}
-	get := func(repo string, into chan<- answer) {
-		resp, err := http.Get(blobURL(m, repo, d))
-		if err != nil {
-			into <- answer{}
-			return
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		into <- answer{resp.StatusCode, digest.FromBytes(body)}
-	}
-	bad, good := make(chan answer, 1), make(chan answer, 1)
-	go get("library/bad", bad)
-	<-gate.Arrived()
-	go get("library/good", good)
-	eventually(t, "the second client to join the fill", func() bool {
-		f := m.fills.get(d)
-		if f == nil {
-			return false
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.waiting == 2
-	})
-	gate.Open()
-	if a := <-bad; a.status != http.StatusBadGateway {
-		t.Errorf("the repository whose descriptor disagrees: status %d, want 502", a.status)
-	}
-	if a := <-good; a.status != http.StatusOK || a.got != d {
-		t.Errorf("the other repository's client: status %d, body %s; want 200 and the blob", a.status, a.got)
+	if good.status != http.StatusOK || good.got != d {
+		t.Errorf("the other repository's client: status %d, body %s; want 200 and the blob", good.status, good.got)
 	}
 	if n := up.BlobGETs(d); n != 2 {
 		t.Errorf("%d upstream GETs, want 2: the refused one and the other repository's own", n)
@@ -232,44 +204,59 @@ func TestJoinedFillOfAnotherRegistryFails(t *testing.T) {
 	img, d := r.hub.PushLargeBlobImage(t, "library/app", "v1", 64<<10)
 	r.ghcr.Push(t, "someone/else", "v1", img)
 	r.ghcr.LieBlobLength(0) // 0 bytes announced for a non-empty blob: refused before any answer
-	gate := r.ghcr.Gate(d).HoldHeaders()
-	type answer struct {
-		status int
-		got    digest.Digest
+	other, hub := joinedFailingFill(t, r.m, r.ghcr.Gate(d).HoldHeaders(),
+		blobURL(r.m, "someone/else", d)+"?ns="+ghcrName, blobURL(r.m, "library/app", d))
+	if other.status != http.StatusBadGateway {
+		t.Errorf("the ghcr.io client: status %d, want 502", other.status)
 	}
-	get := func(url string, into chan<- answer) {
-		resp, err := http.Get(url)
-		if err != nil {
-			into <- answer{}
-			return
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		into <- answer{resp.StatusCode, digest.FromBytes(body)}
-	}
-	other, hub := make(chan answer, 1), make(chan answer, 1)
-	go get(blobURL(r.m, "someone/else", d)+"?ns="+ghcrName, other)
-	<-gate.Arrived()
-	go get(blobURL(r.m, "library/app", d), hub)
-	eventually(t, "the docker.io client to join the ghcr.io fill", func() bool {
-		f := r.m.fills.get(d)
-		if f == nil {
-			return false
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.waiting == 2
-	})
-	gate.Open()
-	if a := <-other; a.status != http.StatusBadGateway {
-		t.Errorf("the ghcr.io client: status %d, want 502", a.status)
-	}
-	if a := <-hub; a.status != http.StatusOK || a.got != d {
-		t.Errorf("the docker.io client: status %d, body %s; want 200 and the blob", a.status, a.got)
+	if hub.status != http.StatusOK || hub.got != d {
+		t.Errorf("the docker.io client: status %d, body %s; want 200 and the blob", hub.status, hub.got)
 	}
 	if n := r.hub.BlobGETs(d); n != 1 {
 		t.Errorf("%d docker.io GETs, want 1", n)
 	}
+}
+
+// blobAnswer is a blob GET's status and the digest of its body.
+type blobAnswer struct {
+	status int
+	got    digest.Digest
+}
+
+// joinedFailingFill GETs first, which starts a fill whose upstream GET
+// gate holds, then second, which joins it; once second has joined it
+// opens gate and returns both answers.
+func joinedFailingFill(t *testing.T, m *testMirror, gate *testupstream.Gate, first, second string) (a, b blobAnswer) {
+	t.Helper()
+	get := func(url string, into chan<- blobAnswer) {
+		resp, err := http.Get(url)
+		if err != nil {
+			into <- blobAnswer{}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		into <- blobAnswer{resp.StatusCode, digest.FromBytes(body)}
+	}
+	ca, cb := make(chan blobAnswer, 1), make(chan blobAnswer, 1)
+	go get(first, ca)
+	<-gate.Arrived()
+	go get(second, cb)
+	eventually(t, "the second client to join the fill", func() bool {
+		m.fills.mu.Lock()
+		defer m.fills.mu.Unlock()
+		for _, f := range m.fills.fills {
+			f.mu.Lock()
+			n := f.waiting
+			f.mu.Unlock()
+			if n == 2 {
+				return true
+			}
+		}
+		return false
+	})
+	gate.Open()
+	return <-ca, <-cb
 }
 
 // TestSlowUpstreamResumedThenGivenUp (item 9): a body trickling below
