@@ -204,13 +204,7 @@ func TestCrashBetweenRenameAndIndex(t *testing.T) {
 	s := openStore(t, dir)
 	data, d := blob(5000, 30)
 	mustPut(t, s, data, d, "application/vnd.oci.image.manifest.v1+json")
-	// Drop only the record, as if the index write had been lost.
-	s.closeMu.RLock()
-	err := s.update(func(txn *badgerTxn) error { return txn.Delete(blobKey(d)) })
-	s.closeMu.RUnlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dropRecord(t, s, d)
 	s.Close()
 	simulateCrash(t, dir)
 	s2 := openStore(t, dir)
@@ -252,13 +246,7 @@ func TestReindexedManifestKeepsItsType(t *testing.T) {
 	for i, c := range cases {
 		ds[i] = digest.FromString(c.body)
 		mustPut(t, s, []byte(c.body), ds[i], "application/vnd.oci.image.manifest.v1+json")
-		// Drop only the record, as if the index write had been lost.
-		s.closeMu.RLock()
-		err := s.update(func(txn *badgerTxn) error { return txn.Delete(blobKey(ds[i])) })
-		s.closeMu.RUnlock()
-		if err != nil {
-			t.Fatal(err)
-		}
+		dropRecord(t, s, ds[i])
 	}
 	s.Close()
 	simulateCrash(t, dir)
@@ -286,5 +274,16 @@ func TestReindexedManifestKeepsItsType(t *testing.T) {
 	}
 	if info, err := s2.Stat(ds[0]); err != nil || info.MediaType != mediaTypeOCIManifest {
 		t.Fatalf("typed record after Put: %+v, %v", info, err)
+	}
+}
+
+// dropRecord deletes only d's index record, as if its write had been lost.
+func dropRecord(t *testing.T, s *Store, d digest.Digest) {
+	t.Helper()
+	s.closeMu.RLock()
+	err := s.update(func(txn *badgerTxn) error { return txn.Delete(blobKey(d)) })
+	s.closeMu.RUnlock()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
