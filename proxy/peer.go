@@ -38,14 +38,17 @@ const PeerUpstreamFailedHeader = "X-Regmirror-Upstream-Failed"
 var hdrUpstreamFailed = []byte(PeerUpstreamFailedHeader)
 
 // markUpstreamFailure sets hdrUpstreamFailed on an error answer to a
-// verified peer when err is upstream's doing: it failed, rate limited,
-// refused or sent content that is not what it should be.
+// verified peer when err is upstream's doing (it failed, rate limited,
+// refused or sent content that is not what it should be) or this node is
+// only busy (its fill caps, its pass-through budget): the asking node
+// then fetches the blob itself and keeps this node for its other digests.
 func markUpstreamFailure(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 	if ex.user != peerUser {
 		return
 	}
 	if isUpstreamOutage(err) || errors.Is(err, errUpstreamCorrupt) || errors.Is(err, upstream.ErrRefused) ||
-		errors.Is(err, upstream.ErrInvalidManifest) || errors.Is(err, upstream.ErrTooLarge) {
+		errors.Is(err, upstream.ErrInvalidManifest) || errors.Is(err, upstream.ErrTooLarge) ||
+		errors.Is(err, upstream.ErrBadRequest) || errors.Is(err, errTooManyFills) || errors.Is(err, errPassThroughMemory) {
 		ctx.Response.Header.SetCanonical(hdrUpstreamFailed, []byte("1"))
 	}
 }

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/regmirror/regmirror/upstream"
 	"github.com/valyala/fasthttp"
 )
 
@@ -110,5 +112,24 @@ func TestPeerRequestsPassAccess(t *testing.T) {
 	s.opts.Peers = nil
 	if code := serveWithPeer(s, "GET", peerPingPath, "good"); code == 200 {
 		t.Error("the ping endpoint answers without a cluster")
+	}
+}
+
+// TestPeerBusyOrRefusedIsNoPeerDown: an owner whose upstream refuses the
+// request (a 4xx), or that is only busy (its fill caps, its pass-through
+// budget), says so to the asking peer, which then fetches that blob itself
+// instead of taking the owner for down (and cutting its other downloads).
+func TestPeerBusyOrRefusedIsNoPeerDown(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("%w: GET blob: 400 NAME_INVALID", upstream.ErrBadRequest),
+		fmt.Errorf("%w (256)", errTooManyFills),
+		errPassThroughMemory,
+		fmt.Errorf("%w: GET blob: 503", upstream.ErrUnavailable),
+	} {
+		var ctx fasthttp.RequestCtx
+		markUpstreamFailure(&ctx, &exchange{user: peerUser}, err)
+		if string(ctx.Response.Header.PeekBytes(hdrUpstreamFailed)) != "1" {
+			t.Errorf("%v: no %s", err, hdrUpstreamFailed)
+		}
 	}
 }
