@@ -37,7 +37,7 @@ var (
 	// ErrInvalidName: a repository, reference or digest argument that is not
 	// valid; no request was made.
 	ErrInvalidName = errors.New("upstream: invalid name")
-	// ErrBadRequest: a 4xx other than 401, 403, 404, 408 and 429. Upstream
+	// ErrBadRequest: a 4xx other than 401, 403, 404, 407, 408 and 429. Upstream
 	// refused this request as such (a query it does not take, an API it
 	// does not have): it says nothing about upstream's health, so it is no
 	// outage and is not retried.
@@ -117,7 +117,7 @@ func (r *Registry) checkResponse(resp *http.Response, ok ...int) error {
 
 // classifyStatus maps a registry error to a sentinel: 429 and 5xx by
 // status first, then the error codes, then the other statuses. Only what
-// can be upstream's trouble (5xx, 408, 429, UNAVAILABLE, an answer that is
+// can be upstream's trouble (5xx, 407, 408, 429, UNAVAILABLE, an answer that is
 // no HTTP error at all) is ErrUnavailable: a client's odd query that
 // upstream answers 400 must not mark the registry out for everyone.
 func classifyStatus(e *transport.Error) error {
@@ -148,7 +148,9 @@ func classifyStatus(e *transport.Error) error {
 		return ErrUnauthorized
 	case http.StatusForbidden:
 		return ErrDenied
-	case http.StatusRequestTimeout:
+	case http.StatusRequestTimeout, http.StatusProxyAuthRequired:
+		// The way there timed out, or an egress proxy wants credentials:
+		// trouble of the path to upstream, not of this request.
 		return ErrUnavailable
 	}
 	if e.StatusCode >= 400 && e.StatusCode < 500 {
