@@ -135,6 +135,17 @@ func (s *Store) ReadAll(d digest.Digest, max int64) ([]byte, BlobInfo, error) {
 		}
 		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s (corrupt content removed)", ErrNotFound, d)
 	}
+	if info.MediaType == defaultMediaType {
+		// A manifest recorded with the generic type (fetched through
+		// /blobs/, or re-indexed by an older release) is named by its
+		// content, once for all: clients refuse a manifest so typed.
+		if mt := sniffMediaType(data); mt != defaultMediaType {
+			if err := s.SetMediaType(d, mt); err != nil {
+				s.log.Warn("recording a manifest's media type", "digest", d, "err", err)
+			}
+			info.MediaType = mt
+		}
+	}
 	info.LastAccess = s.recordAccess(d)
 	return data, info, nil
 }

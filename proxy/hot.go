@@ -155,7 +155,7 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	// already: no lock, nothing to allocate. (An entry in the index is
 	// current: a removal takes it out.)
 	if v, ok := h.index.Load(info.Digest); ok {
-		if old := v.(*hotEntry); old.holds(body) {
+		if old := v.(*hotEntry); old.holds(body) && old.info.MediaType == info.MediaType {
 			old.markUsed()
 			return
 		}
@@ -171,8 +171,11 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	if el, ok := h.entries[info.Digest]; ok {
 		old := el.Value.(*hotEntry)
 		old.markUsed()
-		if old.holds(body) { // put there since the look above
+		if old.holds(body) && old.info.MediaType == info.MediaType { // put there since the look above
 			return
+		}
+		if body == nil {
+			body = old.body // the record's type was corrected: the body stays
 		}
 		// The body joins metadata a hit has just read: in use, and at
 		// the front, as far from the hand as a new entry.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"errors"
@@ -445,4 +446,52 @@ func TestHotStoreEvictsUnderConstantHits(t *testing.T) {
 	}
 	close(stop)
 	hitters.Wait()
+}
+
+// TestGenericManifestTypeCorrected: a manifest the cache recorded with
+// the generic type (fetched through /blobs/ first, or re-indexed by an
+// older release) is served by digest with its own media type, which the
+// record then keeps, also when the hot cache already held its metadata.
+// Before, it went out as application/octet-stream, which clients refuse.
+func TestGenericManifestTypeCorrected(t *testing.T) {
+	store := tempStore(t)
+	const docker = "application/vnd.docker.distribution.manifest.v2+json"
+	body := []byte(`{"schemaVersion":2,"mediaType":"` + docker + `","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"` +
+		digest.FromString("c").String() + `","size":1},"layers":[]}`)
+	d := digest.FromBytes(body)
+	if _, err := store.Put(d, "application/octet-stream", body); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Registries: []Upstream{unreachable(t, "docker.io")}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := serveOnce(s, "HEAD", "/v2/library/x/blobs/"+d.String(), "127.0.0.1"); r.StatusCode() != 200 {
+		t.Fatalf("blob HEAD: %d", r.StatusCode())
+	}
+	for i := range 2 {
+		r := serveOnce(s, "GET", "/v2/library/x/manifests/"+d.String(), "127.0.0.1", "Accept", docker)
+		if r.StatusCode() != 200 || string(r.Header.ContentType()) != docker || !bytes.Equal(r.Body(), body) {
+			t.Fatalf("GET %d: %d, Content-Type %q", i, r.StatusCode(), r.Header.ContentType())
+		}
+	}
+	if info, err := store.Stat(d); err != nil || info.MediaType != docker {
+		t.Errorf("the record says %q (%v), want %q", info.MediaType, err, docker)
+	}
+
+	// A manifest kept hot with the generic type, stored again with its
+	// own: the hot entry takes the corrected type.
+	other := append([]byte(nil), body...)
+	other = append(other, ' ')
+	od := digest.FromBytes(other)
+	hot := newHotStore(store, 1<<20)
+	if _, err := hot.Put(od, "application/octet-stream", other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hot.Put(od, docker, other); err != nil {
+		t.Fatal(err)
+	}
+	if _, info, err := hot.ReadAll(od, 1<<20); err != nil || info.MediaType != docker {
+		t.Errorf("the hot entry says %q (%v), want %q", info.MediaType, err, docker)
+	}
 }
