@@ -124,8 +124,10 @@ type Options struct {
 	MaxFills int
 	// MaxFillsPerClient is MaxFills for the fills one client address
 	// started (answered 429). The mirror's own pulls (internal token) and
-	// verified peers are not counted here. Default (0)
-	// DefaultMaxFillsPerClient; negative: no cap.
+	// verified peers are not counted here. Behind a reverse proxy every
+	// client has the proxy's address: cancelled pulls of all of them
+	// count together there. Default (0) DefaultMaxFillsPerClient;
+	// negative: no cap.
 	MaxFillsPerClient int
 	// PassThroughMemory bounds the memory of the windows of blobs streamed
 	// without caching (disk full, or too large to cache); a pass-through
