@@ -122,25 +122,27 @@ func pinCommand() *cli.Command {
 // pinName is the pin an argument of unpin names: an image's full reference,
 // a digest as it is (import pins an image it has no name for under its
 // digest), or a pin left by a command killed midway: a preload's
-// ("<image> (preloading)", as du counts it) or a large pin's being
-// assembled ("<image> (pinning)", see admin.Client.Pin).
+// ("<image> (preloading)", as du counts it) or the staging pin of a large
+// pin being assembled ("<image> (pinning <nonce>)", see admin.CutPinning),
+// of an image or of a preload.
 func pinName(arg string) (string, error) {
 	if _, err := digest.Parse(arg); err == nil {
 		return arg, nil
 	}
-	// A preload's pin may itself be assembled in parts: the suffixes come
-	// in this order.
-	image, suffix := arg, ""
-	for _, s := range []string{admin.PinningSuffix, airgap.PreloadingSuffix} {
-		if i, ok := strings.CutSuffix(image, s); ok {
-			image, suffix = i, s+suffix
-		}
+	image, staging := arg, ""
+	if pin, ok := admin.CutPinning(arg); ok {
+		image, staging = pin, arg[len(pin):]
 	}
+	image, preloading := strings.CutSuffix(image, airgap.PreloadingSuffix)
 	ref, err := parseOperand(image)
 	if err != nil {
 		return "", err
 	}
-	return ref.String() + suffix, nil
+	name := ref.String()
+	if preloading {
+		name += airgap.PreloadingSuffix
+	}
+	return name + staging, nil
 }
 
 func unpinCommand() *cli.Command {

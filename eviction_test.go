@@ -393,10 +393,12 @@ func TestUnpinADigestPin(t *testing.T) {
 	}
 	d := digest.FromString("an untagged image")
 	// And the pin a preload killed midway left (airgap.PreloadingSuffix),
-	// and those a client killed while it sent a large pin in parts left
-	// (admin.PinningSuffix), of an image and of a preload.
+	// and the staging pins a client killed while it sent a large pin in
+	// parts left (admin.CutPinning), of an image and of a preload, and
+	// as a client of the previous release named them.
 	preloading := "docker.io/library/app:1" + airgap.PreloadingSuffix
-	pinning := []string{"docker.io/library/app:1" + admin.PinningSuffix, preloading + admin.PinningSuffix}
+	const staging = " (pinning 0123456789abcdef)"
+	pinning := []string{"docker.io/library/app:1" + staging, preloading + staging, "docker.io/library/app:1 (pinning)"}
 	for _, name := range append([]string{d.String(), preloading}, pinning...) {
 		if err := st.Ops.Pin(context.Background(), name, []digest.Digest{d}); err != nil {
 			t.Fatal(err)
@@ -405,8 +407,8 @@ func TestUnpinADigestPin(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{d.String(), "app:1" + airgap.PreloadingSuffix, "app:1" + admin.PinningSuffix,
-		"app:1" + airgap.PreloadingSuffix + admin.PinningSuffix} {
+	for _, name := range []string{d.String(), "app:1" + airgap.PreloadingSuffix, "app:1" + staging,
+		"app:1" + airgap.PreloadingSuffix + staging, "app:1 (pinning)"} {
 		if out, err := runCLIErr("unpin", "--data-dir", cfg.DataDir, "--log-level", "warn", name); err != nil || !strings.Contains(out, "unpinned ") {
 			t.Fatalf("unpin %s: %v\n%s", name, err, out)
 		}

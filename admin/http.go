@@ -3,6 +3,8 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,27 +38,65 @@ type pinRequest struct {
 	Name    string          `json:"name"`
 	Digests []digest.Digest `json:"digests,omitempty"`
 	Ref     string          `json:"ref,omitempty"` // resolve this reference instead
-	// A pin too large for one request (the server reads at most 64 KiB of
-	// body) is sent in parts: Add adds Digests to the pin called Name, and
-	// From then replaces Name's digests with the pin From's, which goes.
-	Add  bool   `json:"add,omitempty"`
-	From string `json:"from,omitempty"`
 }
 
-// pinParts assembles a pin sent in parts (pinRequest.Add, From).
+// pinPart is a step of a pin too large for one request (the server reads
+// at most 64 KiB of body). POST pins/parts adds Digests to the staging pin
+// Name (creating it); POST pins/move then replaces Name's digests with
+// those of the staging pin From, which goes. They are endpoints of their
+// own, not fields of a pin request: a server without them answers 404,
+// where one that ignored the fields would replace the pin at each part.
+type pinPart struct {
+	Name    string          `json:"name"`
+	Digests []digest.Digest `json:"digests,omitempty"`
+	From    string          `json:"from,omitempty"`
+}
+
+// pinParts assembles a pin sent in parts (see pinPart).
 type pinParts interface {
 	AddToPin(ctx context.Context, name string, digests []digest.Digest) error
 	MovePin(ctx context.Context, from, to string) error
 }
 
-// PinningSuffix ends the name of the pin a Client assembles a large pin
-// under (see Client.Pin). A client killed midway leaves it; unpin given
-// the name removes it, and so does the next such pin of that name.
-const PinningSuffix = " (pinning)"
+// pinningInfix starts the suffix of a staging pin's name, which a run's
+// nonce and ")" end: each run assembles under a name of its own, so two
+// clients that pin the same image at once cannot mix (or remove) each
+// other's parts. A name that ends in " (pinning)", as a client of an
+// earlier release left one, is a staging pin too.
+const pinningInfix = " (pinning"
 
-// pinChunk is the most digests one pin request carries: ~38 KiB of JSON,
-// well under the server's 64 KiB request body limit.
-const pinChunk = 512
+// stagingPin is the name a run of Client.Pin assembles the pin name
+// under.
+func stagingPin(name string) (string, error) {
+	var nonce [8]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
+	}
+	return name + pinningInfix + " " + hex.EncodeToString(nonce[:]) + ")", nil
+}
+
+// CutPinning returns the pin a staging pin (the one a Client assembles a
+// large pin under, "<pin> (pinning <nonce>)") is for, and whether name is
+// one. A client killed midway leaves it: unpin given that name removes it.
+func CutPinning(name string) (pin string, ok bool) {
+	rest, ok := strings.CutSuffix(name, ")")
+	i := strings.LastIndex(rest, pinningInfix)
+	if !ok || i < 0 {
+		return "", false
+	}
+	nonce := rest[i+len(pinningInfix):]
+	if nonce != "" {
+		hexNonce, spaced := strings.CutPrefix(nonce, " ")
+		if _, err := hex.DecodeString(hexNonce); !spaced || hexNonce == "" || err != nil {
+			return "", false
+		}
+	}
+	return rest[:i], true
+}
+
+// maxPinBody is the most JSON one pin request carries: well under the
+// server's 64 KiB request body limit. A pin larger goes in parts.
+const maxPinBody = 60 << 10
 
 // Handler answers the operations over HTTP for requests that carry token
 // (see TokenFile). The caller may restrict further who reaches it (the
@@ -101,8 +141,10 @@ func OpenHandler(ops Ops) http.Handler {
 			reply(w, nil, fmt.Errorf("%w: a pin needs a name", ErrInvalidRef))
 			return
 		}
-		reply(w, struct{}{}, pin(r.Context(), ops, req))
+		reply(w, struct{}{}, ops.Pin(r.Context(), req.Name, req.Digests))
 	})
+	mux.HandleFunc("POST "+PathPrefix+"pins/parts", servePinParts(ops, addPinPart))
+	mux.HandleFunc("POST "+PathPrefix+"pins/move", servePinParts(ops, movePin))
 	mux.HandleFunc("DELETE "+PathPrefix+"pins", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, ops.Unpin(r.Context(), r.URL.Query().Get("name")))
 	})
@@ -118,22 +160,38 @@ func OpenHandler(ops Ops) http.Handler {
 	return mux
 }
 
-// pin carries out a pin request that names its digests, whole or in parts.
-func pin(ctx context.Context, ops Ops, req pinRequest) error {
-	if !req.Add && req.From == "" {
-		return ops.Pin(ctx, req.Name, req.Digests)
+// servePinParts answers a step of a pin sent in parts (see pinPart).
+func servePinParts(ops Ops, step func(context.Context, pinParts, pinPart) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		parts, ok := ops.(pinParts)
+		if !ok {
+			reply(w, nil, fmt.Errorf("%w: this server takes a pin in one request only", ErrInvalidRef))
+			return
+		}
+		var req pinPart
+		if err := json.NewDecoder(io.LimitReader(r.Body, 16<<20)).Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("%w: request body: %v", ErrInvalidRef, err))
+			return
+		}
+		reply(w, struct{}{}, step(r.Context(), parts, req))
 	}
-	parts, ok := ops.(pinParts)
-	switch {
-	case !ok:
-		return fmt.Errorf("%w: this server takes a pin in one request only", ErrInvalidRef)
-	case req.Add && req.From != "":
-		return fmt.Errorf("%w: a pin request both adds and moves", ErrInvalidRef)
-	case req.Add:
-		return parts.AddToPin(ctx, req.Name, req.Digests)
-	default:
-		return parts.MovePin(ctx, req.From, req.Name)
+}
+
+// addPinPart adds a part to a staging pin; only a staging pin takes
+// parts, so no step of a pin in parts changes a pin an image has.
+func addPinPart(ctx context.Context, parts pinParts, req pinPart) error {
+	if _, ok := CutPinning(req.Name); !ok {
+		return fmt.Errorf("%w: %q is not a staging pin (\"<pin>%s <nonce>)\")", ErrInvalidRef, req.Name, pinningInfix)
 	}
+	return parts.AddToPin(ctx, req.Name, req.Digests)
+}
+
+// movePin replaces a pin with the staging pin assembled for it.
+func movePin(ctx context.Context, parts pinParts, req pinPart) error {
+	if pin, ok := CutPinning(req.From); !ok || pin != req.Name || req.Name == "" {
+		return fmt.Errorf("%w: %q is not a staging pin of %q", ErrInvalidRef, req.From, req.Name)
+	}
+	return parts.MovePin(ctx, req.From, req.Name)
 }
 
 func reply(w http.ResponseWriter, v any, err error) {
@@ -237,7 +295,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if resp.StatusCode != http.StatusOK {
 		var eb errorBody
 		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb) != nil || eb.Error == "" {
-			return fmt.Errorf("%w: %s %s answered %s", ErrUnavailable, method, path, resp.Status)
+			err := fmt.Errorf("%w: %s %s answered %s", ErrUnavailable, method, path, resp.Status)
+			if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+				return noEndpoint{err}
+			}
+			return err
 		}
 		if sentinel, ok := errorKinds[eb.Kind]; ok {
 			return kindError{sentinel, eb.Error}
@@ -249,6 +311,12 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
+
+// noEndpoint is a 404 or 405 without an operation's error: the server
+// (of an earlier release) has no such endpoint.
+type noEndpoint struct{ error }
+
+func (e noEndpoint) Unwrap() error { return e.error }
 
 // kindError is a server's error as its text says it, matching its
 // sentinel with errors.Is. The server's text already starts with the
@@ -288,34 +356,71 @@ func (c *Client) Images(ctx context.Context) ([]Image, error) {
 	return imgs, err
 }
 
-// Pin implements Ops. A pin of more than pinChunk digests is assembled
-// under a pin of its own (name+PinningSuffix), a part at a time, and then
-// moved onto name in one step: the old pin of that name holds its digests
-// until the new one is whole, and a failure midway leaves it as it was.
+// Pin implements Ops. A pin whose request would exceed maxPinBody is
+// assembled under a staging pin of this run's own (see CutPinning), a
+// part at a time, and then moved onto name in one step: the old pin of
+// that name holds its digests until the new one is whole, and a failure
+// midway leaves it as it was. A server too old for parts is sent the one
+// request, which it refuses if too large (413): an error, never a pin
+// emptied or cut short.
 func (c *Client) Pin(ctx context.Context, name string, digests []digest.Digest) error {
-	if len(digests) <= pinChunk {
-		return c.postPin(ctx, pinRequest{Name: name, Digests: digests})
+	body, err := json.Marshal(pinRequest{Name: name, Digests: digests})
+	if err != nil {
+		return err
 	}
-	staging := name + PinningSuffix
-	err := c.postPin(ctx, pinRequest{Name: staging, Digests: digests[:pinChunk]})
-	for rest := digests[pinChunk:]; err == nil && len(rest) > 0; {
-		part := rest[:min(len(rest), pinChunk)]
-		rest = rest[len(part):]
-		err = c.postPin(ctx, pinRequest{Name: staging, Digests: part, Add: true})
+	if len(body) <= maxPinBody {
+		return c.do(ctx, http.MethodPost, PathPrefix+"pins", json.RawMessage(body), nil)
 	}
-	if err == nil {
-		return c.postPin(ctx, pinRequest{Name: name, From: staging})
+	err = c.pinInParts(ctx, name, digests)
+	if errors.As(err, new(noEndpoint)) {
+		return c.do(ctx, http.MethodPost, PathPrefix+"pins", json.RawMessage(body), nil)
 	}
-	// What was assembled goes (best effort, even when ctx is done); one
-	// left behind is replaced by the next pin of name that comes in parts.
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	_ = c.Unpin(uctx, staging)
 	return err
 }
 
-func (c *Client) postPin(ctx context.Context, req pinRequest) error {
-	return c.do(ctx, http.MethodPost, PathPrefix+"pins", req, nil)
+// pinInParts sends a pin in parts. It fails with noEndpoint, and has
+// changed nothing, when the server has no endpoint for parts.
+func (c *Client) pinInParts(ctx context.Context, name string, digests []digest.Digest) error {
+	staging, err := stagingPin(name)
+	if err != nil {
+		return err
+	}
+	nameJSON, err := json.Marshal(staging)
+	if err != nil {
+		return err
+	}
+	// Room for the part's digests: the staging name and the JSON around
+	// them take the rest.
+	room := maxPinBody - len(nameJSON) - 64
+	for i, rest := 0, digests; len(rest) > 0; i++ {
+		n, size := 1, len(rest[0])+3
+		for ; n < len(rest) && size+len(rest[n])+3 <= room; n++ {
+			size += len(rest[n]) + 3
+		}
+		err = c.do(ctx, http.MethodPost, PathPrefix+"pins/parts", pinPart{Name: staging, Digests: rest[:n]}, nil)
+		if err != nil && i == 0 && errors.As(err, new(noEndpoint)) {
+			return err // nothing assembled
+		}
+		if err != nil {
+			break
+		}
+		rest = rest[n:]
+	}
+	if err == nil {
+		err = c.do(ctx, http.MethodPost, PathPrefix+"pins/move", pinPart{Name: name, From: staging}, nil)
+	}
+	if err == nil {
+		return nil
+	}
+	// What was assembled goes (best effort, even when ctx is done). The
+	// name is this run's alone: no other run's parts go with it.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = c.Unpin(uctx, staging)
+	if ne := (noEndpoint{}); errors.As(err, &ne) {
+		return ne.error // not for Pin to send the pin whole after all
+	}
+	return err
 }
 
 // PinRef implements Ops.
