@@ -379,3 +379,26 @@ func (s Source) Open(d digest.Digest) (io.ReadCloser, int64, error) {
 	}
 	return rc, info.Size, nil
 }
+
+// DropStagingPins removes the staging pins (see CutPinning) a store holds.
+// Each belongs to a run of a client against the server that had the data
+// dir: when the data dir is opened none runs, so any found was left by a
+// run killed midway, and would keep its digests from eviction for good.
+func DropStagingPins(s Store, log *slog.Logger) error {
+	var left []string
+	if err := s.Pins(func(name string, _ []digest.Digest) error {
+		if _, ok := CutPinning(name); ok {
+			left = append(left, name)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, name := range left {
+		if err := s.DeletePin(name); err != nil && !errors.Is(err, cache.ErrNotFound) {
+			return err
+		}
+		log.Warn("removed the staging pin of a pin sent in parts whose run did not finish", "pin", name)
+	}
+	return nil
+}

@@ -125,6 +125,9 @@ func (st *Stack) startEviction(o Options) error {
 	if err != nil {
 		return err
 	}
+	if err := admin.DropStagingPins(st.Store, log); err != nil {
+		return err
+	}
 	pinned, err := admin.PinnedDigests(st.Store)
 	if err != nil {
 		return err
