@@ -81,8 +81,9 @@ type Options struct {
 	// Admins may use the management API remotely.
 	Admins []string
 	// RatePerClient is requests per second per user (per address for
-	// Anonymous and unidentified clients); 0 = no limit. Bursts of one
-	// second's worth (at least 1) pass.
+	// Anonymous), and failed password verifications per second per address;
+	// 0 = no limit. Bursts of one second's worth (at least 1) pass. A
+	// request without credentials is not counted: it costs a 401.
 	RatePerClient float64
 	// Rules, in order; see the package documentation.
 	Rules []Rule
@@ -155,6 +156,7 @@ func New(opts Options) (*Control, error) {
 	c.creds.refused = map[[32]byte]credEntry{}
 	c.creds.flights = map[[32]byte]*credFlight{}
 	c.fails.entries = map[string]*failure{}
+	c.fails.turnWait = failTurnWait
 	var errs []error
 	if opts.HtpasswdFile != "" {
 		h, err := openHtpasswd(opts.HtpasswdFile, opts.Now)
@@ -299,17 +301,16 @@ func (c *Control) Identify(cl Client) (string, error) {
 	if sentPassword && (chk.turn != nil || user == "") {
 		c.fails.end(chk.turn, addrOf(), user == "", c.opts.Now())
 	}
-	if c.limits != nil {
-		key, byAddr := "user:"+user, user == Anonymous || user == ""
-		if byAddr {
+	// An unidentified client is not charged: its 401 is cheap, and Docker
+	// clients behind one NAT each knock once before logging in. What it
+	// can cost, a failed verification, checkPassword charges.
+	if c.limits != nil && user != "" {
+		key := "user:" + user
+		if user == Anonymous {
 			key = "ip:" + addrOf()
 		}
-		// An address that paid for verifying its credential does not pay
-		// again for being anonymous or unidentified.
-		if !(byAddr && chk.charged) {
-			if wait := c.limits.take(key, c.opts.Now()); wait > 0 {
-				return user, &RateLimitError{RetryAfter: wait}
-			}
+		if wait := c.limits.take(key, c.opts.Now()); wait > 0 {
+			return user, &RateLimitError{RetryAfter: wait}
 		}
 	}
 	if user == "" {
@@ -401,8 +402,6 @@ func (c *Control) trusted(ip net.IP) bool {
 // credCheck is what checking a Basic credential found.
 type credCheck struct {
 	ok bool
-	// charged: the address's rate paid for a failed verification.
-	charged bool
 	// turn is the address's verification slot (see failures), held until
 	// Identify has counted the failure, if any.
 	turn *failure
@@ -412,37 +411,45 @@ type credCheck struct {
 // verified (or refused) lately, by waiting for the verification of the same
 // credential already running, else with bcrypt, against a dummy hash for
 // an unknown user so that the answer takes as long either way. Before
-// bcrypt runs the address must have a request of its rate left and must
-// get a turn (see failures); either can refuse it with a *RateLimitError.
-// At most cap(bcryptSlots) comparisons run at once; the others wait.
+// bcrypt runs the address must get a turn (see failures) and have a failed
+// verification of its rate left; either can refuse it with a
+// *RateLimitError. At most cap(bcryptSlots) comparisons run at once; the
+// others wait.
 func (c *Control) checkPassword(addrOf func() string, user, password string) (credCheck, error) {
 	tbl := c.users.table()
 	k := c.creds.keyOf(user, password)
-	fl, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
-	if found {
+	fl, own, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
+	switch {
+	case found:
 		return credCheck{ok: ok}, nil
-	}
-	if fl != nil {
+	case !own:
 		<-fl.done
-		return credCheck{ok: fl.ok}, nil
+		return credCheck{ok: fl.ok}, fl.err
 	}
-	addr := addrOf()
-	// A verification is refused when the address is out of requests, and
-	// a failed one costs it a request: it cannot guess faster than its
-	// rate, while users logging in from one address (NAT, a CI farm) do
-	// not use up its budget.
+	chk, err := c.verify(addrOf(), tbl, user, password)
+	c.creds.land(k, fl, chk.ok, err, c.opts.Now())
+	return chk, err
+}
+
+// verify runs bcrypt for addr once it has a turn and its rate allows.
+func (c *Control) verify(addr string, tbl *userTable, user, password string) (credCheck, error) {
 	var chk credCheck
-	if c.limits != nil {
-		if wait := c.limits.due("ip:"+addr, c.opts.Now()); wait > 0 {
-			return chk, &RateLimitError{RetryAfter: wait}
-		}
-	}
-	turn, wait, err := c.fails.begin(addr, c.opts.Now())
+	turn, wait, err := c.fails.begin(addr, c.opts.Now)
 	if err != nil {
 		return chk, err
 	}
+	// Only failed verifications cost the address a request, in a bucket
+	// of their own: it cannot guess faster than its rate, while users
+	// logging in from one address (NAT, a CI farm) and anonymous pulls do
+	// not use up each other's budget. The turn makes the check and the
+	// charge below one step once the address is past its free failures.
+	if c.limits != nil {
+		if due := c.limits.due("fail:"+addr, c.opts.Now()); due > 0 {
+			c.fails.end(turn, addr, false, c.opts.Now())
+			return chk, &RateLimitError{RetryAfter: due, failedLogins: true}
+		}
+	}
 	chk.turn = turn
-	fl = c.creds.fly(k, tbl.gen)
 	if wait > 0 {
 		c.opts.Sleep(wait)
 	}
@@ -453,10 +460,8 @@ func (c *Control) checkPassword(addrOf func() string, user, password string) (cr
 	c.bcryptSlots <- struct{}{}
 	chk.ok = bcryptMatch(hash, password) && known
 	<-c.bcryptSlots
-	c.creds.land(k, fl, chk.ok, c.opts.Now())
 	if !chk.ok && c.limits != nil {
-		c.limits.charge("ip:"+addr, c.opts.Now())
-		chk.charged = true
+		c.limits.charge("fail:"+addr, c.opts.Now())
 	}
 	return chk, nil
 }
@@ -476,22 +481,31 @@ func parseBasic(h string) (user, password string, ok bool) {
 }
 
 // failures counts failed logins per address and hands out the address's
-// turns to verify a password. The first failFree verifications go at once
-// (those in flight count as failures to be, so that many parallel
-// connections cannot all slip under the threshold); past failFree failures
-// within failWindow, one at a time, each after a wait doubling from
-// failBase up to failMaxDelay. A request that finds a turn taken is
-// refused at once (retry after the wait) rather than queued: connections
-// piling up on an address would each wait and then all verify together.
+// turns to verify a password. An address without failures within
+// failWindow verifies as many at once as it sends (a NAT's users logging
+// in together; the proxy's per-address connection cap bounds them). Once it
+// has failed, those in flight count as failures to be, so that parallel
+// connections cannot slip under the threshold: failFree at once; past
+// failFree failures, one at a time, each after a wait doubling from
+// failBase up to failMaxDelay. A request that finds no turn free waits for
+// one to come back rather than being refused, so that users sharing the
+// address with a guesser still get in; only after turnWait is it refused.
 type failures struct {
-	mu      sync.Mutex
-	entries map[string]*failure
+	mu       sync.Mutex
+	entries  map[string]*failure
+	turnWait time.Duration
+	// onWait, when set, is told each time a request starts waiting for a
+	// turn; tests synchronise on it.
+	onWait func()
 }
 
 type failure struct {
 	n         int // failed logins, the last at last
 	last      time.Time
 	verifying int // turns out
+	// freed, when not nil, is closed when a turn comes back; those waiting
+	// for one select on it.
+	freed chan struct{}
 }
 
 const (
@@ -499,25 +513,58 @@ const (
 	failWindow   = 5 * time.Minute
 	failBase     = 100 * time.Millisecond
 	failMaxDelay = 5 * time.Second
+	// failTurnWait bounds how long a request waits for its address's
+	// turn: enough for the holder's longest back-off and its bcrypt.
+	failTurnWait = failMaxDelay + 5*time.Second
 	maxFailAddrs = 10000
 )
 
-// begin takes a turn for addr: how long to wait before verifying, and the
-// turn to give back to end; a *RateLimitError when another is out.
-func (f *failures) begin(addr string, now time.Time) (*failure, time.Duration, error) {
+// begin takes a turn for addr, waiting for one to come back when none is
+// free: how long to wait before verifying, and the turn to give back to
+// end; a *RateLimitError when none came back within turnWait.
+func (f *failures) begin(addr string, now func() time.Time) (*failure, time.Duration, error) {
+	var timeout <-chan time.Time
+	for {
+		turn, wait, freed := f.take(addr, now())
+		if freed == nil {
+			return turn, wait, nil
+		}
+		if f.onWait != nil {
+			f.onWait()
+		}
+		if timeout == nil {
+			t := time.NewTimer(f.turnWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-freed:
+		case <-timeout:
+			return nil, 0, &RateLimitError{RetryAfter: wait, failedLogins: true}
+		}
+	}
+}
+
+// take is begin's one attempt: the turn and wait, or, when no turn is
+// free, the channel closed when one comes back (and the wait it would
+// have).
+func (f *failures) take(addr string, now time.Time) (*failure, time.Duration, chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.entry(addr, now)
 	if e == nil {
 		return nil, 0, nil // under attack from many addresses: each still pays bcrypt
 	}
-	if e.n+e.verifying < failFree {
+	if e.n == 0 || e.n+e.verifying < failFree {
 		e.verifying++
 		return e, 0, nil
 	}
 	wait := min(failBase<<min(max(e.n-failFree, 0), 16), failMaxDelay)
 	if e.verifying > 0 {
-		return nil, 0, &RateLimitError{RetryAfter: wait, failedLogins: true}
+		if e.freed == nil {
+			e.freed = make(chan struct{})
+		}
+		return nil, wait, e.freed
 	}
 	e.verifying++
 	return e, wait, nil
@@ -529,6 +576,10 @@ func (f *failures) end(turn *failure, addr string, failed bool, now time.Time) {
 	defer f.mu.Unlock()
 	if turn != nil {
 		turn.verifying-- // entries with turns out are never dropped: turn is addr's
+		if turn.freed != nil {
+			close(turn.freed)
+			turn.freed = nil
+		}
 	}
 	if !failed {
 		return

@@ -27,11 +27,13 @@
 // push out the accepted ones): an unknown user is compared against a dummy
 // hash, so a wrong user name costs the same time as a wrong password.
 // Parallel requests with one credential share its verification. An address
-// gets five verifications at once (those in flight count as failures to
-// be); past five failures, one at a time, each waiting longer, and a
-// request that finds one in flight is refused (ErrRateLimited) at once. At
-// most GOMAXPROCS-1 (at least one) comparisons run at once, whatever the
-// addresses.
+// without failed logins verifies all it sends at once (users behind a NAT
+// logging in together); once it has failed, five at once (those in flight
+// count as failures to be); past five failures, one at a time, each waiting
+// longer. A request that finds no turn free waits for one, and is refused
+// (ErrRateLimited) only if none comes back within the longest wait plus
+// five seconds. At most GOMAXPROCS-1 (at least one) comparisons run at
+// once, whatever the addresses.
 //
 // Rules are ordered: the first rule whose users include the identity
 // decides. Within it a matching deny glob wins over a matching allow glob;
@@ -42,11 +44,12 @@
 // crosses them (see Glob).
 //
 // An optional per-client rate (requests per second, keyed by user name, or
-// by address for "anonymous" and unidentified clients) answers
-// ErrRateLimited above it. A password verification needs a request of the
-// address's rate left, and spends it only when it fails: an address cannot
-// guess faster than the rate, and users logging in from one address do not
-// use it up.
+// by address for "anonymous") answers ErrRateLimited above it. Failed
+// password verifications spend the same rate from a budget of their own per
+// address, and a verification needs one left: an address cannot guess
+// faster than the rate, while users logging in from one address and
+// anonymous pulls do not use it up. A request without credentials is not
+// counted: its ErrUnauthenticated is cheap, and Docker sends one first.
 //
 // The package knows nothing of HTTP servers: the proxy hands it the client's
 // address, Authorization header and verified certificate name (Client) and

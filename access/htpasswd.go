@@ -176,8 +176,9 @@ type credEntry struct {
 
 type credFlight struct {
 	gen  uint64
-	done chan struct{} // closed once ok is set
+	done chan struct{} // closed once ok and err are set
 	ok   bool
+	err  error // the verification was refused (not run)
 }
 
 // maxCredEntries bounds each of accepted and refused; past it expired
@@ -200,40 +201,38 @@ func (c *credCache) keyOf(user, password string) [sha256.Size]byte {
 }
 
 // lookup finds k's verdict (found), else the verification of k running
-// (fl), else neither.
-func (c *credCache) lookup(k [sha256.Size]byte, gen uint64, now time.Time) (fl *credFlight, ok, found bool) {
+// (fl), else records that the caller verifies k (fl, own): in one critical
+// section, so that two requests with one credential never both verify it.
+func (c *credCache) lookup(k [sha256.Size]byte, gen uint64, now time.Time) (fl *credFlight, own, ok, found bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, in := c.accepted[k]; in && e.gen == gen && now.Before(e.expires) {
-		return nil, true, true
+		return nil, false, true, true
 	}
 	if e, in := c.refused[k]; in && e.gen == gen && now.Before(e.expires) {
-		return nil, false, true
+		return nil, false, false, true
 	}
 	if fl := c.flights[k]; fl != nil && fl.gen == gen {
-		return fl, false, false
+		return fl, false, false, false
 	}
-	return nil, false, false
-}
-
-// fly records that k is being verified.
-func (c *credCache) fly(k [sha256.Size]byte, gen uint64) *credFlight {
-	fl := &credFlight{gen: gen, done: make(chan struct{})}
-	c.mu.Lock()
+	fl = &credFlight{gen: gen, done: make(chan struct{})}
 	c.flights[k] = fl
-	c.mu.Unlock()
-	return fl
+	return fl, true, false, false
 }
 
-// land keeps fl's verdict and hands it to those waiting.
-func (c *credCache) land(k [sha256.Size]byte, fl *credFlight, ok bool, now time.Time) {
+// land hands fl's outcome to those waiting and keeps its verdict; a
+// refusal (err) is not a verdict and is not kept.
+func (c *credCache) land(k [sha256.Size]byte, fl *credFlight, ok bool, err error, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.flights[k] == fl {
 		delete(c.flights, k)
 	}
-	fl.ok = ok
+	fl.ok, fl.err = ok, err
 	close(fl.done)
+	if err != nil {
+		return
+	}
 	m := c.refused
 	if ok {
 		m = c.accepted

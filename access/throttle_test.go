@@ -39,11 +39,41 @@ func isFailedLoginRefusal(err error) bool {
 	return errors.As(err, &rl) && rl.failedLogins && rl.RetryAfter > 0
 }
 
-// Past the free failures an address gets one verification at a time:
-// parallel connections from it are refused at once instead of each waiting
-// the back-off and then all running bcrypt together.
+// overlappingCompares tracks the most bcrypt comparisons running at once.
+func overlappingCompares(t *testing.T) *atomic.Int64 {
+	var now, most atomic.Int64
+	orig := compareHash
+	compareHash = func(h, p []byte) error {
+		n := now.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		defer now.Add(-1)
+		return orig(h, p)
+	}
+	t.Cleanup(func() { compareHash = orig })
+	return &most
+}
+
+// countWaits counts the requests that start waiting for their address's
+// turn, closing all once there have been want.
+func countWaits(c *Control, want int32) (all chan struct{}) {
+	var n atomic.Int32
+	all = make(chan struct{})
+	c.fails.onWait = func() {
+		if n.Add(1) == want {
+			close(all)
+		}
+	}
+	return all
+}
+
+// Past the free failures an address gets one verification at a time, each
+// after its back-off: parallel connections from it wait for the turn
+// rather than all running bcrypt together, and rather than being refused,
+// so that a user sharing the address with a guesser still gets in.
 func TestFailedLoginsOneVerificationPerAddress(t *testing.T) {
 	n := countCompares(t)
+	most := overlappingCompares(t)
 	clk := testclock.New()
 	var sleeps atomic.Int32
 	asleep, wake := make(chan struct{}), make(chan struct{})
@@ -58,6 +88,9 @@ func TestFailedLoginsOneVerificationPerAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.bcryptSlots = make(chan struct{}, 64) // any overlap would be the address's, not the global cap's
+	const parallel = 50
+	waiting := countWaits(c, parallel+1)
 	attacker := net.ParseIP("203.0.113.66")
 	if _, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); err != nil {
 		t.Fatal(err) // ci logs in before the attack: cached from here on
@@ -71,88 +104,227 @@ func TestFailedLoginsOneVerificationPerAddress(t *testing.T) {
 		first <- err
 	}()
 	<-asleep // the address's turn is out, waiting its back-off
-	var wg sync.WaitGroup
-	var refused atomic.Int32
-	for i := range 50 {
-		wg.Go(func() {
+	// Each of the parallel requests, and bob's, says when it is answered.
+	done := make(chan error, parallel+1)
+	for i := range parallel {
+		go func() {
 			_, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", fmt.Sprint("parallel", i))})
-			if isFailedLoginRefusal(err) && errors.Is(err, ErrRateLimited) {
-				refused.Add(1)
+			if !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrRateLimited) {
+				err = fmt.Errorf("parallel guess %d: %v, want ErrUnauthenticated after its turn", i, err)
+			} else {
+				err = nil
 			}
-		})
+			done <- err
+		}()
 	}
-	wg.Wait()
-	if got := refused.Load(); got != 50 {
-		t.Errorf("%d of 50 parallel guesses refused with a retry time while the address's turn was out, want all", got)
+	// A correct password not yet verified waits its turn too.
+	go func() {
+		u, err := c.Identify(Client{IP: attacker, Authorization: basic("bob", "bobpw")})
+		if err != nil || u != "bob" {
+			err = fmt.Errorf("bob's login from the address, waiting its turn: %q, %v", u, err)
+		}
+		done <- err
+	}()
+	select {
+	case <-waiting:
+	case err := <-done:
+		t.Fatalf("a request was answered while the address's turn was out: %v", err)
 	}
-	// A correct password not yet verified waits its turn too; ci's cached
-	// one is not held up.
-	if _, err := c.Identify(Client{IP: attacker, Authorization: basic("bob", "bobpw")}); !isFailedLoginRefusal(err) {
-		t.Errorf("a new credential from the address while its turn was out: %v, want a failed-login refusal", err)
-	}
+	// ci's cached credential is not held up.
 	if u, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); err != nil || u != "ci" {
 		t.Errorf("a cached credential from the address: %q, %v", u, err)
+	}
+	if got, want := n.Load(), int64(1+failFree); got != want {
+		t.Errorf("bcrypt ran %d times while the turn was out, want %d (the login and the free failures)", got, want)
 	}
 	close(wake)
 	if err := <-first; !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("the guess that had the turn: %v, want ErrUnauthenticated", err)
 	}
-	if got, want := n.Load(), int64(1+failFree+1); got != want {
-		t.Fatalf("bcrypt ran %d times, want %d (the login, the free failures, the one turn)", got, want)
+	for range parallel + 1 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
 	}
-	if got := sleeps.Load(); got != 1 {
-		t.Fatalf("%d requests waited the back-off, want 1", got)
+	if got := most.Load(); got != 1 {
+		t.Errorf("%d verifications from the address ran at once, want 1", got)
 	}
-	// With the turn back, the next one waits and verifies.
-	if u, err := c.Identify(Client{IP: attacker, Authorization: basic("bob", "bobpw")}); err != nil || u != "bob" {
-		t.Fatalf("after the turn came back: %q, %v", u, err)
+	if got, want := n.Load(), int64(1+failFree+1+parallel+1); got != want {
+		t.Errorf("bcrypt ran %d times, want %d (one per credential)", got, want)
+	}
+	if got, want := sleeps.Load(), int32(1+parallel+1); got != want {
+		t.Errorf("%d verifications waited a back-off, want %d (every one past the free failures)", got, want)
 	}
 }
 
-// Verifications in flight count against the free failures: a fresh
-// address opening many connections at once gets failFree guesses, not one
-// per connection. Parallel requests with one credential share a
-// verification.
-func TestParallelLoginsFromOneAddress(t *testing.T) {
+// A request that cannot get its address's turn within turnWait is refused
+// with a retry time, without running bcrypt.
+func TestFailedLoginTurnWaitBounded(t *testing.T) {
+	n := countCompares(t)
+	clk := testclock.New()
+	var sleeps atomic.Int32
+	asleep, wake := make(chan struct{}), make(chan struct{})
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Now: clk.Now,
+		Sleep: func(time.Duration) {
+			if sleeps.Add(1) == 1 {
+				close(asleep)
+				<-wake
+			}
+		},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.fails.turnWait = 20 * time.Millisecond
+	attacker := net.ParseIP("203.0.113.66")
+	for i := range failFree {
+		c.Identify(Client{IP: attacker, Authorization: basic("ci", fmt.Sprint("guess", i))})
+	}
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "guess-first")})
+		first <- err
+	}()
+	<-asleep
+	before := n.Load()
+	if _, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); !isFailedLoginRefusal(err) || !errors.Is(err, ErrRateLimited) {
+		t.Errorf("a login that never got the turn: %v, want a failed-login refusal with a retry time", err)
+	}
+	if n.Load() != before {
+		t.Error("bcrypt ran for a request that never got the turn")
+	}
+	close(wake)
+	<-first
+	if u, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); err != nil || u != "ci" {
+		t.Fatalf("the refused credential was remembered: %q, %v", u, err)
+	}
+}
+
+// An address that has not failed verifies all the logins it sends at
+// once: users behind one NAT logging in together are never refused.
+// Parallel requests with one credential share a verification.
+func TestParallelFirstLoginsFromOneAddress(t *testing.T) {
+	n, entered, release := gatedCompares(t)
+	const users = failFree + 3
+	var pairs, names []string
+	for i := range users {
+		pairs = append(pairs, fmt.Sprint("u", i), fmt.Sprint("heldpw", i))
+		names = append(names, fmt.Sprint("u", i))
+	}
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, pairs...), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: names, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.bcryptSlots = make(chan struct{}, users) // the global cap is not under test here
+	nat := net.ParseIP("198.51.100.7")
+	login := func(i int) error {
+		u, err := c.Identify(Client{IP: nat, Authorization: basic(fmt.Sprint("u", i), fmt.Sprint("heldpw", i))})
+		if err == nil && u != fmt.Sprint("u", i) {
+			err = fmt.Errorf("identified as %q", u)
+		}
+		return err
+	}
+	done := make(chan error, 2*users)
+	for i := range users {
+		go func() { done <- login(i) }()
+	}
+	for range users {
+		select {
+		case <-entered:
+		case err := <-done:
+			t.Fatalf("a login from a fresh address did not wait for the others' verifications: %v", err)
+		}
+	}
+	// The same credential as one in flight waits for its verdict.
+	for range users {
+		go func() { done <- login(0) }()
+	}
+	release()
+	for range 2 * users {
+		if err := <-done; err != nil {
+			t.Errorf("a login from the shared address: %v", err)
+		}
+	}
+	if got := n.Load(); got != users {
+		t.Fatalf("bcrypt ran %d times, want %d", got, users)
+	}
+}
+
+// Once an address has failed, verifications in flight count against the
+// free failures: parallel connections cannot all slip under the threshold.
+func TestParallelLoginsAfterAFailure(t *testing.T) {
 	n, entered, release := gatedCompares(t)
 	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
 		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.bcryptSlots = make(chan struct{}, failFree) // the global cap is not under test here
+	c.bcryptSlots = make(chan struct{}, 64)
+	const more = 10
+	waiting := countWaits(c, more)
 	ip := net.ParseIP("203.0.113.5")
-	var held sync.WaitGroup
-	for i := range failFree {
-		held.Go(func() { c.Identify(Client{IP: ip, Authorization: basic("ci", fmt.Sprint("held", i))}) })
+	c.Identify(Client{IP: ip, Authorization: basic("ci", "typo")})
+	done := make(chan error, failFree+more)
+	guess := func(i int) {
+		_, err := c.Identify(Client{IP: ip, Authorization: basic("ci", fmt.Sprint("held", i))})
+		done <- err
+	}
+	for i := range failFree - 1 {
+		go guess(i)
 		<-entered
 	}
-	var wg sync.WaitGroup
-	var refused atomic.Int32
-	for i := range 20 {
-		wg.Go(func() {
-			if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", fmt.Sprint("more", i))}); isFailedLoginRefusal(err) {
-				refused.Add(1)
-			}
-		})
+	for i := range more {
+		go guess(failFree + i)
 	}
-	wg.Wait()
-	if got := refused.Load(); got != 20 {
-		t.Errorf("with %d verifications in flight, %d of 20 more from the address were refused, want all", failFree, got)
-	}
-	// The same credential as one in flight waits for its verdict.
-	for range 10 {
-		wg.Go(func() {
-			if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "held0")}); !errors.Is(err, ErrUnauthenticated) {
-				t.Errorf("a request sharing a verification: %v, want ErrUnauthenticated", err)
-			}
-		})
+	select {
+	case <-waiting:
+	case <-entered:
+		t.Fatalf("more than %d verifications from an address with a failure ran at once", failFree-1)
+	case err := <-done:
+		t.Fatalf("a request past the free failures did not wait for a turn: %v", err)
 	}
 	release()
-	held.Wait()
-	wg.Wait()
-	if got := n.Load(); got != failFree {
-		t.Fatalf("bcrypt ran %d times, want %d", got, failFree)
+	for range failFree - 1 + more {
+		if err := <-done; !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrRateLimited) {
+			t.Errorf("a guess: %v, want ErrUnauthenticated", err)
+		}
+	}
+	if got, want := n.Load(), int64(1+failFree-1+more); got != want {
+		t.Fatalf("bcrypt ran %d times, want %d", got, want)
+	}
+}
+
+// Requests with one credential arriving together run bcrypt once: the
+// first registers its verification in the same step as the cache lookup.
+func TestSameCredentialOneVerification(t *testing.T) {
+	n := countCompares(t)
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 40 {
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				<-start
+				ip := net.IPv4(198, 51, 100, byte(i))
+				if u, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "cipw")}); err != nil || u != "ci" {
+					t.Errorf("round %d: %q, %v", round, u, err)
+				}
+			})
+		}
+		before := n.Load()
+		close(start)
+		wg.Wait()
+		if got := n.Load() - before; got != 1 {
+			t.Fatalf("round %d: 16 requests with one credential ran bcrypt %d times, want 1", round, got)
+		}
+		c.creds.mu.Lock()
+		clear(c.creds.accepted)
+		c.creds.mu.Unlock()
 	}
 }
 
@@ -185,35 +357,48 @@ func TestBcryptBoundedGlobally(t *testing.T) {
 	wg.Wait()
 }
 
-// Clients that are not identified, and credentials about to be verified,
-// pay the per-address rate: a client cannot try passwords (or knock)
-// faster than rate_per_client.
-func TestRateLimitUnidentified(t *testing.T) {
+// rate_per_client charges an address for its failed password
+// verifications, in a bucket of their own, and for nothing else it does
+// unidentified: Docker's unauthenticated ping is always answered 401, so
+// clients behind one NAT can log in, and anonymous pulls do not use up
+// the budget that gates logins. A guesser still cannot try passwords
+// faster than the rate.
+func TestRatePerClientCountsFailedGuesses(t *testing.T) {
 	n := countCompares(t)
 	clk := testclock.New()
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw", "ann", "annpw", "bob", "bobpw"), TrustedNetworks: []string{"10.0.0.0/8"},
-		RatePerClient: 2, Now: clk.Now, Sleep: func(time.Duration) {},
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw", "ann", "annpw", "bob", "bobpw", "dan", "danpw"),
+		TrustedNetworks: []string{"10.0.0.0/8"}, RatePerClient: 2, Now: clk.Now, Sleep: func(time.Duration) {},
 		Rules: []Rule{{Users: []string{"*", "anonymous"}, Allow: []string{"**"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	nat := net.ParseIP("203.0.113.100")
+	for i := range 30 {
+		if _, err := c.Identify(Client{IP: nat}); !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrRateLimited) {
+			t.Fatalf("unauthenticated request %d from a shared address: %v, want ErrUnauthenticated", i, err)
+		}
+	}
 	// Logins that succeed do not spend the address's budget: users behind
 	// one NAT address each have their own rate.
-	nat := net.ParseIP("203.0.113.100")
 	for _, u := range []string{"ci", "ann", "bob"} {
 		if got, err := c.Identify(Client{IP: nat, Authorization: basic(u, u+"pw")}); err != nil || got != u {
-			t.Fatalf("%s logging in from a shared address: %q, %v", u, got, err)
+			t.Fatalf("%s logging in from a shared address after the pings: %q, %v", u, got, err)
 		}
 	}
-	knocker, guesser := net.ParseIP("203.0.113.1"), net.ParseIP("203.0.113.2")
-	for i := range 2 {
-		if _, err := c.Identify(Client{IP: knocker}); !errors.Is(err, ErrUnauthenticated) {
-			t.Fatalf("unidentified request %d within the rate: %v", i, err)
+	// Anonymous pulls from a trusted address use up its own bucket, not
+	// the one that lets a user log in from there.
+	office := net.ParseIP("10.0.0.9")
+	for i := 0; ; i++ {
+		if _, err := c.Identify(Client{IP: office}); errors.Is(err, ErrRateLimited) {
+			break
+		} else if err != nil || i > 10 {
+			t.Fatalf("anonymous pull %d: %v, want a rate limit within the burst", i, err)
 		}
 	}
-	if _, err := c.Identify(Client{IP: knocker}); !errors.Is(err, ErrRateLimited) {
-		t.Fatalf("unidentified client over the rate: %v, want ErrRateLimited", err)
+	if u, err := c.Identify(Client{IP: office, Authorization: basic("dan", "danpw")}); err != nil || u != "dan" {
+		t.Fatalf("a first login from an address anonymous pulls drained: %q, %v", u, err)
 	}
+	guesser := net.ParseIP("203.0.113.2")
 	for i := range 2 {
 		c.Identify(Client{IP: guesser, Authorization: basic("ci", fmt.Sprint("guess", i))})
 	}
@@ -226,16 +411,19 @@ func TestRateLimitUnidentified(t *testing.T) {
 	if n.Load() != before {
 		t.Fatal("bcrypt ran for a request over the rate")
 	}
-	// A trusted client forwarding its Hub login pays once per request,
-	// not once for the verification and again as anonymous.
-	trusted := Client{IP: net.ParseIP("10.0.0.9"), Authorization: basic("hubuser", "hubpw")}
+	if _, err := c.Identify(Client{IP: guesser}); !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrRateLimited) {
+		t.Fatalf("an unauthenticated request from the guesser: %v, want ErrUnauthenticated", err)
+	}
+	// A trusted client forwarding its Hub login is anonymous at the
+	// anonymous rate.
+	trusted := Client{IP: net.ParseIP("10.0.0.10"), Authorization: basic("hubuser", "hubpw")}
 	for i := range 2 {
 		if u, err := c.Identify(trusted); err != nil || u != Anonymous {
 			t.Fatalf("trusted request %d: %q, %v", i, u, err)
 		}
 	}
 	clk.Advance(time.Second)
-	if _, err := c.Identify(Client{IP: knocker}); !errors.Is(err, ErrUnauthenticated) {
-		t.Fatalf("a second later: %v", err)
+	if _, err := c.Identify(Client{IP: guesser, Authorization: basic("ci", "guess-4")}); !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrRateLimited) {
+		t.Fatalf("a guess a second later: %v, want it verified", err)
 	}
 }
