@@ -297,8 +297,11 @@ func (c *Control) Identify(cl Client) (string, error) {
 		user = Anonymous
 	}
 	// The failure is counted before the address's turn is given back, so
-	// that the next verification from there waits for it.
-	if sentPassword && (chk.turn != nil || user == "") {
+	// that the next verification from there waits for it. Only a password
+	// this request verified counts: one the cache already refused is no
+	// new guess (a client repeating a stale password would otherwise put
+	// its whole NAT into one-at-a-time checks).
+	if sentPassword && chk.turn != nil {
 		c.fails.end(chk.turn, addrOf(), user == "", c.opts.Now())
 	}
 	// An unidentified client is not charged: its 401 is cheap, and Docker

@@ -427,3 +427,27 @@ func TestRatePerClientCountsFailedGuesses(t *testing.T) {
 		t.Fatalf("a guess a second later: %v, want it verified", err)
 	}
 }
+
+// TestRepeatedRefusalIsOneFailure: a client repeating a password already
+// refused (a stale login in a config) makes one guess, not one per
+// request: its address does not pile up failures that would put everyone
+// behind it into one-at-a-time checks.
+func TestRepeatedRefusalIsOneFailure(t *testing.T) {
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := net.ParseIP("198.51.100.7")
+	for range 20 {
+		if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "old-password")}); !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("a stale password: %v", err)
+		}
+	}
+	c.fails.mu.Lock()
+	n := c.fails.entries[ip.String()].n
+	c.fails.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d failures counted for one password repeated, want 1", n)
+	}
+}
