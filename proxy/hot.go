@@ -90,6 +90,14 @@ type hotEntry struct {
 // a body is never replaced, nor added to by metadata only.
 func (e *hotEntry) holds(body []byte) bool { return e.body != nil || body == nil }
 
+// retyped reports whether a put of info with body corrects e's media type
+// (a manifest recorded with the generic type, named by its content since).
+// Only a put with the body does: metadata a blob request read before the
+// correction must not put the generic type back.
+func (e *hotEntry) retyped(info cache.BlobInfo, body []byte) bool {
+	return body != nil && e.info.MediaType != info.MediaType
+}
+
 // markUsed sets e's reference bit, writing only if it is not set yet.
 func (e *hotEntry) markUsed() {
 	if !e.used.Load() {
@@ -155,7 +163,7 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	// already: no lock, nothing to allocate. (An entry in the index is
 	// current: a removal takes it out.)
 	if v, ok := h.index.Load(info.Digest); ok {
-		if old := v.(*hotEntry); old.holds(body) && old.info.MediaType == info.MediaType {
+		if old := v.(*hotEntry); old.holds(body) && !old.retyped(info, body) {
 			old.markUsed()
 			return
 		}
@@ -171,11 +179,8 @@ func (h *hotStore) put(gen uint64, info cache.BlobInfo, body []byte) {
 	if el, ok := h.entries[info.Digest]; ok {
 		old := el.Value.(*hotEntry)
 		old.markUsed()
-		if old.holds(body) && old.info.MediaType == info.MediaType { // put there since the look above
+		if old.holds(body) && !old.retyped(info, body) { // put there since the look above
 			return
-		}
-		if body == nil {
-			body = old.body // the record's type was corrected: the body stays
 		}
 		// The body joins metadata a hit has just read: in use, and at
 		// the front, as far from the hand as a new entry.

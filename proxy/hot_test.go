@@ -494,4 +494,11 @@ func TestGenericManifestTypeCorrected(t *testing.T) {
 	if _, info, err := hot.ReadAll(od, 1<<20); err != nil || info.MediaType != docker {
 		t.Errorf("the hot entry says %q (%v), want %q", info.MediaType, err, docker)
 	}
+	// Metadata a blob request read before the correction, put after it,
+	// does not put the generic type back.
+	hs := hot.(*hotStore)
+	hs.put(hs.generation(), cache.BlobInfo{Digest: od, Size: int64(len(other)), MediaType: "application/octet-stream"}, nil)
+	if _, info, err := hot.ReadAll(od, 1<<20); err != nil || info.MediaType != docker {
+		t.Errorf("after a late metadata put the hot entry says %q (%v), want %q", info.MediaType, err, docker)
+	}
 }
