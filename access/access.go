@@ -421,17 +421,25 @@ type credCheck struct {
 func (c *Control) checkPassword(addrOf func() string, user, password string) (credCheck, error) {
 	tbl := c.users.table()
 	k := c.creds.keyOf(user, password)
-	fl, own, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
-	switch {
-	case found:
-		return credCheck{ok: ok}, nil
-	case !own:
-		<-fl.done
-		return credCheck{ok: fl.ok}, fl.err
+	for {
+		fl, own, ok, found := c.creds.lookup(k, tbl.gen, c.opts.Now())
+		switch {
+		case found:
+			return credCheck{ok: ok}, nil
+		case !own:
+			<-fl.done
+			if fl.err == nil {
+				return credCheck{ok: fl.ok}, nil
+			}
+			// Its verifier was refused for its own address (throttled,
+			// over its rate): this request, maybe from another address,
+			// verifies for itself.
+			continue
+		}
+		chk, err := c.verify(addrOf(), tbl, user, password)
+		c.creds.land(k, fl, chk.ok, err, c.opts.Now())
+		return chk, err
 	}
-	chk, err := c.verify(addrOf(), tbl, user, password)
-	c.creds.land(k, fl, chk.ok, err, c.opts.Now())
-	return chk, err
 }
 
 // verify runs bcrypt for addr once it has a turn and its rate allows.
@@ -485,10 +493,10 @@ func parseBasic(h string) (user, password string, ok bool) {
 
 // failures counts failed logins per address and hands out the address's
 // turns to verify a password. An address without failures within
-// failWindow verifies as many at once as it sends (a NAT's users logging
-// in together; the proxy's per-address connection cap bounds them). Once it
-// has failed, those in flight count as failures to be, so that parallel
-// connections cannot slip under the threshold: failFree at once; past
+// failWindow verifies up to freshParallel at once (a NAT's users logging
+// in together). Once it has failed, those in flight count as failures to
+// be, so that parallel connections cannot slip under the threshold:
+// failFree at once; past
 // failFree failures, one at a time, each after a wait doubling from
 // failBase up to failMaxDelay. A request that finds no turn free waits for
 // one to come back rather than being refused, so that users sharing the
@@ -516,6 +524,10 @@ const (
 	failWindow   = 5 * time.Minute
 	failBase     = 100 * time.Millisecond
 	failMaxDelay = 5 * time.Second
+	// freshParallel is how many verifications an address without
+	// failures runs at once: a NAT's users logging in together, and at
+	// most that many guesses before the first failure counts.
+	freshParallel = 16
 	// failTurnWait bounds how long a request waits for its address's
 	// turn: enough for the holder's longest back-off and its bcrypt.
 	failTurnWait = failMaxDelay + 5*time.Second
@@ -558,19 +570,28 @@ func (f *failures) take(addr string, now time.Time) (*failure, time.Duration, ch
 	if e == nil {
 		return nil, 0, nil // under attack from many addresses: each still pays bcrypt
 	}
-	if e.n == 0 || e.n+e.verifying < failFree {
+	// Below the threshold, verifications go at once up to a limit: a
+	// fresh address's (freshParallel) lets a NAT's users log in together,
+	// then those in flight count as failures to be, so that parallel
+	// connections cannot slip under the threshold. A request over the
+	// limit waits for a turn to come back. Past the threshold: one at a
+	// time, each after its back-off.
+	limit := failFree - e.n
+	if e.n == 0 {
+		limit = freshParallel
+	}
+	var wait time.Duration
+	if limit <= 0 {
+		limit, wait = 1, min(failBase<<min(e.n-failFree, 16), failMaxDelay)
+	}
+	if e.verifying < limit {
 		e.verifying++
-		return e, 0, nil
+		return e, wait, nil
 	}
-	wait := min(failBase<<min(max(e.n-failFree, 0), 16), failMaxDelay)
-	if e.verifying > 0 {
-		if e.freed == nil {
-			e.freed = make(chan struct{})
-		}
-		return nil, wait, e.freed
+	if e.freed == nil {
+		e.freed = make(chan struct{})
 	}
-	e.verifying++
-	return e, wait, nil
+	return nil, max(wait, failBase), e.freed
 }
 
 // end gives back turn (nil: none was taken) and counts a failed login.

@@ -26,8 +26,10 @@
 // changes; refusals are kept apart, so that a flood of wrong ones cannot
 // push out the accepted ones): an unknown user is compared against a dummy
 // hash, so a wrong user name costs the same time as a wrong password.
-// Parallel requests with one credential share its verification. An address
-// without failed logins verifies all it sends at once (users behind a NAT
+// Parallel requests with one credential share its verification (unless it
+// was refused for its address's throttle: another address then verifies
+// for itself). A refusal is kept for the failure window. An address
+// without failed logins verifies up to sixteen at once (users behind a NAT
 // logging in together); once it has failed, five at once (those in flight
 // count as failures to be); past five failures, one at a time, each waiting
 // longer. A request that finds no turn free waits for one, and is refused

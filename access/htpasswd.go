@@ -247,7 +247,14 @@ func (c *credCache) land(k [sha256.Size]byte, fl *credFlight, ok bool, err error
 			clear(m)
 		}
 	}
-	m[k] = credEntry{gen: fl.gen, expires: now.Add(c.ttl)}
+	ttl := c.ttl
+	if !ok {
+		// A refusal is kept as long as failures count: a client repeating
+		// a stale password then costs one failure, not one a minute.
+		// (The table's generation ends it when the password changes.)
+		ttl = max(ttl, failWindow)
+	}
+	m[k] = credEntry{gen: fl.gen, expires: now.Add(ttl)}
 }
 
 // compareHash is bcrypt's comparison; tests count its calls.

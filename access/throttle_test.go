@@ -451,3 +451,99 @@ func TestRepeatedRefusalIsOneFailure(t *testing.T) {
 		t.Errorf("%d failures counted for one password repeated, want 1", n)
 	}
 }
+
+// A fresh address verifies at most freshParallel passwords at once (a
+// NAT's users logging in together); the rest wait for a turn. Before,
+// one address could run as many as it had connections, every one a guess
+// before the first failure counted, and stall every other login.
+func TestFreshAddressParallelismBounded(t *testing.T) {
+	_, entered, release := gatedCompares(t)
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.bcryptSlots = make(chan struct{}, 2*freshParallel) // the address's limit, not the machine's, is under test
+	const n = freshParallel + 14
+	waiting := make(chan struct{}, 1)
+	c.fails.onWait = func() {
+		select {
+		case waiting <- struct{}{}:
+		default: // told already
+		}
+	}
+	ip := net.ParseIP("198.51.100.9")
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { c.Identify(Client{IP: ip, Authorization: basic("ci", fmt.Sprint("held", i))}) })
+	}
+	for range freshParallel {
+		<-entered
+	}
+	select {
+	case <-waiting: // a request over the limit waits, not verifies
+	case <-time.After(10 * time.Second): // only when none waits
+		t.Errorf("no request of %d from a fresh address waited for a turn", n)
+	}
+	if got := len(entered); got != 0 {
+		t.Errorf("%d more than %d verifications ran at once from a fresh address", got, freshParallel)
+	}
+	release()
+	wg.Wait()
+}
+
+// A password already refused stays refused for the failure window, so a
+// client repeating a stale one for twelve minutes costs its address a few
+// failures, not one a minute, and its NAT never reaches one-at-a-time.
+func TestStalePasswordCountsOncePerWindow(t *testing.T) {
+	clk := testclock.New()
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Now: clk.Now, Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := net.ParseIP("198.51.100.10")
+	for range 120 { // every 6 s for 12 minutes
+		c.Identify(Client{IP: ip, Authorization: basic("ci", "stale")})
+		clk.Advance(6 * time.Second)
+	}
+	c.fails.mu.Lock()
+	n := c.fails.entries[ip.String()].n
+	c.fails.mu.Unlock()
+	if n >= failFree {
+		t.Errorf("%d failures counted for one stale password, want fewer than %d", n, failFree)
+	}
+}
+
+// A verification shared by requests with one credential that was refused
+// for its own address (throttled) is not the answer of a request from
+// another address: that one verifies for itself.
+func TestSharedRefusalNotHandedToAnotherAddress(t *testing.T) {
+	_, entered, release := gatedCompares(t)
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.fails.turnWait = 50 * time.Millisecond
+	c.bcryptSlots = make(chan struct{}, 4) // the held guess keeps one
+	waiting := make(chan struct{}, 10)
+	c.fails.onWait = func() { waiting <- struct{}{} }
+	a, b := net.ParseIP("203.0.113.1"), net.ParseIP("203.0.113.2")
+	for i := range failFree {
+		c.Identify(Client{IP: a, Authorization: basic("ci", fmt.Sprint("guess", i))})
+	}
+	go c.Identify(Client{IP: a, Authorization: basic("ci", "held-guess")}) // takes a's one turn
+	<-entered
+	fromA := make(chan error, 1)
+	go func() { _, err := c.Identify(Client{IP: a, Authorization: basic("ci", "cipw")}); fromA <- err }()
+	<-waiting // a's request verifies ci:cipw, and waits for a's turn
+	user, err := c.Identify(Client{IP: b, Authorization: basic("ci", "cipw")})
+	if err != nil || user != "ci" {
+		t.Errorf("the same credential from another address: %q, %v; want ci", user, err)
+	}
+	if err := <-fromA; !isFailedLoginRefusal(err) {
+		t.Errorf("from the throttled address: %v, want a failed-login refusal", err)
+	}
+	release()
+}
