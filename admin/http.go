@@ -50,11 +50,15 @@ type pinPart struct {
 	Name    string          `json:"name"`
 	Digests []digest.Digest `json:"digests,omitempty"`
 	From    string          `json:"from,omitempty"`
+	// First marks a run's first part, the only one that may create the
+	// staging pin: a later part that finds none (the server restarted
+	// meanwhile and dropped it) fails, rather than assemble a partial pin.
+	First bool `json:"first,omitempty"`
 }
 
 // pinParts assembles a pin sent in parts (see pinPart).
 type pinParts interface {
-	AddToPin(ctx context.Context, name string, digests []digest.Digest) error
+	AddToPin(ctx context.Context, name string, digests []digest.Digest, create bool) error
 	MovePin(ctx context.Context, from, to string) error
 }
 
@@ -183,7 +187,7 @@ func addPinPart(ctx context.Context, parts pinParts, req pinPart) error {
 	if _, ok := CutPinning(req.Name); !ok {
 		return fmt.Errorf("%w: %q is not a staging pin (\"<pin>%s <nonce>)\")", ErrInvalidRef, req.Name, pinningInfix)
 	}
-	return parts.AddToPin(ctx, req.Name, req.Digests)
+	return parts.AddToPin(ctx, req.Name, req.Digests, req.First)
 }
 
 // movePin replaces a pin with the staging pin assembled for it.
@@ -397,7 +401,7 @@ func (c *Client) pinInParts(ctx context.Context, name string, digests []digest.D
 		for ; n < len(rest) && size+len(rest[n])+3 <= room; n++ {
 			size += len(rest[n]) + 3
 		}
-		err = c.do(ctx, http.MethodPost, PathPrefix+"pins/parts", pinPart{Name: staging, Digests: rest[:n]}, nil)
+		err = c.do(ctx, http.MethodPost, PathPrefix+"pins/parts", pinPart{Name: staging, Digests: rest[:n], First: i == 0}, nil)
 		if err != nil && i == 0 && errors.As(err, new(noEndpoint)) {
 			return err // nothing assembled
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -316,5 +317,38 @@ func TestBlobStreamsHaveNoClientTimeout(t *testing.T) {
 	b, err := io.ReadAll(rc)
 	if err != nil || n != size || digest.FromBytes(b) != d {
 		t.Fatalf("read %d bytes (size %d), err %v", len(b), n, err)
+	}
+}
+
+// TestPinPartsAfterARestart: a server that restarted between two parts of
+// a pin dropped the staging pin (DropStagingPins); the next part does not
+// create a new one holding only the rest, which the move would then make
+// the image's pin. The pin fails and the old one stays.
+func TestPinPartsAfterARestart(t *testing.T) {
+	l, s, _ := newLocal(t)
+	const name = "docker.io/library/big:1"
+	old := []digest.Digest{digest.FromString("old")}
+	if err := l.Pin(t.Context(), name, old); err != nil {
+		t.Fatal(err)
+	}
+	var parts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Handler(l, "tok").ServeHTTP(w, r)
+		if strings.HasSuffix(r.URL.Path, "/pins/parts") && parts.Add(1) == 1 {
+			if err := DropStagingPins(s, slog.New(slog.DiscardHandler)); err != nil { // the restart
+				t.Error(err)
+			}
+		}
+	}))
+	defer srv.Close()
+	var ds []digest.Digest
+	for i := range 2000 {
+		ds = append(ds, digest.FromString(fmt.Sprint("layer ", i)))
+	}
+	if err := NewClient(srv.URL, "tok").Pin(t.Context(), name, ds); !errors.Is(err, ErrNoSuchPin) {
+		t.Fatalf("a pin whose staging pin went between parts: %v, want ErrNoSuchPin", err)
+	}
+	if got := pinsOf(t, s); len(got) != 1 || !slices.Equal(got[name], old) {
+		t.Errorf("pins after it: %v, want the old pin alone", got)
 	}
 }

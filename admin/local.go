@@ -162,14 +162,17 @@ func (l *Local) Pin(ctx context.Context, name string, digests []digest.Digest) e
 	return l.setPin(name, digests)
 }
 
-// AddToPin adds digests to the pin called name (creating it), for a pin
+// AddToPin adds digests to the pin called name (creating it if create), for a pin
 // sent in parts (see Client.Pin).
-func (l *Local) AddToPin(ctx context.Context, name string, digests []digest.Digest) error {
+func (l *Local) AddToPin(ctx context.Context, name string, digests []digest.Digest, create bool) error {
 	l.pinning.Lock()
 	defer l.pinning.Unlock()
 	mine, _, err := l.pinsBesides(name)
 	if err != nil {
 		return err
+	}
+	if mine == nil && !create {
+		return fmt.Errorf("%w: %s (the server restarted while the pin was sent: pin again)", ErrNoSuchPin, name)
 	}
 	all := slices.Concat(mine, digests)
 	slices.Sort(all)
