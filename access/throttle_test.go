@@ -255,11 +255,7 @@ func TestParallelFirstLoginsFromOneAddress(t *testing.T) {
 // free failures: parallel connections cannot all slip under the threshold.
 func TestParallelLoginsAfterAFailure(t *testing.T) {
 	n, entered, release := gatedCompares(t)
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	c.bcryptSlots = make(chan struct{}, 64)
 	const more = 10
 	waiting := countWaits(c, more)
@@ -299,11 +295,7 @@ func TestParallelLoginsAfterAFailure(t *testing.T) {
 // first registers its verification in the same step as the cache lookup.
 func TestSameCredentialOneVerification(t *testing.T) {
 	n := countCompares(t)
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	for round := range 40 {
 		start := make(chan struct{})
 		var wg sync.WaitGroup
@@ -331,11 +323,7 @@ func TestSameCredentialOneVerification(t *testing.T) {
 // bcrypt never runs on every core at once, however many addresses try.
 func TestBcryptBoundedGlobally(t *testing.T) {
 	_, entered, release := gatedCompares(t)
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	slots := cap(c.bcryptSlots)
 	var wg sync.WaitGroup
 	for i := range slots + 3 {
@@ -433,11 +421,7 @@ func TestRatePerClientCountsFailedGuesses(t *testing.T) {
 // request: its address does not pile up failures that would put everyone
 // behind it into one-at-a-time checks.
 func TestRepeatedRefusalIsOneFailure(t *testing.T) {
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	ip := net.ParseIP("198.51.100.7")
 	for range 20 {
 		if _, err := c.Identify(Client{IP: ip, Authorization: basic("ci", "old-password")}); !errors.Is(err, ErrUnauthenticated) {
@@ -458,11 +442,7 @@ func TestRepeatedRefusalIsOneFailure(t *testing.T) {
 // before the first failure counted, and stall every other login.
 func TestFreshAddressParallelismBounded(t *testing.T) {
 	_, entered, release := gatedCompares(t)
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	c.bcryptSlots = make(chan struct{}, 2*freshParallel) // the address's limit, not the machine's, is under test
 	const n = freshParallel + 14
 	waiting := make(chan struct{}, 1)
@@ -497,11 +477,7 @@ func TestFreshAddressParallelismBounded(t *testing.T) {
 // failures, not one a minute, and its NAT never reaches one-at-a-time.
 func TestStalePasswordCountsOncePerWindow(t *testing.T) {
 	clk := testclock.New()
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Now: clk.Now, Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, clk.Now)
 	ip := net.ParseIP("198.51.100.10")
 	for range 120 { // every 6 s for 12 minutes
 		c.Identify(Client{IP: ip, Authorization: basic("ci", "stale")})
@@ -520,11 +496,7 @@ func TestStalePasswordCountsOncePerWindow(t *testing.T) {
 // another address: that one verifies for itself.
 func TestSharedRefusalNotHandedToAnotherAddress(t *testing.T) {
 	_, entered, release := gatedCompares(t)
-	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Sleep: func(time.Duration) {},
-		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := ciControl(t, nil)
 	c.fails.turnWait = 50 * time.Millisecond
 	c.bcryptSlots = make(chan struct{}, 4) // the held guess keeps one
 	waiting := make(chan struct{}, 10)
@@ -546,4 +518,17 @@ func TestSharedRefusalNotHandedToAnotherAddress(t *testing.T) {
 		t.Errorf("from the throttled address: %v, want a failed-login refusal", err)
 	}
 	release()
+}
+
+// ciControl is a Control with one user, ci (password cipw), who may pull
+// everything, on the clock now (nil: the real one); back-offs are not
+// slept.
+func ciControl(t *testing.T, now func() time.Time) *Control {
+	t.Helper()
+	c, err := New(Options{HtpasswdFile: writeHtpasswd(t, "ci", "cipw"), Now: now, Sleep: func(time.Duration) {},
+		Rules: []Rule{{Users: []string{"ci"}, Allow: []string{"**"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
