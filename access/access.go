@@ -428,15 +428,17 @@ func (c *Control) checkPassword(addrOf func() string, user, password string) (cr
 			return credCheck{ok: ok}, nil
 		case !own:
 			<-fl.done
-			if fl.err == nil {
-				return credCheck{ok: fl.ok}, nil
+			if fl.err == nil || fl.addr == addrOf() {
+				return credCheck{ok: fl.ok}, fl.err
 			}
 			// Its verifier was refused for its own address (throttled,
-			// over its rate): this request, maybe from another address,
-			// verifies for itself.
+			// over its rate): a request from another address verifies
+			// for itself. One from the same address takes the refusal,
+			// rather than queue for turns one after another.
 			continue
 		}
-		chk, err := c.verify(addrOf(), tbl, user, password)
+		fl.addr = addrOf()
+		chk, err := c.verify(fl.addr, tbl, user, password)
 		c.creds.land(k, fl, chk.ok, err, c.opts.Now())
 		return chk, err
 	}

@@ -176,6 +176,7 @@ type credEntry struct {
 
 type credFlight struct {
 	gen  uint64
+	addr string        // whose address verifies: set by the owner before done
 	done chan struct{} // closed once ok and err are set
 	ok   bool
 	err  error // the verification was refused (not run)

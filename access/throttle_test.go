@@ -532,3 +532,36 @@ func ciControl(t *testing.T, now func() time.Time) *Control {
 	}
 	return c
 }
+
+// Requests from one throttled address with one credential share its
+// verification's refusal: they do not each wait for a turn in their turn,
+// one after another (ten layers of one pull would wait ten times).
+func TestSharedRefusalFromOneAddressTakenAtOnce(t *testing.T) {
+	_, entered, release := gatedCompares(t)
+	c := ciControl(t, nil)
+	c.fails.turnWait = 300 * time.Millisecond
+	c.bcryptSlots = make(chan struct{}, 4) // the held guess keeps one
+	var waits atomic.Int32
+	waiting := make(chan struct{}, 10)
+	c.fails.onWait = func() { waits.Add(1); waiting <- struct{}{} }
+	a := net.ParseIP("203.0.113.3")
+	for i := range failFree {
+		c.Identify(Client{IP: a, Authorization: basic("ci", fmt.Sprint("guess", i))})
+	}
+	go c.Identify(Client{IP: a, Authorization: basic("ci", "held-guess")}) // takes a's one turn
+	<-entered
+	errs := make(chan error, 2)
+	login := func() { _, err := c.Identify(Client{IP: a, Authorization: basic("ci", "cipw")}); errs <- err }
+	go login()
+	<-waiting  // the first verifies ci:cipw and waits for a's turn
+	go login() // the second joins that verification
+	for range 2 {
+		if err := <-errs; !isFailedLoginRefusal(err) {
+			t.Errorf("a login from the throttled address: %v, want a failed-login refusal", err)
+		}
+	}
+	if n := waits.Load(); n != 1 {
+		t.Errorf("%d waits for the address's turn, want 1 (the second shares the first's)", n)
+	}
+	release()
+}
