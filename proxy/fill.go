@@ -268,7 +268,8 @@ func (r *follower) Close() error {
 type fillGroup struct {
 	mu    sync.Mutex
 	fills map[digest.Digest]*fill
-	caps  fillCaps
+	// refusals rate-limits the warning about fills refused over a cap.
+	refusals oncePerMinute
 }
 
 func (g *fillGroup) get(d digest.Digest) *fill {

@@ -3,8 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"sync"
-	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -44,12 +42,6 @@ func (s *Server) fillStarterOf(ctx *fasthttp.RequestCtx, ex *exchange) fillStart
 	return fillStarter{addr: clientIP(ctx), exempt: exempt}
 }
 
-// fillCaps rate-limits the warning about refusals.
-type fillCaps struct {
-	mu     sync.Mutex
-	warned time.Time // the last refusal warning: one a minute
-}
-
 // admitFill refuses who a new fill when the fills running that no client
 // reads (abandoned) reach a cap: in all, or those who's address started.
 func (s *Server) admitFill(who fillStarter) error {
@@ -65,14 +57,7 @@ func (s *Server) admitFill(who fillStarter) error {
 	default:
 		return nil
 	}
-	c := &s.fills.caps
-	c.mu.Lock()
-	warn := s.opts.Now().Sub(c.warned) > time.Minute
-	if warn {
-		c.warned = s.opts.Now()
-	}
-	c.mu.Unlock()
-	if warn {
+	if s.fills.refusals.due(s.opts.Now()) {
 		s.log.Warn("refusing to start a fill over a cap (logged once a minute)", "err", err, "client", who.addr, "max_fills", total, "max_fills_per_client", perClient)
 	}
 	return err

@@ -75,8 +75,8 @@ type connLimiter struct {
 	mu    sync.Mutex
 	open  map[net.Conn]string // accepted connection → client address
 	perIP map[string]int
-	// lastRefusal rate-limits the refusal warning to one a minute.
-	lastRefusal time.Time
+	// refusals rate-limits the refusal warning.
+	refusals oncePerMinute
 }
 
 func newConnLimiter(maxConns, maxPerIP int, isTLS bool, log *slog.Logger, m *guardMetrics) *connLimiter {
@@ -108,10 +108,6 @@ func (l *connLimiter) admit(c net.Conn) bool {
 		l.perIP[ip]++
 		l.m.openConns.Set(float64(len(l.open)))
 	}
-	warn := refuse != nil && time.Since(l.lastRefusal) > time.Minute
-	if warn {
-		l.lastRefusal = time.Now()
-	}
 	l.mu.Unlock()
 	if refuse == nil {
 		return true
@@ -121,7 +117,7 @@ func (l *connLimiter) admit(c net.Conn) bool {
 		limit = "max_connections_per_ip"
 	}
 	l.m.refusedConns.WithLabelValues(limit).Inc()
-	if warn {
+	if l.refusals.due(time.Now()) {
 		l.log.Warn("refusing connections over the cap (logged once a minute; see regmirror_connections_refused_total)",
 			"limit", limit, "max_connections", l.maxConns, "max_connections_per_ip", l.maxPerIP, "client", ip)
 	}

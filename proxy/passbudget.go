@@ -66,9 +66,7 @@ func (s *Server) admitPassLocked(need int64) error {
 	g := &s.passes
 	budget := s.passBudget()
 	if budget > 0 && g.used > 0 && g.used+need > budget {
-		warn := s.opts.Now().Sub(g.warned) > time.Minute
-		if warn {
-			g.warned = s.opts.Now()
+		if g.refusals.due(s.opts.Now()) {
 			s.log.Warn("refusing a pass-through over the memory budget (logged once a minute)", "budget", budget, "in_use", g.used)
 		}
 		return fmt.Errorf("%w: %d of %d bytes of windows in use", errPassThroughMemory, g.used, budget)

@@ -70,10 +70,9 @@ type passGroup struct {
 	lagWait time.Duration
 
 	// used is the bytes the shares not yet released hold, their windows
-	// and overhead (admitPassLocked); warned is when a refusal was last
-	// logged.
-	used   int64
-	warned time.Time
+	// and overhead (admitPassLocked).
+	used     int64
+	refusals oncePerMinute // the warning about pass-throughs refused over it
 }
 
 // joinable is the pass-through of d that new clients may join, or nil.
