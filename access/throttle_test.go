@@ -95,14 +95,8 @@ func TestFailedLoginsOneVerificationPerAddress(t *testing.T) {
 	if _, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); err != nil {
 		t.Fatal(err) // ci logs in before the attack: cached from here on
 	}
-	for i := range failFree {
-		c.Identify(Client{IP: attacker, Authorization: basic("ci", fmt.Sprint("guess", i))})
-	}
-	first := make(chan error, 1)
-	go func() {
-		_, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "guess-first")})
-		first <- err
-	}()
+	failLogins(c, attacker)
+	first := identifyAsync(c, attacker, "guess-first")
 	<-asleep // the address's turn is out, waiting its back-off
 	// Each of the parallel requests, and bob's, says when it is answered.
 	done := make(chan error, parallel+1)
@@ -177,14 +171,8 @@ func TestFailedLoginTurnWaitBounded(t *testing.T) {
 	}
 	c.fails.turnWait = 20 * time.Millisecond
 	attacker := net.ParseIP("203.0.113.66")
-	for i := range failFree {
-		c.Identify(Client{IP: attacker, Authorization: basic("ci", fmt.Sprint("guess", i))})
-	}
-	first := make(chan error, 1)
-	go func() {
-		_, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "guess-first")})
-		first <- err
-	}()
+	failLogins(c, attacker)
+	first := identifyAsync(c, attacker, "guess-first")
 	<-asleep
 	before := n.Load()
 	if _, err := c.Identify(Client{IP: attacker, Authorization: basic("ci", "cipw")}); !isFailedLoginRefusal(err) || !errors.Is(err, ErrRateLimited) {
@@ -502,13 +490,10 @@ func TestSharedRefusalNotHandedToAnotherAddress(t *testing.T) {
 	waiting := make(chan struct{}, 10)
 	c.fails.onWait = func() { waiting <- struct{}{} }
 	a, b := net.ParseIP("203.0.113.1"), net.ParseIP("203.0.113.2")
-	for i := range failFree {
-		c.Identify(Client{IP: a, Authorization: basic("ci", fmt.Sprint("guess", i))})
-	}
+	failLogins(c, a)
 	go c.Identify(Client{IP: a, Authorization: basic("ci", "held-guess")}) // takes a's one turn
 	<-entered
-	fromA := make(chan error, 1)
-	go func() { _, err := c.Identify(Client{IP: a, Authorization: basic("ci", "cipw")}); fromA <- err }()
+	fromA := identifyAsync(c, a, "cipw")
 	<-waiting // a's request verifies ci:cipw, and waits for a's turn
 	user, err := c.Identify(Client{IP: b, Authorization: basic("ci", "cipw")})
 	if err != nil || user != "ci" {
@@ -545,9 +530,7 @@ func TestSharedRefusalFromOneAddressTakenAtOnce(t *testing.T) {
 	waiting := make(chan struct{}, 10)
 	c.fails.onWait = func() { waits.Add(1); waiting <- struct{}{} }
 	a := net.ParseIP("203.0.113.3")
-	for i := range failFree {
-		c.Identify(Client{IP: a, Authorization: basic("ci", fmt.Sprint("guess", i))})
-	}
+	failLogins(c, a)
 	go c.Identify(Client{IP: a, Authorization: basic("ci", "held-guess")}) // takes a's one turn
 	<-entered
 	errs := make(chan error, 2)
@@ -564,4 +547,23 @@ func TestSharedRefusalFromOneAddressTakenAtOnce(t *testing.T) {
 		t.Errorf("%d waits for the address's turn, want 1 (the second shares the first's)", n)
 	}
 	release()
+}
+
+// failLogins makes failFree wrong guesses for ci from ip: past them, ip
+// verifies one password at a time.
+func failLogins(c *Control, ip net.IP) {
+	for i := range failFree {
+		c.Identify(Client{IP: ip, Authorization: basic("ci", fmt.Sprint("guess", i))})
+	}
+}
+
+// identifyAsync identifies ci with password from ip in a goroutine; the
+// error arrives on the channel.
+func identifyAsync(c *Control, ip net.IP, password string) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		_, err := c.Identify(Client{IP: ip, Authorization: basic("ci", password)})
+		out <- err
+	}()
+	return out
 }
