@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/regmirror/regmirror/internal/testupstream"
-	"github.com/regmirror/regmirror/upstream"
 )
 
 // TestBackgroundStopsStartingWork: work started before the stop is waited
@@ -39,14 +38,7 @@ func TestBackgroundStopsStartingWork(t *testing.T) {
 func TestMissAfterShutdown(t *testing.T) {
 	up := testupstream.Start(t)
 	_, d := up.PushLargeBlobImage(t, "library/x", "latest", 1<<10)
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{Registries: []Upstream{reg}, Store: tempStore(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _, _ := serverInFrontOf(t, up.URL())
 	if err := s.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/regmirror/regmirror/upstream"
 )
 
 // TestRefusedListQueriesAreNoOutage: a list request that upstream refuses
@@ -35,14 +33,7 @@ func TestRefusedListQueriesAreNoOutage(t *testing.T) {
 		}
 	}))
 	defer up.Close()
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{Registries: []Upstream{reg}, Store: tempStore(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _, _ := serverInFrontOf(t, up.URL)
 	for _, tc := range []struct {
 		uri    string
 		status int

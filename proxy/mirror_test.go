@@ -151,3 +151,20 @@ func unreachable(t testing.TB, name string) *upstream.Registry {
 	}
 	return reg
 }
+
+// serverInFrontOf is a Server (not serving on a port; its Handler
+// answers) on a fresh cache, with the registry at url as docker.io.
+func serverInFrontOf(t testing.TB, url string) (*Server, *cache.Store, *upstream.Registry) {
+	t.Helper()
+	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := tempStore(t)
+	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return s, store, reg
+}

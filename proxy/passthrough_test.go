@@ -43,16 +43,7 @@ func readOdd(r io.Reader) ([]byte, error) {
 // for blob d of repo.
 func passServer(t *testing.T, up *testupstream.Server, repo string, d digest.Digest) (*Server, request) {
 	t.Helper()
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := tempStore(t)
-	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	s, _, reg := serverInFrontOf(t, up.URL())
 	return s, request{up: reg, registry: "docker.io", repo: repo, ref: reference{digest: d}}
 }
 

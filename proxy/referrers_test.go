@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/regmirror/regmirror/upstream"
 )
 
 // TestReferrersServedFromOwnRecord: an offline mirror, and one whose
@@ -56,15 +55,7 @@ func TestReferrersKeptOnlyForCachedSubjects(t *testing.T) {
 		}
 	}))
 	defer up.Close()
-	reg, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := tempStore(t)
-	s, err := New(Options{Registries: []Upstream{reg}, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, store, _ := serverInFrontOf(t, up.URL)
 	manifest := []byte(`{"schemaVersion":2}`)
 	cached := digest.FromBytes(manifest)
 	if _, err := store.Put(cached, mediaTypeOCIIndex, manifest); err != nil {
