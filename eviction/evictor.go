@@ -352,7 +352,9 @@ func (e *Evictor) Remove(key string) {
 func (e *Evictor) RemoveUnless(key string, back func() bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if back() {
+	// Only a live entry can be a new commit's: an unknown key, or one this
+	// evictor is deleting (its own pass's notice), needs no asking.
+	if i := e.lookup(key); i != 0 && !e.arena.at(i).is(flagDeleting) && back() {
 		return
 	}
 	e.removeLocked(key)
